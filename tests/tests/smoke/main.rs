@@ -1,0 +1,6 @@
+//! Smoke tests of what txflow relies on in the real services, run against the local stack
+//! (`deploy/local/stack up`): Kafka transactions for exactly-once read-process-write, and
+//! CQL lightweight transactions for conditional writes.
+
+mod cql_lwt;
+mod kafka_transactions;
