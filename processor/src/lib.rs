@@ -1,1 +1,1 @@
-//! txflow
+pub mod domain;

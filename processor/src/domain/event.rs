@@ -1,0 +1,307 @@
+//! A transaction event: one financial instruction, as producers write it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::failure::{FailureKind, Poison};
+
+/// Longest `event_id`, `account_id` or `counterparty_account_id` accepted, in bytes.
+pub const MAX_ID_LEN: usize = 256;
+
+/// The three kinds of instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EventType {
+    /// Credits `account_id`.
+    Deposit,
+    /// Debits `account_id`.
+    Withdrawal,
+    /// Debits `account_id` and credits `counterparty_account_id`.
+    Transfer,
+}
+
+/// One financial instruction; field for field the Avro record `TransactionEvent`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransactionEvent {
+    /// Producer-chosen unique id; the idempotency key.
+    pub event_id: String,
+    pub event_type: EventType,
+    /// The account debited or credited; the Kafka record key.
+    pub account_id: String,
+    /// Destination of a transfer; `None` otherwise.
+    pub counterparty_account_id: Option<String>,
+    /// Amount in minor units (cents), greater than zero.
+    pub amount_minor: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// When the producer saw it, milliseconds since the Unix epoch.
+    pub occurred_at: i64,
+    /// The producing system.
+    pub source: String,
+    /// Free-form attributes, matchable by routing rules. Sorted, so that equal events have
+    /// equal fingerprints.
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// A digest of every field of an event: two deliveries of one `event_id` are the same
+/// instruction exactly when their fingerprints are equal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl TransactionEvent {
+    /// Checks the rules that make an event well-formed; a malformed event is poison.
+    pub fn validate(&self) -> Result<(), Poison> {
+        let invalid = |message: String| Err(Poison::new(FailureKind::InvalidEvent, message));
+        check_id("event_id", &self.event_id)?;
+        check_id("account_id", &self.account_id)?;
+        if self.amount_minor <= 0 {
+            return invalid(format!(
+                "amount_minor must be greater than zero, got {}",
+                self.amount_minor
+            ));
+        }
+        if !is_currency_code(&self.currency) {
+            return invalid(format!(
+                "currency must be an ISO 4217 code of three upper-case letters, got {:?}",
+                self.currency
+            ));
+        }
+        match (self.event_type, &self.counterparty_account_id) {
+            (EventType::Transfer, None) => {
+                invalid("a TRANSFER needs counterparty_account_id".to_owned())
+            }
+            (EventType::Transfer, Some(counterparty)) => {
+                check_id("counterparty_account_id", counterparty)?;
+                if *counterparty == self.account_id {
+                    return invalid(format!(
+                        "a TRANSFER to its own account {:?} is not allowed",
+                        self.account_id
+                    ));
+                }
+                Ok(())
+            }
+            (kind, Some(_)) => invalid(format!(
+                "counterparty_account_id must be null for a {kind:?}, it is only for TRANSFER"
+            )),
+            (_, None) => Ok(()),
+        }
+    }
+
+    /// The digest of every field, in a fixed, length-prefixed layout independent of any
+    /// wire format, so that a schema change does not turn a re-send into a conflict.
+    pub fn fingerprint(&self) -> Fingerprint {
+        let mut hash = Sha256::new();
+        let mut field = |bytes: &[u8]| {
+            hash.update((bytes.len() as u64).to_le_bytes());
+            hash.update(bytes);
+        };
+        field(self.event_id.as_bytes());
+        field(self.event_type.as_str().as_bytes());
+        field(self.account_id.as_bytes());
+        match &self.counterparty_account_id {
+            Some(counterparty) => {
+                field(b"some");
+                field(counterparty.as_bytes());
+            }
+            None => field(b"none"),
+        }
+        field(&self.amount_minor.to_le_bytes());
+        field(self.currency.as_bytes());
+        field(&self.occurred_at.to_le_bytes());
+        field(self.source.as_bytes());
+        field(&(self.attributes.len() as u64).to_le_bytes());
+        for (key, value) in &self.attributes {
+            field(key.as_bytes());
+            field(value.as_bytes());
+        }
+        Fingerprint(hash.finalize().into())
+    }
+}
+
+impl EventType {
+    /// The Avro enum symbol.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Deposit => "DEPOSIT",
+            EventType::Withdrawal => "WITHDRAWAL",
+            EventType::Transfer => "TRANSFER",
+        }
+    }
+}
+
+fn check_id(name: &str, value: &str) -> Result<(), Poison> {
+    if value.is_empty() {
+        return Err(Poison::new(
+            FailureKind::InvalidEvent,
+            format!("{name} must not be empty"),
+        ));
+    }
+    if value.len() > MAX_ID_LEN {
+        return Err(Poison::new(
+            FailureKind::InvalidEvent,
+            format!(
+                "{name} is {} bytes long, at most {MAX_ID_LEN} are allowed",
+                value.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn is_currency_code(code: &str) -> bool {
+    code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn event(
+        event_id: &str,
+        event_type: EventType,
+        account: &str,
+        amount: i64,
+    ) -> TransactionEvent {
+        TransactionEvent {
+            event_id: event_id.to_owned(),
+            event_type,
+            account_id: account.to_owned(),
+            counterparty_account_id: None,
+            amount_minor: amount,
+            currency: "EUR".to_owned(),
+            occurred_at: 1_700_000_000_000,
+            source: "test".to_owned(),
+            attributes: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) fn transfer(event_id: &str, from: &str, to: &str, amount: i64) -> TransactionEvent {
+        TransactionEvent {
+            counterparty_account_id: Some(to.to_owned()),
+            ..event(event_id, EventType::Transfer, from, amount)
+        }
+    }
+
+    fn rejection(event: TransactionEvent) -> String {
+        let poison = event.validate().expect_err("the event is invalid");
+        assert_eq!(poison.kind, FailureKind::InvalidEvent);
+        poison.message
+    }
+
+    #[test]
+    fn well_formed_events_pass() {
+        event("e1", EventType::Deposit, "a", 1).validate().unwrap();
+        event("e2", EventType::Withdrawal, "a", 1)
+            .validate()
+            .unwrap();
+        transfer("e3", "a", "b", 1).validate().unwrap();
+    }
+
+    #[test]
+    fn malformed_events_say_which_field_is_wrong() {
+        let deposit = || event("e1", EventType::Deposit, "a", 100);
+        assert!(rejection(TransactionEvent {
+            amount_minor: 0,
+            ..deposit()
+        })
+        .contains("amount_minor"));
+        assert!(rejection(TransactionEvent {
+            amount_minor: -5,
+            ..deposit()
+        })
+        .contains("-5"));
+        assert!(rejection(TransactionEvent {
+            currency: "eur".into(),
+            ..deposit()
+        })
+        .contains("currency"));
+        assert!(rejection(TransactionEvent {
+            currency: "EURO".into(),
+            ..deposit()
+        })
+        .contains("currency"));
+        assert!(rejection(TransactionEvent {
+            event_id: String::new(),
+            ..deposit()
+        })
+        .contains("event_id"));
+        assert!(rejection(TransactionEvent {
+            account_id: "x".repeat(MAX_ID_LEN + 1),
+            ..deposit()
+        })
+        .contains("account_id"));
+        assert!(rejection(TransactionEvent {
+            counterparty_account_id: Some("b".into()),
+            ..deposit()
+        })
+        .contains("only for TRANSFER"));
+        assert!(rejection(TransactionEvent {
+            counterparty_account_id: None,
+            ..transfer("e", "a", "b", 1)
+        })
+        .contains("needs counterparty"));
+        assert!(rejection(transfer("e", "a", "a", 1)).contains("own account"));
+    }
+
+    #[test]
+    fn fingerprint_covers_every_field() {
+        let base = transfer("e1", "a", "b", 100);
+        let mut with_attribute = base.clone();
+        with_attribute.attributes.insert("k".into(), "v".into());
+        let variants = [
+            TransactionEvent {
+                event_id: "e2".into(),
+                ..base.clone()
+            },
+            TransactionEvent {
+                event_type: EventType::Deposit,
+                ..base.clone()
+            },
+            TransactionEvent {
+                account_id: "c".into(),
+                ..base.clone()
+            },
+            TransactionEvent {
+                counterparty_account_id: Some("c".into()),
+                ..base.clone()
+            },
+            TransactionEvent {
+                counterparty_account_id: None,
+                ..base.clone()
+            },
+            TransactionEvent {
+                amount_minor: 101,
+                ..base.clone()
+            },
+            TransactionEvent {
+                currency: "USD".into(),
+                ..base.clone()
+            },
+            TransactionEvent {
+                occurred_at: 1,
+                ..base.clone()
+            },
+            TransactionEvent {
+                source: "other".into(),
+                ..base.clone()
+            },
+            with_attribute,
+        ];
+        for variant in &variants {
+            assert_ne!(variant.fingerprint(), base.fingerprint(), "{variant:?}");
+        }
+        assert_eq!(base.clone().fingerprint(), base.fingerprint());
+    }
+
+    #[test]
+    fn fingerprint_fields_do_not_run_into_each_other() {
+        let mut a = event("e1", EventType::Deposit, "ab", 1);
+        let mut b = event("e1", EventType::Deposit, "ab", 1);
+        a.source = "c".into();
+        b.account_id = "abc".into();
+        b.source = String::new();
+        assert_ne!(a.fingerprint(), b.fingerprint());
+    }
+}

@@ -1,0 +1,14 @@
+//! The domain: events, their validation, the ledger's rules and the classes of failure.
+//!
+//! Everything here is a plain function over values: no IO, no async, no clock (the time of
+//! processing is an argument). The stages feed it what they read and write what it decides.
+
+pub mod event;
+pub mod failure;
+pub mod ledger;
+pub mod result;
+
+pub use event::{EventType, Fingerprint, TransactionEvent};
+pub use failure::{FailureClass, FailureKind, Poison};
+pub use ledger::{Account, Emission, Facts, LedgerEntry, Leg, Prior, Settlement};
+pub use result::{Entry, RejectReason, Status, TransactionResult};
