@@ -1,0 +1,117 @@
+//! The schema catalog: which Avro schema each schema id names.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use apache_avro::Schema;
+
+/// The file that maps schema ids to schema files, in the schemas directory.
+pub const IDS_FILE: &str = "schema-ids.json";
+
+const BUILTIN_IDS: &str = include_str!("../../../schemas/schema-ids.json");
+const BUILTIN_FILES: [(&str, &str); 2] = [
+    (
+        "transaction_event.avsc",
+        include_str!("../../../schemas/transaction_event.avsc"),
+    ),
+    (
+        "transaction_result.avsc",
+        include_str!("../../../schemas/transaction_result.avsc"),
+    ),
+];
+
+/// Why a schema catalog could not be loaded: a configuration error, found at start.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("reading {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{IDS_FILE} must be a JSON object of schema id (a number, as a string) to file name: {0}"
+    )]
+    Ids(String),
+    #[error("schema file {file} (id {id}) is not a valid Avro schema: {message}")]
+    Parse {
+        id: u32,
+        file: String,
+        message: String,
+    },
+    #[error("schema id {id} cannot be used: {message}")]
+    Invalid { id: u32, message: String },
+}
+
+/// Schema ids and their schemas. Schemas live as long as the process: the codec's readers
+/// and writers borrow them, and a catalog is loaded once at start.
+pub struct Catalog {
+    schemas: BTreeMap<u32, (&'static Schema, Option<String>)>,
+}
+
+impl Catalog {
+    /// The schemas of the repo's `schemas/` directory, built into this binary.
+    pub fn builtin() -> Self {
+        Catalog::parse(BUILTIN_IDS, |file| {
+            BUILTIN_FILES
+                .iter()
+                .find(|(name, _)| *name == file)
+                .map(|(_, text)| (*text).to_owned())
+                .ok_or_else(|| CatalogError::Ids(format!("no built-in schema file {file}")))
+        })
+        .expect("the built-in schemas are valid")
+    }
+
+    /// The schemas of a directory laid out like the repo's `schemas/`.
+    pub fn from_dir(dir: &Path) -> Result<Self, CatalogError> {
+        let read = |path: PathBuf| {
+            std::fs::read_to_string(&path).map_err(|source| CatalogError::Io { path, source })
+        };
+        let ids = read(dir.join(IDS_FILE))?;
+        Catalog::parse(&ids, |file| read(dir.join(file)))
+    }
+
+    fn parse(
+        ids: &str,
+        mut read: impl FnMut(&str) -> Result<String, CatalogError>,
+    ) -> Result<Self, CatalogError> {
+        let ids: BTreeMap<String, String> =
+            serde_json::from_str(ids).map_err(|e| CatalogError::Ids(e.to_string()))?;
+        let mut schemas = BTreeMap::new();
+        for (id, file) in ids {
+            let id: u32 = id
+                .parse()
+                .map_err(|_| CatalogError::Ids(format!("{id:?} is not a schema id")))?;
+            let schema = Schema::parse_str(&read(&file)?).map_err(|e| CatalogError::Parse {
+                id,
+                file: file.clone(),
+                message: e.to_string(),
+            })?;
+            let full_name = schema.name().map(|n| n.fullname(None));
+            schemas.insert(id, (&*Box::leak(Box::new(schema)), full_name));
+        }
+        Ok(Catalog { schemas })
+    }
+
+    /// Every schema id with its schema, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &'static Schema)> + '_ {
+        self.schemas.iter().map(|(id, (schema, _))| (*id, *schema))
+    }
+
+    pub fn schema(&self, id: u32) -> Option<&'static Schema> {
+        self.schemas.get(&id).map(|(schema, _)| *schema)
+    }
+
+    /// The full name of the named schema `id`.
+    pub fn full_name(&self, id: u32) -> Option<&str> {
+        self.schemas.get(&id).and_then(|(_, name)| name.as_deref())
+    }
+
+    /// The highest id whose schema has this full name: the one new records are written with.
+    pub fn newest(&self, full_name: &str) -> Option<u32> {
+        self.schemas
+            .iter()
+            .rev()
+            .find(|(_, (_, name))| name.as_deref() == Some(full_name))
+            .map(|(id, _)| *id)
+    }
+}
