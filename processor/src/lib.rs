@@ -1,2 +1,13 @@
+//! txflow: an exactly-once financial transaction stream processor on Kafka and ScyllaDB.
+//!
+//! Modules point downward only: `stages` wire `domain` (pure rules) and `codec` to the
+//! `ports`, which `adapters` implement; `pipeline` runs a stage over a log.
+
+pub mod adapters;
 pub mod codec;
+pub mod config;
 pub mod domain;
+pub mod loadgen;
+pub mod pipeline;
+pub mod ports;
+pub mod stages;

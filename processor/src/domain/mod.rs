@@ -10,5 +10,5 @@ pub mod result;
 
 pub use event::{EventType, Fingerprint, TransactionEvent};
 pub use failure::{FailureClass, FailureKind, Poison};
-pub use ledger::{Account, Emission, Facts, LedgerEntry, Leg, Prior, Settlement};
+pub use ledger::{Account, Emission, Facts, LedgerEntry, Leg, Origin, Prior, Settlement};
 pub use result::{Entry, RejectReason, Status, TransactionResult};

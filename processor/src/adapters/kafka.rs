@@ -1,0 +1,382 @@
+//! The log on Apache Kafka: a `read_committed` consumer in a group with one transactional
+//! producer (exactly-once v2: consumed offsets are sent with the consumer's group metadata,
+//! so a zombie of a revoked partition is fenced by the group, not by its transactional id).
+//!
+//! librdkafka's transaction calls block; they run on the runtime's blocking section
+//! (`block_in_place`), never on an async worker as plain calls.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::{KafkaConfig, TopicsConfig};
+use crate::ports::{InputRecord, Log, LogError, OutputRecord};
+
+/// How long a blocking client call may take before it counts as failed.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A client config with the bootstrap servers and every extra property.
+pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.bootstrap_servers);
+    for (key, value) in &kafka.properties {
+        config.set(key, value);
+    }
+    config
+}
+
+/// An idempotent producer (`acks=all`), for records written outside any transaction.
+pub fn idempotent_producer(
+    kafka: &KafkaConfig,
+) -> Result<ThreadedProducer<DefaultProducerContext>, KafkaError> {
+    client_config(kafka)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()
+}
+
+/// Who a stage process is in its consumer group.
+#[derive(Clone, Debug)]
+pub struct GroupMember<'a> {
+    pub group_id: &'a str,
+    /// Stable across restarts of the same instance, unique among live ones.
+    pub transactional_id: &'a str,
+    pub session_timeout_ms: u64,
+}
+
+/// A group member and its transactional producer.
+pub struct KafkaLog {
+    consumer: StreamConsumer,
+    producer: ThreadedProducer<DefaultProducerContext>,
+}
+
+impl KafkaLog {
+    /// Joins the group on `topics`, after aborting whatever a predecessor with the same
+    /// transactional id left open.
+    pub fn new(
+        kafka: &KafkaConfig,
+        group: &GroupMember<'_>,
+        topics: &[&str],
+    ) -> Result<Self, LogError> {
+        let fatal = |what: &str, e: KafkaError| LogError::Fatal(format!("{what}: {e}"));
+        let consumer: StreamConsumer = client_config(kafka)
+            .set("group.id", group.group_id)
+            .set("session.timeout.ms", group.session_timeout_ms.to_string())
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .create()
+            .map_err(|e| fatal("creating the consumer", e))?;
+        let producer: ThreadedProducer<DefaultProducerContext> = client_config(kafka)
+            .set("transactional.id", group.transactional_id)
+            .set(
+                "transaction.timeout.ms",
+                kafka.transaction_timeout_ms.to_string(),
+            )
+            // A delivery must give up before the transaction times out.
+            .set(
+                "message.timeout.ms",
+                (kafka.transaction_timeout_ms.saturating_sub(1_000))
+                    .max(1_000)
+                    .to_string(),
+            )
+            .set("linger.ms", "5")
+            .create()
+            .map_err(|e| fatal("creating the transactional producer", e))?;
+        tokio::task::block_in_place(|| producer.init_transactions(CALL_TIMEOUT))
+            .map_err(|e| fatal("initialising transactions", e))?;
+        consumer
+            .subscribe(topics)
+            .map_err(|e| fatal("subscribing", e))?;
+        Ok(KafkaLog { consumer, producer })
+    }
+
+    fn send(&self, output: OutputRecord) -> Result<(), KafkaError> {
+        let mut headers = OwnedHeaders::new_with_capacity(output.headers.len());
+        for (name, value) in &output.headers {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value),
+            });
+        }
+        let mut record = BaseRecord::to(&output.topic).headers(headers);
+        if let Some(key) = &output.key {
+            record = record.key(key);
+        }
+        if let Some(value) = &output.value {
+            record = record.payload(value);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    // The local queue drains as the broker acknowledges: wait, do not drop.
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    /// The transaction of one batch; runs on the blocking section.
+    fn transact(
+        &self,
+        batch: &[InputRecord],
+        outputs: Vec<OutputRecord>,
+    ) -> Result<(), KafkaError> {
+        self.producer.begin_transaction()?;
+        for output in outputs {
+            self.send(output)?;
+        }
+        let metadata = self
+            .consumer
+            .group_metadata()
+            .ok_or_else(|| KafkaError::ConsumerCommit(RDKafkaErrorCode::InvalidGroupId))?;
+        self.producer.send_offsets_to_transaction(
+            &next_offsets(batch)?,
+            &metadata,
+            CALL_TIMEOUT,
+        )?;
+        self.producer.commit_transaction(CALL_TIMEOUT)
+    }
+}
+
+/// The offsets to commit after a batch: the last offset read of each partition, plus one.
+fn next_offsets(batch: &[InputRecord]) -> Result<TopicPartitionList, KafkaError> {
+    let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    for record in batch {
+        let offset = next.entry((&record.topic, record.partition)).or_insert(0);
+        *offset = (*offset).max(record.offset + 1);
+    }
+    let mut list = TopicPartitionList::with_capacity(next.len());
+    for ((topic, partition), offset) in next {
+        list.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    }
+    Ok(list)
+}
+
+fn input_record(message: &BorrowedMessage<'_>) -> InputRecord {
+    let headers = message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default();
+    InputRecord {
+        topic: message.topic().to_owned(),
+        partition: message.partition(),
+        offset: message.offset(),
+        timestamp: message.timestamp().to_millis(),
+        key: message.key().map(<[u8]>::to_vec),
+        value: message.payload().map(<[u8]>::to_vec),
+        headers,
+    }
+}
+
+impl Log for KafkaLog {
+    async fn next_batch(
+        &mut self,
+        max_records: usize,
+        max_wait: Duration,
+    ) -> Result<Vec<InputRecord>, LogError> {
+        let mut batch = Vec::new();
+        let first = match tokio::time::timeout(max_wait, self.consumer.recv()).await {
+            Err(_) => return Ok(batch),
+            Ok(message) => message,
+        };
+        let consumer_error = |e: KafkaError| LogError::Fatal(format!("consuming: {e}"));
+        batch.push(input_record(&first.map_err(consumer_error)?));
+        // Then only what has already arrived: a zero timeout still polls the receive once.
+        while batch.len() < max_records {
+            match tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
+                Ok(Ok(message)) => batch.push(input_record(&message)),
+                Ok(Err(e)) => return Err(consumer_error(e)),
+                Err(_) => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    async fn commit(
+        &mut self,
+        batch: &[InputRecord],
+        outputs: Vec<OutputRecord>,
+    ) -> Result<(), LogError> {
+        let outcome = tokio::task::block_in_place(|| self.transact(batch, outputs));
+        let error = match outcome {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        let fatal = match &error {
+            KafkaError::Transaction(e) => e.is_fatal(),
+            _ => false,
+        };
+        if fatal {
+            return Err(LogError::Fatal(format!(
+                "the producer was fenced or failed: {error}"
+            )));
+        }
+        tokio::task::block_in_place(|| self.producer.abort_transaction(CALL_TIMEOUT))
+            .map_err(|e| LogError::Fatal(format!("aborting after {error}: {e}")))?;
+        Err(LogError::Aborted(error.to_string()))
+    }
+
+    async fn rewind(&mut self, batch: &[InputRecord]) -> Result<(), LogError> {
+        let mut first: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        for record in batch {
+            let offset = first
+                .entry((&record.topic, record.partition))
+                .or_insert(record.offset);
+            *offset = (*offset).min(record.offset);
+        }
+        for ((topic, partition), offset) in first {
+            // A partition revoked meanwhile is someone else's now: its new owner starts from
+            // the committed offset anyway.
+            if let Err(e) =
+                self.consumer
+                    .seek(topic, partition, Offset::Offset(offset), CALL_TIMEOUT)
+            {
+                tracing::debug!(topic, partition, offset, "not rewound: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    async fn close(self) {
+        // Dropping the consumer leaves the group at once, so its partitions move now rather
+        // than after the session timeout.
+        tokio::task::block_in_place(|| {
+            self.consumer.unsubscribe();
+            drop(self.consumer);
+            drop(self.producer);
+        });
+    }
+}
+
+/// What `txflow topics apply` found and did for one topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TopicReport {
+    Created {
+        topic: String,
+        partitions: i32,
+    },
+    Unchanged {
+        topic: String,
+    },
+    /// Exists, but not as configured; left as it is (more partitions would move accounts to
+    /// other partitions and break per-account order).
+    Differs {
+        topic: String,
+        differences: Vec<String>,
+    },
+}
+
+/// Creates the missing topics and reports how existing ones differ from the config.
+pub async fn apply_topics(
+    kafka: &KafkaConfig,
+    topics: &TopicsConfig,
+) -> Result<Vec<TopicReport>, KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka).create()?;
+    let names = topics.all();
+    let metadata =
+        tokio::task::block_in_place(|| admin.inner().fetch_metadata(None, CALL_TIMEOUT))?;
+    let existing: BTreeMap<String, i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(CALL_TIMEOUT));
+
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| !existing.contains_key(*n))
+        .collect();
+    let new_topics: Vec<NewTopic> = missing
+        .iter()
+        .map(|name| {
+            let mut topic = NewTopic::new(
+                name,
+                topics.partitions,
+                TopicReplication::Fixed(topics.replication_factor),
+            );
+            for (key, value) in &topics.config {
+                topic = topic.set(key, value);
+            }
+            topic
+        })
+        .collect();
+    let mut reports = Vec::new();
+    let created = if new_topics.is_empty() {
+        Vec::new()
+    } else {
+        admin.create_topics(&new_topics, &options).await?
+    };
+    for result in created {
+        match result {
+            Ok(topic) => reports.push(TopicReport::Created {
+                topic,
+                partitions: topics.partitions,
+            }),
+            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                reports.push(TopicReport::Unchanged { topic })
+            }
+            Err((_, code)) => return Err(KafkaError::AdminOp(code)),
+        }
+    }
+
+    let present: Vec<&String> = names.iter().filter(|n| existing.contains_key(*n)).collect();
+    let specifiers: Vec<ResourceSpecifier> = present
+        .iter()
+        .map(|n| ResourceSpecifier::Topic(n))
+        .collect();
+    let configs = if specifiers.is_empty() {
+        Vec::new()
+    } else {
+        admin.describe_configs(&specifiers, &options).await?
+    };
+    for (name, described) in present.into_iter().zip(configs) {
+        let mut differences = Vec::new();
+        if existing[name] != topics.partitions {
+            differences.push(format!(
+                "partitions: {} live, {} configured",
+                existing[name], topics.partitions
+            ));
+        }
+        let described = described.map_err(KafkaError::AdminOp)?;
+        for (key, wanted) in &topics.config {
+            let live = described.get(key).and_then(|entry| entry.value.clone());
+            if live.as_deref() != Some(wanted.as_str()) {
+                differences.push(format!(
+                    "{key}: {} live, {wanted} configured",
+                    live.as_deref().unwrap_or("unset")
+                ));
+            }
+        }
+        reports.push(if differences.is_empty() {
+            TopicReport::Unchanged {
+                topic: name.clone(),
+            }
+        } else {
+            TopicReport::Differs {
+                topic: name.clone(),
+                differences,
+            }
+        });
+    }
+    Ok(reports)
+}

@@ -1,0 +1,404 @@
+//! The `txflow` command line.
+
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use futures::TryStreamExt;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+use tokio::sync::watch;
+
+use txflow::adapters::kafka::{self, GroupMember, KafkaLog, TopicReport};
+use txflow::adapters::scylla::{self, ScyllaLedgerStore};
+use txflow::codec::{Codec, Record};
+use txflow::config::{Config, TopicsConfig};
+use txflow::domain::Account;
+use txflow::loadgen::{Sent, Workload, WorkloadConfig};
+use txflow::pipeline::dead_letter::DeadLetters;
+use txflow::pipeline::{self, LoopConfig};
+use txflow::ports::LedgerStore;
+use txflow::stages::ledger::{Ledger, LedgerTopics};
+
+/// txflow: an exactly-once financial transaction stream processor on Kafka and ScyllaDB.
+///
+/// Configuration comes from the file given with --config (TOML), then from environment
+/// variables TXFLOW_<SECTION>__<KEY> (for example TXFLOW_KAFKA__BOOTSTRAP_SERVERS); without
+/// either, every setting points at the local stack (deploy/local/stack up).
+#[derive(Debug, Parser)]
+#[command(name = "txflow", version, propagate_version = true)]
+pub struct Cli {
+    /// The configuration file (TOML).
+    #[arg(long, short, global = true, env = "TXFLOW_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the store's keyspace and table (idempotent).
+    Migrate,
+    /// Manage Kafka topics.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+    /// Run a pipeline stage until SIGTERM or Ctrl-C.
+    Run(RunArgs),
+    /// Read balances from the store.
+    #[command(subcommand)]
+    Accounts(AccountsCommand),
+    /// Write generated Avro transaction events to Kafka.
+    Produce(ProduceArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicsCommand {
+    /// Create every missing topic with the configured partitions and configs, and report how
+    /// existing ones differ (they are never changed: more partitions would break per-account
+    /// order).
+    Apply,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum StageName {
+    /// txflow.ledger → balances in the store, results on txflow.results.
+    Ledger,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The stage to run.
+    #[arg(long, value_enum)]
+    stage: StageName,
+}
+
+#[derive(Debug, Subcommand)]
+enum AccountsCommand {
+    /// One account's balance, currency and version, as JSON.
+    Get {
+        /// The account id.
+        account_id: String,
+    },
+    /// Every account, one JSON object a line.
+    Export,
+}
+
+#[derive(Debug, Args)]
+struct ProduceArgs {
+    /// The topic to write to (default: the ledger topic, which the ledger stage reads).
+    #[arg(long)]
+    topic: Option<String>,
+    /// How many events to write; with neither --count nor --duration, 1000.
+    #[arg(long, conflicts_with = "duration")]
+    count: Option<u64>,
+    /// For how many seconds to write.
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Events per second; 0 writes as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    rate: u32,
+    /// Number of accounts.
+    #[arg(long, default_value_t = 1000)]
+    accounts: usize,
+    /// Zipf exponent of account popularity (0 is uniform).
+    #[arg(long, default_value_t = 1.0)]
+    zipf: f64,
+    /// Random seed: the same seed writes the same sequence of events.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Prefix of the event ids (default: a fresh random one, so that runs never share ids).
+    #[arg(long)]
+    id_prefix: Option<String>,
+    /// Currency of every event.
+    #[arg(long, default_value = "EUR")]
+    currency: String,
+    /// Share (0..1) of events that re-send an earlier event unchanged.
+    #[arg(long, default_value_t = 0.0)]
+    duplicates: f64,
+    /// Share (0..1) of events that re-send an earlier event id with another amount.
+    #[arg(long, default_value_t = 0.0)]
+    conflicts: f64,
+}
+
+impl Cli {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let config = Config::load(self.config.as_deref(), std::env::vars())?;
+        match self.command {
+            Command::Migrate => migrate(&config).await,
+            Command::Topics(TopicsCommand::Apply) => apply_topics(&config).await,
+            Command::Run(RunArgs {
+                stage: StageName::Ledger,
+            }) => run_ledger(&config).await,
+            Command::Accounts(command) => accounts(&config, command).await,
+            Command::Produce(args) => produce(&config, args).await,
+        }
+    }
+}
+
+async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let session = scylla::connect(&config.store).await?;
+    scylla::migrate(&session, &config.store).await?;
+    println!(
+        "keyspace {} and table {}.{} are in place",
+        config.store.keyspace,
+        config.store.keyspace,
+        scylla::LEDGER_TABLE
+    );
+    Ok(())
+}
+
+async fn apply_topics(config: &Config) -> anyhow::Result<()> {
+    let reports = kafka::apply_topics(&config.kafka, &config.topics)
+        .await
+        .with_context(|| format!("applying topics on {}", config.kafka.bootstrap_servers))?;
+    for report in reports {
+        match report {
+            TopicReport::Created { topic, partitions } => {
+                println!("created   {topic} ({partitions} partitions)")
+            }
+            TopicReport::Unchanged { topic } => println!("unchanged {topic}"),
+            TopicReport::Differs { topic, differences } => {
+                println!(
+                    "differs   {topic}: {} (left as it is)",
+                    differences.join("; ")
+                )
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn store(config: &Config) -> anyhow::Result<ScyllaLedgerStore> {
+    let session = scylla::connect(&config.store).await?;
+    Ok(ScyllaLedgerStore::new(session, &config.store).await?)
+}
+
+/// A channel that turns true on SIGTERM or Ctrl-C.
+fn shutdown_signal() -> anyhow::Result<watch::Receiver<bool>> {
+    let (tx, rx) = watch::channel(false);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down: finishing the open batch");
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}
+
+async fn run_ledger(config: &Config) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal()?;
+    let store = Arc::new(store(config).await?);
+    let ledger_config = &config.ledger;
+    let instance = ledger_config.instance_id();
+    let transactional_id = format!("{}-{instance}", ledger_config.group_id);
+    let input = config.topics.ledger.clone();
+    let member = GroupMember {
+        group_id: &ledger_config.group_id,
+        transactional_id: &transactional_id,
+        session_timeout_ms: ledger_config.session_timeout_ms,
+    };
+    let log = KafkaLog::new(&config.kafka, &member, &[&input])?;
+    let ledger = Ledger::new(
+        store,
+        Arc::new(Codec::builtin()),
+        LedgerTopics {
+            input: input.clone(),
+            results: config.topics.results.clone(),
+        },
+        DeadLetters {
+            topic: TopicsConfig::dead_letters(&input),
+            stage: "ledger",
+            group: ledger_config.group_id.clone(),
+        },
+        ledger_config.store_concurrency,
+        ledger_config.max_settle_attempts,
+    );
+    let loop_config = LoopConfig {
+        max_records: ledger_config.batch_max_records,
+        max_wait: Duration::from_millis(ledger_config.batch_max_wait_ms),
+        backoff_initial: Duration::from_millis(ledger_config.backoff_initial_ms),
+        backoff_max: Duration::from_millis(ledger_config.backoff_max_ms),
+    };
+    tracing::info!(%input, group = %ledger_config.group_id, %transactional_id, "ledger running");
+    pipeline::run(log, &ledger, &loop_config, shutdown).await?;
+    tracing::info!("ledger stopped");
+    Ok(())
+}
+
+fn account_json(account_id: &str, account: &Account) -> serde_json::Value {
+    serde_json::json!({
+        "account_id": account_id,
+        "balance_minor": account.balance_minor,
+        "currency": account.currency,
+        "version": account.version,
+    })
+}
+
+async fn accounts(config: &Config, command: AccountsCommand) -> anyhow::Result<()> {
+    let store = store(config).await?;
+    match command {
+        AccountsCommand::Get { account_id } => match store.account(&account_id).await? {
+            Some(account) => print_line(&account_json(&account_id, &account)),
+            None => bail!("account {account_id:?} has no recorded event"),
+        },
+        AccountsCommand::Export => {
+            let mut accounts = store.accounts();
+            while let Some((id, account)) = accounts.try_next().await? {
+                print_line(&account_json(&id, &account))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Writes one line to stdout; a reader that went away (`| head`) ends the output quietly.
+fn print_line(line: &impl std::fmt::Display) -> anyhow::Result<()> {
+    use std::io::Write;
+    match writeln!(std::io::stdout().lock(), "{line}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        other => Ok(other?),
+    }
+}
+
+/// Counts deliveries the broker confirmed and refused.
+#[derive(Default)]
+struct Deliveries {
+    delivered: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => self.delivered.fetch_add(1, Ordering::Relaxed),
+            Err((e, _)) => {
+                tracing::error!("delivery failed: {e}");
+                self.failed.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+}
+
+async fn produce(config: &Config, args: ProduceArgs) -> anyhow::Result<()> {
+    for (name, share) in [
+        ("--duplicates", args.duplicates),
+        ("--conflicts", args.conflicts),
+    ] {
+        if !(0.0..=1.0).contains(&share) {
+            bail!("{name} is a share between 0 and 1, got {share}");
+        }
+    }
+    if args.accounts < 2 {
+        bail!("--accounts must be at least 2, so that transfers have a counterparty");
+    }
+    let topic = args
+        .topic
+        .clone()
+        .unwrap_or_else(|| config.topics.ledger.clone());
+    let codec = Codec::builtin();
+    let producer: ThreadedProducer<Deliveries> = kafka::client_config(&config.kafka)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create_with_context(Deliveries::default())?;
+    let mut workload = Workload::new(WorkloadConfig {
+        accounts: args.accounts,
+        zipf_exponent: args.zipf,
+        seed: args.seed,
+        id_prefix: args
+            .id_prefix
+            .clone()
+            .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>())),
+        currency: args.currency.clone(),
+        duplicate_share: args.duplicates,
+        conflict_share: args.conflicts,
+        ..WorkloadConfig::default()
+    });
+    let limiter = NonZeroU32::new(args.rate)
+        .map(|rate| governor::RateLimiter::direct(governor::Quota::per_second(rate)));
+    let deadline = args
+        .duration
+        .map(|s| Instant::now() + Duration::from_secs(s));
+    let count = match (args.count, deadline) {
+        (Some(count), _) => count,
+        (None, Some(_)) => u64::MAX,
+        (None, None) => 1000,
+    };
+    let started = Instant::now();
+    let (mut fresh, mut duplicates, mut conflicts) = (0u64, 0u64, 0u64);
+    for _ in 0..count {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        if let Some(limiter) = &limiter {
+            limiter.until_ready().await;
+        }
+        let (event, sent) = workload.next_event();
+        match sent {
+            Sent::Fresh => fresh += 1,
+            Sent::Duplicate => duplicates += 1,
+            Sent::Conflict => conflicts += 1,
+        }
+        let value = codec.encode(Record::TransactionEvent, &event)?;
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "txflow.produced_at",
+            value: Some(&pipeline::now_ms().to_string()),
+        });
+        let mut record = BaseRecord::to(&topic)
+            .key(&event.account_id)
+            .payload(&value)
+            .headers(headers);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    back,
+                )) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err((e, _)) => bail!("producing to {topic}: {e}"),
+            }
+        }
+    }
+    tokio::task::block_in_place(|| producer.flush(Duration::from_secs(60)))
+        .context("waiting for the broker to acknowledge every event")?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let sent = fresh + duplicates + conflicts;
+    let deliveries = producer.context();
+    let failed = deliveries.failed.load(Ordering::Relaxed);
+    println!(
+        "{}",
+        serde_json::json!({
+            "topic": topic,
+            "sent": sent,
+            "fresh": fresh,
+            "duplicates": duplicates,
+            "conflicts": conflicts,
+            "delivered": deliveries.delivered.load(Ordering::Relaxed),
+            "failed": failed,
+            "seconds": elapsed,
+            "events_per_second": sent as f64 / elapsed.max(1e-9),
+        })
+    );
+    if failed > 0 {
+        bail!("{failed} of {sent} events were not delivered");
+    }
+    Ok(())
+}

@@ -1,0 +1,412 @@
+//! Configuration: one TOML file, then `TXFLOW_<SECTION>__<KEY>` environment overrides
+//! (for example `TXFLOW_KAFKA__BOOTSTRAP_SERVERS=broker:9092` or
+//! `TXFLOW_STORE__CONTACT_POINTS='["a:9042", "b:9042"]'`). Every key has a default that
+//! works against the local stack; unknown keys are errors, not silently ignored.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// Environment variables with this prefix and a `__` override config keys.
+pub const ENV_PREFIX: &str = "TXFLOW_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Everything txflow can be configured with.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub topics: TopicsConfig,
+    pub store: StoreConfig,
+    pub ledger: LedgerConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: String,
+    /// How long a transaction may stay open before the broker aborts it; also how long a
+    /// partition can stall after a process dies with a transaction open and does not come
+    /// back with the same instance id.
+    pub transaction_timeout_ms: u64,
+    /// Further librdkafka properties for every client (security, tuning).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: "127.0.0.1:9092".to_owned(),
+            transaction_timeout_ms: 10_000,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsConfig {
+    pub events: String,
+    pub ledger: String,
+    pub notifications: String,
+    pub results: String,
+    /// Partitions of each topic `txflow topics apply` creates.
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// Topic configs every topic is created with (for example `min.insync.replicas`).
+    pub config: BTreeMap<String, String>,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig {
+            events: "txflow.events".to_owned(),
+            ledger: "txflow.ledger".to_owned(),
+            notifications: "txflow.notifications".to_owned(),
+            results: "txflow.results".to_owned(),
+            partitions: 6,
+            replication_factor: 1,
+            config: BTreeMap::new(),
+        }
+    }
+}
+
+impl TopicsConfig {
+    /// The dead-letter topic of an input topic.
+    pub fn dead_letters(input: &str) -> String {
+        format!("{input}.dlq")
+    }
+
+    /// Every topic txflow uses, in creation order.
+    pub fn all(&self) -> Vec<String> {
+        vec![
+            self.events.clone(),
+            self.ledger.clone(),
+            self.notifications.clone(),
+            self.results.clone(),
+            Self::dead_letters(&self.events),
+            Self::dead_letters(&self.ledger),
+            Self::dead_letters(&self.notifications),
+        ]
+    }
+}
+
+/// CQL consistency levels, as written in the config file.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsistencyLevel {
+    One,
+    LocalOne,
+    Quorum,
+    LocalQuorum,
+    EachQuorum,
+    All,
+}
+
+impl From<ConsistencyLevel> for scylla::statement::Consistency {
+    fn from(level: ConsistencyLevel) -> Self {
+        use scylla::statement::Consistency as C;
+        match level {
+            ConsistencyLevel::One => C::One,
+            ConsistencyLevel::LocalOne => C::LocalOne,
+            ConsistencyLevel::Quorum => C::Quorum,
+            ConsistencyLevel::LocalQuorum => C::LocalQuorum,
+            ConsistencyLevel::EachQuorum => C::EachQuorum,
+            ConsistencyLevel::All => C::All,
+        }
+    }
+}
+
+/// Serial consistency of lightweight transactions.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SerialLevel {
+    Serial,
+    LocalSerial,
+}
+
+impl From<SerialLevel> for scylla::statement::SerialConsistency {
+    fn from(level: SerialLevel) -> Self {
+        match level {
+            SerialLevel::Serial => scylla::statement::SerialConsistency::Serial,
+            SerialLevel::LocalSerial => scylla::statement::SerialConsistency::LocalSerial,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub contact_points: Vec<String>,
+    pub keyspace: String,
+    /// The keyspace's replication map, as CQL.
+    pub replication: String,
+    /// Further keyspace options, appended to `CREATE KEYSPACE`. ScyllaDB before 2025.4
+    /// refuses lightweight transactions on tablets: there, `AND tablets = {'enabled': false}`.
+    pub keyspace_options: String,
+    pub consistency: ConsistencyLevel,
+    pub serial_consistency: SerialLevel,
+    pub request_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// Result rows per conditional write; a longer settlement is written as a chain. Keeps
+    /// each batch under the server's batch size limit.
+    pub max_rows_per_write: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            contact_points: vec!["127.0.0.1:9042".to_owned()],
+            keyspace: "txflow".to_owned(),
+            replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".to_owned(),
+            keyspace_options: String::new(),
+            consistency: ConsistencyLevel::LocalQuorum,
+            serial_consistency: SerialLevel::LocalSerial,
+            request_timeout_ms: 5_000,
+            connect_timeout_ms: 5_000,
+            max_rows_per_write: 50,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    pub group_id: String,
+    /// This process's stable name: its transactional id is `<group_id>-<instance_id>`. A
+    /// process restarted with the same instance id aborts its predecessor's open
+    /// transaction at once; a new one waits `kafka.transaction_timeout_ms`. Defaults to the
+    /// host name (the pod name on Kubernetes).
+    pub instance_id: Option<String>,
+    pub batch_max_records: usize,
+    pub batch_max_wait_ms: u64,
+    /// How long the group waits for a silent member before giving its partitions to others:
+    /// the stall after a process dies without leaving the group.
+    pub session_timeout_ms: u64,
+    /// Accounts settled at once within a batch.
+    pub store_concurrency: usize,
+    /// Settling attempts for one account when other writers keep moving it on.
+    pub max_settle_attempts: u32,
+    /// First and largest pause after a transient failure, before the batch is read again.
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            group_id: "txflow-ledger".to_owned(),
+            instance_id: None,
+            batch_max_records: 500,
+            batch_max_wait_ms: 50,
+            session_timeout_ms: 10_000,
+            store_concurrency: 64,
+            max_settle_attempts: 20,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 10_000,
+        }
+    }
+}
+
+impl LedgerConfig {
+    pub fn instance_id(&self) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            hostname::get()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "ledger".to_owned())
+        })
+    }
+}
+
+impl Config {
+    /// The file at `path` (defaults when `None`), then the `TXFLOW_*__*` overrides of `env`.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let (mut table, origin) = match path {
+            Some(path) => {
+                let name = path.display().to_string();
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: name.clone(),
+                    source,
+                })?;
+                let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: name.clone(),
+                    message: e.to_string(),
+                })?;
+                (table, name)
+            }
+            None => (toml::Table::new(), "(defaults)".to_owned()),
+        };
+        let mut overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(var, _)| var.starts_with(ENV_PREFIX) && var.contains("__"))
+            .collect();
+        overrides.sort();
+        for (var, value) in &overrides {
+            apply_override(&mut table, var, value)?;
+        }
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: if overrides.is_empty() {
+                        origin
+                    } else {
+                        format!("{origin} with TXFLOW_* overrides")
+                    },
+                    message: e.to_string(),
+                })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            return invalid("kafka.bootstrap_servers is empty");
+        }
+        if self.store.contact_points.is_empty() {
+            return invalid("store.contact_points is empty");
+        }
+        if !is_cql_identifier(&self.store.keyspace) {
+            return invalid("store.keyspace must be a CQL identifier: a letter, then letters, digits or _, at most 48");
+        }
+        if !(1..=1000).contains(&self.store.max_rows_per_write) {
+            return invalid("store.max_rows_per_write must be between 1 and 1000");
+        }
+        if self.ledger.batch_max_records == 0 || self.ledger.store_concurrency == 0 {
+            return invalid(
+                "ledger.batch_max_records and ledger.store_concurrency must be at least 1",
+            );
+        }
+        if self.ledger.max_settle_attempts == 0 {
+            return invalid("ledger.max_settle_attempts must be at least 1");
+        }
+        if self.topics.partitions < 1 || self.topics.replication_factor < 1 {
+            return invalid("topics.partitions and topics.replication_factor must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+fn is_cql_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 48
+}
+
+/// Sets `section.key` from `TXFLOW_SECTION__KEY`; the value is read as a TOML value (number,
+/// boolean, array, inline table) when it is one, and as a string otherwise.
+fn apply_override(table: &mut toml::Table, var: &str, value: &str) -> Result<(), ConfigError> {
+    let path: Vec<String> = var[ENV_PREFIX.len()..]
+        .split("__")
+        .map(str::to_ascii_lowercase)
+        .collect();
+    if path.iter().any(String::is_empty) {
+        return Err(ConfigError::Env {
+            var: var.to_owned(),
+            message: "expected TXFLOW_<SECTION>__<KEY>".to_owned(),
+        });
+    }
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    let (key, sections) = path.split_last().expect("split yields at least one part");
+    let mut node = table;
+    for section in sections {
+        node = node
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| ConfigError::Env {
+                var: var.to_owned(),
+                message: format!("{section} is not a section"),
+            })?;
+    }
+    node.insert(key.clone(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_point_at_the_local_stack() {
+        let config = Config::load(None, env(&[])).unwrap();
+        assert_eq!(config.kafka.bootstrap_servers, "127.0.0.1:9092");
+        assert_eq!(config.store.contact_points, vec!["127.0.0.1:9042"]);
+        assert_eq!(config.topics.ledger, "txflow.ledger");
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let dir = std::env::temp_dir().join(format!("txflow-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("txflow.toml");
+        std::fs::write(
+            &file,
+            "[kafka]\nbootstrap_servers = 'file:9092'\n[ledger]\nbatch_max_records = 10\n",
+        )
+        .unwrap();
+        let config = Config::load(
+            Some(&file),
+            env(&[
+                ("TXFLOW_LEDGER__BATCH_MAX_RECORDS", "20"),
+                ("TXFLOW_STORE__CONTACT_POINTS", r#"["a:9042", "b:9042"]"#),
+                ("TXFLOW_KAFKA__PROPERTIES__SECURITY.PROTOCOL", "SSL"),
+                ("TXFLOW_LEDGER__INSTANCE_ID", "ledger-0"),
+                ("TXFLOW_KAFKA_BOOTSTRAP", "ignored: not a config override"),
+            ]),
+        )
+        .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(config.kafka.bootstrap_servers, "file:9092");
+        assert_eq!(config.ledger.batch_max_records, 20);
+        assert_eq!(config.store.contact_points, vec!["a:9042", "b:9042"]);
+        assert_eq!(config.kafka.properties["security.protocol"], "SSL");
+        assert_eq!(config.ledger.instance_id(), "ledger-0");
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let err = |pairs: &[(&str, &str)]| Config::load(None, env(pairs)).unwrap_err().to_string();
+        assert!(err(&[("TXFLOW_LEDGER__BATCH_SIZE", "5")]).contains("batch_size"));
+        assert!(err(&[("TXFLOW_LEDGER__BATCH_MAX_RECORDS", "many")]).contains("batch_max_records"));
+        assert!(err(&[("TXFLOW_STORE__KEYSPACE", "bad-name")]).contains("store.keyspace"));
+        assert!(err(&[("TXFLOW_STORE__CONSISTENCY", "most")]).contains("local_quorum"));
+        assert!(err(&[("TXFLOW_LEDGER__BATCH_MAX_RECORDS", "0")]).contains("at least 1"));
+        let missing = Config::load(Some(Path::new("/nonexistent/txflow.toml")), env(&[]));
+        assert!(missing
+            .unwrap_err()
+            .to_string()
+            .contains("/nonexistent/txflow.toml"));
+    }
+}

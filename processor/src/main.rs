@@ -1,0 +1,35 @@
+//! The `txflow` binary: parses the command line, sets up logging, runs the command.
+
+mod cli;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    // Logs go to stderr, so that a command's output on stdout stays machine-readable.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("TXFLOW_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,scylla=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("txflow: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli.run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("txflow: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

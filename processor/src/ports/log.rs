@@ -1,0 +1,87 @@
+//! The log: partitioned topics read in batches and written in transactions that also commit
+//! what was read, so that a batch's outputs and its consumed positions land together or not
+//! at all.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::domain::FailureKind;
+
+/// A record read from the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// Milliseconds since the Unix epoch, as the log stamped it.
+    pub timestamp: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl InputRecord {
+    /// The value of the first header with this name.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// A record to write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputRecord {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Why the log could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The batch's transaction did not commit (aborted, fenced after a rebalance, timed
+    /// out): its outputs are invisible and its records will be read again.
+    #[error("the transaction did not commit: {0}")]
+    Aborted(String),
+    /// This process can no longer write (its producer was fenced by a newer one, or a fatal
+    /// client error): the stage must stop.
+    #[error("the log client cannot go on: {0}")]
+    Fatal(String),
+}
+
+impl LogError {
+    pub fn kind(&self) -> FailureKind {
+        FailureKind::LogUnavailable
+    }
+}
+
+/// A consumer in a group with its transactional producer.
+pub trait Log: Send {
+    /// Up to `max_records` records, waiting at most `max_wait` for the first and then taking
+    /// only what has already arrived. Empty when nothing came.
+    fn next_batch(
+        &mut self,
+        max_records: usize,
+        max_wait: Duration,
+    ) -> impl Future<Output = Result<Vec<InputRecord>, LogError>> + Send;
+
+    /// Writes `outputs` and commits the consumption of `batch`, in one transaction. On
+    /// `Err(Aborted)` nothing of it is visible and the batch's records come again.
+    fn commit(
+        &mut self,
+        batch: &[InputRecord],
+        outputs: Vec<OutputRecord>,
+    ) -> impl Future<Output = Result<(), LogError>> + Send;
+
+    /// Reads `batch`'s records again from the next `next_batch`, without committing.
+    fn rewind(
+        &mut self,
+        batch: &[InputRecord],
+    ) -> impl Future<Output = Result<(), LogError>> + Send;
+
+    /// Leaves the group cleanly; called once, after the last commit.
+    fn close(self) -> impl Future<Output = ()> + Send;
+}

@@ -1,0 +1,85 @@
+//! The ledger's store: accounts, and every result recorded on them, written only by
+//! conditional writes that apply when the account is still at the version they were
+//! computed from.
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use futures::stream::BoxStream;
+
+use crate::domain::{Account, FailureKind, Fingerprint, Prior, Settlement};
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Timed out, overloaded, unreachable: the same call may succeed later.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// The keyspace or tables are missing or not what txflow expects; no retry helps.
+    #[error("the store's schema is missing or not txflow's ({0}); run `txflow migrate`")]
+    Schema(String),
+    /// A row the store returned cannot be what txflow wrote.
+    #[error("the store holds a row txflow cannot read: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether trying again later can help; the rest stop the stage.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+
+    /// The failure kind of a transient error, for dead-letter headers and metrics.
+    pub fn kind(&self) -> FailureKind {
+        FailureKind::StoreUnavailable
+    }
+}
+
+/// An account and what it already recorded for the event ids asked about.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadedAccount {
+    pub account: Account,
+    /// By event id.
+    pub prior: HashMap<String, Prior>,
+}
+
+/// The ledger's store.
+pub trait LedgerStore: Send + Sync + 'static {
+    /// The account (default when it has no row yet) and its results for `event_ids`.
+    fn load(
+        &self,
+        account_id: &str,
+        event_ids: &[String],
+    ) -> impl Future<Output = Result<LoadedAccount, StoreError>> + Send;
+
+    /// The currency of each of these accounts that exists.
+    fn currencies(
+        &self,
+        account_ids: &[String],
+    ) -> impl Future<Output = Result<HashMap<String, String>, StoreError>> + Send;
+
+    /// Of these (debited account, event id) pairs, the ones recorded as applied debits, by
+    /// event id, with the fingerprint of the event that was applied.
+    fn applied_debits(
+        &self,
+        debits: &[(String, String)],
+    ) -> impl Future<Output = Result<HashMap<String, Fingerprint>, StoreError>> + Send;
+
+    /// Writes what `settlement` recorded if the account is still as `before` found it.
+    /// `Ok(false)` means another writer moved it on: load again and settle again.
+    fn record(
+        &self,
+        account_id: &str,
+        before: &Account,
+        settlement: &Settlement,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// One account, if it has any row.
+    fn account(
+        &self,
+        account_id: &str,
+    ) -> impl Future<Output = Result<Option<Account>, StoreError>> + Send;
+
+    /// Every account, in no particular order.
+    fn accounts(&self) -> BoxStream<'_, Result<(String, Account), StoreError>>;
+}

@@ -1,0 +1,277 @@
+//! The ledger stage: `txflow.ledger` → balances in the store, results on `txflow.results`,
+//! transfer credits back on `txflow.ledger` keyed by the counterparty, poison on
+//! `txflow.ledger.dlq`.
+//!
+//! A batch is decoded and validated, grouped by account, and each account is settled by the
+//! pure [`settle`] against what the store holds, then recorded with one conditional write.
+//! When another writer (a zombie of this stage, or a concurrent owner during a rebalance)
+//! moved the account on first, the account is loaded and settled again: the results it
+//! already recorded come back as replays, identical to the first.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::stream::{self, StreamExt, TryStreamExt};
+
+use crate::codec::{Codec, Record};
+use crate::domain::ledger::settle;
+use crate::domain::{
+    Emission, Facts, FailureKind, LedgerEntry, Leg, Origin, Poison, TransactionEvent,
+};
+use crate::pipeline::dead_letter::DeadLetters;
+use crate::pipeline::{BatchOutput, Stage, StageError};
+use crate::ports::{InputRecord, LedgerStore, OutputRecord};
+
+/// The header that marks a transfer's credit leg on the ledger topic.
+pub const LEG_HEADER: &str = "txflow.leg";
+/// Its value on a credit leg; a record without the header is a primary entry.
+pub const TRANSFER_CREDIT: &[u8] = b"transfer-credit";
+
+/// Where the ledger reads and writes.
+#[derive(Clone, Debug)]
+pub struct LedgerTopics {
+    /// `txflow.ledger`: events, and the credit legs this stage writes.
+    pub input: String,
+    pub results: String,
+}
+
+/// The ledger stage over a store.
+pub struct Ledger<S> {
+    store: Arc<S>,
+    codec: Arc<Codec>,
+    topics: LedgerTopics,
+    dead_letters: DeadLetters,
+    concurrency: usize,
+    max_attempts: u32,
+}
+
+/// What one batch did, for logs and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LedgerCounts {
+    pub results: usize,
+    pub credits: usize,
+    pub dead_letters: usize,
+    pub duplicates: usize,
+}
+
+impl<S: LedgerStore> Ledger<S> {
+    pub fn new(
+        store: Arc<S>,
+        codec: Arc<Codec>,
+        topics: LedgerTopics,
+        dead_letters: DeadLetters,
+        concurrency: usize,
+        max_attempts: u32,
+    ) -> Self {
+        Ledger {
+            store,
+            codec,
+            topics,
+            dead_letters,
+            concurrency,
+            max_attempts,
+        }
+    }
+
+    /// A record of the ledger topic as an entry, or why it is poison.
+    fn decode(&self, record: &InputRecord) -> Result<LedgerEntry, Poison> {
+        let value = record
+            .value
+            .as_deref()
+            .ok_or_else(|| Poison::new(FailureKind::Undecodable, "the record has no value"))?;
+        let event: TransactionEvent = self
+            .codec
+            .decode(Record::TransactionEvent, value)
+            .map_err(|e| e.poison())?;
+        event.validate()?;
+        let leg = match record.header(LEG_HEADER) {
+            None => Leg::Primary,
+            Some(TRANSFER_CREDIT) if event.counterparty_account_id.is_some() => Leg::TransferCredit,
+            Some(other) => {
+                return Err(Poison::new(
+                    FailureKind::InvalidEvent,
+                    format!(
+                        "header {LEG_HEADER} is {:?}; only {:?} on a TRANSFER is known",
+                        String::from_utf8_lossy(other),
+                        String::from_utf8_lossy(TRANSFER_CREDIT)
+                    ),
+                ));
+            }
+        };
+        let entry = LedgerEntry {
+            event,
+            leg,
+            origin: Origin {
+                topic: record.topic.clone(),
+                partition: record.partition,
+                offset: record.offset,
+            },
+        };
+        // Per-account order holds only if every record of an account is on its partition.
+        if record.key.as_deref() != Some(entry.account_id().as_bytes()) {
+            return Err(Poison::new(
+                FailureKind::InvalidEvent,
+                format!(
+                    "the record key {:?} is not the account it posts to, {:?}",
+                    record.key.as_deref().map(String::from_utf8_lossy),
+                    entry.account_id()
+                ),
+            ));
+        }
+        Ok(entry)
+    }
+
+    /// What the batch needs to know beyond each account: counterparties of transfers, and
+    /// the debits behind credit legs.
+    async fn facts(&self, entries: &[(usize, LedgerEntry)]) -> Result<Facts, StageError> {
+        let mut counterparties = Vec::new();
+        let mut debits = Vec::new();
+        for (_, entry) in entries {
+            let event = &entry.event;
+            match (entry.leg, &event.counterparty_account_id) {
+                (Leg::Primary, Some(counterparty)) => counterparties.push(counterparty.clone()),
+                (Leg::TransferCredit, _) => {
+                    debits.push((event.account_id.clone(), event.event_id.clone()))
+                }
+                _ => {}
+            }
+        }
+        counterparties.sort();
+        counterparties.dedup();
+        let (counterparty_currency, applied_debits) = tokio::try_join!(
+            self.store.currencies(&counterparties),
+            self.store.applied_debits(&debits)
+        )
+        .map_err(StageError::from)?;
+        Ok(Facts {
+            counterparty_currency,
+            applied_debits,
+        })
+    }
+
+    /// Settles one account's entries and records the outcome, again as long as another
+    /// writer moves the account on first.
+    async fn settle_account(
+        &self,
+        account_id: &str,
+        entries: Vec<(usize, LedgerEntry)>,
+        facts: &Facts,
+        now_ms: i64,
+    ) -> Result<Vec<Emission>, StageError> {
+        let event_ids: Vec<String> = entries
+            .iter()
+            .map(|(_, e)| e.event.event_id.clone())
+            .collect();
+        let (indices, entries): (Vec<usize>, Vec<LedgerEntry>) = entries.into_iter().unzip();
+        for _ in 0..self.max_attempts {
+            let loaded = self.store.load(account_id, &event_ids).await?;
+            let settlement = settle(
+                account_id,
+                loaded.account.clone(),
+                &loaded.prior,
+                &entries,
+                facts,
+                now_ms,
+            );
+            if self
+                .store
+                .record(account_id, &loaded.account, &settlement)
+                .await?
+            {
+                // Emissions index the account's entries; re-index them into the batch.
+                let emissions = settlement
+                    .emissions
+                    .into_iter()
+                    .map(|emission| match emission {
+                        Emission::DeadLetter { entry, poison } => Emission::DeadLetter {
+                            entry: indices[entry],
+                            poison,
+                        },
+                        Emission::Duplicate { entry } => Emission::Duplicate {
+                            entry: indices[entry],
+                        },
+                        other => other,
+                    });
+                return Ok(emissions.collect());
+            }
+        }
+        Err(StageError::Transient {
+            kind: FailureKind::StoreUnavailable,
+            message: format!(
+                "account {account_id:?} was moved on by another writer {} times in a row",
+                self.max_attempts
+            ),
+        })
+    }
+}
+
+impl<S: LedgerStore> Stage for Ledger<S> {
+    type Counts = LedgerCounts;
+
+    async fn process(
+        &self,
+        batch: &[InputRecord],
+        now_ms: i64,
+    ) -> Result<BatchOutput<LedgerCounts>, StageError> {
+        let mut outputs = Vec::with_capacity(batch.len() * 2);
+        let mut counts = LedgerCounts::default();
+        let mut entries = Vec::with_capacity(batch.len());
+        for (index, record) in batch.iter().enumerate() {
+            match self.decode(record) {
+                Ok(entry) => entries.push((index, entry)),
+                Err(poison) => {
+                    counts.dead_letters += 1;
+                    outputs.push(self.dead_letters.letter(record, &poison, now_ms));
+                }
+            }
+        }
+        let facts = self.facts(&entries).await?;
+        let mut by_account: BTreeMap<String, Vec<(usize, LedgerEntry)>> = BTreeMap::new();
+        for (index, entry) in entries {
+            by_account
+                .entry(entry.account_id().to_owned())
+                .or_default()
+                .push((index, entry));
+        }
+        let settled: Vec<Vec<Emission>> = stream::iter(by_account)
+            .map(|(account_id, entries)| {
+                let facts = &facts;
+                async move {
+                    self.settle_account(&account_id, entries, facts, now_ms)
+                        .await
+                }
+            })
+            .buffer_unordered(self.concurrency)
+            .try_collect()
+            .await?;
+        for emission in settled.into_iter().flatten() {
+            match emission {
+                Emission::Result(result) => {
+                    counts.results += 1;
+                    outputs.push(OutputRecord {
+                        topic: self.topics.results.clone(),
+                        key: Some(result.account_id.clone().into_bytes()),
+                        value: Some(self.codec.encode(Record::TransactionResult, &result)?),
+                        headers: Vec::new(),
+                    });
+                }
+                Emission::Credit(event) => {
+                    counts.credits += 1;
+                    let counterparty = event.counterparty_account_id.clone().unwrap_or_default();
+                    outputs.push(OutputRecord {
+                        topic: self.topics.input.clone(),
+                        key: Some(counterparty.into_bytes()),
+                        value: Some(self.codec.encode(Record::TransactionEvent, &event)?),
+                        headers: vec![(LEG_HEADER.to_owned(), TRANSFER_CREDIT.to_vec())],
+                    });
+                }
+                Emission::DeadLetter { entry, poison } => {
+                    counts.dead_letters += 1;
+                    outputs.push(self.dead_letters.letter(&batch[entry], &poison, now_ms));
+                }
+                Emission::Duplicate { .. } => counts.duplicates += 1,
+            }
+        }
+        Ok(BatchOutput { outputs, counts })
+    }
+}

@@ -1,0 +1,3 @@
+//! The stages: each wires the pure core and the ports into one step of the pipeline.
+
+pub mod ledger;
