@@ -1,5 +1,6 @@
-//! The integration-test harness: where the real services are, fresh names per test, and
-//! connections that fail loudly, with the fix, when the local stack is not running.
+//! The integration-test harness: where the real services are, fresh names per test,
+//! connections that fail loudly, with the fix, when the local stack is not running, and the
+//! `txflow` binary run as a user runs it.
 //!
 //! Addresses come from the environment and default to what `deploy/local/stack up` starts:
 //! `TXFLOW_KAFKA_BOOTSTRAP` (`127.0.0.1:9092`) and `TXFLOW_CQL_CONTACT_POINTS`
@@ -7,20 +8,25 @@
 //! transactional ids and keyspaces with [`unique_name`], so tests run in parallel and a rerun
 //! never sees an earlier run's data.
 
-use std::time::Duration;
+pub mod process;
+
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
-use scylla::response::query_result::QueryResult;
-use scylla::value::{CqlValue, Row};
 
 const START_STACK: &str = "start the local stack with `deploy/local/stack up` \
      (or run everything with `deploy/local/stack test`)";
+
+/// How long a harness call waits on the services before failing the test.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The Kafka bootstrap servers the tests use.
 pub fn kafka_bootstrap() -> String {
@@ -58,7 +64,9 @@ pub fn require_kafka() {
         .create()
         .unwrap_or_else(|e| panic!("cannot configure a Kafka client for {bootstrap}: {e}"));
     if let Err(e) = probe.fetch_metadata(None, Duration::from_secs(10)) {
-        panic!("Kafka is not reachable at {bootstrap} ({e}); {START_STACK}, or point TXFLOW_KAFKA_BOOTSTRAP at a running broker");
+        panic!(
+            "Kafka is not reachable at {bootstrap} ({e}); {START_STACK}, or point TXFLOW_KAFKA_BOOTSTRAP at a running broker"
+        );
     }
 }
 
@@ -72,7 +80,7 @@ pub fn create_topics(names: &[&str], partitions: i32) {
         .iter()
         .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
         .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let options = AdminOptions::new().operation_timeout(Some(TIMEOUT));
     // The admin client's futures are completed by librdkafka's own thread: no runtime needed.
     for result in futures::executor::block_on(admin.create_topics(&topics, &options))
         .expect("create_topics request")
@@ -82,6 +90,106 @@ pub fn create_topics(names: &[&str], partitions: i32) {
             Err((topic, code)) => panic!("creating topic {topic} failed: {code}"),
         }
     }
+}
+
+/// Writes `records` (key, value) to `topic` in one committed transaction of a producer of
+/// its own: when this returns, every record is there, or the test failed.
+pub fn produce_committed(topic: &str, records: &[(Option<&[u8]>, &[u8])]) {
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let producer: ThreadedProducer<DefaultProducerContext> = kafka_config()
+        .set("transactional.id", unique_name("seed"))
+        .create()
+        .expect("a transactional producer");
+    producer
+        .init_transactions(TIMEOUT)
+        .expect("init_transactions");
+    producer.begin_transaction().expect("begin");
+    for (key, value) in records {
+        let mut record = BaseRecord::to(topic).payload(*value);
+        if let Some(key) = key {
+            record = record.key(*key);
+        }
+        producer
+            .send(record)
+            .map_err(|(e, _)| e)
+            .expect("enqueue a record");
+    }
+    producer.commit_transaction(TIMEOUT).expect("commit");
+}
+
+/// A record as a test reads it back.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ReadRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl ReadRecord {
+    /// The first header with this name, as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// Everything a consumer with the given isolation level (`read_committed` or
+/// `read_uncommitted`) can read from `topic`, from the beginning to the end of each
+/// partition, in partition and offset order.
+pub fn read_topic(topic: &str, isolation: &str) -> Vec<ReadRecord> {
+    let consumer: BaseConsumer = kafka_config()
+        .set("group.id", unique_name("reader"))
+        .set("isolation.level", isolation)
+        .set("enable.partition.eof", "true")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("a reader");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), TIMEOUT)
+        .expect("topic metadata");
+    let partitions = metadata.topics()[0].partitions().len();
+    assert!(partitions > 0, "topic {topic} does not exist");
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment
+            .add_partition_offset(topic, p as i32, Offset::Beginning)
+            .expect("assign");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut records = Vec::new();
+    let mut at_end = 0;
+    let deadline = Instant::now() + TIMEOUT;
+    while at_end < partitions {
+        assert!(
+            Instant::now() < deadline,
+            "reading {topic} to its end took over {TIMEOUT:?}"
+        );
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(_))) => at_end += 1,
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            Some(Ok(m)) => records.push(ReadRecord {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().map(<[u8]>::to_vec),
+                headers: m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }),
+        }
+    }
+    records.sort();
+    records
 }
 
 /// A session to the test CQL database; fails the test with the fix in its message when
@@ -116,23 +224,4 @@ pub async fn fresh_keyspace(session: &Session) -> String {
         .await
         .unwrap_or_else(|e| panic!("using keyspace {keyspace}: {e}"));
     keyspace
-}
-
-/// Whether a lightweight transaction applied, read from its `[applied]` column by name.
-///
-/// Cassandra answers an applied LWT with `[applied]` alone and a refused one with
-/// `[applied]` plus the current values; ScyllaDB always adds the old row. Reading the
-/// column by name from an untyped row works with both shapes.
-pub fn lwt_applied(result: QueryResult) -> bool {
-    let rows = result.into_rows_result().expect("an LWT answers with rows");
-    let column = rows
-        .column_specs()
-        .iter()
-        .position(|spec| spec.name() == "[applied]")
-        .expect("an LWT answer has an [applied] column");
-    let first: Row = rows.first_row().expect("an LWT answer has a first row");
-    match first.columns.get(column) {
-        Some(Some(CqlValue::Boolean(applied))) => *applied,
-        other => panic!("[applied] is not a boolean: {other:?}"),
-    }
 }

@@ -7,6 +7,7 @@
 //! outcomes deterministic, so doing a batch twice has the effect of doing it once.
 
 pub mod dead_letter;
+mod fault;
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -146,15 +147,22 @@ pub async fn run<L: Log, S: Stage>(
             Err(e) => break Err(StageError::Fatal(e.to_string())),
         };
         let failure = match stage.process(&batch, now_ms()).await {
-            Ok(output) => match log.commit(&batch, output.outputs).await {
-                Ok(()) => {
-                    tracing::debug!(records = batch.len(), counts = ?output.counts, "batch committed");
-                    backoff.reset();
-                    continue;
+            Ok(output) => {
+                fault::before_commit().await;
+                match log.commit(&batch, output.outputs).await {
+                    Ok(()) => {
+                        tracing::debug!(records = batch.len(), counts = ?output.counts, "batch committed");
+                        backoff.reset();
+                        continue;
+                    }
+                    Err(LogError::Aborted(message)) => {
+                        format!("the transaction aborted: {message}")
+                    }
+                    Err(fatal @ LogError::Fatal(_)) => {
+                        break Err(StageError::Fatal(fatal.to_string()))
+                    }
                 }
-                Err(LogError::Aborted(message)) => format!("the transaction aborted: {message}"),
-                Err(fatal @ LogError::Fatal(_)) => break Err(StageError::Fatal(fatal.to_string())),
-            },
+            }
             Err(StageError::Transient { kind, message }) => format!("{kind}: {message}"),
             Err(fatal) => break Err(fatal),
         };

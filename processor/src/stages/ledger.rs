@@ -35,6 +35,14 @@ pub struct LedgerTopics {
     pub results: String,
 }
 
+/// What settling one account produced.
+struct Settled {
+    /// What to publish, indexed into the batch.
+    emissions: Vec<Emission>,
+    /// The account and its currency, when it exists after the batch.
+    opened: Option<(String, String)>,
+}
+
 /// The ledger stage over a store.
 pub struct Ledger<S> {
     store: Arc<S>,
@@ -157,7 +165,7 @@ impl<S: LedgerStore> Ledger<S> {
         entries: Vec<(usize, LedgerEntry)>,
         facts: &Facts,
         now_ms: i64,
-    ) -> Result<Vec<Emission>, StageError> {
+    ) -> Result<Settled, StageError> {
         let event_ids: Vec<String> = entries
             .iter()
             .map(|(_, e)| e.event.event_id.clone())
@@ -192,7 +200,13 @@ impl<S: LedgerStore> Ledger<S> {
                         },
                         other => other,
                     });
-                return Ok(emissions.collect());
+                return Ok(Settled {
+                    emissions: emissions.collect(),
+                    opened: settlement
+                        .account
+                        .currency
+                        .map(|c| (account_id.to_owned(), c)),
+                });
             }
         }
         Err(StageError::Transient {
@@ -225,25 +239,33 @@ impl<S: LedgerStore> Stage for Ledger<S> {
                 }
             }
         }
-        let facts = self.facts(&entries).await?;
-        let mut by_account: BTreeMap<String, Vec<(usize, LedgerEntry)>> = BTreeMap::new();
+        let mut facts = self.facts(&entries).await?;
+        let mut pending: BTreeMap<String, Vec<(usize, LedgerEntry)>> = BTreeMap::new();
         for (index, entry) in entries {
-            by_account
+            pending
                 .entry(entry.account_id().to_owned())
                 .or_default()
                 .push((index, entry));
         }
-        let settled: Vec<Vec<Emission>> = stream::iter(by_account)
-            .map(|(account_id, entries)| {
-                let facts = &facts;
-                async move {
-                    self.settle_account(&account_id, entries, facts, now_ms)
-                        .await
-                }
-            })
-            .buffer_unordered(self.concurrency)
-            .try_collect()
-            .await?;
+        let mut settled: Vec<Vec<Emission>> = Vec::with_capacity(pending.len());
+        while !pending.is_empty() {
+            let wave = next_wave(&mut pending, &facts);
+            let outcomes: Vec<Settled> = stream::iter(wave)
+                .map(|(account_id, entries)| {
+                    let facts = &facts;
+                    async move {
+                        self.settle_account(&account_id, entries, facts, now_ms)
+                            .await
+                    }
+                })
+                .buffer_unordered(self.concurrency)
+                .try_collect()
+                .await?;
+            for outcome in outcomes {
+                facts.counterparty_currency.extend(outcome.opened);
+                settled.push(outcome.emissions);
+            }
+        }
         for emission in settled.into_iter().flatten() {
             match emission {
                 Emission::Result(result) => {
@@ -273,5 +295,153 @@ impl<S: LedgerStore> Stage for Ledger<S> {
             }
         }
         Ok(BatchOutput { outputs, counts })
+    }
+}
+
+/// The accounts to settle next: those whose transfers do not wait on a counterparty that is
+/// unknown so far but still to be settled in this batch (a deposit there may open it). The
+/// rest wait for a later wave, once the accounts they pay are settled. Only per-account
+/// order is promised, so settling another account first reorders nothing that matters; a
+/// cycle of waits (accounts paying each other, all unknown) is settled as it stands.
+fn next_wave(
+    pending: &mut BTreeMap<String, Vec<(usize, LedgerEntry)>>,
+    facts: &Facts,
+) -> Vec<(String, Vec<(usize, LedgerEntry)>)> {
+    let waits = |account_id: &str, entries: &[(usize, LedgerEntry)]| {
+        entries.iter().any(|(_, entry)| {
+            let counterparty = entry.event.counterparty_account_id.as_deref();
+            entry.leg == Leg::Primary
+                && counterparty.is_some_and(|c| {
+                    c != account_id
+                        && !facts.counterparty_currency.contains_key(c)
+                        && pending.contains_key(c)
+                })
+        })
+    };
+    let waiting: Vec<String> = pending
+        .iter()
+        .filter(|(id, entries)| waits(id, entries))
+        .map(|(id, _)| id.clone())
+        .collect();
+    if waiting.len() == pending.len() {
+        return std::mem::take(pending).into_iter().collect();
+    }
+    let mut wave = Vec::with_capacity(pending.len() - waiting.len());
+    let all = std::mem::take(pending);
+    for (id, entries) in all {
+        if waiting.contains(&id) {
+            pending.insert(id, entries);
+        } else {
+            wave.push((id, entries));
+        }
+    }
+    wave
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap as Map;
+
+    use super::*;
+    use crate::domain::EventType;
+
+    fn entry(account: &str, event_type: EventType, to: Option<&str>) -> (usize, LedgerEntry) {
+        let event = TransactionEvent {
+            event_id: format!("{account}-{event_type:?}"),
+            event_type,
+            account_id: account.to_owned(),
+            counterparty_account_id: to.map(str::to_owned),
+            amount_minor: 1,
+            currency: "EUR".to_owned(),
+            occurred_at: 0,
+            source: "test".to_owned(),
+            attributes: Map::new(),
+        };
+        let origin = Origin {
+            topic: "t".to_owned(),
+            partition: 0,
+            offset: 0,
+        };
+        (
+            0,
+            LedgerEntry {
+                event,
+                leg: Leg::Primary,
+                origin,
+            },
+        )
+    }
+
+    fn waves(
+        mut pending: BTreeMap<String, Vec<(usize, LedgerEntry)>>,
+        facts: &mut Facts,
+    ) -> Vec<Vec<String>> {
+        let mut waves = Vec::new();
+        while !pending.is_empty() {
+            let wave: Vec<String> = next_wave(&mut pending, facts)
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+            for id in &wave {
+                facts
+                    .counterparty_currency
+                    .insert(id.clone(), "EUR".to_owned());
+            }
+            waves.push(wave);
+        }
+        waves
+    }
+
+    #[test]
+    fn an_account_opened_in_the_batch_is_settled_before_transfers_to_it() {
+        let pending = BTreeMap::from([
+            (
+                "a".to_owned(),
+                vec![entry("a", EventType::Transfer, Some("b"))],
+            ),
+            ("b".to_owned(), vec![entry("b", EventType::Deposit, None)]),
+            (
+                "c".to_owned(),
+                vec![entry("c", EventType::Transfer, Some("known"))],
+            ),
+        ]);
+        let mut facts = Facts::default();
+        facts
+            .counterparty_currency
+            .insert("known".to_owned(), "EUR".to_owned());
+        assert_eq!(
+            waves(pending, &mut facts),
+            vec![vec!["b".to_owned(), "c".to_owned()], vec!["a".to_owned()]]
+        );
+    }
+
+    #[test]
+    fn transfers_to_accounts_outside_the_batch_do_not_wait() {
+        let pending = BTreeMap::from([(
+            "a".to_owned(),
+            vec![entry("a", EventType::Transfer, Some("elsewhere"))],
+        )]);
+        assert_eq!(
+            waves(pending, &mut Facts::default()),
+            vec![vec!["a".to_owned()]]
+        );
+    }
+
+    #[test]
+    fn accounts_paying_each_other_are_settled_together() {
+        let pending = BTreeMap::from([
+            (
+                "a".to_owned(),
+                vec![entry("a", EventType::Transfer, Some("b"))],
+            ),
+            (
+                "b".to_owned(),
+                vec![entry("b", EventType::Transfer, Some("a"))],
+            ),
+        ]);
+        assert_eq!(
+            waves(pending, &mut Facts::default()),
+            vec![vec!["a".to_owned(), "b".to_owned()]]
+        );
     }
 }

@@ -7,7 +7,14 @@ use scylla::client::session::Session;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::value::Row;
 use tokio::sync::Barrier;
-use txflow_tests::{cql_session, fresh_keyspace, lwt_applied};
+use txflow::adapters::scylla::lwt_applied as applied;
+use txflow_tests::{cql_session, fresh_keyspace};
+
+/// Whether an LWT applied, read as txflow's store reads it (by column name, so that both
+/// Cassandra's and ScyllaDB's answer shapes work).
+fn lwt_applied(result: scylla::response::query_result::QueryResult) -> bool {
+    applied(result).expect("an LWT answer with an [applied] column")
+}
 
 async fn run(session: &Session, cql: &str) {
     session

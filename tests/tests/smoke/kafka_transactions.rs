@@ -10,9 +10,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
-use txflow_tests::{create_topics, kafka_config, unique_name};
-
-const TIMEOUT: Duration = Duration::from_secs(30);
+use txflow_tests::{
+    create_topics, kafka_config, produce_committed, read_topic, unique_name, ReadRecord, TIMEOUT,
+};
 
 type Record = (String, String);
 
@@ -36,65 +36,30 @@ fn send(producer: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &
         .expect("enqueue a record");
 }
 
-/// Writes `count` records (`acct-<i mod 8>`, `event-<i>`) to `topic` in one committed
-/// transaction of a producer of its own.
+/// Writes `count` records (`acct-<i mod 8>`, `event-<i>`) to `topic`, committed.
 fn seed(topic: &str, count: usize) -> Vec<Record> {
-    let producer = transactional_producer(&unique_name("seed"));
-    producer.begin_transaction().expect("begin");
     let records: Vec<Record> = (0..count)
         .map(|i| (format!("acct-{}", i % 8), format!("event-{i}")))
         .collect();
-    for (key, value) in &records {
-        send(&producer, topic, key, value);
-    }
-    producer.commit_transaction(TIMEOUT).expect("commit seed");
+    let raw: Vec<(Option<&[u8]>, &[u8])> = records
+        .iter()
+        .map(|(k, v)| (Some(k.as_bytes()), v.as_bytes()))
+        .collect();
+    produce_committed(topic, &raw);
     records
 }
 
-/// Everything a consumer with the given isolation level can read from `topic`, from the
-/// beginning to the end of each partition, sorted.
+/// Everything a consumer with the given isolation level can read from `topic`, sorted.
 fn read_all(topic: &str, isolation: &str) -> Vec<Record> {
-    let consumer: BaseConsumer = kafka_config()
-        .set("group.id", unique_name("reader"))
-        .set("isolation.level", isolation)
-        .set("enable.partition.eof", "true")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("a reader");
-    let metadata = consumer
-        .fetch_metadata(Some(topic), TIMEOUT)
-        .expect("topic metadata");
-    let partitions = metadata.topics()[0].partitions().len();
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..partitions {
-        assignment
-            .add_partition_offset(topic, p as i32, Offset::Beginning)
-            .expect("assign");
-    }
-    consumer.assign(&assignment).expect("assign");
-    let mut records = Vec::new();
-    let mut at_end = 0;
-    let deadline = Instant::now() + TIMEOUT;
-    while at_end < partitions {
-        assert!(
-            Instant::now() < deadline,
-            "reading {topic} to its end took over {TIMEOUT:?}"
-        );
-        match consumer.poll(Duration::from_millis(200)) {
-            None => {}
-            Some(Err(KafkaError::PartitionEOF(_))) => at_end += 1,
-            Some(Err(e)) => panic!("reading {topic}: {e}"),
-            Some(Ok(m)) => records.push(record_of(&m)),
-        }
-    }
+    let mut records: Vec<Record> = read_topic(topic, isolation).iter().map(record_of).collect();
     records.sort();
     records
 }
 
-fn record_of<M: Message>(m: &M) -> Record {
+fn record_of(m: &ReadRecord) -> Record {
     let text =
-        |bytes: Option<&[u8]>| String::from_utf8(bytes.unwrap_or_default().to_vec()).unwrap();
-    (text(m.key()), text(m.payload()))
+        |bytes: &Option<Vec<u8>>| String::from_utf8(bytes.clone().unwrap_or_default()).unwrap();
+    (text(&m.key), text(&m.value))
 }
 
 /// A `read_committed` group member that has consumed all `count` records of `topic`; returns
@@ -126,7 +91,10 @@ fn consume_in_group(
             Some(Err(e)) => panic!("consuming {topic}: {e}"),
             Some(Ok(m)) => {
                 next.insert(m.partition(), m.offset() + 1);
-                records.push(record_of(&m));
+                let text = |bytes: Option<&[u8]>| {
+                    String::from_utf8(bytes.unwrap_or_default().to_vec()).unwrap()
+                };
+                records.push((text(m.key()), text(m.payload())));
             }
         }
     }

@@ -1,0 +1,255 @@
+//! The `txflow` binary, run as a user runs it: a pipeline of fresh topics and keyspace, the
+//! CLI commands against it, and stage processes that tests stop, kill and restart.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::{cql_contact_points, kafka_bootstrap, require_kafka, unique_name};
+
+/// The `txflow` binary of this build with test faults compiled in, built once per test run.
+pub fn txflow_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // The test runs from <target>/<profile>/deps/; the binary lands in <target>/<profile>/.
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let profile_dir = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .expect("the test binary lives in <target>/<profile>/deps")
+            .to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut build = Command::new(cargo);
+        build.args([
+            "build",
+            "--quiet",
+            "-p",
+            "txflow",
+            "--bin",
+            "txflow",
+            "--features",
+            "fault-injection",
+        ]);
+        if profile_dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build
+            .status()
+            .expect("running cargo build for the txflow binary");
+        assert!(status.success(), "building the txflow binary failed");
+        let bin = profile_dir.join("txflow");
+        assert!(bin.exists(), "no txflow binary at {}", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// A pipeline of its own: unique topics, group and keyspace, migrated and applied.
+pub struct Pipeline {
+    pub ledger_topic: String,
+    pub results_topic: String,
+    pub dlq_topic: String,
+    pub keyspace: String,
+    pub partitions: i32,
+    env: Vec<(String, String)>,
+    logs: PathBuf,
+}
+
+impl Pipeline {
+    /// Fresh names, `txflow migrate` and `txflow topics apply`.
+    pub fn new(partitions: i32) -> Pipeline {
+        require_kafka();
+        let id = unique_name("p");
+        let topic = |name: &str| format!("{id}.{name}");
+        let keyspace = unique_name("txflow");
+        let contact_points: Vec<String> = cql_contact_points()
+            .iter()
+            .map(|c| format!("{c:?}"))
+            .collect();
+        let ledger_topic = topic("ledger");
+        let env = vec![
+            ("TXFLOW_KAFKA__BOOTSTRAP_SERVERS", kafka_bootstrap()),
+            (
+                "TXFLOW_STORE__CONTACT_POINTS",
+                format!("[{}]", contact_points.join(",")),
+            ),
+            ("TXFLOW_STORE__KEYSPACE", keyspace.clone()),
+            ("TXFLOW_TOPICS__EVENTS", topic("events")),
+            ("TXFLOW_TOPICS__LEDGER", ledger_topic.clone()),
+            ("TXFLOW_TOPICS__NOTIFICATIONS", topic("notifications")),
+            ("TXFLOW_TOPICS__RESULTS", topic("results")),
+            ("TXFLOW_TOPICS__PARTITIONS", partitions.to_string()),
+            ("TXFLOW_LEDGER__GROUP_ID", format!("{id}-ledger")),
+            // The broker's smallest: a killed member's partitions move on after 6 s.
+            ("TXFLOW_LEDGER__SESSION_TIMEOUT_MS", "6000".to_owned()),
+            ("TXFLOW_LOG", "info,txflow=debug".to_owned()),
+        ];
+        let logs = std::env::temp_dir().join(&id);
+        std::fs::create_dir_all(&logs).expect("a log directory");
+        let pipeline = Pipeline {
+            results_topic: topic("results"),
+            dlq_topic: format!("{ledger_topic}.dlq"),
+            ledger_topic,
+            keyspace,
+            partitions,
+            env: env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            logs,
+        };
+        pipeline.txflow(&["migrate"]);
+        pipeline.txflow(&["topics", "apply"]);
+        pipeline
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(txflow_bin());
+        command
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        command
+    }
+
+    /// Runs a txflow command to its end; fails the test, with its output, unless it succeeds.
+    pub fn txflow(&self, args: &[&str]) -> String {
+        let output = self
+            .command(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running txflow {args:?}: {e}"));
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "txflow {args:?} failed ({}):\n{stdout}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    }
+
+    /// Starts `txflow produce ARGS` in the background.
+    pub fn spawn_produce(&self, args: &[&str]) -> StageProcess {
+        let mut all = vec!["produce"];
+        all.extend_from_slice(args);
+        self.spawn(&all, "produce")
+    }
+
+    /// Starts a ledger process with a stable instance id (a restart reuses it).
+    pub fn spawn_ledger(&self, instance: &str) -> StageProcess {
+        self.spawn_ledger_with(instance, &[])
+    }
+
+    /// Starts a ledger process with extra environment variables (faults, settings).
+    pub fn spawn_ledger_with(&self, instance: &str, env: &[(&str, &str)]) -> StageProcess {
+        let mut command = self.command(&["run", "--stage", "ledger"]);
+        command.env("TXFLOW_LEDGER__INSTANCE_ID", instance);
+        command.envs(env.iter().copied());
+        self.start(command, &format!("ledger-{instance}"))
+    }
+
+    fn spawn(&self, args: &[&str], name: &str) -> StageProcess {
+        self.start(self.command(args), name)
+    }
+
+    fn start(&self, mut command: Command, name: &str) -> StageProcess {
+        let log = self.logs.join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("a process log file");
+        let child = command
+            .stdout(Stdio::from(file.try_clone().expect("log file handle")))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        StageProcess {
+            child: Some(child),
+            name: name.to_owned(),
+            log,
+        }
+    }
+}
+
+/// A running txflow process; killed when dropped.
+pub struct StageProcess {
+    child: Option<Child>,
+    name: String,
+    log: PathBuf,
+}
+
+impl StageProcess {
+    /// SIGKILL: no chance to finish anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit (fails the test after 60 s or on a failure).
+    pub fn terminate(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let status = self.wait_for(&mut child, Duration::from_secs(60));
+        assert!(
+            status.success(),
+            "{} exited with {status} after SIGTERM; log:\n{}",
+            self.name,
+            self.log_text()
+        );
+    }
+
+    /// Waits for the process to end by itself; fails the test unless it succeeds in time.
+    pub fn wait(&mut self, limit: Duration) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let status = self.wait_for(&mut child, limit);
+        assert!(
+            status.success(),
+            "{} exited with {status}; log:\n{}",
+            self.name,
+            self.log_text()
+        );
+    }
+
+    fn wait_for(&self, child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for a child") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "{} did not end within {limit:?}; log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Whether it still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// What it printed so far.
+    pub fn log_text(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(60).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for StageProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
