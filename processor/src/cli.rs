@@ -2,7 +2,7 @@
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,11 +10,10 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures::TryStreamExt;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::ClientContext;
+use rdkafka::producer::{BaseRecord, Producer};
 use tokio::sync::watch;
 
-use txflow::adapters::kafka::{self, GroupMember, KafkaLog, TopicReport};
+use txflow::adapters::kafka::{self, Delivery, GroupMember, KafkaLog, TopicReport};
 use txflow::adapters::scylla::{self, ScyllaLedgerStore};
 use txflow::codec::{Codec, Record};
 use txflow::config::{Config, TopicsConfig};
@@ -55,6 +54,9 @@ enum Command {
     Accounts(AccountsCommand),
     /// Write generated Avro transaction events to Kafka.
     Produce(ProduceArgs),
+    /// Measure the ledger on the configured Kafka and store: throughput exactly-once,
+    /// at-least-once and naive, latency at a fixed rate, the store's raw LWT ceiling.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,6 +78,28 @@ struct RunArgs {
     /// The stage to run.
     #[arg(long, value_enum)]
     stage: StageName,
+    /// How outputs and consumed offsets reach Kafka. at-least-once is the benchmark's
+    /// baseline, not for production: after a crash, results can be published twice
+    /// (balances stay exactly-once, because the store refuses to apply an event twice).
+    #[arg(long, value_enum, default_value_t = DeliveryArg::ExactlyOnce)]
+    delivery: DeliveryArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DeliveryArg {
+    /// Outputs and offsets in one Kafka transaction.
+    ExactlyOnce,
+    /// Outputs flushed, then offsets committed.
+    AtLeastOnce,
+}
+
+impl From<DeliveryArg> for Delivery {
+    fn from(arg: DeliveryArg) -> Self {
+        match arg {
+            DeliveryArg::ExactlyOnce => Delivery::ExactlyOnce,
+            DeliveryArg::AtLeastOnce => Delivery::AtLeastOnce,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,9 +158,11 @@ impl Cli {
             Command::Topics(TopicsCommand::Apply) => apply_topics(&config).await,
             Command::Run(RunArgs {
                 stage: StageName::Ledger,
-            }) => run_ledger(&config).await,
+                delivery,
+            }) => run_ledger(&config, delivery.into()).await,
             Command::Accounts(command) => accounts(&config, command).await,
             Command::Produce(args) => produce(&config, args).await,
+            Command::Bench(args) => crate::bench::bench(&config, args).await,
         }
     }
 }
@@ -194,7 +220,7 @@ fn shutdown_signal() -> anyhow::Result<watch::Receiver<bool>> {
     Ok(rx)
 }
 
-async fn run_ledger(config: &Config) -> anyhow::Result<()> {
+async fn run_ledger(config: &Config, delivery: Delivery) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
     let store = Arc::new(store(config).await?);
     let ledger_config = &config.ledger;
@@ -206,7 +232,7 @@ async fn run_ledger(config: &Config) -> anyhow::Result<()> {
         transactional_id: &transactional_id,
         session_timeout_ms: ledger_config.session_timeout_ms,
     };
-    let log = KafkaLog::new(&config.kafka, &member, &[&input])?;
+    let log = KafkaLog::new(&config.kafka, &member, &[&input], delivery)?;
     let ledger = Ledger::new(
         store,
         Arc::new(Codec::builtin()),
@@ -228,7 +254,7 @@ async fn run_ledger(config: &Config) -> anyhow::Result<()> {
         backoff_initial: Duration::from_millis(ledger_config.backoff_initial_ms),
         backoff_max: Duration::from_millis(ledger_config.backoff_max_ms),
     };
-    tracing::info!(%input, group = %ledger_config.group_id, %transactional_id, "ledger running");
+    tracing::info!(%input, group = %ledger_config.group_id, %transactional_id, ?delivery, "ledger running");
     pipeline::run(log, &ledger, &loop_config, shutdown).await?;
     tracing::info!("ledger stopped");
     Ok(())
@@ -269,29 +295,6 @@ fn print_line(line: &impl std::fmt::Display) -> anyhow::Result<()> {
     }
 }
 
-/// Counts deliveries the broker confirmed and refused.
-#[derive(Default)]
-struct Deliveries {
-    delivered: AtomicU64,
-    failed: AtomicU64,
-}
-
-impl ClientContext for Deliveries {}
-
-impl ProducerContext for Deliveries {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Ok(_) => self.delivered.fetch_add(1, Ordering::Relaxed),
-            Err((e, _)) => {
-                tracing::error!("delivery failed: {e}");
-                self.failed.fetch_add(1, Ordering::Relaxed)
-            }
-        };
-    }
-}
-
 async fn produce(config: &Config, args: ProduceArgs) -> anyhow::Result<()> {
     for (name, share) in [
         ("--duplicates", args.duplicates),
@@ -309,11 +312,7 @@ async fn produce(config: &Config, args: ProduceArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| config.topics.ledger.clone());
     let codec = Codec::builtin();
-    let producer: ThreadedProducer<Deliveries> = kafka::client_config(&config.kafka)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .create_with_context(Deliveries::default())?;
+    let producer = kafka::idempotent_producer(&config.kafka)?;
     let mut workload = Workload::new(WorkloadConfig {
         accounts: args.accounts,
         zipf_exponent: args.zipf,

@@ -1,5 +1,6 @@
 //! The `txflow` binary: parses the command line, sets up logging, runs the command.
 
+mod bench;
 mod cli;
 
 use clap::Parser;

@@ -6,15 +6,17 @@
 //! (`block_in_place`), never on an async worker as plain calls.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{KafkaConfig, TopicsConfig};
@@ -33,15 +35,51 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
     config
 }
 
+/// Counts the deliveries the broker confirmed and refused, so that no failed write goes
+/// unnoticed.
+#[derive(Default)]
+pub struct DeliveryReport {
+    pub delivered: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+impl ClientContext for DeliveryReport {}
+
+impl ProducerContext for DeliveryReport {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => self.delivered.fetch_add(1, Ordering::Relaxed),
+            Err((e, _)) => {
+                tracing::error!("delivery failed: {e}");
+                self.failed.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+}
+
+/// A producer whose deliveries are counted.
+pub type ReportingProducer = ThreadedProducer<DeliveryReport>;
+
 /// An idempotent producer (`acks=all`), for records written outside any transaction.
-pub fn idempotent_producer(
-    kafka: &KafkaConfig,
-) -> Result<ThreadedProducer<DefaultProducerContext>, KafkaError> {
+pub fn idempotent_producer(kafka: &KafkaConfig) -> Result<ReportingProducer, KafkaError> {
     client_config(kafka)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
-        .create()
+        .create_with_context(DeliveryReport::default())
+}
+
+/// How a stage's outputs and consumed offsets reach Kafka.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Outputs and offsets in one transaction: what txflow promises.
+    ExactlyOnce,
+    /// Outputs flushed, then offsets committed: the benchmark's baseline. After a crash
+    /// between the two, a batch's results are published again (balances stay exactly-once,
+    /// because the store refuses to apply an event twice).
+    AtLeastOnce,
 }
 
 /// Who a stage process is in its consumer group.
@@ -56,7 +94,8 @@ pub struct GroupMember<'a> {
 /// A group member and its transactional producer.
 pub struct KafkaLog {
     consumer: StreamConsumer,
-    producer: ThreadedProducer<DefaultProducerContext>,
+    producer: ReportingProducer,
+    delivery: Delivery,
 }
 
 impl KafkaLog {
@@ -66,6 +105,7 @@ impl KafkaLog {
         kafka: &KafkaConfig,
         group: &GroupMember<'_>,
         topics: &[&str],
+        delivery: Delivery,
     ) -> Result<Self, LogError> {
         let fatal = |what: &str, e: KafkaError| LogError::Fatal(format!("{what}: {e}"));
         let consumer: StreamConsumer = client_config(kafka)
@@ -77,28 +117,40 @@ impl KafkaLog {
             .set("enable.partition.eof", "false")
             .create()
             .map_err(|e| fatal("creating the consumer", e))?;
-        let producer: ThreadedProducer<DefaultProducerContext> = client_config(kafka)
-            .set("transactional.id", group.transactional_id)
-            .set(
-                "transaction.timeout.ms",
-                kafka.transaction_timeout_ms.to_string(),
-            )
-            // A delivery must give up before the transaction times out.
-            .set(
-                "message.timeout.ms",
-                (kafka.transaction_timeout_ms.saturating_sub(1_000))
-                    .max(1_000)
-                    .to_string(),
-            )
-            .set("linger.ms", "5")
-            .create()
-            .map_err(|e| fatal("creating the transactional producer", e))?;
-        tokio::task::block_in_place(|| producer.init_transactions(CALL_TIMEOUT))
-            .map_err(|e| fatal("initialising transactions", e))?;
+        let producer = match delivery {
+            Delivery::AtLeastOnce => {
+                idempotent_producer(kafka).map_err(|e| fatal("creating the producer", e))?
+            }
+            Delivery::ExactlyOnce => {
+                let producer: ReportingProducer = client_config(kafka)
+                    .set("transactional.id", group.transactional_id)
+                    .set(
+                        "transaction.timeout.ms",
+                        kafka.transaction_timeout_ms.to_string(),
+                    )
+                    // A delivery must give up before the transaction times out.
+                    .set(
+                        "message.timeout.ms",
+                        (kafka.transaction_timeout_ms.saturating_sub(1_000))
+                            .max(1_000)
+                            .to_string(),
+                    )
+                    .set("linger.ms", "5")
+                    .create_with_context(DeliveryReport::default())
+                    .map_err(|e| fatal("creating the transactional producer", e))?;
+                tokio::task::block_in_place(|| producer.init_transactions(CALL_TIMEOUT))
+                    .map_err(|e| fatal("initialising transactions", e))?;
+                producer
+            }
+        };
         consumer
             .subscribe(topics)
             .map_err(|e| fatal("subscribing", e))?;
-        Ok(KafkaLog { consumer, producer })
+        Ok(KafkaLog {
+            consumer,
+            producer,
+            delivery,
+        })
     }
 
     fn send(&self, output: OutputRecord) -> Result<(), KafkaError> {
@@ -135,6 +187,9 @@ impl KafkaLog {
         batch: &[InputRecord],
         outputs: Vec<OutputRecord>,
     ) -> Result<(), KafkaError> {
+        if self.delivery == Delivery::AtLeastOnce {
+            return self.flush_then_commit(batch, outputs);
+        }
         self.producer.begin_transaction()?;
         for output in outputs {
             self.send(output)?;
@@ -149,6 +204,24 @@ impl KafkaLog {
             CALL_TIMEOUT,
         )?;
         self.producer.commit_transaction(CALL_TIMEOUT)
+    }
+
+    /// At-least-once: every output acknowledged, then the offsets committed.
+    fn flush_then_commit(
+        &self,
+        batch: &[InputRecord],
+        outputs: Vec<OutputRecord>,
+    ) -> Result<(), KafkaError> {
+        let failed_before = self.producer.context().failed.load(Ordering::Relaxed);
+        for output in outputs {
+            self.send(output)?;
+        }
+        self.producer.flush(CALL_TIMEOUT)?;
+        if self.producer.context().failed.load(Ordering::Relaxed) != failed_before {
+            return Err(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut));
+        }
+        self.consumer
+            .commit(&next_offsets(batch)?, CommitMode::Sync)
     }
 }
 
@@ -230,8 +303,10 @@ impl Log for KafkaLog {
                 "the producer was fenced or failed: {error}"
             )));
         }
-        tokio::task::block_in_place(|| self.producer.abort_transaction(CALL_TIMEOUT))
-            .map_err(|e| LogError::Fatal(format!("aborting after {error}: {e}")))?;
+        if self.delivery == Delivery::ExactlyOnce {
+            tokio::task::block_in_place(|| self.producer.abort_transaction(CALL_TIMEOUT))
+                .map_err(|e| LogError::Fatal(format!("aborting after {error}: {e}")))?;
+        }
         Err(LogError::Aborted(error.to_string()))
     }
 
@@ -379,4 +454,18 @@ pub async fn apply_topics(
         });
     }
     Ok(reports)
+}
+
+/// Deletes topics; one that does not exist is not an error.
+pub async fn delete_topics(kafka: &KafkaConfig, names: &[String]) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka).create()?;
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let options = AdminOptions::new().operation_timeout(Some(CALL_TIMEOUT));
+    for result in admin.delete_topics(&names, &options).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((_, code)) => return Err(KafkaError::AdminOp(code)),
+        }
+    }
+    Ok(())
 }

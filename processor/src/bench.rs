@@ -1,0 +1,665 @@
+//! `txflow bench`: the ledger on the configured Kafka and store, measured side by side with
+//! its baselines in one run.
+//!
+//! Every mode gets fresh topics, group and keyspace. Throughput is measured on a preloaded
+//! backlog (first to last result, so start-up and group join are left out); latency at a
+//! fixed rate, from the moment an event is handed to the producer to the moment its result
+//! is readable with `read_committed`. The ledger runs as a child process (this binary's
+//! `run --stage ledger`), so that its resident memory is its own.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use futures::StreamExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::Mutex;
+
+use txflow::adapters::kafka;
+use txflow::adapters::scylla;
+use txflow::codec::{Codec, Record};
+use txflow::config::Config;
+use txflow::domain::{Entry, EventType, TransactionResult};
+use txflow::loadgen::{Workload, WorkloadConfig};
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Events preloaded for each throughput run (exactly-once and at-least-once).
+    #[arg(long, default_value_t = 30_000)]
+    events: u64,
+    /// Events preloaded for the naive run (one LWT and one transaction per event is slow).
+    #[arg(long, default_value_t = 2_000)]
+    naive_events: u64,
+    /// Accounts of the workload.
+    #[arg(long, default_value_t = 1000)]
+    accounts: usize,
+    /// Zipf exponent of account popularity.
+    #[arg(long, default_value_t = 1.0)]
+    zipf: f64,
+    /// Seconds of the fixed-rate latency run (at half the exactly-once throughput).
+    #[arg(long, default_value_t = 20)]
+    latency_seconds: u64,
+    /// Lightweight transactions of the raw store ceiling run.
+    #[arg(long, default_value_t = 20_000)]
+    lwt_count: u64,
+    /// Concurrent lightweight transactions in the raw store ceiling run.
+    #[arg(long, default_value_t = 256)]
+    lwt_concurrency: usize,
+    /// Partitions of the bench topics.
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+    /// Markdown file to write the results into (between bench markers, replacing an earlier
+    /// ledger section); printed to stdout either way.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+/// One way of running the ledger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    ExactlyOnce,
+    AtLeastOnce,
+    Naive,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::ExactlyOnce => "exactly-once",
+            Mode::AtLeastOnce => "at-least-once",
+            Mode::Naive => "naive",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Mode::ExactlyOnce => "exactly-once: batches of up to 500, one LWT per account per batch, one transaction per batch",
+            Mode::AtLeastOnce => "at-least-once: the same, without Kafka transactions (outputs flushed, then offsets committed)",
+            Mode::Naive => "naive: one LWT and one Kafka transaction per event (batches of 1)",
+        }
+    }
+}
+
+/// A pipeline of its own for one mode.
+struct Lane {
+    config: Config,
+    env: Vec<(String, String)>,
+}
+
+impl Lane {
+    fn new(base: &Config, run: &str, mode: Mode, partitions: i32) -> Lane {
+        let tag = format!("{run}_{}", mode.name().replace('-', "_"));
+        let mut config = base.clone();
+        config.topics.events = format!("bench.{tag}.events");
+        config.topics.ledger = format!("bench.{tag}.ledger");
+        config.topics.notifications = format!("bench.{tag}.notifications");
+        config.topics.results = format!("bench.{tag}.results");
+        config.topics.partitions = partitions;
+        config.store.keyspace = format!("bench_{tag}");
+        config.ledger.group_id = format!("bench-{tag}");
+        let mut env = vec![
+            ("TXFLOW_TOPICS__EVENTS", config.topics.events.clone()),
+            ("TXFLOW_TOPICS__LEDGER", config.topics.ledger.clone()),
+            (
+                "TXFLOW_TOPICS__NOTIFICATIONS",
+                config.topics.notifications.clone(),
+            ),
+            ("TXFLOW_TOPICS__RESULTS", config.topics.results.clone()),
+            ("TXFLOW_STORE__KEYSPACE", config.store.keyspace.clone()),
+            ("TXFLOW_LEDGER__GROUP_ID", config.ledger.group_id.clone()),
+            ("TXFLOW_LEDGER__INSTANCE_ID", "bench".to_owned()),
+        ];
+        if mode == Mode::Naive {
+            env.push(("TXFLOW_LEDGER__BATCH_MAX_RECORDS", "1".to_owned()));
+        }
+        Lane {
+            config,
+            env: env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        }
+    }
+
+    async fn prepare(&self) -> anyhow::Result<()> {
+        let session = scylla::connect(&self.config.store).await?;
+        scylla::migrate(&session, &self.config.store).await?;
+        kafka::apply_topics(&self.config.kafka, &self.config.topics).await?;
+        Ok(())
+    }
+
+    fn start_ledger(&self, mode: Mode, log: &Path) -> anyhow::Result<Child> {
+        let delivery = if mode == Mode::AtLeastOnce {
+            "at-least-once"
+        } else {
+            "exactly-once"
+        };
+        let file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        Command::new(std::env::current_exe()?)
+            .args(["run", "--stage", "ledger", "--delivery", delivery])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .spawn()
+            .context("starting the ledger")
+    }
+
+    async fn clean_up(&self) {
+        if let Ok(session) = scylla::connect(&self.config.store).await {
+            let drop = format!("DROP KEYSPACE IF EXISTS {}", self.config.store.keyspace);
+            if let Err(e) = session.query_unpaged(drop, ()).await {
+                tracing::warn!("dropping {}: {e}", self.config.store.keyspace);
+            }
+        }
+        if let Err(e) = kafka::delete_topics(&self.config.kafka, &self.config.topics.all()).await {
+            tracing::warn!("deleting the bench topics: {e}");
+        }
+    }
+}
+
+/// Events sent, by id: their type and when they were handed to the producer.
+#[derive(Default)]
+struct Sent {
+    events: HashMap<String, (EventType, Instant)>,
+}
+
+/// Writes `count` workload events (or for `duration`, at `rate`) to the lane's ledger topic.
+async fn produce(
+    lane: &Lane,
+    workload: &mut Workload,
+    count: u64,
+    rate: Option<NonZeroU32>,
+    sent: &Mutex<Sent>,
+) -> anyhow::Result<()> {
+    let codec = Codec::builtin();
+    let producer = kafka::idempotent_producer(&lane.config.kafka)?;
+    let limiter = rate.map(|r| governor::RateLimiter::direct(governor::Quota::per_second(r)));
+    for _ in 0..count {
+        if let Some(limiter) = &limiter {
+            limiter.until_ready().await;
+        }
+        let (event, _) = workload.next_event();
+        let value = codec.encode(Record::TransactionEvent, &event)?;
+        let mut record = BaseRecord::to(&lane.config.topics.ledger)
+            .key(&event.account_id)
+            .payload(&value);
+        sent.lock()
+            .await
+            .events
+            .insert(event.event_id.clone(), (event.event_type, Instant::now()));
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    back,
+                )) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((e, _)) => bail!("producing: {e}"),
+            }
+        }
+    }
+    tokio::task::block_in_place(|| producer.flush(Duration::from_secs(60)))?;
+    let failed = producer.context().failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        bail!("{failed} bench events were not delivered");
+    }
+    Ok(())
+}
+
+/// What the results consumer saw.
+#[derive(Default)]
+struct Observed {
+    results: u64,
+    /// Results still expected: one per event, plus one per applied transfer debit.
+    expected: u64,
+    first: Option<Instant>,
+    last: Option<Instant>,
+    /// Event handed to the producer → its result readable, for primary results.
+    latencies: Vec<Duration>,
+}
+
+/// Reads the lane's results until every event sent has its result(s), or `limit` passes.
+async fn observe(
+    lane: &Lane,
+    sent: &Mutex<Sent>,
+    total_events: u64,
+    limit: Duration,
+) -> anyhow::Result<Observed> {
+    let codec = Codec::builtin();
+    let consumer: StreamConsumer = kafka::client_config(&lane.config.kafka)
+        .set(
+            "group.id",
+            format!("{}-observer", lane.config.ledger.group_id),
+        )
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..lane.config.topics.partitions {
+        assignment.add_partition_offset(&lane.config.topics.results, p, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let mut observed = Observed {
+        expected: total_events,
+        ..Observed::default()
+    };
+    let deadline = Instant::now() + limit;
+    let mut stream = consumer.stream();
+    while observed.results < observed.expected {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let Ok(message) = tokio::time::timeout(remaining, stream.next()).await else {
+            bail!(
+                "{} of {} results after {limit:?}: the ledger is stuck (see its log)",
+                observed.results,
+                observed.expected
+            );
+        };
+        let message = message.context("the results stream ended")??;
+        let now = Instant::now();
+        let result: TransactionResult = codec.decode(
+            Record::TransactionResult,
+            message.payload().unwrap_or_default(),
+        )?;
+        observed.results += 1;
+        observed.first.get_or_insert(now);
+        observed.last = Some(now);
+        let sent = sent.lock().await;
+        if let Some((event_type, at)) = sent.events.get(&result.event_id) {
+            if result.entry == Entry::Debit && *event_type == EventType::Transfer {
+                observed.expected += 1;
+            }
+            if result.entry != Entry::Credit || *event_type != EventType::Transfer {
+                observed.latencies.push(now - *at);
+            }
+        }
+    }
+    Ok(observed)
+}
+
+/// The highest resident set size of a process so far (`VmHWM`), in MiB.
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn terminate(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+struct Throughput {
+    mode: Mode,
+    events: u64,
+    results: u64,
+    seconds: f64,
+    peak_rss_mib: Option<f64>,
+}
+
+impl Throughput {
+    fn per_second(&self) -> f64 {
+        self.events as f64 / self.seconds.max(1e-9)
+    }
+}
+
+async fn throughput(
+    base: &Config,
+    run: &str,
+    mode: Mode,
+    events: u64,
+    args: &BenchArgs,
+    logs: &Path,
+) -> anyhow::Result<Throughput> {
+    let lane = Lane::new(base, run, mode, args.partitions);
+    lane.prepare().await?;
+    let outcome = async {
+        let sent = Mutex::new(Sent::default());
+        let mut workload = workload(args, run);
+        produce(&lane, &mut workload, events, None, &sent).await?;
+        let log = logs.join(format!("ledger-{}.log", mode.name()));
+        let mut child = lane.start_ledger(mode, &log)?;
+        let observed = observe(&lane, &sent, events, Duration::from_secs(1800)).await;
+        let rss = peak_rss_mib(child.id());
+        terminate(&mut child);
+        let observed = observed
+            .with_context(|| format!("the {} run; ledger log: {}", mode.name(), log.display()))?;
+        let seconds = match (observed.first, observed.last) {
+            (Some(first), Some(last)) => (last - first).as_secs_f64(),
+            _ => bail!("no results"),
+        };
+        Ok(Throughput {
+            mode,
+            events,
+            results: observed.results,
+            seconds,
+            peak_rss_mib: rss,
+        })
+    }
+    .await;
+    lane.clean_up().await;
+    outcome
+}
+
+struct Latency {
+    rate: u32,
+    seconds: u64,
+    samples: usize,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+    peak_rss_mib: Option<f64>,
+}
+
+async fn latency(
+    base: &Config,
+    run: &str,
+    rate: u32,
+    args: &BenchArgs,
+    logs: &Path,
+) -> anyhow::Result<Latency> {
+    let lane = Lane::new(base, &format!("{run}l"), Mode::ExactlyOnce, args.partitions);
+    lane.prepare().await?;
+    let outcome = async {
+        let log = logs.join("ledger-latency.log");
+        let mut child = lane.start_ledger(Mode::ExactlyOnce, &log)?;
+        let sent = Arc::new(Mutex::new(Sent::default()));
+        let mut workload = workload(args, run);
+        // One event first, so that the group join is behind us before the clock runs.
+        produce(&lane, &mut workload, 1, None, &sent).await?;
+        observe(&lane, &sent, 1, Duration::from_secs(120)).await?;
+        sent.lock().await.events.clear();
+        let count = u64::from(rate) * args.latency_seconds;
+        let observer = {
+            let sent = sent.clone();
+            let lane = Lane {
+                config: lane.config.clone(),
+                env: Vec::new(),
+            };
+            tokio::spawn(
+                async move { observe(&lane, &sent, count + 1, Duration::from_secs(600)).await },
+            )
+        };
+        produce(&lane, &mut workload, count, NonZeroU32::new(rate), &sent).await?;
+        let observed = observer.await??;
+        let rss = peak_rss_mib(child.id());
+        terminate(&mut child);
+        let mut latencies = observed.latencies;
+        latencies.sort();
+        if latencies.is_empty() {
+            bail!("no latency samples");
+        }
+        let at = |q: f64| {
+            latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1]
+        };
+        Ok(Latency {
+            rate,
+            seconds: args.latency_seconds,
+            samples: latencies.len(),
+            p50: at(0.50),
+            p99: at(0.99),
+            max: latencies[latencies.len() - 1],
+            peak_rss_mib: rss,
+        })
+    }
+    .await;
+    lane.clean_up().await;
+    outcome
+}
+
+fn workload(args: &BenchArgs, run: &str) -> Workload {
+    Workload::new(WorkloadConfig {
+        accounts: args.accounts,
+        zipf_exponent: args.zipf,
+        id_prefix: run.to_owned(),
+        ..WorkloadConfig::default()
+    })
+}
+
+/// `INSERT … IF NOT EXISTS` at high concurrency on the store alone: its LWT ceiling here.
+async fn lwt_ceiling(base: &Config, run: &str, args: &BenchArgs) -> anyhow::Result<f64> {
+    let mut store = base.store.clone();
+    store.keyspace = format!("bench_{run}_lwt");
+    let session = scylla::connect(&store).await?;
+    session
+        .query_unpaged(
+            format!(
+                "CREATE KEYSPACE IF NOT EXISTS {} WITH replication = {}",
+                store.keyspace, store.replication
+            ),
+            (),
+        )
+        .await?;
+    session
+        .query_unpaged(
+            format!(
+                "CREATE TABLE IF NOT EXISTS {}.probe (id bigint PRIMARY KEY)",
+                store.keyspace
+            ),
+            (),
+        )
+        .await?;
+    let insert = session
+        .prepare(format!(
+            "INSERT INTO {}.probe (id) VALUES (?) IF NOT EXISTS",
+            store.keyspace
+        ))
+        .await?;
+    let next = AtomicU64::new(0);
+    let started = Instant::now();
+    let workers = (0..args.lwt_concurrency).map(|_| async {
+        loop {
+            let id = next.fetch_add(1, Ordering::Relaxed);
+            if id >= args.lwt_count {
+                return Ok::<_, anyhow::Error>(());
+            }
+            let applied =
+                scylla::lwt_applied(session.execute_unpaged(&insert, (id as i64,)).await?)?;
+            if !applied {
+                bail!("probe row {id} existed already");
+            }
+        }
+    });
+    futures::future::try_join_all(workers).await?;
+    let rate = args.lwt_count as f64 / started.elapsed().as_secs_f64();
+    let _ = session
+        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", store.keyspace), ())
+        .await;
+    Ok(rate)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<f64>().ok())
+        })
+        .map(|kib| format!("{:.0} GiB", kib / 1024.0 / 1024.0))
+        .unwrap_or_else(|| "unknown memory".to_owned());
+    format!("{cores} cores ({cpu}), {memory}")
+}
+
+pub async fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
+    let run = format!("{:08x}", rand::random::<u32>());
+    let logs = std::env::temp_dir().join(format!("txflow-bench-{run}"));
+    std::fs::create_dir_all(&logs)?;
+    eprintln!("bench {run}: ledger logs in {}", logs.display());
+
+    eprintln!(
+        "bench: raw LWT ceiling ({} inserts, {} concurrent)",
+        args.lwt_count, args.lwt_concurrency
+    );
+    let ceiling = lwt_ceiling(config, &run, &args).await?;
+    let mut runs = Vec::new();
+    for (mode, events) in [
+        (Mode::ExactlyOnce, args.events),
+        (Mode::AtLeastOnce, args.events),
+        (Mode::Naive, args.naive_events),
+    ] {
+        eprintln!(
+            "bench: {} throughput on {events} preloaded events",
+            mode.name()
+        );
+        runs.push(throughput(config, &run, mode, events, &args, &logs).await?);
+    }
+    let exactly_once = runs[0].per_second();
+    let rate = ((exactly_once / 2.0).round() as u32).max(1);
+    eprintln!(
+        "bench: exactly-once latency at {rate} events/s for {} s",
+        args.latency_seconds
+    );
+    let latency = latency(config, &run, rate, &args, &logs).await?;
+
+    let report = report(&args, &runs, ceiling, &latency);
+    print!("{report}");
+    if let Some(path) = &args.output {
+        write_section(path, &report)?;
+        eprintln!("bench: written to {}", path.display());
+    }
+    Ok(())
+}
+
+const START: &str = "<!-- txflow bench: ledger (start) -->";
+const END: &str = "<!-- txflow bench: ledger (end) -->";
+
+fn report(args: &BenchArgs, runs: &[Throughput], ceiling: f64, latency: &Latency) -> String {
+    let command: Vec<String> = std::env::args().skip(1).collect();
+    let eos = runs[0].per_second();
+    let mut md = String::new();
+    let _ = writeln!(md, "{START}");
+    let _ = writeln!(md, "## Ledger throughput and latency\n");
+    let _ = writeln!(
+        md,
+        "Measured by `txflow {}` on {}, against the local stack",
+        command.join(" "),
+        machine()
+    );
+    let _ = writeln!(
+        md,
+        "(`deploy/local/stack up`: Kafka and Cassandra on the same machine), {} accounts with Zipf exponent {}, {} partitions.\n",
+        args.accounts, args.zipf, args.partitions
+    );
+    let _ = writeln!(
+        md,
+        "| mode | events | results | seconds | events/s | vs exactly-once | ledger peak RSS |"
+    );
+    let _ = writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for run in runs {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.1} | {:.0} | {:.2}× | {} |",
+            run.mode.describe(),
+            run.events,
+            run.results,
+            run.seconds,
+            run.per_second(),
+            run.per_second() / eos,
+            run.peak_rss_mib
+                .map(|m| format!("{m:.0} MiB"))
+                .unwrap_or_else(|| "?".to_owned())
+        );
+    }
+    let _ = writeln!(
+        md,
+        "| raw store ceiling: `INSERT … IF NOT EXISTS`, {} concurrent, no Kafka | {} | | | {:.0} LWT/s | {:.2}× | |",
+        args.lwt_concurrency,
+        args.lwt_count,
+        ceiling,
+        ceiling / eos
+    );
+    let _ = writeln!(
+        md,
+        "\nExactly-once latency, event handed to the producer → result readable (`read_committed`), at {} events/s (half the exactly-once throughput) for {} s: p50 {} ms, p99 {} ms, max {} ms over {} events; ledger peak RSS {}.\n",
+        latency.rate,
+        latency.seconds,
+        latency.p50.as_millis(),
+        latency.p99.as_millis(),
+        latency.max.as_millis(),
+        latency.samples,
+        latency.peak_rss_mib.map(|m| format!("{m:.0} MiB")).unwrap_or_else(|| "?".to_owned())
+    );
+    let alo = runs[1].per_second();
+    let naive = runs[2].per_second();
+    let peak = runs
+        .iter()
+        .filter_map(|r| r.peak_rss_mib)
+        .chain(latency.peak_rss_mib)
+        .fold(0.0, f64::max);
+    let verdict = |ok: bool| if ok { "met" } else { "**not met**" };
+    let _ = writeln!(md, "| target | measured | |");
+    let _ = writeln!(md, "| --- | --- | --- |");
+    let _ = writeln!(
+        md,
+        "| exactly-once ≥ 80% of at-least-once | {:.0}% | {} |",
+        eos / alo * 100.0,
+        verdict(eos >= 0.8 * alo)
+    );
+    let _ = writeln!(
+        md,
+        "| exactly-once ≥ 3× naive, under Zipf skew | {:.1}× | {} |",
+        eos / naive,
+        verdict(eos >= 3.0 * naive)
+    );
+    let _ = writeln!(
+        md,
+        "| p99 ≤ 250 ms at half the sustained maximum | {} ms | {} |",
+        latency.p99.as_millis(),
+        verdict(latency.p99 <= Duration::from_millis(250))
+    );
+    let _ = writeln!(
+        md,
+        "| ledger process < 256 MiB resident | {peak:.0} MiB peak | {} |",
+        verdict(peak < 256.0)
+    );
+    let _ = writeln!(md, "{END}");
+    md
+}
+
+/// Replaces the ledger section of `path` (or appends it).
+fn write_section(path: &Path, section: &str) -> anyhow::Result<()> {
+    let existing = std::fs::read_to_string(path).unwrap_or_default();
+    let updated = match (existing.find(START), existing.find(END)) {
+        (Some(start), Some(end)) if start < end => {
+            format!(
+                "{}{}{}",
+                &existing[..start],
+                section,
+                &existing[end + END.len()..].trim_start_matches('\n')
+            )
+        }
+        _ => format!(
+            "{existing}{}{section}",
+            if existing.is_empty() { "" } else { "\n" }
+        ),
+    };
+    std::fs::write(path, updated).with_context(|| format!("writing {}", path.display()))
+}
