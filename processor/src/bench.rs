@@ -1,10 +1,11 @@
 //! `txflow bench`: the ledger on the configured Kafka and store, measured side by side with
 //! its baselines in one run.
 //!
-//! Every mode gets fresh topics, group and keyspace. Throughput is measured on a preloaded
-//! backlog (first to last result, so start-up and group join are left out); latency at a
-//! fixed rate, from the moment an event is handed to the producer to the moment its result
-//! is readable with `read_committed`. The ledger runs as a child process (this binary's
+//! Every mode gets fresh topics, group and keyspace and a ledger that has joined its group
+//! (one warm-up event). Throughput: events written as fast as this process can, while the
+//! ledger runs, divided by the time from the first write to the last result readable with
+//! `read_committed`. Latency: at a fixed rate, from the moment an event is handed to the
+//! producer to the moment its result is readable. The ledger runs as a child process (this binary's
 //! `run --stage ledger`), so that its resident memory is its own.
 
 use std::collections::HashMap;
@@ -34,10 +35,10 @@ use txflow::loadgen::{Workload, WorkloadConfig};
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// Events preloaded for each throughput run (exactly-once and at-least-once).
+    /// Events of each throughput run (exactly-once and at-least-once).
     #[arg(long, default_value_t = 30_000)]
     events: u64,
-    /// Events preloaded for the naive run (one LWT and one transaction per event is slow).
+    /// Events of the naive run (one LWT and one transaction per event is slow).
     #[arg(long, default_value_t = 2_000)]
     naive_events: u64,
     /// Accounts of the workload.
@@ -246,6 +247,7 @@ async fn observe(
         )
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
         .create()?;
     let mut assignment = TopicPartitionList::new();
     for p in 0..lane.config.topics.partitions {
@@ -329,24 +331,28 @@ async fn throughput(
     let lane = Lane::new(base, run, mode, args.partitions);
     lane.prepare().await?;
     let outcome = async {
-        let sent = Mutex::new(Sent::default());
-        let mut workload = workload(args, run);
-        produce(&lane, &mut workload, events, None, &sent).await?;
         let log = logs.join(format!("ledger-{}.log", mode.name()));
         let mut child = lane.start_ledger(mode, &log)?;
-        let observed = observe(&lane, &sent, events, Duration::from_secs(1800)).await;
+        let sent = Arc::new(Mutex::new(Sent::default()));
+        let mut workload = workload(args, run);
+        let measured = async {
+            warm_up(&lane, &mut workload, &sent).await?;
+            let started = Instant::now();
+            let observer = spawn_observer(&lane, &sent, events + 1, Duration::from_secs(1800));
+            produce(&lane, &mut workload, events, None, &sent).await?;
+            let observed = observer.await??;
+            let last = observed.last.context("no results")?;
+            Ok::<_, anyhow::Error>((observed.results, (last - started).as_secs_f64()))
+        }
+        .await;
         let rss = peak_rss_mib(child.id());
         terminate(&mut child);
-        let observed = observed
+        let (results, seconds) = measured
             .with_context(|| format!("the {} run; ledger log: {}", mode.name(), log.display()))?;
-        let seconds = match (observed.first, observed.last) {
-            (Some(first), Some(last)) => (last - first).as_secs_f64(),
-            _ => bail!("no results"),
-        };
         Ok(Throughput {
             mode,
             events,
-            results: observed.results,
+            results,
             seconds,
             peak_rss_mib: rss,
         })
@@ -380,21 +386,9 @@ async fn latency(
         let mut child = lane.start_ledger(Mode::ExactlyOnce, &log)?;
         let sent = Arc::new(Mutex::new(Sent::default()));
         let mut workload = workload(args, run);
-        // One event first, so that the group join is behind us before the clock runs.
-        produce(&lane, &mut workload, 1, None, &sent).await?;
-        observe(&lane, &sent, 1, Duration::from_secs(120)).await?;
-        sent.lock().await.events.clear();
+        warm_up(&lane, &mut workload, &sent).await?;
         let count = u64::from(rate) * args.latency_seconds;
-        let observer = {
-            let sent = sent.clone();
-            let lane = Lane {
-                config: lane.config.clone(),
-                env: Vec::new(),
-            };
-            tokio::spawn(
-                async move { observe(&lane, &sent, count + 1, Duration::from_secs(600)).await },
-            )
-        };
+        let observer = spawn_observer(&lane, &sent, count + 1, Duration::from_secs(600));
         produce(&lane, &mut workload, count, NonZeroU32::new(rate), &sent).await?;
         let observed = observer.await??;
         let rss = peak_rss_mib(child.id());
@@ -420,6 +414,30 @@ async fn latency(
     .await;
     lane.clean_up().await;
     outcome
+}
+
+/// One event through a freshly started ledger, so that its group join is behind us before
+/// the clock runs; it leaves one result on the results topic.
+async fn warm_up(lane: &Lane, workload: &mut Workload, sent: &Mutex<Sent>) -> anyhow::Result<()> {
+    produce(lane, workload, 1, None, sent).await?;
+    observe(lane, sent, 1, Duration::from_secs(120)).await?;
+    sent.lock().await.events.clear();
+    Ok(())
+}
+
+/// Reads the lane's results in the background until `total_events` have theirs.
+fn spawn_observer(
+    lane: &Lane,
+    sent: &Arc<Mutex<Sent>>,
+    total_events: u64,
+    limit: Duration,
+) -> tokio::task::JoinHandle<anyhow::Result<Observed>> {
+    let lane = Lane {
+        config: lane.config.clone(),
+        env: Vec::new(),
+    };
+    let sent = sent.clone();
+    tokio::spawn(async move { observe(&lane, &sent, total_events, limit).await })
 }
 
 fn workload(args: &BenchArgs, run: &str) -> Workload {

@@ -22,7 +22,7 @@ use txflow::loadgen::{Sent, Workload, WorkloadConfig};
 use txflow::pipeline::dead_letter::DeadLetters;
 use txflow::pipeline::{self, LoopConfig};
 use txflow::ports::LedgerStore;
-use txflow::stages::ledger::{Ledger, LedgerTopics};
+use txflow::stages::ledger::{Ledger, LedgerSettings, LedgerTopics};
 
 /// txflow: an exactly-once financial transaction stream processor on Kafka and ScyllaDB.
 ///
@@ -245,8 +245,11 @@ async fn run_ledger(config: &Config, delivery: Delivery) -> anyhow::Result<()> {
             stage: "ledger",
             group: ledger_config.group_id.clone(),
         },
-        ledger_config.store_concurrency,
-        ledger_config.max_settle_attempts,
+        LedgerSettings {
+            concurrency: ledger_config.store_concurrency,
+            max_attempts: ledger_config.max_settle_attempts,
+            cache_capacity: ledger_config.account_cache,
+        },
     );
     let loop_config = LoopConfig {
         max_records: ledger_config.batch_max_records,

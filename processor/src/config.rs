@@ -200,6 +200,9 @@ pub struct LedgerConfig {
     pub session_timeout_ms: u64,
     /// Accounts settled at once within a batch.
     pub store_concurrency: usize,
+    /// Accounts whose state the ledger remembers between batches (and counterparty
+    /// currencies); a remembered account is written without being read first.
+    pub account_cache: usize,
     /// Settling attempts for one account when other writers keep moving it on.
     pub max_settle_attempts: u32,
     /// First and largest pause after a transient failure, before the batch is read again.
@@ -216,6 +219,7 @@ impl Default for LedgerConfig {
             batch_max_wait_ms: 50,
             session_timeout_ms: 10_000,
             store_concurrency: 64,
+            account_cache: 100_000,
             max_settle_attempts: 20,
             backoff_initial_ms: 100,
             backoff_max_ms: 10_000,
@@ -292,9 +296,12 @@ impl Config {
         if !(1..=1000).contains(&self.store.max_rows_per_write) {
             return invalid("store.max_rows_per_write must be between 1 and 1000");
         }
-        if self.ledger.batch_max_records == 0 || self.ledger.store_concurrency == 0 {
+        if self.ledger.batch_max_records == 0
+            || self.ledger.store_concurrency == 0
+            || self.ledger.account_cache == 0
+        {
             return invalid(
-                "ledger.batch_max_records and ledger.store_concurrency must be at least 1",
+                "ledger.batch_max_records, ledger.store_concurrency and ledger.account_cache must be at least 1",
             );
         }
         if self.ledger.max_settle_attempts == 0 {

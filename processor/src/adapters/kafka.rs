@@ -108,13 +108,21 @@ impl KafkaLog {
         delivery: Delivery,
     ) -> Result<Self, LogError> {
         let fatal = |what: &str, e: KafkaError| LogError::Fatal(format!("{what}: {e}"));
-        let consumer: StreamConsumer = client_config(kafka)
+        let mut consumer_config = client_config(kafka);
+        consumer_config
             .set("group.id", group.group_id)
             .set("session.timeout.ms", group.session_timeout_ms.to_string())
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
+            .set("enable.partition.eof", "false");
+        // A read_committed fetch waiting on the broker is not woken by a transaction's commit
+        // marker: it sleeps out fetch.wait.max.ms (librdkafka's default, 500 ms), which
+        // would be the pipeline's latency floor.
+        if !kafka.properties.contains_key("fetch.wait.max.ms") {
+            consumer_config.set("fetch.wait.max.ms", "10");
+        }
+        let consumer: StreamConsumer = consumer_config
             .create()
             .map_err(|e| fatal("creating the consumer", e))?;
         let producer = match delivery {
@@ -136,6 +144,11 @@ impl KafkaLog {
                             .to_string(),
                     )
                     .set("linger.ms", "5")
+                    // A transaction that starts right after the previous one's commit is told
+                    // CONCURRENT_TRANSACTIONS until the commit markers are written, and retries
+                    // after retry.backoff.ms: librdkafka's 100 ms default would be added to
+                    // nearly every batch.
+                    .set("retry.backoff.ms", "5")
                     .create_with_context(DeliveryReport::default())
                     .map_err(|e| fatal("creating the transactional producer", e))?;
                 tokio::task::block_in_place(|| producer.init_transactions(CALL_TIMEOUT))
@@ -203,7 +216,22 @@ impl KafkaLog {
             &metadata,
             CALL_TIMEOUT,
         )?;
+        self.await_deliveries()?;
         self.producer.commit_transaction(CALL_TIMEOUT)
+    }
+
+    /// Waits until every record sent is acknowledged or failed. rust-rdkafka's own flush
+    /// polls in steps of 100 ms, which the producer's polling thread makes it sleep out in
+    /// full: that would add 100 ms to every batch.
+    fn await_deliveries(&self) -> Result<(), KafkaError> {
+        let deadline = std::time::Instant::now() + CALL_TIMEOUT;
+        while self.producer.in_flight_count() > 0 {
+            if std::time::Instant::now() > deadline {
+                return Err(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut));
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        Ok(())
     }
 
     /// At-least-once: every output acknowledged, then the offsets committed.
@@ -216,7 +244,7 @@ impl KafkaLog {
         for output in outputs {
             self.send(output)?;
         }
-        self.producer.flush(CALL_TIMEOUT)?;
+        self.await_deliveries()?;
         if self.producer.context().failed.load(Ordering::Relaxed) != failed_before {
             return Err(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut));
         }

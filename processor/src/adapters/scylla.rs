@@ -144,6 +144,7 @@ pub struct ScyllaLedgerStore {
     load_results: PreparedStatement,
     load_currency: PreparedStatement,
     load_debit: PreparedStatement,
+    load_debit_serial: PreparedStatement,
     advance: PreparedStatement,
     insert_result: PreparedStatement,
     all_accounts: PreparedStatement,
@@ -180,13 +181,15 @@ impl ScyllaLedgerStore {
             let session = &session;
             async move { session.prepare(cql).await.map_err(|e| classify(e.into())) }
         };
-        let mut load_debit = prepare(format!(
+        let debit = format!(
             "SELECT fingerprint, entry, status FROM {table} WHERE account_id = ? AND event_id = ?"
-        ))
-        .await?;
-        // A credit leg must see its debit, which an LWT committed just before: a serial read
-        // sees every committed Paxos write.
-        load_debit.set_consistency(Consistency::Serial);
+        );
+        let load_debit = prepare(debit.clone()).await?;
+        // A credit leg must see its debit, which an LWT committed before the credit leg became
+        // readable. A read at the write's consistency sees it; a debit it misses is read again
+        // serially, which sees every committed Paxos write, before the credit is refused.
+        let mut load_debit_serial = prepare(debit).await?;
+        load_debit_serial.set_consistency(Consistency::Serial);
         let mut advance = prepare(format!(
             "UPDATE {table} SET balance_minor = ?, currency = ?, version = ? \
              WHERE account_id = ? IF version = ?"
@@ -208,10 +211,13 @@ impl ScyllaLedgerStore {
             ))
             .await?,
             load_debit,
+            load_debit_serial,
             advance,
+            // IF NOT EXISTS: a result written on a guess that the event is new (the stage's
+            // cached path) must refuse the whole batch when the guess was wrong.
             insert_result: prepare(format!(
                 "INSERT INTO {table} (account_id, {RESULT_COLUMNS}) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS"
             ))
             .await?,
             all_accounts: prepare(format!(
@@ -242,6 +248,38 @@ impl ScyllaLedgerStore {
             currency,
             version: version.unwrap_or(0),
         }))
+    }
+}
+
+impl ScyllaLedgerStore {
+    /// The event's fingerprint when `account_id` recorded it as an applied debit.
+    async fn debit(
+        &self,
+        statement: &PreparedStatement,
+        account_id: &str,
+        event_id: &str,
+    ) -> Result<Option<(String, Fingerprint)>, StoreError> {
+        let rows = self
+            .session
+            .execute_unpaged(statement, (account_id, event_id))
+            .await
+            .map_err(classify)?
+            .into_rows_result()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let row: Option<DebitRow> = rows
+            .maybe_first_row()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(match row {
+            Some((Some(fingerprint), Some(entry), Some(status)))
+                if entry == "DEBIT" && status == "APPLIED" =>
+            {
+                let fingerprint: [u8; 32] = fingerprint.try_into().map_err(|_| {
+                    StoreError::Corrupt(format!("fingerprint of {event_id:?} is not 32 bytes"))
+                })?;
+                Some((event_id.to_owned(), Fingerprint(fingerprint)))
+            }
+            _ => None,
+        })
     }
 }
 
@@ -374,27 +412,13 @@ impl LedgerStore for ScyllaLedgerStore {
         debits: &[(String, String)],
     ) -> Result<HashMap<String, Fingerprint>, StoreError> {
         let lookups = debits.iter().map(|(account_id, event_id)| async move {
-            let rows = self
-                .session
-                .execute_unpaged(&self.load_debit, (account_id, event_id))
-                .await
-                .map_err(classify)?
-                .into_rows_result()
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let row: Option<DebitRow> = rows
-                .maybe_first_row()
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            Ok::<_, StoreError>(match row {
-                Some((Some(fingerprint), Some(entry), Some(status)))
-                    if entry == "DEBIT" && status == "APPLIED" =>
-                {
-                    let fingerprint: [u8; 32] = fingerprint.try_into().map_err(|_| {
-                        StoreError::Corrupt(format!("fingerprint of {event_id:?} is not 32 bytes"))
-                    })?;
-                    Some((event_id.clone(), Fingerprint(fingerprint)))
+            match self.debit(&self.load_debit, account_id, event_id).await? {
+                Some(found) => Ok(Some(found)),
+                None => {
+                    self.debit(&self.load_debit_serial, account_id, event_id)
+                        .await
                 }
-                _ => None,
-            })
+            }
         });
         let found = futures::future::try_join_all(lookups).await?;
         Ok(found.into_iter().flatten().collect())

@@ -11,7 +11,7 @@ mod fault;
 
 use std::fmt::Debug;
 use std::future::Future;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use tokio::sync::watch;
@@ -146,12 +146,20 @@ pub async fn run<L: Log, S: Stage>(
             Ok(batch) => batch,
             Err(e) => break Err(StageError::Fatal(e.to_string())),
         };
+        let started = Instant::now();
         let failure = match stage.process(&batch, now_ms()).await {
             Ok(output) => {
+                let processed = started.elapsed();
                 fault::before_commit().await;
                 match log.commit(&batch, output.outputs).await {
                     Ok(()) => {
-                        tracing::debug!(records = batch.len(), counts = ?output.counts, "batch committed");
+                        tracing::debug!(
+                            records = batch.len(),
+                            counts = ?output.counts,
+                            process_ms = processed.as_millis() as u64,
+                            total_ms = started.elapsed().as_millis() as u64,
+                            "batch committed"
+                        );
                         backoff.reset();
                         continue;
                     }

@@ -65,8 +65,10 @@ pub trait LedgerStore: Send + Sync + 'static {
         debits: &[(String, String)],
     ) -> impl Future<Output = Result<HashMap<String, Fingerprint>, StoreError>> + Send;
 
-    /// Writes what `settlement` recorded if the account is still as `before` found it.
-    /// `Ok(false)` means another writer moved it on: load again and settle again.
+    /// Writes what `settlement` recorded if the account is still as `before` says and none
+    /// of the recorded events is recorded yet. `Ok(false)` means one of the two did not hold
+    /// (another writer moved the account on, or `before` was a guess and an event was a
+    /// replay): load again and settle again.
     fn record(
         &self,
         account_id: &str,

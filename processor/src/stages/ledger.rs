@@ -8,15 +8,15 @@
 //! moved the account on first, the account is loaded and settled again: the results it
 //! already recorded come back as replays, identical to the first.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::codec::{Codec, Record};
 use crate::domain::ledger::settle;
 use crate::domain::{
-    Emission, Facts, FailureKind, LedgerEntry, Leg, Origin, Poison, TransactionEvent,
+    Account, Emission, Facts, FailureKind, LedgerEntry, Leg, Origin, Poison, TransactionEvent,
 };
 use crate::pipeline::dead_letter::DeadLetters;
 use crate::pipeline::{BatchOutput, Stage, StageError};
@@ -49,8 +49,25 @@ pub struct Ledger<S> {
     codec: Arc<Codec>,
     topics: LedgerTopics,
     dead_letters: DeadLetters,
-    concurrency: usize,
-    max_attempts: u32,
+    settings: LedgerSettings,
+    /// The last state this process recorded for each account it settled. This process is
+    /// the only writer of its partitions' accounts, so the state is almost always current;
+    /// when it is not (a rebalance moved the account, or a batch is replayed) the
+    /// conditional write refuses and the account is loaded from the store.
+    accounts: Mutex<HashMap<String, Account>>,
+    /// Currencies of accounts known to exist: existence and currency never change.
+    currencies: Mutex<HashMap<String, String>>,
+}
+
+/// How the ledger settles a batch.
+#[derive(Clone, Debug)]
+pub struct LedgerSettings {
+    /// Accounts settled at once.
+    pub concurrency: usize,
+    /// Settling attempts for one account while other writers move it on.
+    pub max_attempts: u32,
+    /// Accounts (and currencies) remembered; past that the memory starts over.
+    pub cache_capacity: usize,
 }
 
 /// What one batch did, for logs and metrics.
@@ -68,17 +85,40 @@ impl<S: LedgerStore> Ledger<S> {
         codec: Arc<Codec>,
         topics: LedgerTopics,
         dead_letters: DeadLetters,
-        concurrency: usize,
-        max_attempts: u32,
+        settings: LedgerSettings,
     ) -> Self {
         Ledger {
             store,
             codec,
             topics,
             dead_letters,
-            concurrency,
-            max_attempts,
+            settings,
+            accounts: Mutex::new(HashMap::new()),
+            currencies: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn remember_account(&self, account_id: &str, account: Account) {
+        let mut accounts = self.accounts.lock().expect("the account cache lock");
+        if accounts.len() >= self.settings.cache_capacity {
+            accounts.clear();
+        }
+        accounts.insert(account_id.to_owned(), account);
+    }
+
+    fn remembered_account(&self, account_id: &str) -> Option<Account> {
+        self.accounts
+            .lock()
+            .expect("the account cache lock")
+            .get(account_id)
+            .cloned()
+    }
+
+    fn forget_account(&self, account_id: &str) {
+        self.accounts
+            .lock()
+            .expect("the account cache lock")
+            .remove(account_id);
     }
 
     /// A record of the ledger topic as an entry, or why it is poison.
@@ -146,15 +186,36 @@ impl<S: LedgerStore> Ledger<S> {
         }
         counterparties.sort();
         counterparties.dedup();
-        let (counterparty_currency, applied_debits) = tokio::try_join!(
+        let mut counterparty_currency = HashMap::with_capacity(counterparties.len());
+        {
+            let known = self.currencies.lock().expect("the currency cache lock");
+            counterparties.retain(|id| match known.get(id) {
+                Some(currency) => {
+                    counterparty_currency.insert(id.clone(), currency.clone());
+                    false
+                }
+                None => true,
+            });
+        }
+        let (looked_up, applied_debits) = tokio::try_join!(
             self.store.currencies(&counterparties),
             self.store.applied_debits(&debits)
         )
         .map_err(StageError::from)?;
+        self.remember_currencies(&looked_up);
+        counterparty_currency.extend(looked_up);
         Ok(Facts {
             counterparty_currency,
             applied_debits,
         })
+    }
+
+    fn remember_currencies(&self, found: &HashMap<String, String>) {
+        let mut known = self.currencies.lock().expect("the currency cache lock");
+        if known.len() + found.len() > self.settings.cache_capacity {
+            known.clear();
+        }
+        known.extend(found.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
 
     /// Settles one account's entries and records the outcome, again as long as another
@@ -171,7 +232,52 @@ impl<S: LedgerStore> Ledger<S> {
             .map(|(_, e)| e.event.event_id.clone())
             .collect();
         let (indices, entries): (Vec<usize>, Vec<LedgerEntry>) = entries.into_iter().unzip();
-        for _ in 0..self.max_attempts {
+        // Emissions index the account's entries; the batch needs its own indices.
+        let settled = |settlement: crate::domain::Settlement| {
+            let emissions = settlement
+                .emissions
+                .into_iter()
+                .map(|emission| match emission {
+                    Emission::DeadLetter { entry, poison } => Emission::DeadLetter {
+                        entry: indices[entry],
+                        poison,
+                    },
+                    Emission::Duplicate { entry } => Emission::Duplicate {
+                        entry: indices[entry],
+                    },
+                    other => other,
+                })
+                .collect();
+            let opened = settlement
+                .account
+                .currency
+                .clone()
+                .map(|c| (account_id.to_owned(), c));
+            self.remember_account(account_id, settlement.account);
+            Settled { emissions, opened }
+        };
+        // The common case, without a read: the state this process left, and events that are
+        // new. The write's conditions check both.
+        if let Some(remembered) = self.remembered_account(account_id) {
+            let no_prior = HashMap::new();
+            let settlement = settle(
+                account_id,
+                remembered.clone(),
+                &no_prior,
+                &entries,
+                facts,
+                now_ms,
+            );
+            if self
+                .store
+                .record(account_id, &remembered, &settlement)
+                .await?
+            {
+                return Ok(settled(settlement));
+            }
+            self.forget_account(account_id);
+        }
+        for _ in 0..self.settings.max_attempts {
             let loaded = self.store.load(account_id, &event_ids).await?;
             let settlement = settle(
                 account_id,
@@ -186,34 +292,14 @@ impl<S: LedgerStore> Ledger<S> {
                 .record(account_id, &loaded.account, &settlement)
                 .await?
             {
-                // Emissions index the account's entries; re-index them into the batch.
-                let emissions = settlement
-                    .emissions
-                    .into_iter()
-                    .map(|emission| match emission {
-                        Emission::DeadLetter { entry, poison } => Emission::DeadLetter {
-                            entry: indices[entry],
-                            poison,
-                        },
-                        Emission::Duplicate { entry } => Emission::Duplicate {
-                            entry: indices[entry],
-                        },
-                        other => other,
-                    });
-                return Ok(Settled {
-                    emissions: emissions.collect(),
-                    opened: settlement
-                        .account
-                        .currency
-                        .map(|c| (account_id.to_owned(), c)),
-                });
+                return Ok(settled(settlement));
             }
         }
         Err(StageError::Transient {
             kind: FailureKind::StoreUnavailable,
             message: format!(
                 "account {account_id:?} was moved on by another writer {} times in a row",
-                self.max_attempts
+                self.settings.max_attempts
             ),
         })
     }
@@ -258,7 +344,7 @@ impl<S: LedgerStore> Stage for Ledger<S> {
                             .await
                     }
                 })
-                .buffer_unordered(self.concurrency)
+                .buffer_unordered(self.settings.concurrency)
                 .try_collect()
                 .await?;
             for outcome in outcomes {
