@@ -36,7 +36,7 @@ use txflow::loadgen::{Workload, WorkloadConfig};
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Events of each throughput run (exactly-once and at-least-once).
-    #[arg(long, default_value_t = 30_000)]
+    #[arg(long, default_value_t = 100_000)]
     events: u64,
     /// Events of the naive run (one LWT and one transaction per event is slow).
     #[arg(long, default_value_t = 2_000)]

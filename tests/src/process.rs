@@ -150,6 +150,17 @@ impl Pipeline {
     }
 
     fn start(&self, mut command: Command, name: &str) -> StageProcess {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe and touches only the child's own settings.
+        // A test killed midway must not leave stage processes running behind it.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let log = self.logs.join(format!("{name}.log"));
         let file = std::fs::OpenOptions::new()
             .create(true)
