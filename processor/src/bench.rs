@@ -172,7 +172,7 @@ struct Sent {
     events: HashMap<String, (EventType, Instant)>,
 }
 
-/// Writes `count` workload events (or for `duration`, at `rate`) to the lane's ledger topic.
+/// Writes `count` workload events to the lane's ledger topic, at `rate` per second if given.
 async fn produce(
     lane: &Lane,
     workload: &mut Workload,
@@ -189,28 +189,16 @@ async fn produce(
         }
         let (event, _) = workload.next_event();
         let value = codec.encode(Record::TransactionEvent, &event)?;
-        let mut record = BaseRecord::to(&lane.config.topics.ledger)
-            .key(&event.account_id)
-            .payload(&value);
         sent.lock()
             .await
             .events
             .insert(event.event_id.clone(), (event.event_type, Instant::now()));
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    back,
-                )) => {
-                    record = back;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                Err((e, _)) => bail!("producing: {e}"),
-            }
-        }
+        let record = BaseRecord::to(&lane.config.topics.ledger)
+            .key(event.account_id.as_bytes())
+            .payload(value.as_slice());
+        kafka::send_when_room(&producer, record)
+            .await
+            .context("producing")?;
     }
     tokio::task::block_in_place(|| producer.flush(Duration::from_secs(60)))?;
     let failed = producer.context().failed.load(Ordering::Relaxed);

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures::TryStreamExt;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer};
 use tokio::sync::watch;
 
@@ -355,29 +354,12 @@ async fn produce(config: &Config, args: ProduceArgs) -> anyhow::Result<()> {
             Sent::Conflict => conflicts += 1,
         }
         let value = codec.encode(Record::TransactionEvent, &event)?;
-        let headers = OwnedHeaders::new().insert(Header {
-            key: "txflow.produced_at",
-            value: Some(&pipeline::now_ms().to_string()),
-        });
-        let mut record = BaseRecord::to(&topic)
-            .key(&event.account_id)
-            .payload(&value)
-            .headers(headers);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    back,
-                )) => {
-                    record = back;
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                Err((e, _)) => bail!("producing to {topic}: {e}"),
-            }
-        }
+        let record = BaseRecord::to(&topic)
+            .key(event.account_id.as_bytes())
+            .payload(value.as_slice());
+        kafka::send_when_room(&producer, record)
+            .await
+            .with_context(|| format!("producing to {topic}"))?;
     }
     tokio::task::block_in_place(|| producer.flush(Duration::from_secs(60)))
         .context("waiting for the broker to acknowledge every event")?;

@@ -71,6 +71,24 @@ pub fn idempotent_producer(kafka: &KafkaConfig) -> Result<ReportingProducer, Kaf
         .create_with_context(DeliveryReport::default())
 }
 
+/// Sends `record`, waiting while the producer's local queue is full: a full queue drains as
+/// the broker acknowledges, so waiting loses nothing and sheds nothing.
+pub async fn send_when_room(
+    producer: &ReportingProducer,
+    mut record: BaseRecord<'_, [u8], [u8]>,
+) -> Result<(), KafkaError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
 /// How a stage's outputs and consumed offsets reach Kafka.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Delivery {
