@@ -31,7 +31,7 @@ use txflow::adapters::scylla;
 use txflow::codec::{Codec, Record};
 use txflow::config::Config;
 use txflow::domain::{Entry, EventType, TransactionResult};
-use txflow::loadgen::{Workload, WorkloadConfig};
+use txflow::loadgen::{pace, Workload, WorkloadConfig};
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -182,7 +182,7 @@ async fn produce(
 ) -> anyhow::Result<()> {
     let codec = Codec::builtin();
     let producer = kafka::idempotent_producer(&lane.config.kafka)?;
-    let limiter = rate.map(|r| governor::RateLimiter::direct(governor::Quota::per_second(r)));
+    let limiter = rate.map(|r| governor::RateLimiter::direct(pace(r)));
     for _ in 0..count {
         if let Some(limiter) = &limiter {
             limiter.until_ready().await;

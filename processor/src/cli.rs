@@ -17,7 +17,7 @@ use txflow::adapters::scylla::{self, ScyllaLedgerStore};
 use txflow::codec::{Codec, Record};
 use txflow::config::{Config, TopicsConfig};
 use txflow::domain::Account;
-use txflow::loadgen::{Sent, Workload, WorkloadConfig};
+use txflow::loadgen::{pace, Sent, Workload, WorkloadConfig};
 use txflow::pipeline::dead_letter::DeadLetters;
 use txflow::pipeline::{self, LoopConfig};
 use txflow::ports::LedgerStore;
@@ -329,7 +329,7 @@ async fn produce(config: &Config, args: ProduceArgs) -> anyhow::Result<()> {
         ..WorkloadConfig::default()
     });
     let limiter = NonZeroU32::new(args.rate)
-        .map(|rate| governor::RateLimiter::direct(governor::Quota::per_second(rate)));
+        .map(|rate| governor::RateLimiter::direct(pace(rate)));
     let deadline = args
         .duration
         .map(|s| Instant::now() + Duration::from_secs(s));
