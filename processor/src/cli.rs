@@ -328,8 +328,7 @@ async fn produce(config: &Config, args: ProduceArgs) -> anyhow::Result<()> {
         conflict_share: args.conflicts,
         ..WorkloadConfig::default()
     });
-    let limiter = NonZeroU32::new(args.rate)
-        .map(|rate| governor::RateLimiter::direct(pace(rate)));
+    let limiter = NonZeroU32::new(args.rate).map(|rate| governor::RateLimiter::direct(pace(rate)));
     let deadline = args
         .duration
         .map(|s| Instant::now() + Duration::from_secs(s));

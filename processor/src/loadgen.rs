@@ -152,6 +152,25 @@ impl Workload {
         }
     }
 
+    /// One deposit per account, large enough for the workload's debits to apply: what a
+    /// ledger that has been running for a while already holds. Their ids never clash with
+    /// the generated events'.
+    pub fn openings(&self) -> Vec<TransactionEvent> {
+        (0..self.config.accounts)
+            .map(|rank| TransactionEvent {
+                event_id: format!("{}-open-{rank}", self.config.id_prefix),
+                event_type: EventType::Deposit,
+                account_id: Self::account(rank),
+                counterparty_account_id: None,
+                amount_minor: self.config.max_amount_minor.saturating_mul(1000),
+                currency: self.config.currency.clone(),
+                occurred_at: self.clock_ms,
+                source: "txflow-produce".to_owned(),
+                attributes: BTreeMap::new(),
+            })
+            .collect()
+    }
+
     /// The next event and what it is.
     pub fn next_event(&mut self) -> (TransactionEvent, Sent) {
         let roll: f64 = self.rng.random();
@@ -199,6 +218,21 @@ mod tests {
             ..config.clone()
         };
         assert_ne!(take(config, 500), take(other, 500));
+    }
+
+    #[test]
+    fn openings_open_every_account_once() {
+        let workload = Workload::new(WorkloadConfig {
+            accounts: 5,
+            ..WorkloadConfig::default()
+        });
+        let openings = workload.openings();
+        let accounts: Vec<&str> = openings.iter().map(|e| e.account_id.as_str()).collect();
+        assert_eq!(accounts, ["acct-0", "acct-1", "acct-2", "acct-3", "acct-4"]);
+        for event in &openings {
+            event.validate().unwrap();
+            assert_eq!(event.event_type, EventType::Deposit);
+        }
     }
 
     #[test]
