@@ -18,8 +18,8 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("config file {path}: {message}")]
-    Parse { path: String, message: String },
+    #[error("configuration from {origin}: {message}")]
+    Parse { origin: String, message: String },
     #[error("environment variable {var}: {message}")]
     Env { var: String, message: String },
     #[error("invalid configuration: {0}")]
@@ -252,12 +252,12 @@ impl Config {
                     source,
                 })?;
                 let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                    path: name.clone(),
+                    origin: format!("file {name}"),
                     message: e.to_string(),
                 })?;
-                (table, name)
+                (table, format!("file {name}"))
             }
-            None => (toml::Table::new(), "(defaults)".to_owned()),
+            None => (toml::Table::new(), "the defaults".to_owned()),
         };
         let mut overrides: Vec<(String, String)> = env
             .into_iter()
@@ -271,10 +271,10 @@ impl Config {
             toml::Value::Table(table)
                 .try_into()
                 .map_err(|e: toml::de::Error| ConfigError::Parse {
-                    path: if overrides.is_empty() {
+                    origin: if overrides.is_empty() {
                         origin
                     } else {
-                        format!("{origin} with TXFLOW_* overrides")
+                        format!("{origin} and TXFLOW_* overrides")
                     },
                     message: e.to_string(),
                 })?;
