@@ -228,10 +228,6 @@ impl ScyllaLedgerStore {
         })
     }
 
-    pub fn session(&self) -> &Session {
-        &self.session
-    }
-
     async fn one_account(&self, account_id: &str) -> Result<Option<Account>, StoreError> {
         let rows = self
             .session

@@ -81,7 +81,6 @@ impl CodecError {
 
 /// Reads and writes txflow's records against one catalog.
 pub struct Codec {
-    catalog: Catalog,
     /// The id new records of each kind are written with: the newest schema of its name.
     current: HashMap<Record, u32>,
     writers: HashMap<u32, GenericDatumWriter<'static>>,
@@ -131,7 +130,6 @@ impl Codec {
             readers.insert(id, (record, reader.map_err(invalid)?));
         }
         Ok(Codec {
-            catalog,
             current,
             writers,
             readers,
@@ -149,10 +147,6 @@ impl Codec {
             .get(&record)
             .copied()
             .ok_or(CodecError::NoSchemaFor(record.full_name()))
-    }
-
-    pub fn catalog(&self) -> &Catalog {
-        &self.catalog
     }
 
     /// `value` as a wire-format record of the current schema of `record`.

@@ -31,15 +31,13 @@ pub enum FailureKind {
     BalanceOverflow,
     /// The store did not answer in time, or refused for now.
     StoreUnavailable,
-    /// The log (Kafka) failed an operation that may succeed if tried again.
-    LogUnavailable,
 }
 
 impl FailureKind {
     /// Whether a retry can help.
     pub fn class(self) -> FailureClass {
         match self {
-            FailureKind::StoreUnavailable | FailureKind::LogUnavailable => FailureClass::Transient,
+            FailureKind::StoreUnavailable => FailureClass::Transient,
             FailureKind::Undecodable
             | FailureKind::UnknownSchema
             | FailureKind::InvalidEvent
@@ -59,7 +57,6 @@ impl FailureKind {
             FailureKind::OrphanCredit => "orphan_credit",
             FailureKind::BalanceOverflow => "balance_overflow",
             FailureKind::StoreUnavailable => "store_unavailable",
-            FailureKind::LogUnavailable => "log_unavailable",
         }
     }
 }

@@ -5,8 +5,6 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::domain::FailureKind;
-
 /// A record read from the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InputRecord {
@@ -50,12 +48,6 @@ pub enum LogError {
     /// client error): the stage must stop.
     #[error("the log client cannot go on: {0}")]
     Fatal(String),
-}
-
-impl LogError {
-    pub fn kind(&self) -> FailureKind {
-        FailureKind::LogUnavailable
-    }
 }
 
 /// A consumer in a group with its transactional producer.
