@@ -112,6 +112,18 @@ pub fn lwt_applied(result: QueryResult) -> Result<bool, StoreError> {
     }
 }
 
+/// The first row of a result, if any, as `T`.
+fn first_row<T>(result: QueryResult) -> Result<Option<T>, StoreError>
+where
+    T: for<'frame, 'metadata> scylla::deserialize::row::DeserializeRow<'frame, 'metadata>,
+{
+    result
+        .into_rows_result()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?
+        .maybe_first_row()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
 /// Sorts a driver error into the store's retry classes.
 fn classify(error: ExecutionError) -> StoreError {
     use scylla::errors::DbError;
@@ -229,16 +241,12 @@ impl ScyllaLedgerStore {
     }
 
     async fn one_account(&self, account_id: &str) -> Result<Option<Account>, StoreError> {
-        let rows = self
-            .session
-            .execute_unpaged(&self.load_account, (account_id,))
-            .await
-            .map_err(classify)?
-            .into_rows_result()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let row: Option<(Option<i64>, Option<String>, Option<i64>)> = rows
-            .maybe_first_row()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let row: Option<(Option<i64>, Option<String>, Option<i64>)> = first_row(
+            self.session
+                .execute_unpaged(&self.load_account, (account_id,))
+                .await
+                .map_err(classify)?,
+        )?;
         Ok(row.map(|(balance, currency, version)| Account {
             balance_minor: balance.unwrap_or(0),
             currency,
@@ -255,16 +263,12 @@ impl ScyllaLedgerStore {
         account_id: &str,
         event_id: &str,
     ) -> Result<Option<(String, Fingerprint)>, StoreError> {
-        let rows = self
-            .session
-            .execute_unpaged(statement, (account_id, event_id))
-            .await
-            .map_err(classify)?
-            .into_rows_result()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let row: Option<DebitRow> = rows
-            .maybe_first_row()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let row: Option<DebitRow> = first_row(
+            self.session
+                .execute_unpaged(statement, (account_id, event_id))
+                .await
+                .map_err(classify)?,
+        )?;
         Ok(match row {
             Some((Some(fingerprint), Some(entry), Some(status)))
                 if entry == "DEBIT" && status == "APPLIED" =>
@@ -387,16 +391,12 @@ impl LedgerStore for ScyllaLedgerStore {
         account_ids: &[String],
     ) -> Result<HashMap<String, String>, StoreError> {
         let lookups = account_ids.iter().map(|id| async move {
-            let rows = self
-                .session
-                .execute_unpaged(&self.load_currency, (id,))
-                .await
-                .map_err(classify)?
-                .into_rows_result()
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let row: Option<(Option<String>,)> = rows
-                .maybe_first_row()
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let row: Option<(Option<String>,)> = first_row(
+                self.session
+                    .execute_unpaged(&self.load_currency, (id,))
+                    .await
+                    .map_err(classify)?,
+            )?;
             Ok::<_, StoreError>(row.and_then(|(c,)| c).map(|c| (id.clone(), c)))
         });
         let found = futures::future::try_join_all(lookups).await?;
