@@ -123,6 +123,7 @@ impl Lane {
             ("TXFLOW_STORE__KEYSPACE", config.store.keyspace.clone()),
             ("TXFLOW_LEDGER__GROUP_ID", config.ledger.group_id.clone()),
             ("TXFLOW_LEDGER__INSTANCE_ID", "bench".to_owned()),
+            ("TXFLOW_ADMIN__LISTEN", "127.0.0.1:0".to_owned()),
         ];
         if mode == Mode::Naive {
             env.push(("TXFLOW_LEDGER__BATCH_MAX_RECORDS", "1".to_owned()));

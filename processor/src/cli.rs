@@ -19,9 +19,10 @@ use txflow::config::{Config, TopicsConfig};
 use txflow::domain::Account;
 use txflow::loadgen::{pace, Sent, Workload, WorkloadConfig};
 use txflow::pipeline::dead_letter::DeadLetters;
-use txflow::pipeline::{self, LoopConfig};
+use txflow::pipeline::{self, LoopConfig, StageTelemetry};
 use txflow::ports::LedgerStore;
 use txflow::stages::ledger::{Ledger, LedgerSettings, LedgerTopics};
+use txflow::telemetry::{serve_admin, Admin, Metrics, Readiness};
 
 /// txflow: an exactly-once financial transaction stream processor on Kafka and ScyllaDB.
 ///
@@ -221,6 +222,20 @@ fn shutdown_signal() -> anyhow::Result<watch::Receiver<bool>> {
 
 async fn run_ledger(config: &Config, delivery: Delivery) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
+    let telemetry = StageTelemetry {
+        stage: "ledger",
+        metrics: Arc::new(Metrics::new()),
+        readiness: Arc::new(Readiness::default()),
+    };
+    let admin = Admin {
+        metrics: telemetry.metrics.clone(),
+        readiness: telemetry.readiness.clone(),
+    };
+    let listen = &config.admin.listen;
+    let bound = serve_admin(listen, admin)
+        .await
+        .with_context(|| format!("serving the admin endpoints on {listen} (admin.listen)"))?;
+    tracing::info!(%bound, "admin endpoints: /metrics /healthz /readyz");
     let store = Arc::new(store(config).await?);
     let ledger_config = &config.ledger;
     let instance = ledger_config.instance_id();
@@ -257,7 +272,7 @@ async fn run_ledger(config: &Config, delivery: Delivery) -> anyhow::Result<()> {
         backoff_max: Duration::from_millis(ledger_config.backoff_max_ms),
     };
     tracing::info!(%input, group = %ledger_config.group_id, %transactional_id, ?delivery, "ledger running");
-    pipeline::run(log, &ledger, &loop_config, shutdown).await?;
+    pipeline::run(log, &ledger, &loop_config, &telemetry, shutdown).await?;
     tracing::info!("ledger stopped");
     Ok(())
 }

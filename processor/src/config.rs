@@ -30,10 +30,27 @@ pub enum ConfigError {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    pub admin: AdminConfig,
     pub kafka: KafkaConfig,
     pub topics: TopicsConfig,
     pub store: StoreConfig,
     pub ledger: LedgerConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; port 0 lets the system choose
+    /// (the chosen address is logged).
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "0.0.0.0:9480".to_owned(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

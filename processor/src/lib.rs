@@ -11,3 +11,4 @@ pub mod loadgen;
 pub mod pipeline;
 pub mod ports;
 pub mod stages;
+pub mod telemetry;

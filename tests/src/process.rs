@@ -84,6 +84,8 @@ impl Pipeline {
             // The broker's smallest: a killed member's partitions move on after 6 s.
             ("TXFLOW_LEDGER__SESSION_TIMEOUT_MS", "6000".to_owned()),
             ("TXFLOW_LOG", "info,txflow=debug".to_owned()),
+            // Every stage process serves its admin endpoints on a port of its own.
+            ("TXFLOW_ADMIN__LISTEN", "127.0.0.1:0".to_owned()),
         ];
         let logs = std::env::temp_dir().join(&id);
         std::fs::create_dir_all(&logs).expect("a log directory");
@@ -242,6 +244,60 @@ impl StageProcess {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The address of its admin endpoints, from its log (waits up to 60 s for it).
+    pub fn admin_address(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let bound = log
+                .lines()
+                .filter(|l| l.contains("admin endpoints"))
+                .find_map(|l| l.split("bound=").nth(1))
+                .and_then(|rest| rest.split_whitespace().next());
+            if let Some(address) = bound {
+                return address.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} logged no admin address:\n{}",
+                self.name,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// An HTTP GET of `path` on its admin endpoints: status code and body.
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let address = self.admin_address();
+        let mut stream = std::net::TcpStream::connect(&address).unwrap_or_else(|e| {
+            panic!(
+                "connecting to {}'s admin endpoints at {address}: {e}",
+                self.name
+            )
+        });
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("sending a request");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .expect("reading the response");
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
     }
 
     /// What it printed so far.

@@ -11,6 +11,7 @@ mod fault;
 
 use std::fmt::Debug;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
@@ -19,6 +20,7 @@ use tokio::sync::watch;
 use crate::codec::CodecError;
 use crate::domain::FailureKind;
 use crate::ports::{InputRecord, Log, LogError, OutputRecord, StoreError};
+use crate::telemetry::{Metrics, Readiness};
 
 /// Why a stage could not process a batch.
 #[derive(Debug, thiserror::Error)]
@@ -58,9 +60,14 @@ pub struct BatchOutput<C> {
     pub counts: C,
 }
 
+/// Counts of what a batch produced, by kind, for the `txflow_outputs_total` metric.
+pub trait Tally {
+    fn tally(&self) -> Vec<(&'static str, u64)>;
+}
+
 /// One step of the pipeline.
 pub trait Stage: Send + Sync {
-    type Counts: Debug + Send;
+    type Counts: Debug + Send + Tally;
 
     /// The outputs of `batch`, processed at `now_ms`. Must be safe to call again with the
     /// same batch after a failure or an aborted commit.
@@ -124,15 +131,27 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Where a stage loop reports: its name in metrics, the metrics, its readiness.
+pub struct StageTelemetry {
+    pub stage: &'static str,
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
+}
+
 /// Runs `stage` over `log` until `shutdown` turns true, then closes the log after the last
-/// commit. Returns the first fatal error.
+/// commit. Returns the first fatal error. The process is ready while batches go through, and
+/// not ready while a transient failure keeps re-reading a batch.
 pub async fn run<L: Log, S: Stage>(
     mut log: L,
     stage: &S,
     config: &LoopConfig,
+    telemetry: &StageTelemetry,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), StageError> {
     let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
+    let name = telemetry.stage;
+    let metrics = &telemetry.metrics;
+    telemetry.readiness.set(true);
     let outcome = loop {
         if *shutdown.borrow() {
             break Ok(());
@@ -153,6 +172,25 @@ pub async fn run<L: Log, S: Stage>(
                 fault::before_commit().await;
                 match log.commit(&batch, output.outputs).await {
                     Ok(()) => {
+                        telemetry.readiness.set(true);
+                        metrics
+                            .batches
+                            .with_label_values(&[name, "committed"])
+                            .inc();
+                        metrics
+                            .records
+                            .with_label_values(&[name])
+                            .inc_by(batch.len() as u64);
+                        for (kind, count) in output.counts.tally() {
+                            metrics
+                                .outputs
+                                .with_label_values(&[name, kind])
+                                .inc_by(count);
+                        }
+                        metrics
+                            .batch_seconds
+                            .with_label_values(&[name])
+                            .observe(started.elapsed().as_secs_f64());
                         tracing::debug!(
                             records = batch.len(),
                             counts = ?output.counts,
@@ -174,6 +212,8 @@ pub async fn run<L: Log, S: Stage>(
             Err(StageError::Transient { kind, message }) => format!("{kind}: {message}"),
             Err(fatal) => break Err(fatal),
         };
+        telemetry.readiness.set(false);
+        metrics.batches.with_label_values(&[name, "retried"]).inc();
         if let Err(e) = log.rewind(&batch).await {
             break Err(StageError::Fatal(e.to_string()));
         }

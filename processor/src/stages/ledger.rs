@@ -19,7 +19,7 @@ use crate::domain::{
     Account, Emission, Facts, FailureKind, LedgerEntry, Leg, Origin, Poison, TransactionEvent,
 };
 use crate::pipeline::dead_letter::DeadLetters;
-use crate::pipeline::{BatchOutput, Stage, StageError};
+use crate::pipeline::{BatchOutput, Stage, StageError, Tally};
 use crate::ports::{InputRecord, LedgerStore, OutputRecord};
 
 /// The header that marks a transfer's credit leg on the ledger topic.
@@ -77,6 +77,17 @@ pub struct LedgerCounts {
     pub credits: usize,
     pub dead_letters: usize,
     pub duplicates: usize,
+}
+
+impl Tally for LedgerCounts {
+    fn tally(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("result", self.results as u64),
+            ("credit", self.credits as u64),
+            ("dead_letter", self.dead_letters as u64),
+            ("duplicate", self.duplicates as u64),
+        ]
+    }
 }
 
 impl<S: LedgerStore> Ledger<S> {

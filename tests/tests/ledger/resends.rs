@@ -68,6 +68,22 @@ fn resends_change_nothing_and_conflicts_and_poison_are_dead_lettered() {
 
     let mut ledger = pipeline.spawn_ledger("l0");
     let observed = wait_until_drained(&pipeline, Duration::from_secs(120), &[&ledger]);
+    assert_eq!(ledger.admin_get("/healthz").0, 200);
+    assert_eq!(ledger.admin_get("/readyz").0, 200);
+    let (status, metrics) = ledger.admin_get("/metrics");
+    assert_eq!(status, 200);
+    for (kind, count) in [
+        ("result", 6),
+        ("credit", 1),
+        ("dead_letter", 4),
+        ("duplicate", 2),
+    ] {
+        let line = format!("txflow_outputs_total{{kind=\"{kind}\",stage=\"ledger\"}} {count}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in:\n{metrics}"
+        );
+    }
     ledger.terminate();
     assert_eq!(
         (observed.duplicates, observed.conflicts, observed.poison),

@@ -1,0 +1,150 @@
+//! What a running process tells its operators: Prometheus metrics, liveness and readiness,
+//! served on the admin address (`/metrics`, `/healthz`, `/readyz`).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+/// The metrics of a stage process.
+pub struct Metrics {
+    registry: Registry,
+    /// Batches by outcome: `committed`, or `retried` (a transient failure or an aborted
+    /// transaction; the batch is read again).
+    pub batches: IntCounterVec,
+    /// Records consumed in committed batches.
+    pub records: IntCounterVec,
+    /// What committed batches produced, by kind (`result`, `credit`, `dead_letter`,
+    /// `duplicate`).
+    pub outputs: IntCounterVec,
+    /// Seconds from a batch's first record in hand to its commit.
+    pub batch_seconds: HistogramVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry =
+            Registry::new_custom(Some("txflow".to_owned()), None).expect("a valid metrics prefix");
+        let batches = IntCounterVec::new(
+            Opts::new("batches_total", "Batches by outcome: committed, or retried after a transient failure or an aborted transaction"),
+            &["stage", "outcome"],
+        )
+        .expect("a valid metric");
+        let records = IntCounterVec::new(
+            Opts::new("records_total", "Records consumed in committed batches"),
+            &["stage"],
+        )
+        .expect("a valid metric");
+        let outputs = IntCounterVec::new(
+            Opts::new("outputs_total", "What committed batches produced, by kind"),
+            &["stage", "kind"],
+        )
+        .expect("a valid metric");
+        let batch_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "batch_duration_seconds",
+                "From a batch in hand to its commit",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["stage"],
+        )
+        .expect("a valid metric");
+        for metric in [
+            Box::new(batches.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(records.clone()),
+            Box::new(outputs.clone()),
+            Box::new(batch_seconds.clone()),
+        ] {
+            registry.register(metric).expect("metric names are unique");
+        }
+        Metrics {
+            registry,
+            batches,
+            records,
+            outputs,
+            batch_seconds,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut text = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut text)
+            .expect("text encoding into memory");
+        String::from_utf8(text).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Whether the process can do its work now: set by the stage loop, read by `/readyz`.
+#[derive(Default)]
+pub struct Readiness {
+    ready: AtomicBool,
+}
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// What the admin endpoints read.
+#[derive(Clone)]
+pub struct Admin {
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
+}
+
+/// Binds the admin address and serves it in the background; returns the bound address (the
+/// port is chosen by the system when the configured one is 0).
+pub async fn serve_admin(listen: &str, admin: Admin) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let bound = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(admin);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("the admin endpoints stopped: {e}");
+        }
+    });
+    Ok(bound)
+}
+
+async fn metrics(State(admin): State<Admin>) -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4")],
+        admin.metrics.render(),
+    )
+}
+
+async fn readyz(State(admin): State<Admin>) -> impl IntoResponse {
+    if admin.readiness.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
