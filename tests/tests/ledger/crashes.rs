@@ -7,7 +7,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use txflow_tests::process::Pipeline;
 
-use crate::checks::{verify, wait_until_drained};
+use txflow_tests::invariants::{verify, wait_until_drained};
 
 /// The seed of the random kill times: `TXFLOW_TEST_SEED` to replay a failed run.
 fn rng(test: &str) -> StdRng {

@@ -10,7 +10,7 @@ use txflow::pipeline::dead_letter::{ERROR_KIND, ORIGINAL_OFFSET, ORIGINAL_TOPIC}
 use txflow_tests::process::Pipeline;
 use txflow_tests::produce_committed;
 
-use crate::checks::{verify, wait_until_drained};
+use txflow_tests::invariants::{verify, wait_until_drained};
 
 fn event(id: &str, event_type: EventType, account: &str, amount: i64) -> TransactionEvent {
     TransactionEvent {

@@ -4,12 +4,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use crate::process::{Pipeline, StageProcess};
+use crate::{cql_session, read_topic, ReadRecord};
 use txflow::codec::{Codec, Record};
 use txflow::domain::{Entry, EventType, Status, TransactionEvent, TransactionResult};
 use txflow::pipeline::dead_letter::ERROR_KIND;
 use txflow::stages::ledger::LEG_HEADER;
-use txflow_tests::process::{Pipeline, StageProcess};
-use txflow_tests::{cql_session, read_topic, ReadRecord};
 
 /// What the topics hold.
 pub struct Observed {

@@ -1,0 +1,92 @@
+//! A store outage in the middle of a workload (DESIGN.md §4, guarantee 5): the ledger stops
+//! taking batches instead of spilling them into the dead letters, reports itself not ready,
+//! and carries on by itself when the database returns, with every event applied once.
+//!
+//! It stops and restarts the Cassandra of `deploy/local/stack`, so it needs that stack (not
+//! another CQL database) and runs alone in its own test binary.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use txflow_tests::invariants;
+use txflow_tests::process::Pipeline;
+
+fn stack(args: &[&str]) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/stack");
+    let status = Command::new(&script)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("running {} {args:?}: {e}", script.display()));
+    assert!(
+        status.success(),
+        "{} {args:?} failed; this test needs the Cassandra of deploy/local/stack (same TXFLOW_STACK_DIR)",
+        script.display()
+    );
+}
+
+/// Brings Cassandra back however the test ends, so that later tests find it.
+struct Restore;
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        stack(&["up"]);
+    }
+}
+
+#[test]
+fn a_store_outage_pauses_the_ledger_and_spills_nothing() {
+    let pipeline = Pipeline::new(3);
+    let mut producer = pipeline.spawn_produce(&[
+        "--duration",
+        "50",
+        "--rate",
+        "300",
+        "--accounts",
+        "30",
+        "--duplicates",
+        "0.02",
+    ]);
+    let mut ledger = pipeline.spawn_ledger("l0");
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(
+        ledger.admin_get("/readyz").0,
+        200,
+        "ready before the outage"
+    );
+
+    let restore = Restore;
+    stack(&["down", "cassandra"]);
+    let outage = Instant::now();
+    let deadline = outage + Duration::from_secs(20);
+    while ledger.admin_get("/readyz").0 != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "still ready 20 s into the outage:\n{}",
+            ledger.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(outage.elapsed()));
+    drop(restore);
+    let back = Instant::now();
+
+    producer.wait(Duration::from_secs(120));
+    let observed = invariants::wait_until_drained(&pipeline, Duration::from_secs(240), &[&ledger]);
+    eprintln!("drained {:?} after the database returned", back.elapsed());
+    assert_eq!(
+        ledger.admin_get("/readyz").0,
+        200,
+        "ready again after the outage"
+    );
+    let (_, metrics) = ledger.admin_get("/metrics");
+    let retried = metrics
+        .lines()
+        .find(|l| l.starts_with("txflow_batches_total{outcome=\"retried\""))
+        .unwrap_or_else(|| panic!("no retried batches counted:\n{metrics}"));
+    eprintln!("{retried}");
+    ledger.terminate();
+    assert_eq!(observed.conflicts, 0);
+    // verify() requires the dead letters to be exactly the conflicts and poison: none here.
+    invariants::verify(&pipeline, &observed);
+}
