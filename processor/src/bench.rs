@@ -223,26 +223,24 @@ struct Observed {
     latencies: Vec<Duration>,
 }
 
-/// Reads the lane's results until every event sent has its result(s), or `limit` passes.
+/// Reads the results of the pipeline configured by `config` until every event sent has
+/// its result(s), or `limit` passes.
 async fn observe(
-    lane: &Lane,
+    config: &Config,
     sent: &Mutex<Sent>,
     total_events: u64,
     limit: Duration,
 ) -> anyhow::Result<Observed> {
     let codec = Codec::builtin();
-    let consumer: StreamConsumer = kafka::client_config(&lane.config.kafka)
-        .set(
-            "group.id",
-            format!("{}-observer", lane.config.ledger.group_id),
-        )
+    let consumer: StreamConsumer = kafka::client_config(&config.kafka)
+        .set("group.id", format!("{}-observer", config.ledger.group_id))
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "10")
         .create()?;
     let mut assignment = TopicPartitionList::new();
-    for p in 0..lane.config.topics.partitions {
-        assignment.add_partition_offset(&lane.config.topics.results, p, Offset::Beginning)?;
+    for p in 0..config.topics.partitions {
+        assignment.add_partition_offset(&config.topics.results, p, Offset::Beginning)?;
     }
     consumer.assign(&assignment)?;
     let mut observed = Observed {
@@ -417,7 +415,7 @@ async fn warm_up(lane: &Lane, workload: &Workload, sent: &Mutex<Sent>) -> anyhow
     let openings = workload.openings();
     let count = openings.len() as u64;
     produce(lane, openings.into_iter(), None, sent).await?;
-    observe(lane, sent, count, Duration::from_secs(300)).await?;
+    observe(&lane.config, sent, count, Duration::from_secs(300)).await?;
     sent.lock().await.events.clear();
     Ok(count)
 }
@@ -429,12 +427,9 @@ fn spawn_observer(
     total_events: u64,
     limit: Duration,
 ) -> tokio::task::JoinHandle<anyhow::Result<Observed>> {
-    let lane = Lane {
-        config: lane.config.clone(),
-        env: Vec::new(),
-    };
+    let config = lane.config.clone();
     let sent = sent.clone();
-    tokio::spawn(async move { observe(&lane, &sent, total_events, limit).await })
+    tokio::spawn(async move { observe(&config, &sent, total_events, limit).await })
 }
 
 fn workload(args: &BenchArgs, run: &str) -> Workload {
