@@ -47,8 +47,8 @@ pub struct BenchArgs {
     /// Zipf exponent of account popularity.
     #[arg(long, default_value_t = 1.0)]
     zipf: f64,
-    /// Seconds of the fixed-rate latency run. Its first seconds meet a cold keyspace (every
-    /// account new); a long run measures the steady state.
+    /// Seconds of the fixed-rate latency run; a long run weighs the steady state over the
+    /// first seconds after start.
     #[arg(long, default_value_t = 60)]
     latency_seconds: u64,
     /// Events per second of the latency run (default: half the exactly-once throughput).
