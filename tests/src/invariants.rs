@@ -205,16 +205,10 @@ async fn stored(pipeline: &Pipeline) -> Vec<StoredResult> {
                 account_version,
                 at,
             )| {
-                let entry = match entry.as_str() {
-                    "DEBIT" => Entry::Debit,
-                    "CREDIT" => Entry::Credit,
-                    _ => Entry::None,
-                };
-                let status = if status == "APPLIED" {
-                    Status::Applied
-                } else {
-                    Status::Rejected
-                };
+                let entry = Entry::from_symbol(&entry)
+                    .unwrap_or_else(|| panic!("the store holds an unknown entry {entry:?}"));
+                let status = Status::from_symbol(&status)
+                    .unwrap_or_else(|| panic!("the store holds an unknown status {status:?}"));
                 StoredResult {
                     result: TransactionResult {
                         event_id,

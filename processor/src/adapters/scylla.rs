@@ -271,7 +271,8 @@ impl ScyllaLedgerStore {
         )?;
         Ok(match row {
             Some((Some(fingerprint), Some(entry), Some(status)))
-                if entry == "DEBIT" && status == "APPLIED" =>
+                if Entry::from_symbol(&entry) == Some(Entry::Debit)
+                    && Status::from_symbol(&status) == Some(Status::Applied) =>
             {
                 let fingerprint: [u8; 32] = fingerprint.try_into().map_err(|_| {
                     StoreError::Corrupt(format!("fingerprint of {event_id:?} is not 32 bytes"))
@@ -302,17 +303,8 @@ fn prior_of(row: ResultRow) -> Result<Prior, StoreError> {
     let fingerprint: [u8; 32] = fingerprint
         .try_into()
         .map_err(|_| corrupt("fingerprint is not 32 bytes"))?;
-    let entry = match entry.as_str() {
-        "DEBIT" => Entry::Debit,
-        "CREDIT" => Entry::Credit,
-        "NONE" => Entry::None,
-        _ => return Err(corrupt("unknown entry")),
-    };
-    let status = match status.as_str() {
-        "APPLIED" => Status::Applied,
-        "REJECTED" => Status::Rejected,
-        _ => return Err(corrupt("unknown status")),
-    };
+    let entry = Entry::from_symbol(&entry).ok_or_else(|| corrupt("unknown entry"))?;
+    let status = Status::from_symbol(&status).ok_or_else(|| corrupt("unknown status"))?;
     Ok(Prior {
         fingerprint: Fingerprint(fingerprint),
         origin: Origin {
@@ -332,21 +324,6 @@ fn prior_of(row: ResultRow) -> Result<Prior, StoreError> {
             processed_at: at.0,
         },
     })
-}
-
-fn entry_name(entry: Entry) -> &'static str {
-    match entry {
-        Entry::Debit => "DEBIT",
-        Entry::Credit => "CREDIT",
-        Entry::None => "NONE",
-    }
-}
-
-fn status_name(status: Status) -> &'static str {
-    match status {
-        Status::Applied => "APPLIED",
-        Status::Rejected => "REJECTED",
-    }
 }
 
 type RowValues = Box<dyn SerializeRow + Send + Sync>;
@@ -463,8 +440,8 @@ impl LedgerStore for ScyllaLedgerStore {
                     p.origin.topic.clone(),
                     p.origin.partition,
                     p.origin.offset,
-                    entry_name(r.entry),
-                    status_name(r.status),
+                    r.entry.as_str(),
+                    r.status.as_str(),
                     r.reason.clone(),
                     r.amount_minor,
                     r.balance_after_minor,

@@ -19,6 +19,41 @@ pub enum Status {
     Rejected,
 }
 
+impl Entry {
+    /// The Avro enum symbol, also how the store keeps it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Entry::Debit => "DEBIT",
+            Entry::Credit => "CREDIT",
+            Entry::None => "NONE",
+        }
+    }
+
+    /// The entry of an Avro enum symbol; `None` for any other text.
+    pub fn from_symbol(symbol: &str) -> Option<Entry> {
+        [Entry::Debit, Entry::Credit, Entry::None]
+            .into_iter()
+            .find(|e| e.as_str() == symbol)
+    }
+}
+
+impl Status {
+    /// The Avro enum symbol, also how the store keeps it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Applied => "APPLIED",
+            Status::Rejected => "REJECTED",
+        }
+    }
+
+    /// The status of an Avro enum symbol; `None` for any other text.
+    pub fn from_symbol(symbol: &str) -> Option<Status> {
+        [Status::Applied, Status::Rejected]
+            .into_iter()
+            .find(|s| s.as_str() == symbol)
+    }
+}
+
 /// Why the ledger refused an event: a business outcome, not a failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RejectReason {
@@ -65,5 +100,30 @@ impl TransactionResult {
             (Status::Applied, Entry::Debit) => -self.amount_minor,
             _ => 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symbols_are_the_avro_ones_and_read_back() {
+        for entry in [Entry::Debit, Entry::Credit, Entry::None] {
+            assert_eq!(
+                serde_json::to_string(&entry).unwrap(),
+                format!("\"{}\"", entry.as_str())
+            );
+            assert_eq!(Entry::from_symbol(entry.as_str()), Some(entry));
+        }
+        for status in [Status::Applied, Status::Rejected] {
+            assert_eq!(
+                serde_json::to_string(&status).unwrap(),
+                format!("\"{}\"", status.as_str())
+            );
+            assert_eq!(Status::from_symbol(status.as_str()), Some(status));
+        }
+        assert_eq!(Entry::from_symbol("debit"), None);
+        assert_eq!(Status::from_symbol(""), None);
     }
 }
