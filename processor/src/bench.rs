@@ -31,7 +31,8 @@ use txflow::adapters::scylla;
 use txflow::codec::{Codec, Record};
 use txflow::config::Config;
 use txflow::domain::{Entry, EventType, TransactionEvent, TransactionResult};
-use txflow::loadgen::{pace, Workload, WorkloadConfig};
+use txflow::limits::pacing;
+use txflow::loadgen::{Workload, WorkloadConfig};
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -137,7 +138,12 @@ impl Lane {
     async fn prepare(&self) -> anyhow::Result<()> {
         let session = scylla::connect(&self.config.store).await?;
         scylla::migrate(&session, &self.config.store).await?;
-        kafka::apply_topics(&self.config.kafka, &self.config.topics).await?;
+        kafka::apply_topics(
+            &self.config.kafka,
+            &self.config.topics,
+            &self.config.all_topics(),
+        )
+        .await?;
         Ok(())
     }
 
@@ -165,7 +171,7 @@ impl Lane {
                 tracing::warn!("dropping {}: {e}", self.config.store.keyspace);
             }
         }
-        if let Err(e) = kafka::delete_topics(&self.config.kafka, &self.config.topics.all()).await {
+        if let Err(e) = kafka::delete_topics(&self.config.kafka, &self.config.all_topics()).await {
             tracing::warn!("deleting the bench topics: {e}");
         }
     }
@@ -186,7 +192,7 @@ async fn produce(
 ) -> anyhow::Result<()> {
     let codec = Codec::builtin();
     let producer = kafka::idempotent_producer(&lane.config.kafka)?;
-    let limiter = rate.map(|r| governor::RateLimiter::direct(pace(r)));
+    let limiter = rate.map(pacing);
     for event in events {
         if let Some(limiter) = &limiter {
             limiter.until_ready().await;

@@ -15,10 +15,13 @@ use tokio::sync::watch;
 use txflow::adapters::kafka::{self, Delivery, GroupMember, KafkaLog, TopicReport};
 use txflow::adapters::scylla::{self, ScyllaLedgerStore};
 use txflow::codec::{Codec, Record};
-use txflow::config::{Config, TopicsConfig};
+use txflow::config::Config;
 use txflow::domain::Account;
-use txflow::loadgen::{pace, Sent, Workload, WorkloadConfig};
-use txflow::pipeline::dead_letter::DeadLetters;
+use txflow::domain::RetryPolicy;
+use txflow::limits::pacing;
+use txflow::loadgen::{Sent, Workload, WorkloadConfig};
+use txflow::pipeline::breaker::{Breaker, BreakerConfig, BreakerMetrics};
+use txflow::pipeline::failures::FailureRoutes;
 use txflow::pipeline::{self, LoopConfig, StageTelemetry};
 use txflow::ports::LedgerStore;
 use txflow::stages::ledger::{Ledger, LedgerSettings, LedgerTopics};
@@ -54,6 +57,9 @@ enum Command {
     Accounts(AccountsCommand),
     /// Write generated Avro transaction events to Kafka.
     Produce(ProduceArgs),
+    /// Inspect and redrive dead letters.
+    #[command(subcommand)]
+    Dlq(crate::dlq_commands::DlqCommand),
     /// Measure the ledger on the configured Kafka and store: throughput exactly-once,
     /// at-least-once and naive, latency at a fixed rate, the store's raw LWT ceiling.
     Bench(crate::bench::BenchArgs),
@@ -162,6 +168,7 @@ impl Cli {
             }) => run_ledger(&config, delivery.into()).await,
             Command::Accounts(command) => accounts(&config, command).await,
             Command::Produce(args) => produce(&config, args).await,
+            Command::Dlq(command) => crate::dlq_commands::dlq(&config, command).await,
             Command::Bench(args) => crate::bench::bench(&config, args).await,
         }
     }
@@ -180,7 +187,7 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
 }
 
 async fn apply_topics(config: &Config) -> anyhow::Result<()> {
-    let reports = kafka::apply_topics(&config.kafka, &config.topics)
+    let reports = kafka::apply_topics(&config.kafka, &config.topics, &config.all_topics())
         .await
         .with_context(|| format!("applying topics on {}", config.kafka.bootstrap_servers))?;
     for report in reports {
@@ -221,6 +228,17 @@ fn shutdown_signal() -> anyhow::Result<watch::Receiver<bool>> {
 }
 
 async fn run_ledger(config: &Config, delivery: Delivery) -> anyhow::Result<()> {
+    let store = store(config).await?;
+    #[cfg(feature = "fault-injection")]
+    let store = txflow::adapters::faulty::FaultyStore::new(store, config.faults.clone());
+    run_ledger_on(config, delivery, Arc::new(store)).await
+}
+
+async fn run_ledger_on<S: LedgerStore>(
+    config: &Config,
+    delivery: Delivery,
+    store: Arc<S>,
+) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
     let telemetry = StageTelemetry {
         stage: "ledger",
@@ -236,7 +254,6 @@ async fn run_ledger(config: &Config, delivery: Delivery) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("serving the admin endpoints on {listen} (admin.listen)"))?;
     tracing::info!(%bound, "admin endpoints: /metrics /healthz /readyz");
-    let store = Arc::new(store(config).await?);
     let ledger_config = &config.ledger;
     let instance = ledger_config.instance_id();
     let transactional_id = format!("{}-{instance}", ledger_config.group_id);
@@ -246,7 +263,38 @@ async fn run_ledger(config: &Config, delivery: Delivery) -> anyhow::Result<()> {
         transactional_id: &transactional_id,
         session_timeout_ms: ledger_config.session_timeout_ms,
     };
-    let log = KafkaLog::new(&config.kafka, &member, &[&input], delivery)?;
+    let failures = FailureRoutes {
+        input: input.clone(),
+        stage: "ledger",
+        group: ledger_config.group_id.clone(),
+        policy: RetryPolicy {
+            tiers: ledger_config
+                .retry_delays_ms
+                .iter()
+                .map(|ms| Duration::from_millis(*ms))
+                .collect(),
+        },
+    };
+    let log = KafkaLog::new(
+        &config.kafka,
+        &member,
+        &[&input],
+        &failures.tier_topics(),
+        delivery,
+    )?;
+    let breaker = Arc::new(Breaker::new(
+        "store",
+        BreakerConfig {
+            failure_threshold: ledger_config.breaker_failure_threshold,
+            open_for: Duration::from_millis(ledger_config.breaker_open_ms),
+        },
+        Some(BreakerMetrics {
+            stage: "ledger",
+            state: telemetry.metrics.circuit_state.clone(),
+            transitions: telemetry.metrics.circuit_transitions.clone(),
+        }),
+    ));
+    let write_limit = NonZeroU32::new(ledger_config.max_store_writes_per_second).map(pacing);
     let ledger = Ledger::new(
         store,
         Arc::new(Codec::builtin()),
@@ -254,16 +302,14 @@ async fn run_ledger(config: &Config, delivery: Delivery) -> anyhow::Result<()> {
             input: input.clone(),
             results: config.topics.results.clone(),
         },
-        DeadLetters {
-            topic: TopicsConfig::dead_letters(&input),
-            stage: "ledger",
-            group: ledger_config.group_id.clone(),
-        },
+        failures,
         LedgerSettings {
             concurrency: ledger_config.store_concurrency,
             max_attempts: ledger_config.max_settle_attempts,
             cache_capacity: ledger_config.account_cache,
         },
+        breaker,
+        write_limit,
     );
     let loop_config = LoopConfig {
         max_records: ledger_config.batch_max_records,
@@ -304,7 +350,7 @@ async fn accounts(config: &Config, command: AccountsCommand) -> anyhow::Result<(
 }
 
 /// Writes one line to stdout; a reader that went away (`| head`) ends the output quietly.
-fn print_line(line: &impl std::fmt::Display) -> anyhow::Result<()> {
+pub fn print_line(line: &impl std::fmt::Display) -> anyhow::Result<()> {
     use std::io::Write;
     match writeln!(std::io::stdout().lock(), "{line}") {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
@@ -343,7 +389,7 @@ async fn produce(config: &Config, args: ProduceArgs) -> anyhow::Result<()> {
         conflict_share: args.conflicts,
         ..WorkloadConfig::default()
     });
-    let limiter = NonZeroU32::new(args.rate).map(|rate| governor::RateLimiter::direct(pace(rate)));
+    let limiter = NonZeroU32::new(args.rate).map(pacing);
     let deadline = args
         .duration
         .map(|s| Instant::now() + Duration::from_secs(s));

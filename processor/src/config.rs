@@ -8,6 +8,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::pipeline::failures::{dead_letter_topic, retry_topic};
+
 /// Environment variables with this prefix and a `__` override config keys.
 pub const ENV_PREFIX: &str = "TXFLOW_";
 
@@ -35,6 +37,23 @@ pub struct Config {
     pub topics: TopicsConfig,
     pub store: StoreConfig,
     pub ledger: LedgerConfig,
+    /// Faults to inject, for tests: only in builds with the `fault-injection` feature; any
+    /// other build refuses a `[faults]` section as an unknown key.
+    #[cfg(feature = "fault-injection")]
+    pub faults: FaultsConfig,
+}
+
+/// Store faults injected by a test build (feature `fault-injection`).
+#[cfg(feature = "fault-injection")]
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultsConfig {
+    /// The share of store calls that fail as if the store were unavailable, 0 to 1.
+    pub store_failure_rate: f64,
+    /// Store calls on accounts starting with one of these fail, every time.
+    pub store_failing_accounts: Vec<String>,
+    /// Added to every store call.
+    pub store_delay_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -103,23 +122,24 @@ impl Default for TopicsConfig {
     }
 }
 
-impl TopicsConfig {
-    /// The dead-letter topic of an input topic.
-    pub fn dead_letters(input: &str) -> String {
-        format!("{input}.dlq")
-    }
-
-    /// Every topic txflow uses, in creation order.
-    pub fn all(&self) -> Vec<String> {
-        vec![
-            self.events.clone(),
-            self.ledger.clone(),
-            self.notifications.clone(),
-            self.results.clone(),
-            Self::dead_letters(&self.events),
-            Self::dead_letters(&self.ledger),
-            Self::dead_letters(&self.notifications),
-        ]
+impl Config {
+    /// Every topic txflow uses, in creation order: the stages' topics, the ledger's retry
+    /// tiers, and the dead letters of every input.
+    pub fn all_topics(&self) -> Vec<String> {
+        let topics = &self.topics;
+        let mut all = vec![
+            topics.events.clone(),
+            topics.ledger.clone(),
+            topics.notifications.clone(),
+            topics.results.clone(),
+        ];
+        all.extend((1..=self.ledger.retry_delays_ms.len()).map(|n| retry_topic(&topics.ledger, n)));
+        all.extend(
+            [&topics.events, &topics.ledger, &topics.notifications]
+                .into_iter()
+                .map(|input| dead_letter_topic(input)),
+        );
+        all
     }
 }
 
@@ -225,6 +245,17 @@ pub struct LedgerConfig {
     /// First and largest pause after a transient failure, before the batch is read again.
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
+    /// The retry tiers `<input>.retry.<n>`: the longest pause of each, in order. A record
+    /// waits a pause drawn uniformly up to its tier's (full jitter); after the last tier it
+    /// goes to the dead letters. Empty: a transient failure is dead-lettered at once.
+    pub retry_delays_ms: Vec<u64>,
+    /// Consecutive transient store failures that open the store's circuit breaker.
+    pub breaker_failure_threshold: u32,
+    /// How long the open breaker pauses the partitions before a probe.
+    pub breaker_open_ms: u64,
+    /// Conditional store writes per second at most (0: no limit). Past it consumption slows
+    /// down; nothing is dropped.
+    pub max_store_writes_per_second: u32,
 }
 
 impl Default for LedgerConfig {
@@ -240,6 +271,10 @@ impl Default for LedgerConfig {
             max_settle_attempts: 20,
             backoff_initial_ms: 100,
             backoff_max_ms: 10_000,
+            retry_delays_ms: vec![1_000, 10_000, 60_000],
+            breaker_failure_threshold: 5,
+            breaker_open_ms: 2_000,
+            max_store_writes_per_second: 0,
         }
     }
 }
@@ -323,6 +358,16 @@ impl Config {
         }
         if self.ledger.max_settle_attempts == 0 {
             return invalid("ledger.max_settle_attempts must be at least 1");
+        }
+        if self.ledger.retry_delays_ms.len() > 10 {
+            return invalid("ledger.retry_delays_ms has more than 10 tiers");
+        }
+        if self.ledger.breaker_failure_threshold == 0 {
+            return invalid("ledger.breaker_failure_threshold must be at least 1");
+        }
+        #[cfg(feature = "fault-injection")]
+        if !(0.0..=1.0).contains(&self.faults.store_failure_rate) {
+            return invalid("faults.store_failure_rate must be between 0 and 1");
         }
         if self.topics.partitions < 1 || self.topics.replication_factor < 1 {
             return invalid("topics.partitions and topics.replication_factor must be at least 1");
@@ -417,6 +462,26 @@ mod tests {
         assert_eq!(config.store.contact_points, vec!["a:9042", "b:9042"]);
         assert_eq!(config.kafka.properties["security.protocol"], "SSL");
         assert_eq!(config.ledger.instance_id(), "ledger-0");
+    }
+
+    #[cfg(not(feature = "fault-injection"))]
+    #[test]
+    fn a_production_build_refuses_injected_faults() {
+        let error = Config::load(None, env(&[("TXFLOW_FAULTS__STORE_FAILURE_RATE", "0.5")]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown field `faults`"), "{error}");
+    }
+
+    #[test]
+    fn retry_tiers_and_their_topics() {
+        let config =
+            Config::load(None, env(&[("TXFLOW_LEDGER__RETRY_DELAYS_MS", "[5, 50]")])).unwrap();
+        let topics = config.all_topics();
+        assert!(topics.contains(&"txflow.ledger.retry.1".to_owned()));
+        assert!(topics.contains(&"txflow.ledger.retry.2".to_owned()));
+        assert!(!topics.contains(&"txflow.ledger.retry.3".to_owned()));
+        assert!(topics.contains(&"txflow.ledger.dlq".to_owned()));
     }
 
     #[test]

@@ -6,7 +6,9 @@
 pub mod adapters;
 pub mod codec;
 pub mod config;
+pub mod dlq;
 pub mod domain;
+pub mod limits;
 pub mod loadgen;
 pub mod pipeline;
 pub mod ports;

@@ -4,7 +4,6 @@
 //! gives the same sequence.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::num::NonZeroU32;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -13,14 +12,6 @@ use crate::domain::{EventType, TransactionEvent};
 
 /// How many earlier events a re-send may pick from.
 const RESEND_WINDOW: usize = 1024;
-
-/// The pace of a fixed-rate run: `rate` events per second, in bursts of at most 10 ms worth
-/// of events. (A quota's default burst is a whole second's worth, which would start every run
-/// with a spike.)
-pub fn pace(rate: NonZeroU32) -> governor::Quota {
-    let burst = NonZeroU32::new(rate.get() / 100).unwrap_or(NonZeroU32::MIN);
-    governor::Quota::per_second(rate).allow_burst(burst)
-}
 
 #[derive(Clone, Debug)]
 pub struct WorkloadConfig {

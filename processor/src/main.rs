@@ -2,6 +2,7 @@
 
 mod bench;
 mod cli;
+mod dlq_commands;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;

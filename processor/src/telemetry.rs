@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
@@ -12,22 +12,27 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The metrics of a stage process.
 pub struct Metrics {
     registry: Registry,
-    /// Batches by outcome: `committed`, or `retried` (a transient failure or an aborted
-    /// transaction; the batch is read again).
+    /// Batches by outcome: `committed`, `retried` (a transient failure or an aborted
+    /// transaction; the batch is read again after a backoff) or `paused` (a circuit breaker
+    /// is open; the batch is read again once it lets a probe through).
     pub batches: IntCounterVec,
     /// Records consumed in committed batches.
     pub records: IntCounterVec,
-    /// What committed batches produced, by kind (`result`, `credit`, `dead_letter`,
-    /// `duplicate`).
+    /// What committed batches produced, by kind (`result`, `credit`, `dead_letter`, `retry`,
+    /// `parked`, `duplicate`).
     pub outputs: IntCounterVec,
     /// Seconds from a batch's first record in hand to its commit.
     pub batch_seconds: HistogramVec,
+    /// Each circuit breaker's state: 0 closed, 1 open, 2 half-open.
+    pub circuit_state: IntGaugeVec,
+    /// Circuit breaker transitions, by the state entered.
+    pub circuit_transitions: IntCounterVec,
 }
 
 impl Metrics {
@@ -35,7 +40,7 @@ impl Metrics {
         let registry =
             Registry::new_custom(Some("txflow".to_owned()), None).expect("a valid metrics prefix");
         let batches = IntCounterVec::new(
-            Opts::new("batches_total", "Batches by outcome: committed, or retried after a transient failure or an aborted transaction"),
+            Opts::new("batches_total", "Batches by outcome: committed, retried after a transient failure or an aborted transaction, or paused while a circuit breaker is open"),
             &["stage", "outcome"],
         )
         .expect("a valid metric");
@@ -60,11 +65,29 @@ impl Metrics {
             &["stage"],
         )
         .expect("a valid metric");
+        let circuit_state = IntGaugeVec::new(
+            Opts::new(
+                "circuit_state",
+                "Circuit breaker state: 0 closed, 1 open, 2 half-open",
+            ),
+            &["stage", "dependency"],
+        )
+        .expect("a valid metric");
+        let circuit_transitions = IntCounterVec::new(
+            Opts::new(
+                "circuit_transitions_total",
+                "Circuit breaker transitions, by the state entered",
+            ),
+            &["stage", "dependency", "to"],
+        )
+        .expect("a valid metric");
         for metric in [
             Box::new(batches.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(records.clone()),
             Box::new(outputs.clone()),
             Box::new(batch_seconds.clone()),
+            Box::new(circuit_state.clone()),
+            Box::new(circuit_transitions.clone()),
         ] {
             registry.register(metric).expect("metric names are unique");
         }
@@ -74,6 +97,8 @@ impl Metrics {
             records,
             outputs,
             batch_seconds,
+            circuit_state,
+            circuit_transitions,
         }
     }
 
@@ -93,19 +118,31 @@ impl Default for Metrics {
     }
 }
 
-/// Whether the process can do its work now: set by the stage loop, read by `/readyz`.
+/// Whether the process can do its work now, and why not: set by the stage loop, read by
+/// `/readyz`.
 #[derive(Default)]
 pub struct Readiness {
     ready: AtomicBool,
+    reason: Mutex<String>,
 }
 
 impl Readiness {
-    pub fn set(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    pub fn set_not_ready(&self, reason: &str) {
+        *self.reason.lock().expect("the readiness lock") = reason.to_owned();
+        self.ready.store(false, Ordering::Relaxed);
     }
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Why the process is not ready, as last reported.
+    pub fn reason(&self) -> String {
+        self.reason.lock().expect("the readiness lock").clone()
     }
 }
 
@@ -143,8 +180,11 @@ async fn metrics(State(admin): State<Admin>) -> impl IntoResponse {
 
 async fn readyz(State(admin): State<Admin>) -> impl IntoResponse {
     if admin.readiness.is_ready() {
-        (StatusCode::OK, "ready\n")
+        (StatusCode::OK, "ready\n".to_owned())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", admin.readiness.reason()),
+        )
     }
 }

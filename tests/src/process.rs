@@ -83,6 +83,11 @@ impl Pipeline {
             ("TXFLOW_LEDGER__GROUP_ID", format!("{id}-ledger")),
             // The broker's smallest: a killed member's partitions move on after 6 s.
             ("TXFLOW_LEDGER__SESSION_TIMEOUT_MS", "6000".to_owned()),
+            // Short retry tiers: a retried event comes back within a second or two.
+            (
+                "TXFLOW_LEDGER__RETRY_DELAYS_MS",
+                "[200, 500, 1000]".to_owned(),
+            ),
             ("TXFLOW_LOG", "info,txflow=debug".to_owned()),
             // Every stage process serves its admin endpoints on a port of its own.
             ("TXFLOW_ADMIN__LISTEN", "127.0.0.1:0".to_owned()),
@@ -169,6 +174,8 @@ impl Pipeline {
             .append(true)
             .open(&log)
             .expect("a process log file");
+        // A restart under the same name appends: this process's lines start here.
+        let log_start = file.metadata().map(|m| m.len()).unwrap_or(0) as usize;
         let child = command
             .stdout(Stdio::from(file.try_clone().expect("log file handle")))
             .stderr(Stdio::from(file))
@@ -178,6 +185,7 @@ impl Pipeline {
             child: Some(child),
             name: name.to_owned(),
             log,
+            log_start,
         }
     }
 }
@@ -187,6 +195,7 @@ pub struct StageProcess {
     child: Option<Child>,
     name: String,
     log: PathBuf,
+    log_start: usize,
 }
 
 impl StageProcess {
@@ -252,6 +261,8 @@ impl StageProcess {
         loop {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             let bound = log
+                .get(self.log_start..)
+                .unwrap_or_default()
                 .lines()
                 .filter(|l| l.contains("admin endpoints"))
                 .find_map(|l| l.split("bound=").nth(1))
@@ -267,6 +278,17 @@ impl StageProcess {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The sum of the samples on its `/metrics` whose line starts with `prefix` (a metric
+    /// name, optionally with the start of its labels), 0 when there is none.
+    pub fn metric(&self, prefix: &str) -> u64 {
+        let (_, metrics) = self.admin_get("/metrics");
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
     }
 
     /// An HTTP GET of `path` on its admin endpoints: status code and body.

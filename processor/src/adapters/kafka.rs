@@ -5,14 +5,16 @@
 //! librdkafka's transaction calls block; they run on the runtime's blocking section
 //! (`block_in_place`), never on an async worker as plain calls.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -20,6 +22,7 @@ use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{KafkaConfig, TopicsConfig};
+use crate::ports::log::DUE_HEADER;
 use crate::ports::{InputRecord, Log, LogError, OutputRecord};
 
 /// How long a blocking client call may take before it counts as failed.
@@ -29,6 +32,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &kafka.bootstrap_servers);
+    // Java clients' partitioner: an account's records land on the same partition whichever
+    // client wrote them, and on the same partition number of every co-partitioned topic.
+    config.set("partitioner", "murmur2_random");
     for (key, value) in &kafka.properties {
         config.set(key, value);
     }
@@ -109,20 +115,48 @@ pub struct GroupMember<'a> {
     pub session_timeout_ms: u64,
 }
 
+/// Counts the partition assignments this member received, so that the log can tell a stage
+/// its partitions changed even when a rebalance gave back the same ones.
+#[derive(Default)]
+pub struct GroupEvents {
+    assignments: AtomicU64,
+}
+
+impl ClientContext for GroupEvents {}
+
+impl ConsumerContext for GroupEvents {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            tracing::info!(partitions = partitions.count(), "partitions assigned");
+            self.assignments.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
 /// A group member and its transactional producer.
 pub struct KafkaLog {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<GroupEvents>,
     producer: ReportingProducer,
     delivery: Delivery,
+    kafka: KafkaConfig,
+    /// Topics whose records wait for their due time (the retry tiers).
+    delayed: HashSet<String>,
+    /// Partitions of delayed topics paused until their head record is due.
+    waiting: BTreeMap<(String, i32), Instant>,
+    /// The assignment count the stage last heard about.
+    assignments_seen: Option<u64>,
 }
 
 impl KafkaLog {
-    /// Joins the group on `topics`, after aborting whatever a predecessor with the same
-    /// transactional id left open.
+    /// Joins the group on `topics` and the `delayed` topics, after aborting whatever a
+    /// predecessor with the same transactional id left open. Partitions are assigned by
+    /// range, so that a member owns the same partition numbers of every topic: an account's
+    /// records and its retries meet in one process.
     pub fn new(
         kafka: &KafkaConfig,
         group: &GroupMember<'_>,
         topics: &[&str],
+        delayed: &[String],
         delivery: Delivery,
     ) -> Result<Self, LogError> {
         let fatal = |what: &str, e: KafkaError| LogError::Fatal(format!("{what}: {e}"));
@@ -133,15 +167,16 @@ impl KafkaLog {
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            .set("partition.assignment.strategy", "range");
         // A read_committed fetch waiting on the broker is not woken by a transaction's commit
         // marker: it sleeps out fetch.wait.max.ms (librdkafka's default, 500 ms), which
         // would be the pipeline's latency floor.
         if !kafka.properties.contains_key("fetch.wait.max.ms") {
             consumer_config.set("fetch.wait.max.ms", "10");
         }
-        let consumer: StreamConsumer = consumer_config
-            .create()
+        let consumer: StreamConsumer<GroupEvents> = consumer_config
+            .create_with_context(GroupEvents::default())
             .map_err(|e| fatal("creating the consumer", e))?;
         let producer = match delivery {
             Delivery::AtLeastOnce => {
@@ -174,14 +209,120 @@ impl KafkaLog {
                 producer
             }
         };
+        let mut subscription: Vec<&str> = topics.to_vec();
+        subscription.extend(delayed.iter().map(String::as_str));
         consumer
-            .subscribe(topics)
+            .subscribe(&subscription)
             .map_err(|e| fatal("subscribing", e))?;
         Ok(KafkaLog {
             consumer,
             producer,
             delivery,
+            kafka: kafka.clone(),
+            delayed: delayed.iter().cloned().collect(),
+            waiting: BTreeMap::new(),
+            assignments_seen: None,
         })
+    }
+
+    /// Whether `record` is on a delayed topic and not due yet: then its partition is paused
+    /// and wound back to it, to be resumed when it is due.
+    fn hold_if_early(&mut self, record: &InputRecord) -> Result<bool, KafkaError> {
+        if !self.delayed.contains(&record.topic) {
+            return Ok(false);
+        }
+        let due = record
+            .header(DUE_HEADER)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0);
+        let wait = due - crate::pipeline::now_ms();
+        if wait <= 0 {
+            return Ok(false);
+        }
+        let mut partition = TopicPartitionList::new();
+        partition.add_partition(&record.topic, record.partition);
+        self.consumer.pause(&partition)?;
+        self.consumer.seek(
+            &record.topic,
+            record.partition,
+            Offset::Offset(record.offset),
+            CALL_TIMEOUT,
+        )?;
+        self.waiting.insert(
+            (record.topic.clone(), record.partition),
+            Instant::now() + Duration::from_millis(wait as u64),
+        );
+        Ok(true)
+    }
+
+    /// How many partitions the group gave this member.
+    pub fn assigned_partitions(&self) -> usize {
+        self.consumer.assignment().map(|a| a.count()).unwrap_or(0)
+    }
+
+    /// A record of a partition paused meanwhile: fetched before the pause, it comes again on
+    /// resume from the offset the pause wound back to.
+    fn is_waiting(&self, record: &InputRecord) -> bool {
+        self.waiting
+            .contains_key(&(record.topic.clone(), record.partition))
+    }
+
+    /// Resumes the waiting partitions that are due; returns how long until the next one is.
+    fn resume_due(&mut self) -> Result<Option<Duration>, KafkaError> {
+        let now = Instant::now();
+        let due: Vec<(String, i32)> = self
+            .waiting
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(key, _)| key.clone())
+            .collect();
+        if !due.is_empty() {
+            let mut partitions = TopicPartitionList::new();
+            for key in &due {
+                partitions.add_partition(&key.0, key.1);
+                self.waiting.remove(key);
+            }
+            self.consumer.resume(&partitions)?;
+        }
+        Ok(self
+            .waiting
+            .values()
+            .min()
+            .map(|at| at.saturating_duration_since(now)))
+    }
+
+    /// The records of the delayed topics, on the partitions this member holds, that the group
+    /// has not consumed yet; read with a separate group-less reader up to their end.
+    fn unconsumed(&self) -> Result<Vec<InputRecord>, KafkaError> {
+        let assigned = self.consumer.assignment()?;
+        let mut wanted = TopicPartitionList::new();
+        for element in assigned.elements() {
+            if self.delayed.contains(element.topic()) {
+                wanted.add_partition(element.topic(), element.partition());
+            }
+        }
+        if wanted.count() == 0 {
+            return Ok(Vec::new());
+        }
+        let committed = self.consumer.committed_offsets(wanted, CALL_TIMEOUT)?;
+        let mut by_topic: BTreeMap<String, TopicPartitionList> = BTreeMap::new();
+        for element in committed.elements() {
+            let offset = match element.offset() {
+                Offset::Offset(offset) => Offset::Offset(offset),
+                _ => Offset::Beginning,
+            };
+            by_topic
+                .entry(element.topic().to_owned())
+                .or_default()
+                .add_partition_offset(element.topic(), element.partition(), offset)?;
+        }
+        let mut records = Vec::new();
+        // One reader per topic: an end-of-partition event names the partition only.
+        for start in by_topic.values() {
+            records.extend(read_until_end(&self.kafka, start)?);
+        }
+        Ok(records)
     }
 
     fn send(&self, output: OutputRecord) -> Result<(), KafkaError> {
@@ -312,22 +453,68 @@ impl Log for KafkaLog {
         max_records: usize,
         max_wait: Duration,
     ) -> Result<Vec<InputRecord>, LogError> {
-        let mut batch = Vec::new();
-        let first = match tokio::time::timeout(max_wait, self.consumer.recv()).await {
-            Err(_) => return Ok(batch),
-            Ok(message) => message,
-        };
         let consumer_error = |e: KafkaError| LogError::Fatal(format!("consuming: {e}"));
-        batch.push(input_record(&first.map_err(consumer_error)?));
+        let mut batch = Vec::new();
+        let started = Instant::now();
+        // Wait for a first record, but no longer than until a waiting partition is due.
+        while batch.is_empty() {
+            let next_due = self.resume_due().map_err(consumer_error)?;
+            let left = max_wait.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Ok(batch);
+            }
+            let wait = next_due.map_or(left, |due| due.min(left));
+            let record = match tokio::time::timeout(wait, self.consumer.recv()).await {
+                Err(_) => continue,
+                Ok(message) => input_record(&message.map_err(consumer_error)?),
+            };
+            if !self.is_waiting(&record) && !self.hold_if_early(&record).map_err(consumer_error)? {
+                batch.push(record);
+            }
+        }
         // Then only what has already arrived: a zero timeout still polls the receive once.
         while batch.len() < max_records {
             match tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
-                Ok(Ok(message)) => batch.push(input_record(&message)),
+                Ok(Ok(message)) => {
+                    let record = input_record(&message);
+                    if !self.is_waiting(&record)
+                        && !self.hold_if_early(&record).map_err(consumer_error)?
+                    {
+                        batch.push(record);
+                    }
+                }
                 Ok(Err(e)) => return Err(consumer_error(e)),
                 Err(_) => break,
             }
         }
         Ok(batch)
+    }
+
+    async fn reassigned(&mut self) -> Result<Option<Vec<InputRecord>>, LogError> {
+        let assignments = self.consumer.context().assignments.load(Ordering::SeqCst);
+        if self.assignments_seen == Some(assignments) {
+            return Ok(None);
+        }
+        // A rebalance may hand back a partition this member had paused: forget the pauses,
+        // resume everything, and pause again as early records show up.
+        self.waiting.clear();
+        let assigned = self
+            .consumer
+            .assignment()
+            .map_err(|e| LogError::Fatal(format!("reading the assignment: {e}")))?;
+        if assigned.count() > 0 {
+            self.consumer
+                .resume(&assigned)
+                .map_err(|e| LogError::Fatal(format!("resuming partitions: {e}")))?;
+        }
+        let unconsumed = tokio::task::block_in_place(|| self.unconsumed())
+            .map_err(|e| LogError::Fatal(format!("reading the retry topics: {e}")))?;
+        self.assignments_seen = Some(assignments);
+        tracing::info!(
+            records = unconsumed.len(),
+            "retry records still to be consumed on the assigned partitions"
+        );
+        Ok(Some(unconsumed))
     }
 
     async fn commit(
@@ -388,6 +575,65 @@ impl Log for KafkaLog {
     }
 }
 
+/// The committed records of one topic's partitions, from the offsets in `start` to each
+/// partition's end as of now.
+fn read_until_end(
+    kafka: &KafkaConfig,
+    start: &TopicPartitionList,
+) -> Result<Vec<InputRecord>, KafkaError> {
+    let reader: BaseConsumer = client_config(kafka)
+        .set("group.id", "txflow-reader")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create()?;
+    reader.assign(start)?;
+    let mut open: HashSet<i32> = start.elements().iter().map(|e| e.partition()).collect();
+    let mut records = Vec::new();
+    let deadline = Instant::now() + CALL_TIMEOUT;
+    while !open.is_empty() {
+        if Instant::now() > deadline {
+            return Err(KafkaError::MessageConsumption(
+                RDKafkaErrorCode::OperationTimedOut,
+            ));
+        }
+        match reader.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(message)) => records.push(input_record(&message)),
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                open.remove(&partition);
+            }
+            Some(Err(e)) => return Err(e),
+        }
+    }
+    Ok(records)
+}
+
+/// Every committed record of `topic`, from the beginning of each partition to its end as of
+/// now, in partition order; for operator tools over small topics (the dead letters).
+pub fn read_to_end(kafka: &KafkaConfig, topic: &str) -> Result<Vec<InputRecord>, KafkaError> {
+    let admin: BaseConsumer = client_config(kafka).create()?;
+    let metadata = admin.fetch_metadata(Some(topic), CALL_TIMEOUT)?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .filter(|t| t.error().is_none())
+        .map(|t| t.partitions().len())
+        .unwrap_or(0);
+    if partitions == 0 {
+        return Err(KafkaError::MetadataFetch(
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        ));
+    }
+    let mut start = TopicPartitionList::new();
+    for partition in 0..partitions as i32 {
+        start.add_partition_offset(topic, partition, Offset::Beginning)?;
+    }
+    let mut records = read_until_end(kafka, &start)?;
+    records.sort_by_key(|r| (r.partition, r.offset));
+    Ok(records)
+}
+
 /// What `txflow topics apply` found and did for one topic.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TopicReport {
@@ -410,9 +656,9 @@ pub enum TopicReport {
 pub async fn apply_topics(
     kafka: &KafkaConfig,
     topics: &TopicsConfig,
+    names: &[String],
 ) -> Result<Vec<TopicReport>, KafkaError> {
     let admin: AdminClient<DefaultClientContext> = client_config(kafka).create()?;
-    let names = topics.all();
     let metadata =
         tokio::task::block_in_place(|| admin.inner().fetch_metadata(None, CALL_TIMEOUT))?;
     let existing: BTreeMap<String, i32> = metadata

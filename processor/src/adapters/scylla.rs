@@ -159,6 +159,7 @@ pub struct ScyllaLedgerStore {
     load_debit_serial: PreparedStatement,
     advance: PreparedStatement,
     insert_result: PreparedStatement,
+    claim: PreparedStatement,
     all_accounts: PreparedStatement,
 }
 
@@ -232,6 +233,14 @@ impl ScyllaLedgerStore {
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS"
             ))
             .await?,
+            // A redrive claims a recorded result by moving its origin; the condition lets only
+            // one claim of the same dead letter publish it.
+            claim: prepare(format!(
+                "UPDATE {table} SET origin_topic = ?, origin_partition = ?, origin_offset = ? \
+                 WHERE account_id = ? AND event_id = ? \
+                 IF origin_topic = ? AND origin_partition = ? AND origin_offset = ?"
+            ))
+            .await?,
             all_accounts: prepare(format!(
                 "SELECT DISTINCT account_id, balance_minor, currency, version FROM {table}"
             ))
@@ -256,6 +265,28 @@ impl ScyllaLedgerStore {
 }
 
 impl ScyllaLedgerStore {
+    fn append_claims(
+        &self,
+        account_id: &str,
+        settlement: &Settlement,
+        batch: &mut Batch,
+        values: &mut Vec<RowValues>,
+    ) {
+        for claim in &settlement.claimed {
+            batch.append_statement(self.claim.clone());
+            values.push(Box::new((
+                claim.to.topic.clone(),
+                claim.to.partition,
+                claim.to.offset,
+                account_id.to_owned(),
+                claim.event_id.clone(),
+                claim.from.topic.clone(),
+                claim.from.partition,
+                claim.from.offset,
+            )));
+        }
+    }
+
     /// The event's fingerprint when `account_id` recorded it as an applied debit.
     async fn debit(
         &self,
@@ -404,7 +435,14 @@ impl LedgerStore for ScyllaLedgerStore {
         settlement: &Settlement,
     ) -> Result<bool, StoreError> {
         if settlement.recorded.is_empty() {
-            return Ok(true);
+            if settlement.claimed.is_empty() {
+                return Ok(true);
+            }
+            let mut batch = Batch::new(BatchType::Logged);
+            let mut values: Vec<RowValues> = Vec::with_capacity(settlement.claimed.len());
+            self.append_claims(account_id, settlement, &mut batch, &mut values);
+            let result = self.session.batch(&batch, values).await.map_err(classify)?;
+            return lwt_applied(result);
         }
         // Batches have a size limit on the server: a long settlement is written as a chain of
         // conditional writes, each a consistent prefix that the next one's condition extends.
@@ -449,6 +487,9 @@ impl LedgerStore for ScyllaLedgerStore {
                     CqlTimestamp(r.processed_at),
                 )));
             }
+            if version == before.version {
+                self.append_claims(account_id, settlement, &mut batch, &mut values);
+            }
             let result = self.session.batch(&batch, values).await.map_err(classify)?;
             if !lwt_applied(result)? {
                 return Ok(false);
@@ -456,6 +497,11 @@ impl LedgerStore for ScyllaLedgerStore {
             version = last.account_version;
         }
         Ok(true)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        // A partition no account uses: the read reaches its replicas like any account's.
+        self.one_account("txflow.health-probe").await.map(|_| ())
     }
 
     async fn account(&self, account_id: &str) -> Result<Option<Account>, StoreError> {

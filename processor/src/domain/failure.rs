@@ -31,13 +31,15 @@ pub enum FailureKind {
     BalanceOverflow,
     /// The store did not answer in time, or refused for now.
     StoreUnavailable,
+    /// A circuit breaker refused the call: its dependency is known to be down.
+    CircuitOpen,
 }
 
 impl FailureKind {
     /// Whether a retry can help.
     pub fn class(self) -> FailureClass {
         match self {
-            FailureKind::StoreUnavailable => FailureClass::Transient,
+            FailureKind::StoreUnavailable | FailureKind::CircuitOpen => FailureClass::Transient,
             FailureKind::Undecodable
             | FailureKind::UnknownSchema
             | FailureKind::InvalidEvent
@@ -57,6 +59,7 @@ impl FailureKind {
             FailureKind::OrphanCredit => "orphan_credit",
             FailureKind::BalanceOverflow => "balance_overflow",
             FailureKind::StoreUnavailable => "store_unavailable",
+            FailureKind::CircuitOpen => "circuit_open",
         }
     }
 }
@@ -82,5 +85,104 @@ impl Poison {
             kind,
             message: message.into(),
         }
+    }
+}
+
+/// What happens next to an event that failed: the one place where class and attempt decide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Move {
+    /// To retry tier `tier` (1-based), due after a pause drawn from `[0, ceiling]`.
+    Retry {
+        tier: usize,
+        ceiling: std::time::Duration,
+    },
+    /// To the dead letters: poison, or a transient failure that used up every tier.
+    DeadLetter,
+}
+
+/// The retry tiers' delays, shortest first; each tier is `<input>.retry.<n>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub tiers: Vec<std::time::Duration>,
+}
+
+impl RetryPolicy {
+    /// Where an event goes after failing with `kind` on its `attempts`-th attempt (1 for
+    /// the first): poison goes to the dead letters at once; a transient failure goes to the
+    /// tier after the attempts already made, and to the dead letters once there is none.
+    pub fn next_move(&self, kind: FailureKind, attempts: u32) -> Move {
+        if kind.class() == FailureClass::Poison {
+            return Move::DeadLetter;
+        }
+        let tier = attempts.max(1) as usize;
+        match self.tiers.get(tier - 1) {
+            Some(&ceiling) => Move::Retry { tier, ceiling },
+            None => Move::DeadLetter,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            tiers: vec![
+                Duration::from_secs(1),
+                Duration::from_secs(10),
+                Duration::from_secs(60),
+            ],
+        }
+    }
+
+    #[test]
+    fn transient_failures_climb_the_tiers_then_die() {
+        let moves: Vec<Move> = (1..=4)
+            .map(|attempt| policy().next_move(FailureKind::StoreUnavailable, attempt))
+            .collect();
+        assert_eq!(
+            moves,
+            vec![
+                Move::Retry {
+                    tier: 1,
+                    ceiling: Duration::from_secs(1)
+                },
+                Move::Retry {
+                    tier: 2,
+                    ceiling: Duration::from_secs(10)
+                },
+                Move::Retry {
+                    tier: 3,
+                    ceiling: Duration::from_secs(60)
+                },
+                Move::DeadLetter,
+            ]
+        );
+    }
+
+    #[test]
+    fn poison_never_retries() {
+        for kind in [
+            FailureKind::Undecodable,
+            FailureKind::UnknownSchema,
+            FailureKind::InvalidEvent,
+            FailureKind::IdempotencyConflict,
+            FailureKind::OrphanCredit,
+            FailureKind::BalanceOverflow,
+        ] {
+            assert_eq!(policy().next_move(kind, 1), Move::DeadLetter, "{kind}");
+        }
+    }
+
+    #[test]
+    fn without_tiers_a_transient_failure_is_dead_at_once() {
+        let policy = RetryPolicy { tiers: Vec::new() };
+        assert_eq!(
+            policy.next_move(FailureKind::StoreUnavailable, 1),
+            Move::DeadLetter
+        );
     }
 }

@@ -8,7 +8,9 @@
 //! Exactly-once rests on three things decided here:
 //! - an event already recorded on this account is never applied again; its stored result is
 //!   published again only when the same log position is being replayed (an earlier attempt's
-//!   transaction was aborted), and a producer's re-send publishes nothing;
+//!   transaction was aborted), or when a redrive brings back a dead letter of that position
+//!   (its write applied in a batch that never committed, so the result was never published:
+//!   the redrive claims the result, once); a producer's re-send publishes nothing;
 //! - the same `event_id` with a different payload is a conflict and changes nothing;
 //! - a transfer's credit applies only against a debit the store holds as applied.
 
@@ -42,6 +44,8 @@ pub struct LedgerEntry {
     pub event: TransactionEvent,
     pub leg: Leg,
     pub origin: Origin,
+    /// For a dead letter redriven: where the event was read before it was dead-lettered.
+    pub redriven_from: Option<Origin>,
 }
 
 impl LedgerEntry {
@@ -96,6 +100,15 @@ pub enum Emission {
     Duplicate { entry: usize },
 }
 
+/// A recorded result a redriven dead letter publishes: the store moves its origin from
+/// `from` to `to` if it still is `from`, so that only one redrive publishes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub event_id: String,
+    pub from: Origin,
+    pub to: Origin,
+}
+
 /// What a batch did to one account.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Settlement {
@@ -103,6 +116,8 @@ pub struct Settlement {
     pub account: Account,
     /// New result rows for the store, with their event's fingerprint and origin.
     pub recorded: Vec<Prior>,
+    /// Recorded results whose publication redriven entries claim.
+    pub claimed: Vec<Claim>,
     /// What to publish, in the order of the entries.
     pub emissions: Vec<Emission>,
 }
@@ -124,20 +139,35 @@ pub fn settle(
         account,
         now_ms,
         recorded: Vec::new(),
+        claimed: Vec::new(),
         emissions: Vec::with_capacity(entries.len()),
     };
     for (index, entry) in entries.iter().enumerate() {
         debug_assert_eq!(entry.account_id(), account_id);
         let fingerprint = entry.event.fingerprint();
+        let claimed = book
+            .claimed
+            .iter()
+            .find(|c| c.event_id == entry.event.event_id)
+            .map(|c| c.to.clone());
         let earlier = book
             .recorded
             .iter()
             .find(|p| p.result.event_id == entry.event.event_id)
-            .or_else(|| prior.get(&entry.event.event_id));
+            .or_else(|| prior.get(&entry.event.event_id))
+            .map(|p| match &claimed {
+                // Claimed earlier in this batch: it lives at its new origin now.
+                Some(to) => Prior {
+                    origin: to.clone(),
+                    ..p.clone()
+                },
+                None => p.clone(),
+            });
         match earlier {
             Some(earlier) => {
-                let emissions = seen_before(earlier, entry, index, fingerprint);
+                let (emissions, claim) = seen_before(&earlier, entry, index, fingerprint);
                 book.emissions.extend(emissions);
+                book.claimed.extend(claim);
             }
             None => book.post(index, entry, fingerprint, facts),
         }
@@ -145,17 +175,19 @@ pub fn settle(
     Settlement {
         account: book.account,
         recorded: book.recorded,
+        claimed: book.claimed,
         emissions: book.emissions,
     }
 }
 
-/// An entry whose event this account already recorded.
+/// An entry whose event this account already recorded: what to publish, and the claim
+/// when a redrive publishes it.
 fn seen_before(
     earlier: &Prior,
     entry: &LedgerEntry,
     index: usize,
     fingerprint: Fingerprint,
-) -> Vec<Emission> {
+) -> (Vec<Emission>, Option<Claim>) {
     if earlier.fingerprint != fingerprint {
         let poison = Poison::new(
             FailureKind::IdempotencyConflict,
@@ -164,20 +196,27 @@ fn seen_before(
                 entry.event.event_id, earlier.result.account_id
             ),
         );
-        return vec![Emission::DeadLetter {
+        let dead = Emission::DeadLetter {
             entry: index,
             poison,
-        }];
+        };
+        return (vec![dead], None);
     }
-    if earlier.origin != entry.origin {
-        return vec![Emission::Duplicate { entry: index }];
+    let claim = (entry.redriven_from.as_ref() == Some(&earlier.origin)).then(|| Claim {
+        event_id: entry.event.event_id.clone(),
+        from: earlier.origin.clone(),
+        to: entry.origin.clone(),
+    });
+    if earlier.origin != entry.origin && claim.is_none() {
+        return (vec![Emission::Duplicate { entry: index }], None);
     }
-    // The same log position again: the transaction that first published this was aborted.
+    // The same log position again (the transaction that first published this was aborted),
+    // or the dead letter of that position redriven (it was never published).
     let mut emissions = vec![Emission::Result(earlier.result.clone())];
     if let Some(credit) = credit_leg(entry, &earlier.result) {
         emissions.push(credit);
     }
-    emissions
+    (emissions, claim)
 }
 
 /// The credit leg an applied transfer debit publishes.
@@ -193,6 +232,7 @@ struct Book<'a> {
     account: Account,
     now_ms: i64,
     recorded: Vec<Prior>,
+    claimed: Vec<Claim>,
     emissions: Vec<Emission>,
 }
 

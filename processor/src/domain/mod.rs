@@ -9,6 +9,6 @@ pub mod ledger;
 pub mod result;
 
 pub use event::{EventType, Fingerprint, TransactionEvent};
-pub use failure::{FailureClass, FailureKind, Poison};
-pub use ledger::{Account, Emission, Facts, LedgerEntry, Leg, Origin, Prior, Settlement};
+pub use failure::{FailureClass, FailureKind, Move, Poison, RetryPolicy};
+pub use ledger::{Account, Claim, Emission, Facts, LedgerEntry, Leg, Origin, Prior, Settlement};
 pub use result::{Entry, RejectReason, Status, TransactionResult};

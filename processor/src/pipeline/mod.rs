@@ -6,7 +6,8 @@
 //! batch is read again after a pause: the stage's store writes are conditional and its
 //! outcomes deterministic, so doing a batch twice has the effect of doing it once.
 
-pub mod dead_letter;
+pub mod breaker;
+pub mod failures;
 mod fault;
 
 use std::fmt::Debug;
@@ -28,6 +29,10 @@ pub enum StageError {
     /// Something the batch needs is unavailable for now: pause, then read the batch again.
     #[error("{kind}: {message}")]
     Transient { kind: FailureKind, message: String },
+    /// A dependency is known to be down (its circuit breaker is open): the partitions wait
+    /// `resume_in`, then the batch is read again. Nothing goes to the retry tiers.
+    #[error("paused: {reason}")]
+    Paused { reason: String, resume_in: Duration },
     /// The stage cannot go on (bad schema, fenced producer, corrupt store): stop.
     #[error("{0}")]
     Fatal(String),
@@ -76,6 +81,13 @@ pub trait Stage: Send + Sync {
         batch: &[InputRecord],
         now_ms: i64,
     ) -> impl Future<Output = Result<BatchOutput<Self::Counts>, StageError>> + Send;
+
+    /// The outputs of the last `process` committed.
+    fn committed(&self) {}
+
+    /// This process's partitions changed; `unconsumed` are the records of its retry tiers
+    /// that the group has not consumed yet.
+    fn reassigned(&self, _unconsumed: &[InputRecord]) {}
 }
 
 /// How the loop batches and backs off.
@@ -151,7 +163,7 @@ pub async fn run<L: Log, S: Stage>(
     let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
     let name = telemetry.stage;
     let metrics = &telemetry.metrics;
-    telemetry.readiness.set(true);
+    telemetry.readiness.set_ready();
     let outcome = loop {
         if *shutdown.borrow() {
             break Ok(());
@@ -165,14 +177,21 @@ pub async fn run<L: Log, S: Stage>(
             Ok(batch) => batch,
             Err(e) => break Err(StageError::Fatal(e.to_string())),
         };
+        match log.reassigned().await {
+            Ok(Some(unconsumed)) => stage.reassigned(&unconsumed),
+            Ok(None) => {}
+            Err(e) => break Err(StageError::Fatal(e.to_string())),
+        }
         let started = Instant::now();
+        let mut pause = None;
         let failure = match stage.process(&batch, now_ms()).await {
             Ok(output) => {
                 let processed = started.elapsed();
                 fault::before_commit().await;
                 match log.commit(&batch, output.outputs).await {
                     Ok(()) => {
-                        telemetry.readiness.set(true);
+                        stage.committed();
+                        telemetry.readiness.set_ready();
                         metrics
                             .batches
                             .with_label_values(&[name, "committed"])
@@ -210,14 +229,26 @@ pub async fn run<L: Log, S: Stage>(
                 }
             }
             Err(StageError::Transient { kind, message }) => format!("{kind}: {message}"),
+            Err(StageError::Paused { reason, resume_in }) => {
+                pause = Some(resume_in.max(Duration::from_millis(10)));
+                reason
+            }
             Err(fatal) => break Err(fatal),
         };
-        telemetry.readiness.set(false);
-        metrics.batches.with_label_values(&[name, "retried"]).inc();
+        telemetry.readiness.set_not_ready(&failure);
+        if pause.is_none() {
+            metrics.batches.with_label_values(&[name, "retried"]).inc();
+        }
         if let Err(e) = log.rewind(&batch).await {
             break Err(StageError::Fatal(e.to_string()));
         }
-        let pause = backoff.next_pause(&mut rand::rng());
+        let pause = match pause {
+            Some(pause) => {
+                metrics.batches.with_label_values(&[name, "paused"]).inc();
+                pause
+            }
+            None => backoff.next_pause(&mut rand::rng()),
+        };
         tracing::warn!(
             records = batch.len(),
             ?pause,

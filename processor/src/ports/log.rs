@@ -5,6 +5,10 @@
 use std::future::Future;
 use std::time::Duration;
 
+/// On a delayed topic (a retry tier), the time before which a record must not be handed out,
+/// in milliseconds since the Unix epoch.
+pub const DUE_HEADER: &str = "txflow.retry.due";
+
 /// A record read from the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InputRecord {
@@ -53,7 +57,9 @@ pub enum LogError {
 /// A consumer in a group with its transactional producer.
 pub trait Log: Send {
     /// Up to `max_records` records, waiting at most `max_wait` for the first and then taking
-    /// only what has already arrived. Empty when nothing came.
+    /// only what has already arrived. Empty when nothing came. A record of a delayed topic
+    /// comes no earlier than its [`DUE_HEADER`]; until then its partition waits (paused, not
+    /// polled in a loop), and records behind it wait with it.
     fn next_batch(
         &mut self,
         max_records: usize,
@@ -67,6 +73,13 @@ pub trait Log: Send {
         batch: &[InputRecord],
         outputs: Vec<OutputRecord>,
     ) -> impl Future<Output = Result<(), LogError>> + Send;
+
+    /// When this member's partitions changed since the last call (or on the first call): the
+    /// records of its delayed topics' partitions that the group has not consumed yet, which is
+    /// what a stage keeping track of its retries must start again from.
+    fn reassigned(
+        &mut self,
+    ) -> impl Future<Output = Result<Option<Vec<InputRecord>>, LogError>> + Send;
 
     /// Reads `batch`'s records again from the next `next_batch`, without committing.
     fn rewind(

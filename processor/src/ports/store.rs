@@ -10,7 +10,7 @@ use futures::stream::BoxStream;
 use crate::domain::{Account, FailureKind, Fingerprint, Prior, Settlement};
 
 /// Why the store could not do what was asked.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// Timed out, overloaded, unreachable: the same call may succeed later.
     #[error("the store is unavailable: {0}")]
@@ -21,17 +21,29 @@ pub enum StoreError {
     /// A row the store returned cannot be what txflow wrote.
     #[error("the store holds a row txflow cannot read: {0}")]
     Corrupt(String),
+    /// The circuit breaker in front of the store refused the call without making it.
+    #[error("the circuit breaker of the {dependency} is open; it lets a call through in {retry_after:?}")]
+    CircuitOpen {
+        dependency: &'static str,
+        retry_after: std::time::Duration,
+    },
 }
 
 impl StoreError {
     /// Whether trying again later can help; the rest stop the stage.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::CircuitOpen { .. }
+        )
     }
 
     /// The failure kind of a transient error, for dead-letter headers and metrics.
     pub fn kind(&self) -> FailureKind {
-        FailureKind::StoreUnavailable
+        match self {
+            StoreError::CircuitOpen { .. } => FailureKind::CircuitOpen,
+            _ => FailureKind::StoreUnavailable,
+        }
     }
 }
 
@@ -75,6 +87,10 @@ pub trait LedgerStore: Send + Sync + 'static {
         before: &Account,
         settlement: &Settlement,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Whether the store answers a read at the configured consistency: the circuit
+    /// breaker's probe, independent of any account's own trouble.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// One account, if it has any row.
     fn account(

@@ -1,26 +1,36 @@
 //! The ledger stage: `txflow.ledger` → balances in the store, results on `txflow.results`,
-//! transfer credits back on `txflow.ledger` keyed by the counterparty, poison on
-//! `txflow.ledger.dlq`.
+//! transfer credits back on `txflow.ledger` keyed by the counterparty; failures to the retry
+//! tiers `txflow.ledger.retry.<n>` or the dead letters `txflow.ledger.dlq`.
 //!
 //! A batch is decoded and validated, grouped by account, and each account is settled by the
 //! pure [`settle`] against what the store holds, then recorded with one conditional write.
 //! When another writer (a zombie of this stage, or a concurrent owner during a rebalance)
 //! moved the account on first, the account is loaded and settled again: the results it
 //! already recorded come back as replays, identical to the first.
+//!
+//! An account whose write fails transiently goes to the retry tiers, and is *parked*: until
+//! its retried records are consumed, its later records follow them onto the first tier
+//! instead of being applied, so that its events still apply in partition order. Which
+//! records are parked is derived from the retry tiers themselves (what the group has not
+//! consumed yet), so it survives a crash or a rebalance. When the store's circuit breaker
+//! opens, nothing goes to the tiers: the batch waits and is read again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
-use futures::stream::{self, StreamExt, TryStreamExt};
+use futures::stream::{self, StreamExt};
+use governor::DefaultDirectRateLimiter;
+use rand::SeedableRng;
 
 use crate::codec::{Codec, Record};
 use crate::domain::ledger::settle;
 use crate::domain::{
     Account, Emission, Facts, FailureKind, LedgerEntry, Leg, Origin, Poison, TransactionEvent,
 };
-use crate::pipeline::dead_letter::DeadLetters;
+use crate::pipeline::breaker::{Breaker, CircuitState};
+use crate::pipeline::failures::{redriven_from, FailureRoutes, Retry};
 use crate::pipeline::{BatchOutput, Stage, StageError, Tally};
-use crate::ports::{InputRecord, LedgerStore, OutputRecord};
+use crate::ports::{InputRecord, LedgerStore, OutputRecord, StoreError};
 
 /// The header that marks a transfer's credit leg on the ledger topic.
 pub const LEG_HEADER: &str = "txflow.leg";
@@ -43,13 +53,46 @@ struct Settled {
     opened: Option<(String, String)>,
 }
 
+/// A parked key: a record key on a partition.
+type Parking = (i32, Vec<u8>);
+
+/// The records of one key on the retry tiers.
+#[derive(Debug, Default)]
+struct Parked {
+    /// Their original offsets.
+    offsets: BTreeSet<i64>,
+    /// The latest tier and due time among them: where a later record of the key waits.
+    latest: Option<Retry>,
+}
+
+impl Parked {
+    fn add(&mut self, offset: i64, retry: Retry) {
+        self.offsets.insert(offset);
+        if self.latest.is_none_or(|latest| latest.due <= retry.due) {
+            self.latest = Some(retry);
+        }
+    }
+}
+
+/// What a batch changes in the parked records, applied once it commits.
+#[derive(Debug, Default)]
+struct ParkingChanges {
+    /// Retry records the batch consumed: (key, original offset).
+    consumed: Vec<(Parking, i64)>,
+    /// Records the batch sent to a retry tier, and where.
+    parked: Vec<(Parking, i64, Retry)>,
+}
+
 /// The ledger stage over a store.
 pub struct Ledger<S> {
     store: Arc<S>,
     codec: Arc<Codec>,
     topics: LedgerTopics,
-    dead_letters: DeadLetters,
+    failures: FailureRoutes,
     settings: LedgerSettings,
+    breaker: Arc<Breaker>,
+    /// Paces store writes when a limit is configured: consumption slows, nothing is dropped.
+    write_limit: Option<DefaultDirectRateLimiter>,
     /// The last state this process recorded for each account it settled. This process is
     /// the only writer of its partitions' accounts, so the state is almost always current;
     /// when it is not (a rebalance moved the account, or a batch is replayed) the
@@ -57,6 +100,10 @@ pub struct Ledger<S> {
     accounts: Mutex<HashMap<String, Account>>,
     /// Currencies of accounts known to exist: existence and currency never change.
     currencies: Mutex<HashMap<String, String>>,
+    /// Original offsets of the records on the retry tiers not consumed yet, by key.
+    parked: Mutex<HashMap<Parking, Parked>>,
+    /// The changes of the batch in flight.
+    staged: Mutex<ParkingChanges>,
 }
 
 /// How the ledger settles a batch.
@@ -77,6 +124,10 @@ pub struct LedgerCounts {
     pub credits: usize,
     pub dead_letters: usize,
     pub duplicates: usize,
+    /// Records sent to a retry tier after a transient failure.
+    pub retries: usize,
+    /// Records sent to the first tier behind an earlier record of their account.
+    pub parked: usize,
 }
 
 impl Tally for LedgerCounts {
@@ -86,8 +137,18 @@ impl Tally for LedgerCounts {
             ("credit", self.credits as u64),
             ("dead_letter", self.dead_letters as u64),
             ("duplicate", self.duplicates as u64),
+            ("retry", self.retries as u64),
+            ("parked", self.parked as u64),
         ]
     }
+}
+
+/// A decoded entry of the batch.
+struct Pending {
+    index: usize,
+    entry: LedgerEntry,
+    parking: Parking,
+    original_offset: i64,
 }
 
 impl<S: LedgerStore> Ledger<S> {
@@ -95,17 +156,23 @@ impl<S: LedgerStore> Ledger<S> {
         store: Arc<S>,
         codec: Arc<Codec>,
         topics: LedgerTopics,
-        dead_letters: DeadLetters,
+        failures: FailureRoutes,
         settings: LedgerSettings,
+        breaker: Arc<Breaker>,
+        write_limit: Option<DefaultDirectRateLimiter>,
     ) -> Self {
         Ledger {
             store,
             codec,
             topics,
-            dead_letters,
+            failures,
             settings,
+            breaker,
+            write_limit,
             accounts: Mutex::new(HashMap::new()),
             currencies: Mutex::new(HashMap::new()),
+            parked: Mutex::new(HashMap::new()),
+            staged: Mutex::new(ParkingChanges::default()),
         }
     }
 
@@ -132,7 +199,7 @@ impl<S: LedgerStore> Ledger<S> {
             .remove(account_id);
     }
 
-    /// A record of the ledger topic as an entry, or why it is poison.
+    /// A record of the ledger topic (or of its retry tiers) as an entry, or why it is poison.
     fn decode(&self, record: &InputRecord) -> Result<LedgerEntry, Poison> {
         let value = record
             .value
@@ -157,14 +224,16 @@ impl<S: LedgerStore> Ledger<S> {
                 ));
             }
         };
+        let origin = |(topic, partition, offset)| Origin {
+            topic,
+            partition,
+            offset,
+        };
         let entry = LedgerEntry {
             event,
             leg,
-            origin: Origin {
-                topic: record.topic.clone(),
-                partition: record.partition,
-                offset: record.offset,
-            },
+            origin: origin(self.failures.origin(record)),
+            redriven_from: redriven_from(record).map(origin),
         };
         // Per-account order holds only if every record of an account is on its partition.
         if record.key.as_deref() != Some(entry.account_id().as_bytes()) {
@@ -182,10 +251,10 @@ impl<S: LedgerStore> Ledger<S> {
 
     /// What the batch needs to know beyond each account: counterparties of transfers, and
     /// the debits behind credit legs.
-    async fn facts(&self, entries: &[(usize, LedgerEntry)]) -> Result<Facts, StageError> {
+    async fn facts(&self, entries: &[&LedgerEntry]) -> Result<Facts, StoreError> {
         let mut counterparties = Vec::new();
         let mut debits = Vec::new();
-        for (_, entry) in entries {
+        for entry in entries {
             let event = &entry.event;
             match (entry.leg, &event.counterparty_account_id) {
                 (Leg::Primary, Some(counterparty)) => counterparties.push(counterparty.clone()),
@@ -208,11 +277,20 @@ impl<S: LedgerStore> Ledger<S> {
                 None => true,
             });
         }
-        let (looked_up, applied_debits) = tokio::try_join!(
-            self.store.currencies(&counterparties),
-            self.store.applied_debits(&debits)
-        )
-        .map_err(StageError::from)?;
+        let looked_up = if counterparties.is_empty() {
+            HashMap::new()
+        } else {
+            self.breaker
+                .guard(None, self.store.currencies(&counterparties))
+                .await?
+        };
+        let applied_debits = if debits.is_empty() {
+            HashMap::new()
+        } else {
+            self.breaker
+                .guard(None, self.store.applied_debits(&debits))
+                .await?
+        };
         self.remember_currencies(&looked_up);
         counterparty_currency.extend(looked_up);
         Ok(Facts {
@@ -229,20 +307,40 @@ impl<S: LedgerStore> Ledger<S> {
         known.extend(found.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
 
+    /// Records `settlement` when the account is still as `before` says, through the breaker
+    /// and the write limit.
+    async fn record(
+        &self,
+        account_id: &str,
+        before: &Account,
+        settlement: &crate::domain::Settlement,
+    ) -> Result<bool, StoreError> {
+        if let Some(limit) = &self.write_limit {
+            limit.until_ready().await;
+        }
+        self.breaker
+            .guard(
+                Some(account_id),
+                self.store.record(account_id, before, settlement),
+            )
+            .await
+    }
+
     /// Settles one account's entries and records the outcome, again as long as another
     /// writer moves the account on first.
     async fn settle_account(
         &self,
         account_id: &str,
-        entries: Vec<(usize, LedgerEntry)>,
+        entries: &[(usize, LedgerEntry)],
         facts: &Facts,
         now_ms: i64,
-    ) -> Result<Settled, StageError> {
+    ) -> Result<Settled, StoreError> {
         let event_ids: Vec<String> = entries
             .iter()
             .map(|(_, e)| e.event.event_id.clone())
             .collect();
-        let (indices, entries): (Vec<usize>, Vec<LedgerEntry>) = entries.into_iter().unzip();
+        let indices: Vec<usize> = entries.iter().map(|(i, _)| *i).collect();
+        let entries: Vec<LedgerEntry> = entries.iter().map(|(_, e)| e.clone()).collect();
         // Emissions index the account's entries; the batch needs its own indices.
         let settled = |settlement: crate::domain::Settlement| {
             let emissions = settlement
@@ -279,17 +377,21 @@ impl<S: LedgerStore> Ledger<S> {
                 facts,
                 now_ms,
             );
-            if self
-                .store
-                .record(account_id, &remembered, &settlement)
-                .await?
-            {
-                return Ok(settled(settlement));
+            match self.record(account_id, &remembered, &settlement).await {
+                Ok(true) => return Ok(settled(settlement)),
+                Ok(false) => self.forget_account(account_id),
+                Err(e) => {
+                    // The write may have been applied after all: read before the next one.
+                    self.forget_account(account_id);
+                    return Err(e);
+                }
             }
-            self.forget_account(account_id);
         }
         for _ in 0..self.settings.max_attempts {
-            let loaded = self.store.load(account_id, &event_ids).await?;
+            let loaded = self
+                .breaker
+                .guard(Some(account_id), self.store.load(account_id, &event_ids))
+                .await?;
             let settlement = settle(
                 account_id,
                 loaded.account.clone(),
@@ -299,21 +401,40 @@ impl<S: LedgerStore> Ledger<S> {
                 now_ms,
             );
             if self
-                .store
                 .record(account_id, &loaded.account, &settlement)
                 .await?
             {
                 return Ok(settled(settlement));
             }
         }
-        Err(StageError::Transient {
-            kind: FailureKind::StoreUnavailable,
-            message: format!(
-                "account {account_id:?} was moved on by another writer {} times in a row",
-                self.settings.max_attempts
-            ),
-        })
+        Err(StoreError::Unavailable(format!(
+            "account {account_id:?} was moved on by another writer {} times in a row",
+            self.settings.max_attempts
+        )))
     }
+
+    /// For each key with records on the tiers outside this batch: the first one's original
+    /// offset, and where the latest waits.
+    fn parked_outside(&self, consumed: &[(Parking, i64)]) -> HashMap<Parking, (i64, Retry)> {
+        let parked = self.parked.lock().expect("the parking lock");
+        let mut first = HashMap::new();
+        for (key, records) in parked.iter() {
+            let in_batch: BTreeSet<i64> = consumed
+                .iter()
+                .filter(|(k, _)| k == key)
+                .map(|(_, o)| *o)
+                .collect();
+            let outside = records.offsets.iter().find(|o| !in_batch.contains(o));
+            if let (Some(offset), Some(latest)) = (outside, records.latest) {
+                first.insert(key.clone(), (*offset, latest));
+            }
+        }
+        first
+    }
+}
+
+fn parking_of(record: &InputRecord) -> Parking {
+    (record.partition, record.key.clone().unwrap_or_default())
 }
 
 impl<S: LedgerStore> Stage for Ledger<S> {
@@ -324,43 +445,134 @@ impl<S: LedgerStore> Stage for Ledger<S> {
         batch: &[InputRecord],
         now_ms: i64,
     ) -> Result<BatchOutput<LedgerCounts>, StageError> {
+        // While the breaker is open nothing is tried: the batch waits, then a probe decides.
+        if let Err(e) = self.breaker.probe(self.store.ping()).await {
+            return Err(self.halt(e));
+        }
+        let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
         let mut outputs = Vec::with_capacity(batch.len() * 2);
         let mut counts = LedgerCounts::default();
-        let mut entries = Vec::with_capacity(batch.len());
+        let mut changes = ParkingChanges::default();
+        for record in batch {
+            if self.failures.tier_of(&record.topic).is_some() {
+                changes
+                    .consumed
+                    .push((parking_of(record), self.failures.original_offset(record)));
+            }
+        }
+        // The first parked record of each key outside this batch: records of that key from
+        // later in the partition wait behind it.
+        let parked_before = self.parked_outside(&changes.consumed);
+        let mut pending = Vec::with_capacity(batch.len());
         for (index, record) in batch.iter().enumerate() {
+            let parking = parking_of(record);
+            let original_offset = self.failures.original_offset(record);
+            if let Some((first, latest)) = parked_before.get(&parking) {
+                if *first < original_offset {
+                    // It waits as long as the latest of its key; a later retry record
+                    // of the key may push that further.
+                    let behind = match self.failures.retry_of(record) {
+                        Some(own) if own.due > latest.due => own,
+                        _ => *latest,
+                    };
+                    counts.parked += 1;
+                    outputs.push(self.failures.parked(record, behind));
+                    changes.parked.push((parking, original_offset, behind));
+                    continue;
+                }
+            }
             match self.decode(record) {
-                Ok(entry) => entries.push((index, entry)),
+                Ok(entry) => pending.push(Pending {
+                    index,
+                    entry,
+                    parking,
+                    original_offset,
+                }),
                 Err(poison) => {
                     counts.dead_letters += 1;
-                    outputs.push(self.dead_letters.letter(record, &poison, now_ms));
+                    let routed = self.failures.failed(
+                        record,
+                        poison.kind,
+                        &poison.message,
+                        now_ms,
+                        &mut rng,
+                    );
+                    outputs.push(routed.record);
                 }
             }
         }
-        let mut facts = self.facts(&entries).await?;
-        let mut pending: BTreeMap<String, Vec<(usize, LedgerEntry)>> = BTreeMap::new();
-        for (index, entry) in entries {
-            pending
-                .entry(entry.account_id().to_owned())
+        // Retried records go before later ones of their account: partition order.
+        pending.sort_by_key(|p| (p.parking.clone(), p.original_offset, p.index));
+        let entries: Vec<&LedgerEntry> = pending.iter().map(|p| &p.entry).collect();
+        let mut facts = match self.facts(&entries).await {
+            Ok(facts) => facts,
+            Err(e) => return Err(self.halt(e)),
+        };
+        let mut by_account: BTreeMap<String, Vec<(usize, LedgerEntry)>> = BTreeMap::new();
+        for p in pending {
+            by_account
+                .entry(p.entry.account_id().to_owned())
                 .or_default()
-                .push((index, entry));
+                .push((p.index, p.entry));
         }
-        let mut settled: Vec<Vec<Emission>> = Vec::with_capacity(pending.len());
-        while !pending.is_empty() {
-            let wave = next_wave(&mut pending, &facts);
-            let outcomes: Vec<Settled> = stream::iter(wave)
+        let mut settled: Vec<Vec<Emission>> = Vec::with_capacity(by_account.len());
+        let mut failed: Vec<(Vec<usize>, StoreError)> = Vec::new();
+        while !by_account.is_empty() {
+            let wave = next_wave(&mut by_account, &facts);
+            let outcomes: Vec<(Vec<usize>, Result<Settled, StoreError>)> = stream::iter(wave)
                 .map(|(account_id, entries)| {
                     let facts = &facts;
                     async move {
-                        self.settle_account(&account_id, entries, facts, now_ms)
-                            .await
+                        let outcome = self
+                            .settle_account(&account_id, &entries, facts, now_ms)
+                            .await;
+                        (entries.iter().map(|(i, _)| *i).collect(), outcome)
                     }
                 })
                 .buffer_unordered(self.settings.concurrency)
-                .try_collect()
-                .await?;
-            for outcome in outcomes {
-                facts.counterparty_currency.extend(outcome.opened);
-                settled.push(outcome.emissions);
+                .collect()
+                .await;
+            for (indices, outcome) in outcomes {
+                match outcome {
+                    Ok(outcome) => {
+                        facts.counterparty_currency.extend(outcome.opened);
+                        settled.push(outcome.emissions);
+                    }
+                    Err(e) if e.is_transient() => failed.push((indices, e)),
+                    Err(e) => return Err(StageError::from(e)),
+                }
+            }
+        }
+        // An outage is not a string of event failures: while the breaker is not closed, the
+        // whole batch waits and is read again, and nothing goes to the retry tiers.
+        if let Some((_, error)) = failed.iter().find(|(_, e)| {
+            matches!(e, StoreError::CircuitOpen { .. })
+                || self.breaker.state() != CircuitState::Closed
+        }) {
+            return Err(self.halt(error.clone()));
+        }
+        for (indices, error) in failed {
+            for index in indices {
+                let record = &batch[index];
+                let routed = self.failures.failed(
+                    record,
+                    error.kind(),
+                    &error.to_string(),
+                    now_ms,
+                    &mut rng,
+                );
+                match (routed.tier, routed.due) {
+                    (Some(tier), Some(due)) => {
+                        counts.retries += 1;
+                        changes.parked.push((
+                            parking_of(record),
+                            self.failures.original_offset(record),
+                            Retry { tier, due },
+                        ));
+                    }
+                    _ => counts.dead_letters += 1,
+                }
+                outputs.push(routed.record);
             }
         }
         for emission in settled.into_iter().flatten() {
@@ -386,12 +598,66 @@ impl<S: LedgerStore> Stage for Ledger<S> {
                 }
                 Emission::DeadLetter { entry, poison } => {
                     counts.dead_letters += 1;
-                    outputs.push(self.dead_letters.letter(&batch[entry], &poison, now_ms));
+                    let routed = self.failures.failed(
+                        &batch[entry],
+                        poison.kind,
+                        &poison.message,
+                        now_ms,
+                        &mut rng,
+                    );
+                    outputs.push(routed.record);
                 }
                 Emission::Duplicate { .. } => counts.duplicates += 1,
             }
         }
+        *self.staged.lock().expect("the parking lock") = changes;
         Ok(BatchOutput { outputs, counts })
+    }
+
+    fn committed(&self) {
+        let changes = std::mem::take(&mut *self.staged.lock().expect("the parking lock"));
+        let mut parked = self.parked.lock().expect("the parking lock");
+        for (key, offset) in changes.consumed {
+            if let Some(records) = parked.get_mut(&key) {
+                records.offsets.remove(&offset);
+                if records.offsets.is_empty() {
+                    parked.remove(&key);
+                }
+            }
+        }
+        for (key, offset, retry) in changes.parked {
+            parked.entry(key).or_default().add(offset, retry);
+        }
+    }
+
+    fn reassigned(&self, unconsumed: &[InputRecord]) {
+        let mut parked = self.parked.lock().expect("the parking lock");
+        parked.clear();
+        for record in unconsumed {
+            if let Some(retry) = self.failures.retry_of(record) {
+                parked
+                    .entry(parking_of(record))
+                    .or_default()
+                    .add(self.failures.original_offset(record), retry);
+            }
+        }
+        tracing::info!(
+            keys = parked.len(),
+            "accounts with records on the retry tiers"
+        );
+    }
+}
+
+impl<S: LedgerStore> Ledger<S> {
+    /// The batch cannot go on: wait for the breaker when it is open, else back off.
+    fn halt(&self, error: StoreError) -> StageError {
+        match self.breaker.reopens_in(std::time::Instant::now()) {
+            Some(resume_in) => StageError::Paused {
+                reason: error.to_string(),
+                resume_in,
+            },
+            None => StageError::from(error),
+        }
     }
 }
 
@@ -465,6 +731,7 @@ mod tests {
                 event,
                 leg: Leg::Primary,
                 origin,
+                redriven_from: None,
             },
         )
     }

@@ -1,5 +1,7 @@
 //! The ledger stage against real Kafka and Cassandra, run as the `txflow` binary: crashes,
-//! scale-out and re-sends, each checked against every invariant of DESIGN.md §2.
+//! scale-out, re-sends and store failures, each checked against every invariant of DESIGN.md
+//! §2.
 
 mod crashes;
+mod failures;
 mod resends;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use txflow::codec::{Codec, Record};
 use txflow::domain::{Entry, EventType, Status, TransactionEvent};
-use txflow::pipeline::dead_letter::{ERROR_KIND, ORIGINAL_OFFSET, ORIGINAL_TOPIC};
+use txflow::pipeline::failures::{ERROR_KIND, ORIGINAL_OFFSET, ORIGINAL_TOPIC};
 use txflow_tests::process::Pipeline;
 use txflow_tests::produce_committed;
 

@@ -20,6 +20,7 @@ fn primary(event: TransactionEvent, offset: i64) -> LedgerEntry {
         event,
         leg: Leg::Primary,
         origin: origin(offset),
+        redriven_from: None,
     }
 }
 
@@ -172,12 +173,79 @@ fn a_rejected_transfer_publishes_no_credit() {
 }
 
 #[test]
+fn a_redriven_dead_letter_claims_its_unpublished_result_once() {
+    let deposit = event("e1", EventType::Deposit, "a", 250);
+    let first = settle_one(
+        Account::default(),
+        primary(deposit.clone(), 3),
+        &Facts::default(),
+    );
+    let stored = first.recorded[0].clone();
+    let prior = HashMap::from([("e1".to_owned(), stored.clone())]);
+    let account = first.account.clone();
+    let redriven = |offset: i64, from: i64| LedgerEntry {
+        redriven_from: Some(origin(from)),
+        ..primary(deposit.clone(), offset)
+    };
+    // The write at offset 3 applied, its batch never committed, the event was dead-lettered
+    // and is redriven at offset 90: the stored result is published and claimed.
+    let claimed = settle(
+        "a",
+        account.clone(),
+        &prior,
+        &[redriven(90, 3)],
+        &Facts::default(),
+        NOW,
+    );
+    assert_eq!(one_result(&claimed), &stored.result);
+    assert_eq!(
+        claimed.claimed,
+        vec![Claim {
+            event_id: "e1".to_owned(),
+            from: origin(3),
+            to: origin(90),
+        }]
+    );
+    assert!(claimed.recorded.is_empty());
+    assert_eq!(claimed.account, account, "a claim moves no money");
+    // A second redrive in the same batch finds it claimed: nothing more.
+    let twice = settle(
+        "a",
+        account.clone(),
+        &prior,
+        &[redriven(90, 3), redriven(91, 3)],
+        &Facts::default(),
+        NOW,
+    );
+    assert_eq!(results(&twice).len(), 1);
+    assert!(matches!(
+        twice.emissions[1],
+        Emission::Duplicate { entry: 1 }
+    ));
+    // Redriven from another position than the one recorded: a plain re-send.
+    let other = settle(
+        "a",
+        account,
+        &prior,
+        &[redriven(92, 4)],
+        &Facts::default(),
+        NOW,
+    );
+    assert!(matches!(
+        other.emissions[..],
+        [Emission::Duplicate { entry: 0 }]
+    ));
+    assert!(other.claimed.is_empty());
+}
+
+#[test]
 fn a_credit_leg_applies_only_against_a_recorded_applied_debit() {
     let t = transfer("t", "a", "b", 40);
     let credit = LedgerEntry {
         event: t.clone(),
         leg: Leg::TransferCredit,
         origin: origin(7),
+        redriven_from: None,
     };
     let orphan = settle_one(eur_account(5, 1), credit.clone(), &Facts::default());
     assert!(
@@ -334,6 +402,7 @@ impl World {
             event,
             leg,
             origin: origin(offset),
+            redriven_from: None,
         });
     }
 

@@ -1,0 +1,102 @@
+//! A store that fails or slows down on purpose, for tests; compiled only with the
+//! `fault-injection` feature, and switched on by the `[faults]` config section that only
+//! such a build accepts.
+
+use std::collections::HashMap;
+
+use futures::stream::BoxStream;
+use rand::Rng;
+
+use crate::config::FaultsConfig;
+use crate::domain::{Account, Fingerprint, Settlement};
+use crate::ports::{LedgerStore, LoadedAccount, StoreError};
+
+/// `S`, with the faults of `config`.
+pub struct FaultyStore<S> {
+    inner: S,
+    config: FaultsConfig,
+}
+
+impl<S> FaultyStore<S> {
+    pub fn new(inner: S, config: FaultsConfig) -> Self {
+        if config.store_failure_rate > 0.0
+            || !config.store_failing_accounts.is_empty()
+            || config.store_delay_ms > 0
+        {
+            tracing::warn!(?config, "injecting store faults");
+        }
+        FaultyStore { inner, config }
+    }
+
+    /// Waits the configured delay, then fails if the dice or the accounts say so.
+    async fn fault(&self, accounts: &[&str]) -> Result<(), StoreError> {
+        if self.config.store_delay_ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(self.config.store_delay_ms)).await;
+        }
+        let failing = accounts.iter().find(|account| {
+            self.config
+                .store_failing_accounts
+                .iter()
+                .any(|prefix| account.starts_with(prefix.as_str()))
+        });
+        if let Some(account) = failing {
+            return Err(StoreError::Unavailable(format!(
+                "injected fault: account {account:?} is configured to fail"
+            )));
+        }
+        if rand::rng().random::<f64>() < self.config.store_failure_rate {
+            return Err(StoreError::Unavailable("injected fault".to_owned()));
+        }
+        Ok(())
+    }
+}
+
+impl<S: LedgerStore> LedgerStore for FaultyStore<S> {
+    async fn load(
+        &self,
+        account_id: &str,
+        event_ids: &[String],
+    ) -> Result<LoadedAccount, StoreError> {
+        self.fault(&[account_id]).await?;
+        self.inner.load(account_id, event_ids).await
+    }
+
+    async fn currencies(
+        &self,
+        account_ids: &[String],
+    ) -> Result<HashMap<String, String>, StoreError> {
+        self.fault(&[]).await?;
+        self.inner.currencies(account_ids).await
+    }
+
+    async fn applied_debits(
+        &self,
+        debits: &[(String, String)],
+    ) -> Result<HashMap<String, Fingerprint>, StoreError> {
+        self.fault(&[]).await?;
+        self.inner.applied_debits(debits).await
+    }
+
+    async fn record(
+        &self,
+        account_id: &str,
+        before: &Account,
+        settlement: &Settlement,
+    ) -> Result<bool, StoreError> {
+        self.fault(&[account_id]).await?;
+        self.inner.record(account_id, before, settlement).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.fault(&[]).await?;
+        self.inner.ping().await
+    }
+
+    async fn account(&self, account_id: &str) -> Result<Option<Account>, StoreError> {
+        self.inner.account(account_id).await
+    }
+
+    fn accounts(&self) -> BoxStream<'_, Result<(String, Account), StoreError>> {
+        self.inner.accounts()
+    }
+}

@@ -1,0 +1,242 @@
+//! `txflow dlq`: inspect and redrive dead letters.
+
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+
+use txflow::adapters::kafka::{self, Delivery, GroupMember, KafkaLog};
+use txflow::codec::Codec;
+use txflow::config::Config;
+use txflow::dlq::{DeadLetter, Filter, Stats};
+use txflow::limits::pacing;
+use txflow::pipeline::failures::dead_letter_topic;
+use txflow::pipeline::now_ms;
+use txflow::ports::{Log, LogError};
+
+use crate::cli::print_line;
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Count dead letters by error kind, stage and age.
+    Stats(Selection),
+    /// One JSON line per dead letter: position, kind, origin, event id, age, message.
+    List(Selection),
+    /// One dead letter in full: decoded event and every header, as JSON.
+    Show {
+        #[command(flatten)]
+        topic: TopicArg,
+        /// Its partition in the dead-letter topic.
+        #[arg(long)]
+        partition: i32,
+        /// Its offset in the dead-letter topic.
+        #[arg(long)]
+        offset: i64,
+    },
+    /// Write dead letters back to where they were first read, exactly once.
+    ///
+    /// The dead letters read and the records written commit in one Kafka transaction per batch, in a consumer group of this run's own, so
+    /// that a redrive killed half way resumes where it stopped when run again with the same
+    /// --run-id. Redriven events go through the stage again as new records: those already
+    /// applied change nothing.
+    Redrive(RedriveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TopicArg {
+    /// The dead-letter topic (default: the ledger's, `<topics.ledger>.dlq`).
+    #[arg(long)]
+    topic: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct Selection {
+    #[command(flatten)]
+    topic: TopicArg,
+    /// Only dead letters matching NAME=VALUE, where NAME is kind, stage, header.<name> or
+    /// event.<field> (event_type, account_id, attributes.<key>, …); repeat to require all.
+    #[arg(long = "where", value_name = "NAME=VALUE")]
+    filters: Vec<Filter>,
+}
+
+#[derive(Debug, Args)]
+pub struct RedriveArgs {
+    #[command(flatten)]
+    selection: Selection,
+    /// Where to write them (default: the topic each was first read from, its
+    /// txflow.original.topic header).
+    #[arg(long)]
+    to: Option<String>,
+    /// Records per second at most (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    rate: u32,
+    /// Redrive at most this many matching dead letters.
+    #[arg(long)]
+    limit: Option<u64>,
+    /// Print what would be redriven, write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Names this run's consumer group (txflow-dlq-redrive-<run-id>); the same id resumes
+    /// an interrupted run. Default: a fresh one.
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Stop once no dead letter arrived for this long (milliseconds).
+    #[arg(long, default_value_t = 3000)]
+    idle_ms: u64,
+}
+
+impl TopicArg {
+    fn resolve(&self, config: &Config) -> String {
+        self.topic
+            .clone()
+            .unwrap_or_else(|| dead_letter_topic(&config.topics.ledger))
+    }
+}
+
+fn read_letters(config: &Config, topic: &str) -> anyhow::Result<Vec<DeadLetter>> {
+    let codec = Codec::builtin();
+    let records = tokio::task::block_in_place(|| kafka::read_to_end(&config.kafka, topic))
+        .with_context(|| format!("reading {topic} on {}", config.kafka.bootstrap_servers))?;
+    Ok(records
+        .into_iter()
+        .map(|record| DeadLetter::new(record, &codec))
+        .collect())
+}
+
+fn selected(letter: &DeadLetter, filters: &[Filter]) -> bool {
+    filters.iter().all(|f| f.matches(letter))
+}
+
+pub async fn dlq(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
+    match command {
+        DlqCommand::Stats(selection) => {
+            let letters = read_letters(config, &selection.topic.resolve(config))?;
+            let chosen = letters.iter().filter(|l| selected(l, &selection.filters));
+            print!("{}", Stats::of(chosen, now_ms()));
+            Ok(())
+        }
+        DlqCommand::List(selection) => {
+            let now = now_ms();
+            for letter in read_letters(config, &selection.topic.resolve(config))? {
+                if selected(&letter, &selection.filters) {
+                    print_line(&letter.summary(now))?;
+                }
+            }
+            Ok(())
+        }
+        DlqCommand::Show {
+            topic,
+            partition,
+            offset,
+        } => {
+            let topic = topic.resolve(config);
+            let letters = read_letters(config, &topic)?;
+            match letters
+                .iter()
+                .find(|l| l.record.partition == partition && l.record.offset == offset)
+            {
+                Some(letter) => print_line(&serde_json::to_string_pretty(&letter.detail())?),
+                None => bail!(
+                    "{topic} has no committed record at partition {partition}, offset {offset}"
+                ),
+            }
+        }
+        DlqCommand::Redrive(args) => redrive(config, args).await,
+    }
+}
+
+async fn redrive(config: &Config, args: RedriveArgs) -> anyhow::Result<()> {
+    let topic = args.selection.topic.resolve(config);
+    if args.dry_run {
+        let mut count = 0u64;
+        for letter in read_letters(config, &topic)? {
+            if args.limit.is_some_and(|limit| count >= limit) {
+                break;
+            }
+            if selected(&letter, &args.selection.filters) {
+                let out = letter
+                    .redriven(args.to.as_deref())
+                    .map_err(anyhow::Error::msg)?;
+                let mut line = letter.summary(now_ms());
+                line["to"] = out.topic.into();
+                print_line(&line)?;
+                count += 1;
+            }
+        }
+        eprintln!("dry run: {count} dead letters would be redriven from {topic}");
+        return Ok(());
+    }
+    let run_id = args
+        .run_id
+        .clone()
+        .unwrap_or_else(|| format!("{}", now_ms()));
+    let group_id = format!("txflow-dlq-redrive-{run_id}");
+    let member = GroupMember {
+        group_id: &group_id,
+        transactional_id: &group_id,
+        session_timeout_ms: 10_000,
+    };
+    let mut log = KafkaLog::new(
+        &config.kafka,
+        &member,
+        &[&topic],
+        &[],
+        Delivery::ExactlyOnce,
+    )?;
+    let codec = Codec::builtin();
+    let limiter = NonZeroU32::new(args.rate).map(pacing);
+    let (mut redriven, mut skipped) = (0u64, 0u64);
+    let joined_by = Instant::now() + Duration::from_secs(60);
+    let mut idle_since = Instant::now();
+    loop {
+        let room = args.limit.map_or(500, |limit| (limit - redriven).min(500)) as usize;
+        if room == 0 {
+            break;
+        }
+        let batch = log.next_batch(room, Duration::from_millis(200)).await?;
+        if batch.is_empty() {
+            // Until the group hands out the partitions, silence means nothing.
+            if log.assigned_partitions() == 0 {
+                if Instant::now() > joined_by {
+                    bail!("no partition of {topic} was assigned to group {group_id} within 60 s");
+                }
+                idle_since = Instant::now();
+            } else if idle_since.elapsed() >= Duration::from_millis(args.idle_ms) {
+                break;
+            }
+            continue;
+        }
+        idle_since = Instant::now();
+        let mut outputs = Vec::new();
+        for record in &batch {
+            let letter = DeadLetter::new(record.clone(), &codec);
+            if !selected(&letter, &args.selection.filters) {
+                skipped += 1;
+                continue;
+            }
+            if let Some(limiter) = &limiter {
+                limiter.until_ready().await;
+            }
+            outputs.push(
+                letter
+                    .redriven(args.to.as_deref())
+                    .map_err(anyhow::Error::msg)?,
+            );
+        }
+        let count = outputs.len() as u64;
+        match log.commit(&batch, outputs).await {
+            Ok(()) => redriven += count,
+            Err(LogError::Aborted(message)) => {
+                tracing::warn!("a redrive batch aborted, reading it again: {message}");
+                log.rewind(&batch).await?;
+            }
+            Err(fatal) => return Err(fatal.into()),
+        }
+    }
+    log.close().await;
+    eprintln!(
+        "redriven {redriven} dead letters from {topic} (skipped {skipped} not matching); run id {run_id}"
+    );
+    Ok(())
+}

@@ -1,0 +1,457 @@
+//! Where failed records go: the retry tiers `<input>.retry.<n>` and the dead letters
+//! `<input>.dlq`. Either way the record's key and value are untouched and its headers say
+//! where it came from and why it failed (DESIGN.md §4.6); a retry record also says when it
+//! is due. The [`RetryPolicy`] decides which of the two.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::domain::{FailureKind, Move, RetryPolicy};
+use crate::ports::{InputRecord, OutputRecord};
+
+pub const ORIGINAL_TOPIC: &str = "txflow.original.topic";
+pub const ORIGINAL_PARTITION: &str = "txflow.original.partition";
+pub const ORIGINAL_OFFSET: &str = "txflow.original.offset";
+pub const ORIGINAL_TIMESTAMP: &str = "txflow.original.timestamp";
+pub const STAGE: &str = "txflow.stage";
+pub const GROUP: &str = "txflow.group";
+pub const ERROR_KIND: &str = "txflow.error.kind";
+pub const ERROR_MESSAGE: &str = "txflow.error.message";
+pub const ATTEMPTS: &str = "txflow.attempts";
+pub const FIRST_FAILURE: &str = "txflow.failure.first";
+pub const LAST_FAILURE: &str = "txflow.failure.last";
+/// When a retry record may be processed, in milliseconds since the Unix epoch.
+pub const RETRY_DUE: &str = crate::ports::log::DUE_HEADER;
+/// The retry tier a record is on.
+pub const RETRY_TIER: &str = "txflow.retry.tier";
+
+/// Headers a failure sets; a record moving on carries the new ones only.
+const FAILURE_HEADERS: [&str; 9] = [
+    STAGE,
+    GROUP,
+    ERROR_KIND,
+    ERROR_MESSAGE,
+    ATTEMPTS,
+    FIRST_FAILURE,
+    LAST_FAILURE,
+    RETRY_DUE,
+    RETRY_TIER,
+];
+
+/// Headers that say where a record was first read.
+const ORIGINAL_HEADERS: [&str; 4] = [
+    ORIGINAL_TOPIC,
+    ORIGINAL_PARTITION,
+    ORIGINAL_OFFSET,
+    ORIGINAL_TIMESTAMP,
+];
+
+/// Every header txflow sets on a failed record: what a redrive takes off again.
+pub fn is_failure_header(name: &str) -> bool {
+    FAILURE_HEADERS.contains(&name) || ORIGINAL_HEADERS.contains(&name)
+}
+
+/// On a redriven dead letter: where the event was read before it was dead-lettered, as
+/// `topic/partition/offset`. The stage publishes a result recorded at that position but
+/// never published, once.
+pub const REDRIVEN_FROM: &str = "txflow.redriven.from";
+
+/// The original position a failed record's headers carry.
+pub fn position_in_headers(record: &InputRecord) -> Option<(String, i32, i64)> {
+    let topic = std::str::from_utf8(record.header(ORIGINAL_TOPIC)?).ok()?;
+    let partition = header_number(record, ORIGINAL_PARTITION)?;
+    let offset = header_number(record, ORIGINAL_OFFSET)?;
+    Some((topic.to_owned(), i32::try_from(partition).ok()?, offset))
+}
+
+/// The position a [`REDRIVEN_FROM`] header names.
+pub fn redriven_from(record: &InputRecord) -> Option<(String, i32, i64)> {
+    let text = std::str::from_utf8(record.header(REDRIVEN_FROM)?).ok()?;
+    let mut parts = text.rsplitn(3, '/');
+    let offset = parts.next()?.parse().ok()?;
+    let partition = parts.next()?.parse().ok()?;
+    Some((parts.next()?.to_owned(), partition, offset))
+}
+
+/// The retry tier topic `n` (1-based) of `input`.
+pub fn retry_topic(input: &str, tier: usize) -> String {
+    format!("{input}.retry.{tier}")
+}
+
+/// The dead-letter topic of `input`.
+pub fn dead_letter_topic(input: &str) -> String {
+    format!("{input}.dlq")
+}
+
+/// Where one stage's failed records go.
+#[derive(Clone, Debug)]
+pub struct FailureRoutes {
+    /// The stage's input topic; tiers and dead letters are named after it.
+    pub input: String,
+    pub stage: &'static str,
+    pub group: String,
+    pub policy: RetryPolicy,
+}
+
+/// Where a failed record went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Routed {
+    pub record: OutputRecord,
+    /// `Some(n)` for retry tier `n`, `None` for the dead letters.
+    pub tier: Option<usize>,
+    /// When it is due on its tier, in milliseconds since the Unix epoch.
+    pub due: Option<i64>,
+}
+
+/// A retry tier and a due time there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retry {
+    pub tier: usize,
+    pub due: i64,
+}
+
+impl FailureRoutes {
+    pub fn tier_topics(&self) -> Vec<String> {
+        (1..=self.policy.tiers.len())
+            .map(|n| retry_topic(&self.input, n))
+            .collect()
+    }
+
+    pub fn dead_letter_topic(&self) -> String {
+        dead_letter_topic(&self.input)
+    }
+
+    /// The retry tier (1-based) `topic` is, if it is one of this stage's.
+    pub fn tier_of(&self, topic: &str) -> Option<usize> {
+        let n: usize = topic
+            .strip_prefix(self.input.as_str())?
+            .strip_prefix(".retry.")?
+            .parse()
+            .ok()?;
+        (1..=self.policy.tiers.len()).contains(&n).then_some(n)
+    }
+
+    /// The input offset of `record`: its own for a record of the input topic, the one its
+    /// headers carry for a retry record. Per-account order is the order of these.
+    pub fn original_offset(&self, record: &InputRecord) -> i64 {
+        self.origin(record).2
+    }
+
+    /// Where `record` was first read: its own position on the input topic, the one its
+    /// headers carry on a retry tier. A retry of an event is the same event at the same
+    /// origin, so that its result is published if an earlier attempt recorded it after all
+    /// (a write that applied in a batch that never committed).
+    pub fn origin(&self, record: &InputRecord) -> (String, i32, i64) {
+        let own = (record.topic.clone(), record.partition, record.offset);
+        if self.tier_of(&record.topic).is_none() {
+            return own;
+        }
+        position_in_headers(record).unwrap_or(own)
+    }
+
+    /// The record sent on after failing with `kind` on its next attempt at `now_ms`: to the
+    /// tier the policy names, due after a pause with full jitter, or to the dead letters.
+    pub fn failed(
+        &self,
+        record: &InputRecord,
+        kind: FailureKind,
+        message: &str,
+        now_ms: i64,
+        rng: &mut impl Rng,
+    ) -> Routed {
+        let attempts = header_number(record, ATTEMPTS).unwrap_or(0) as u32 + 1;
+        let first = header_number(record, FIRST_FAILURE).unwrap_or(now_ms);
+        let failure = [
+            (ERROR_KIND, kind.as_str().to_owned()),
+            (ERROR_MESSAGE, message.to_owned()),
+            (ATTEMPTS, attempts.to_string()),
+            (FIRST_FAILURE, first.to_string()),
+            (LAST_FAILURE, now_ms.to_string()),
+        ];
+        match self.policy.next_move(kind, attempts) {
+            Move::Retry { tier, ceiling } => {
+                let due = now_ms + jitter(ceiling, rng).as_millis() as i64;
+                let mut record = self.moved(record, retry_topic(&self.input, tier), &failure);
+                push(&mut record, RETRY_DUE, due.to_string());
+                push(&mut record, RETRY_TIER, tier.to_string());
+                Routed {
+                    record,
+                    tier: Some(tier),
+                    due: Some(due),
+                }
+            }
+            Move::DeadLetter => Routed {
+                record: self.moved(record, self.dead_letter_topic(), &failure),
+                tier: None,
+                due: None,
+            },
+        }
+    }
+
+    /// `record`, not attempted, sent behind an earlier record of its key that is still being
+    /// retried (`behind`: that one's tier and due time): it may only be applied after that
+    /// one, so it waits as long, on the same tier. It keeps its failure headers, if it had
+    /// any.
+    pub fn parked(&self, record: &InputRecord, behind: Retry) -> OutputRecord {
+        let kept: Vec<(&str, String)> = FAILURE_HEADERS
+            .iter()
+            .filter(|name| ![STAGE, GROUP, RETRY_DUE, RETRY_TIER].contains(*name))
+            .filter_map(|name| {
+                let value = record.header(name)?;
+                Some((*name, String::from_utf8_lossy(value).into_owned()))
+            })
+            .collect();
+        let mut parked = self.moved(record, retry_topic(&self.input, behind.tier), &kept);
+        push(&mut parked, RETRY_DUE, behind.due.to_string());
+        push(&mut parked, RETRY_TIER, behind.tier.to_string());
+        parked
+    }
+
+    /// The tier and due time of a retry record.
+    pub fn retry_of(&self, record: &InputRecord) -> Option<Retry> {
+        Some(Retry {
+            tier: self.tier_of(&record.topic)?,
+            due: header_number(record, RETRY_DUE).unwrap_or(0),
+        })
+    }
+
+    /// `record` to `topic`, with the original position (the first one only) and the stage
+    /// headers, then `failure`.
+    fn moved(
+        &self,
+        record: &InputRecord,
+        topic: String,
+        failure: &[(&str, String)],
+    ) -> OutputRecord {
+        let mut headers: Vec<(String, Vec<u8>)> = record
+            .headers
+            .iter()
+            .filter(|(name, _)| !FAILURE_HEADERS.contains(&name.as_str()))
+            .cloned()
+            .collect();
+        if self.tier_of(&record.topic).is_none() || position_in_headers(record).is_none() {
+            headers.retain(|(name, _)| !ORIGINAL_HEADERS.contains(&name.as_str()));
+            let mut original = vec![
+                (ORIGINAL_TOPIC, record.topic.clone()),
+                (ORIGINAL_PARTITION, record.partition.to_string()),
+                (ORIGINAL_OFFSET, record.offset.to_string()),
+            ];
+            if let Some(timestamp) = record.timestamp {
+                original.push((ORIGINAL_TIMESTAMP, timestamp.to_string()));
+            }
+            headers.extend(
+                original
+                    .into_iter()
+                    .map(|(n, v)| (n.to_owned(), v.into_bytes())),
+            );
+        }
+        let mut output = OutputRecord {
+            topic,
+            key: record.key.clone(),
+            value: record.value.clone(),
+            headers,
+        };
+        push(&mut output, STAGE, self.stage.to_owned());
+        push(&mut output, GROUP, self.group.clone());
+        for (name, value) in failure {
+            push(&mut output, name, value.clone());
+        }
+        output
+    }
+}
+
+/// A pause drawn uniformly from `[0, ceiling]`: full jitter.
+fn jitter(ceiling: Duration, rng: &mut impl Rng) -> Duration {
+    ceiling.mul_f64(rng.random::<f64>())
+}
+
+fn push(record: &mut OutputRecord, name: &str, value: String) {
+    record.headers.push((name.to_owned(), value.into_bytes()));
+}
+
+/// A header holding a decimal number.
+pub fn header_number(record: &InputRecord, name: &str) -> Option<i64> {
+    std::str::from_utf8(record.header(name)?).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    fn routes() -> FailureRoutes {
+        FailureRoutes {
+            input: "txflow.ledger".into(),
+            stage: "ledger",
+            group: "txflow-ledger".into(),
+            policy: RetryPolicy {
+                tiers: vec![Duration::from_secs(1), Duration::from_secs(10)],
+            },
+        }
+    }
+
+    fn input() -> InputRecord {
+        InputRecord {
+            topic: "txflow.ledger".into(),
+            partition: 3,
+            offset: 42,
+            timestamp: Some(1000),
+            key: Some(b"acct".to_vec()),
+            value: Some(vec![1, 2, 3]),
+            headers: vec![("traceparent".into(), b"00-abc-def-01".to_vec())],
+        }
+    }
+
+    fn header(record: &OutputRecord, name: &str) -> Option<String> {
+        let values: Vec<String> = record
+            .headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+            .collect();
+        assert!(
+            values.len() <= 1,
+            "header {name} is set {} times",
+            values.len()
+        );
+        values.into_iter().next()
+    }
+
+    /// What the log hands back when `output` is read at `offset` of partition 3.
+    fn read_back(output: &OutputRecord, offset: i64) -> InputRecord {
+        InputRecord {
+            topic: output.topic.clone(),
+            partition: 3,
+            offset,
+            timestamp: Some(5000),
+            key: output.key.clone(),
+            value: output.value.clone(),
+            headers: output.headers.clone(),
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_keeps_the_record_and_says_why() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let record = input();
+        let routed = routes().failed(
+            &record,
+            FailureKind::InvalidEvent,
+            "amount_minor must be greater than zero",
+            2000,
+            &mut rng,
+        );
+        assert_eq!(routed.tier, None);
+        let letter = routed.record;
+        assert_eq!(letter.topic, "txflow.ledger.dlq");
+        assert_eq!((&letter.key, &letter.value), (&record.key, &record.value));
+        let h = |name| header(&letter, name);
+        assert_eq!(h("traceparent").as_deref(), Some("00-abc-def-01"));
+        assert_eq!(h(ORIGINAL_TOPIC).as_deref(), Some("txflow.ledger"));
+        assert_eq!(h(ORIGINAL_PARTITION).as_deref(), Some("3"));
+        assert_eq!(h(ORIGINAL_OFFSET).as_deref(), Some("42"));
+        assert_eq!(h(ORIGINAL_TIMESTAMP).as_deref(), Some("1000"));
+        assert_eq!(h(STAGE).as_deref(), Some("ledger"));
+        assert_eq!(h(GROUP).as_deref(), Some("txflow-ledger"));
+        assert_eq!(h(ERROR_KIND).as_deref(), Some("invalid_event"));
+        assert_eq!(
+            h(ERROR_MESSAGE).as_deref(),
+            Some("amount_minor must be greater than zero")
+        );
+        assert_eq!(h(ATTEMPTS).as_deref(), Some("1"));
+        assert_eq!(h(FIRST_FAILURE).as_deref(), Some("2000"));
+        assert_eq!(h(LAST_FAILURE).as_deref(), Some("2000"));
+        assert_eq!(h(RETRY_DUE), None);
+    }
+
+    #[test]
+    fn a_transient_failure_climbs_the_tiers_keeping_its_origin() {
+        let routes = routes();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let first = routes.failed(
+            &input(),
+            FailureKind::StoreUnavailable,
+            "timeout",
+            2000,
+            &mut rng,
+        );
+        assert_eq!(first.tier, Some(1));
+        assert_eq!(first.record.topic, "txflow.ledger.retry.1");
+        let due: i64 = header(&first.record, RETRY_DUE).unwrap().parse().unwrap();
+        assert!((2000..=3000).contains(&due), "due {due}");
+
+        let again = read_back(&first.record, 7);
+        assert_eq!(routes.tier_of(&again.topic), Some(1));
+        assert_eq!(routes.original_offset(&again), 42);
+        let second = routes.failed(
+            &again,
+            FailureKind::StoreUnavailable,
+            "timeout",
+            4000,
+            &mut rng,
+        );
+        assert_eq!(second.tier, Some(2));
+        let h = |name| header(&second.record, name);
+        assert_eq!(h(ORIGINAL_TOPIC).as_deref(), Some("txflow.ledger"));
+        assert_eq!(h(ORIGINAL_OFFSET).as_deref(), Some("42"));
+        assert_eq!(h(ATTEMPTS).as_deref(), Some("2"));
+        assert_eq!(h(FIRST_FAILURE).as_deref(), Some("2000"));
+        assert_eq!(h(LAST_FAILURE).as_deref(), Some("4000"));
+        assert_eq!(h(RETRY_TIER).as_deref(), Some("2"));
+
+        let last = routes.failed(
+            &read_back(&second.record, 9),
+            FailureKind::StoreUnavailable,
+            "timeout",
+            9000,
+            &mut rng,
+        );
+        assert_eq!(last.tier, None);
+        assert_eq!(last.record.topic, "txflow.ledger.dlq");
+        assert_eq!(header(&last.record, ATTEMPTS).as_deref(), Some("3"));
+        assert_eq!(header(&last.record, ORIGINAL_OFFSET).as_deref(), Some("42"));
+        assert_eq!(header(&last.record, RETRY_DUE), None);
+    }
+
+    #[test]
+    fn a_parked_record_waits_with_the_one_it_follows_without_an_attempt() {
+        let routes = routes();
+        let parked = routes.parked(&input(), Retry { tier: 2, due: 7000 });
+        assert_eq!(parked.topic, "txflow.ledger.retry.2");
+        assert_eq!(header(&parked, ATTEMPTS), None);
+        assert_eq!(header(&parked, ORIGINAL_OFFSET).as_deref(), Some("42"));
+        assert_eq!(header(&parked, RETRY_DUE).as_deref(), Some("7000"));
+        let back = read_back(&parked, 3);
+        assert_eq!(routes.retry_of(&back), Some(Retry { tier: 2, due: 7000 }));
+    }
+
+    #[test]
+    fn only_the_input_topic_trusts_its_own_offset() {
+        let routes = routes();
+        let mut forged = input();
+        forged.headers.push((ORIGINAL_OFFSET.into(), b"1".to_vec()));
+        assert_eq!(routes.original_offset(&forged), 42);
+        assert_eq!(routes.tier_of("txflow.ledger.retry.3"), None);
+        assert_eq!(routes.tier_of("txflow.ledger.retry.2"), Some(2));
+        assert_eq!(routes.tier_of("txflow.ledger"), None);
+    }
+
+    #[test]
+    fn a_redriven_position_reads_back() {
+        let mut record = input();
+        record
+            .headers
+            .push((REDRIVEN_FROM.into(), b"txflow.ledger/3/42".to_vec()));
+        assert_eq!(
+            redriven_from(&record),
+            Some(("txflow.ledger".to_owned(), 3, 42))
+        );
+        record.headers.pop();
+        record
+            .headers
+            .push((REDRIVEN_FROM.into(), b"3/42".to_vec()));
+        assert_eq!(redriven_from(&record), None);
+    }
+}
