@@ -1,12 +1,16 @@
-//! Producer re-sends, conflicting re-sends and poison records, one by one, with the exact
-//! outcome of each.
+//! Producer re-sends, conflicting re-sends and poison records (garbage bytes, an unknown
+//! schema id, an invalid amount, a wrong key, an idempotency conflict), one by one, with the
+//! exact outcome of each and the headers of each dead letter.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use txflow::codec::{Codec, Record};
 use txflow::domain::{Entry, EventType, Status, TransactionEvent};
-use txflow::pipeline::failures::{ERROR_KIND, ORIGINAL_OFFSET, ORIGINAL_TOPIC};
+use txflow::pipeline::failures::{
+    ATTEMPTS, ERROR_KIND, ERROR_MESSAGE, FIRST_FAILURE, GROUP, LAST_FAILURE, ORIGINAL_OFFSET,
+    ORIGINAL_PARTITION, ORIGINAL_TIMESTAMP, ORIGINAL_TOPIC, STAGE,
+};
 use txflow_tests::process::Pipeline;
 use txflow_tests::produce_committed;
 
@@ -59,6 +63,7 @@ fn resends_change_nothing_and_conflicts_and_poison_are_dead_lettered() {
         ("A", b"not avro at all".to_vec()), // undecodable: DLQ
         ("A", encode(&zero)),               // invalid amount: DLQ
         ("B", encode(&event("k", EventType::Deposit, "A", 1))), // wrong key: DLQ
+        ("A", vec![0, 0, 0, 0, 99, 2, 4, 6]), // unknown schema id: DLQ
     ];
     let raw: Vec<(Option<&[u8]>, &[u8])> = records
         .iter()
@@ -75,7 +80,7 @@ fn resends_change_nothing_and_conflicts_and_poison_are_dead_lettered() {
     for (kind, count) in [
         ("result", 6),
         ("credit", 1),
-        ("dead_letter", 4),
+        ("dead_letter", 5),
         ("duplicate", 2),
     ] {
         let line = format!("txflow_outputs_total{{kind=\"{kind}\",stage=\"ledger\"}} {count}");
@@ -87,7 +92,7 @@ fn resends_change_nothing_and_conflicts_and_poison_are_dead_lettered() {
     ledger.terminate();
     assert_eq!(
         (observed.duplicates, observed.conflicts, observed.poison),
-        (2, 1, 3)
+        (2, 1, 4)
     );
 
     let outcome: Vec<(String, String, Entry, Status, Option<String>, i64)> = observed
@@ -142,6 +147,18 @@ fn resends_change_nothing_and_conflicts_and_poison_are_dead_lettered() {
                 d.header(ORIGINAL_TOPIC).as_deref(),
                 Some(pipeline.ledger_topic.as_str())
             );
+            assert_eq!(d.header(ORIGINAL_PARTITION).as_deref(), Some("0"));
+            assert!(d.header(ORIGINAL_TIMESTAMP).is_some());
+            assert_eq!(d.header(STAGE).as_deref(), Some("ledger"));
+            assert!(d.header(GROUP).is_some_and(|g| g.ends_with("-ledger")));
+            assert_eq!(
+                d.header(ATTEMPTS).as_deref(),
+                Some("1"),
+                "poison is not retried"
+            );
+            assert!(d.header(ERROR_MESSAGE).is_some_and(|m| !m.is_empty()));
+            assert!(d.header(FIRST_FAILURE).is_some());
+            assert_eq!(d.header(FIRST_FAILURE), d.header(LAST_FAILURE));
             let original: usize = d.header(ORIGINAL_OFFSET).unwrap().parse().unwrap();
             assert_eq!(
                 d.value.as_deref(),
@@ -163,6 +180,7 @@ fn resends_change_nothing_and_conflicts_and_poison_are_dead_lettered() {
             (8, "undecodable".to_owned(), "A".to_owned()),
             (9, "invalid_event".to_owned(), "A".to_owned()),
             (10, "invalid_event".to_owned(), "B".to_owned()),
+            (11, "unknown_schema".to_owned(), "A".to_owned()),
         ]
     );
     verify(&pipeline, &observed);
