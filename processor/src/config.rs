@@ -81,6 +81,7 @@ pub struct KafkaConfig {
     /// back with the same instance id.
     pub transaction_timeout_ms: u64,
     /// Further librdkafka properties for every client (security, tuning).
+    #[serde(deserialize_with = "scalar_map")]
     pub properties: BTreeMap<String, String>,
 }
 
@@ -105,6 +106,7 @@ pub struct TopicsConfig {
     pub partitions: i32,
     pub replication_factor: i32,
     /// Topic configs every topic is created with (for example `min.insync.replicas`).
+    #[serde(deserialize_with = "scalar_map")]
     pub config: BTreeMap<String, String>,
 }
 
@@ -376,6 +378,35 @@ impl Config {
     }
 }
 
+/// A map of client or topic properties: values are strings to Kafka, but a number or a
+/// boolean (as `TXFLOW_KAFKA__PROPERTIES__LINGER.MS=5` reads) is taken as its text.
+fn scalar_map<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Integer(i64),
+        Float(f64),
+        Boolean(bool),
+    }
+    let map = BTreeMap::<String, Scalar>::deserialize(deserializer)?;
+    Ok(map
+        .into_iter()
+        .map(|(key, value)| {
+            let text = match value {
+                Scalar::Text(text) => text,
+                Scalar::Integer(n) => n.to_string(),
+                Scalar::Float(x) => x.to_string(),
+                Scalar::Boolean(b) => b.to_string(),
+            };
+            (key, text)
+        })
+        .collect())
+}
+
 fn is_cql_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphabetic())
@@ -451,6 +482,11 @@ mod tests {
                 ("TXFLOW_LEDGER__BATCH_MAX_RECORDS", "20"),
                 ("TXFLOW_STORE__CONTACT_POINTS", r#"["a:9042", "b:9042"]"#),
                 ("TXFLOW_KAFKA__PROPERTIES__SECURITY.PROTOCOL", "SSL"),
+                ("TXFLOW_KAFKA__PROPERTIES__LINGER.MS", "5"),
+                (
+                    "TXFLOW_KAFKA__PROPERTIES__ENABLE.SSL.CERTIFICATE.VERIFICATION",
+                    "false",
+                ),
                 ("TXFLOW_LEDGER__INSTANCE_ID", "ledger-0"),
                 ("TXFLOW_KAFKA_BOOTSTRAP", "ignored: not a config override"),
             ]),
@@ -461,6 +497,11 @@ mod tests {
         assert_eq!(config.ledger.batch_max_records, 20);
         assert_eq!(config.store.contact_points, vec!["a:9042", "b:9042"]);
         assert_eq!(config.kafka.properties["security.protocol"], "SSL");
+        assert_eq!(config.kafka.properties["linger.ms"], "5");
+        assert_eq!(
+            config.kafka.properties["enable.ssl.certificate.verification"],
+            "false"
+        );
         assert_eq!(config.ledger.instance_id(), "ledger-0");
     }
 

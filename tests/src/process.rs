@@ -323,6 +323,17 @@ impl StageProcess {
     }
 
     /// What it printed so far.
+    /// How many lines of this process's log contain `needle`.
+    pub fn log_lines_with(&self, needle: &str) -> usize {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.get(self.log_start..)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// The last 60 lines of its log, for failure messages.
     pub fn log_text(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(60).collect();

@@ -5,7 +5,7 @@
 //! librdkafka's transaction calls block; they run on the runtime's blocking section
 //! (`block_in_place`), never on an async worker as plain calls.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -32,12 +32,18 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &kafka.bootstrap_servers);
-    // Java clients' partitioner: an account's records land on the same partition whichever
-    // client wrote them, and on the same partition number of every co-partitioned topic.
-    config.set("partitioner", "murmur2_random");
     for (key, value) in &kafka.properties {
         config.set(key, value);
     }
+    config
+}
+
+/// A producer config: the client config with the Java clients' partitioner, so that an
+/// account's records land on the same partition whichever client wrote them, and on the same
+/// partition number of every co-partitioned topic.
+fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = client_config(kafka);
+    config.set("partitioner", "murmur2_random");
     config
 }
 
@@ -70,7 +76,7 @@ pub type ReportingProducer = ThreadedProducer<DeliveryReport>;
 
 /// An idempotent producer (`acks=all`), for records written outside any transaction.
 pub fn idempotent_producer(kafka: &KafkaConfig) -> Result<ReportingProducer, KafkaError> {
-    client_config(kafka)
+    producer_config(kafka)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
@@ -145,6 +151,8 @@ pub struct KafkaLog {
     waiting: BTreeMap<(String, i32), Instant>,
     /// The assignment count the stage last heard about.
     assignments_seen: Option<u64>,
+    /// Records that arrived while the log was held, in arrival order.
+    held: VecDeque<InputRecord>,
 }
 
 impl KafkaLog {
@@ -183,7 +191,7 @@ impl KafkaLog {
                 idempotent_producer(kafka).map_err(|e| fatal("creating the producer", e))?
             }
             Delivery::ExactlyOnce => {
-                let producer: ReportingProducer = client_config(kafka)
+                let producer: ReportingProducer = producer_config(kafka)
                     .set("transactional.id", group.transactional_id)
                     .set(
                         "transaction.timeout.ms",
@@ -222,6 +230,7 @@ impl KafkaLog {
             delayed: delayed.iter().cloned().collect(),
             waiting: BTreeMap::new(),
             assignments_seen: None,
+            held: VecDeque::new(),
         })
     }
 
@@ -455,6 +464,14 @@ impl Log for KafkaLog {
     ) -> Result<Vec<InputRecord>, LogError> {
         let consumer_error = |e: KafkaError| LogError::Fatal(format!("consuming: {e}"));
         let mut batch = Vec::new();
+        while batch.len() < max_records {
+            let Some(record) = self.held.pop_front() else {
+                break;
+            };
+            if !self.is_waiting(&record) && !self.hold_if_early(&record).map_err(consumer_error)? {
+                batch.push(record);
+            }
+        }
         let started = Instant::now();
         // Wait for a first record, but no longer than until a waiting partition is due.
         while batch.is_empty() {
@@ -488,6 +505,49 @@ impl Log for KafkaLog {
             }
         }
         Ok(batch)
+    }
+
+    async fn hold(&mut self, pause: Duration) -> Result<(), LogError> {
+        let fatal = |what: &str, e: KafkaError| LogError::Fatal(format!("{what}: {e}"));
+        let assigned = self
+            .consumer
+            .assignment()
+            .map_err(|e| fatal("reading the assignment", e))?;
+        if assigned.count() > 0 {
+            self.consumer
+                .pause(&assigned)
+                .map_err(|e| fatal("pausing partitions", e))?;
+        }
+        let until = Instant::now() + pause;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            // Polling serves the group (heartbeats, rebalances) while nothing is fetched.
+            match tokio::time::timeout(left, self.consumer.recv()).await {
+                Err(_) => break,
+                Ok(Ok(message)) => self.held.push_back(input_record(&message)),
+                Ok(Err(e)) => return Err(fatal("consuming", e)),
+            }
+        }
+        let mut resume = TopicPartitionList::new();
+        let assigned = self
+            .consumer
+            .assignment()
+            .map_err(|e| fatal("reading the assignment", e))?;
+        for element in assigned.elements() {
+            let key = (element.topic().to_owned(), element.partition());
+            if !self.waiting.contains_key(&key) {
+                resume.add_partition(element.topic(), element.partition());
+            }
+        }
+        if resume.count() > 0 {
+            self.consumer
+                .resume(&resume)
+                .map_err(|e| fatal("resuming partitions", e))?;
+        }
+        Ok(())
     }
 
     async fn reassigned(&mut self) -> Result<Option<Vec<InputRecord>>, LogError> {
@@ -552,6 +612,9 @@ impl Log for KafkaLog {
             *offset = (*offset).min(record.offset);
         }
         for ((topic, partition), offset) in first {
+            // What was held of the partition comes again from the log, after the batch.
+            self.held
+                .retain(|r| (r.topic.as_str(), r.partition) != (topic, partition));
             // A partition revoked meanwhile is someone else's now: its new owner starts from
             // the committed offset anyway.
             if let Err(e) =
@@ -582,6 +645,9 @@ fn read_until_end(
     start: &TopicPartitionList,
 ) -> Result<Vec<InputRecord>, KafkaError> {
     let reader: BaseConsumer = client_config(kafka)
+        // It reads without joining a group: the group member's limits are not its own.
+        .remove("max.poll.interval.ms")
+        .remove("session.timeout.ms")
         .set("group.id", "txflow-reader")
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")

@@ -254,9 +254,12 @@ pub async fn run<L: Log, S: Stage>(
             ?pause,
             "batch will be read again: {failure}"
         );
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = shutdown.changed() => {}
+        let held = tokio::select! {
+            held = log.hold(pause) => held,
+            _ = shutdown.changed() => Ok(()),
+        };
+        if let Err(e) = held {
+            break Err(StageError::Fatal(e.to_string()));
         }
     };
     log.close().await;

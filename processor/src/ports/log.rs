@@ -81,6 +81,11 @@ pub trait Log: Send {
         &mut self,
     ) -> impl Future<Output = Result<Option<Vec<InputRecord>>, LogError>> + Send;
 
+    /// Takes nothing for `pause` while staying in the group (a consumer that stops polling
+    /// altogether is put out of it): every partition stops fetching, then fetches again.
+    /// Records already on their way when it stopped come with the next `next_batch`.
+    fn hold(&mut self, pause: Duration) -> impl Future<Output = Result<(), LogError>> + Send;
+
     /// Reads `batch`'s records again from the next `next_batch`, without committing.
     fn rewind(
         &mut self,

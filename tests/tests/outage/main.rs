@@ -48,7 +48,12 @@ fn a_store_outage_pauses_the_ledger_and_spills_nothing() {
         "--duplicates",
         "0.02",
     ]);
-    let mut ledger = pipeline.spawn_ledger("l0");
+    // A consumer that stops polling for longer than this is put out of its group: the
+    // ledger must keep polling, with its partitions paused, through a 30 s outage.
+    let mut ledger = pipeline.spawn_ledger_with(
+        "l0",
+        &[("TXFLOW_KAFKA__PROPERTIES__MAX.POLL.INTERVAL.MS", "10000")],
+    );
     std::thread::sleep(Duration::from_secs(8));
     assert_eq!(
         ledger.admin_get("/readyz").0,
@@ -105,6 +110,8 @@ fn a_store_outage_pauses_the_ledger_and_spills_nothing() {
         0,
         "closed at the end"
     );
+    let assignments = ledger.log_lines_with("partitions assigned");
+    assert_eq!(assignments, 1, "the ledger stayed in its group throughout");
     assert_eq!(
         value("txflow_outputs_total{kind=\"retry\""),
         0,
