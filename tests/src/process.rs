@@ -237,6 +237,20 @@ impl StageProcess {
         );
     }
 
+    /// Waits for the process to fail by itself; fails the test if it succeeds, or does not
+    /// end in time. Returns its log.
+    pub fn wait_for_failure(&mut self, limit: Duration) -> String {
+        let mut child = self.child.take().expect("a running process");
+        let status = self.wait_for(&mut child, limit);
+        assert!(
+            !status.success(),
+            "{} succeeded; log:\n{}",
+            self.name,
+            self.log_text()
+        );
+        self.log_text()
+    }
+
     fn wait_for(&self, child: &mut Child, limit: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + limit;
         loop {

@@ -219,6 +219,7 @@ impl KafkaLog {
         };
         let mut subscription: Vec<&str> = topics.to_vec();
         subscription.extend(delayed.iter().map(String::as_str));
+        require_topics(&consumer, &subscription, &kafka.bootstrap_servers)?;
         consumer
             .subscribe(&subscription)
             .map_err(|e| fatal("subscribing", e))?;
@@ -483,7 +484,12 @@ impl Log for KafkaLog {
             let wait = next_due.map_or(left, |due| due.min(left));
             let record = match tokio::time::timeout(wait, self.consumer.recv()).await {
                 Err(_) => continue,
-                Ok(message) => input_record(&message.map_err(consumer_error)?),
+                Ok(Ok(message)) => input_record(&message),
+                Ok(Err(e)) if passing(&e) => {
+                    tracing::warn!("consumer: {e}");
+                    continue;
+                }
+                Ok(Err(e)) => return Err(consumer_error(e)),
             };
             if !self.is_waiting(&record) && !self.hold_if_early(&record).map_err(consumer_error)? {
                 batch.push(record);
@@ -500,6 +506,7 @@ impl Log for KafkaLog {
                         batch.push(record);
                     }
                 }
+                Ok(Err(e)) if passing(&e) => tracing::warn!("consumer: {e}"),
                 Ok(Err(e)) => return Err(consumer_error(e)),
                 Err(_) => break,
             }
@@ -528,6 +535,7 @@ impl Log for KafkaLog {
             match tokio::time::timeout(left, self.consumer.recv()).await {
                 Err(_) => break,
                 Ok(Ok(message)) => self.held.push_back(input_record(&message)),
+                Ok(Err(e)) if passing(&e) => tracing::warn!("consumer: {e}"),
                 Ok(Err(e)) => return Err(fatal("consuming", e)),
             }
         }
@@ -636,6 +644,54 @@ impl Log for KafkaLog {
             drop(self.producer);
         });
     }
+}
+
+/// Waits a little for `topics` to show in the cluster's metadata (a topic just created takes
+/// a moment to reach every broker), and fails with the fix when some never do: a group
+/// subscribed to a missing topic would be told so only as a consumer error, later.
+fn require_topics<C: ConsumerContext>(
+    consumer: &StreamConsumer<C>,
+    topics: &[&str],
+    bootstrap: &str,
+) -> Result<(), LogError> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let metadata = consumer
+            .fetch_metadata(None, CALL_TIMEOUT)
+            .map_err(|e| LogError::Fatal(format!("reading the cluster's metadata: {e}")))?;
+        let present: HashSet<&str> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| t.name())
+            .collect();
+        let missing: Vec<&str> = topics
+            .iter()
+            .copied()
+            .filter(|t| !present.contains(t))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(LogError::Fatal(format!(
+                "topics {} do not exist on {bootstrap}; create them with `txflow topics apply`",
+                missing.join(", ")
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A consumer error the log rides out: librdkafka reports a subscribed topic missing from a
+/// metadata refresh as an error, also while a topic that exists is still propagating.
+fn passing(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::MessageConsumption(
+            RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic
+        )
+    )
 }
 
 /// The committed records of one topic's partitions, from the offsets in `start` to each

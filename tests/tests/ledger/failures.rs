@@ -183,3 +183,19 @@ fn wait_until_resolved(pipeline: &Pipeline, ledger: &StageProcess) -> Observed {
         std::thread::sleep(Duration::from_secs(1));
     }
 }
+
+#[test]
+fn a_ledger_whose_retry_tier_is_missing_says_how_to_create_it() {
+    let pipeline = Pipeline::new(1);
+    // Topics were applied with three tiers; this ledger wants a fourth.
+    let mut ledger = pipeline.spawn_ledger_with(
+        "l0",
+        &[("TXFLOW_LEDGER__RETRY_DELAYS_MS", "[200, 500, 1000, 2000]")],
+    );
+    let log = ledger.wait_for_failure(Duration::from_secs(60));
+    let tier = format!("{}.retry.4", pipeline.ledger_topic);
+    assert!(
+        log.contains(&tier) && log.contains("txflow topics apply"),
+        "{log}"
+    );
+}
