@@ -1,7 +1,7 @@
 //! The `txflow` command line.
 
 use std::num::NonZeroU32;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,14 +16,14 @@ use txflow::adapters::kafka::{self, Delivery, GroupMember, KafkaLog, TopicReport
 use txflow::adapters::scylla::{self, ScyllaLedgerStore};
 use txflow::codec::{Codec, Record};
 use txflow::config::Config;
-use txflow::domain::Account;
-use txflow::domain::RetryPolicy;
+use txflow::domain::{Account, RetryPolicy, TransactionEvent};
 use txflow::limits::pacing;
 use txflow::loadgen::{Sent, Workload, WorkloadConfig};
 use txflow::pipeline::breaker::{Breaker, BreakerConfig, BreakerMetrics};
 use txflow::pipeline::failures::FailureRoutes;
 use txflow::pipeline::{self, LoopConfig, StageTelemetry};
 use txflow::ports::LedgerStore;
+use txflow::routing::Rules;
 use txflow::stages::ledger::{Ledger, LedgerSettings, LedgerTopics};
 use txflow::telemetry::{serve_admin, Admin, Metrics, Readiness};
 
@@ -60,6 +60,9 @@ enum Command {
     /// Inspect and redrive dead letters.
     #[command(subcommand)]
     Dlq(crate::dlq_commands::DlqCommand),
+    /// Check routing rules.
+    #[command(subcommand)]
+    Rules(RulesCommand),
     /// Measure the ledger on the configured Kafka and store: throughput exactly-once,
     /// at-least-once and naive, latency at a fixed rate, the store's raw LWT ceiling.
     Bench(crate::bench::BenchArgs),
@@ -106,6 +109,19 @@ impl From<DeliveryArg> for Delivery {
             DeliveryArg::AtLeastOnce => Delivery::AtLeastOnce,
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// Which rules of a rules file an event matches, and what each target receives: one JSON
+    /// line per target; an event that matches no rule goes to the default target
+    /// (the ledger topic).
+    Test {
+        /// The rules file (YAML).
+        rules: PathBuf,
+        /// The event, as JSON (a TransactionEvent: event_id, event_type, account_id, …).
+        event: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,6 +185,9 @@ impl Cli {
             Command::Accounts(command) => accounts(&config, command).await,
             Command::Produce(args) => produce(&config, args).await,
             Command::Dlq(command) => crate::dlq_commands::dlq(&config, command).await,
+            Command::Rules(RulesCommand::Test { rules, event }) => {
+                test_rules(&config, &rules, &event)
+            }
             Command::Bench(args) => crate::bench::bench(&config, args).await,
         }
     }
@@ -320,6 +339,34 @@ async fn run_ledger_on<S: LedgerStore>(
     tracing::info!(%input, group = %ledger_config.group_id, %transactional_id, ?delivery, "ledger running");
     pipeline::run(log, &ledger, &loop_config, &telemetry, shutdown).await?;
     tracing::info!("ledger stopped");
+    Ok(())
+}
+
+fn test_rules(config: &Config, rules: &Path, event: &Path) -> anyhow::Result<()> {
+    let rules = Rules::load(rules)?;
+    let text =
+        std::fs::read_to_string(event).with_context(|| format!("reading {}", event.display()))?;
+    let event: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", event.display()))?;
+    serde_json::from_value::<TransactionEvent>(event.clone())
+        .context("the event is not a transaction event")?
+        .validate()
+        .context("the event is not a valid transaction event")?;
+    let routed = rules.route(&event);
+    if routed.is_empty() {
+        return print_line(&serde_json::json!({
+            "rule": null,
+            "topic": config.topics.ledger,
+            "payload": event,
+        }));
+    }
+    for delivery in routed {
+        print_line(&serde_json::json!({
+            "rule": delivery.rule,
+            "topic": delivery.target.topic,
+            "payload": delivery.transformed.unwrap_or_else(|| event.clone()),
+        }))?;
+    }
     Ok(())
 }
 

@@ -12,5 +12,6 @@ pub mod limits;
 pub mod loadgen;
 pub mod pipeline;
 pub mod ports;
+pub mod routing;
 pub mod stages;
 pub mod telemetry;

@@ -1,0 +1,86 @@
+//! Events matched per second against rule sets of 10, 100 and 1,000 rules of mixed
+//! operators. `cargo bench -p txflow --bench routing`; the numbers are recorded in
+//! docs/PERFORMANCE.md.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use txflow::routing::{CompiledPatterns, Pattern};
+
+const EVENT_TYPES: [&str; 3] = ["DEPOSIT", "WITHDRAWAL", "TRANSFER"];
+const CHANNELS: [&str; 4] = ["web", "app", "branch", "partner"];
+
+/// Rule `i` of a set: one of eight shapes with values of its own, so that a bigger set does
+/// not just repeat the same rules (each event matches a handful of rules whatever the size).
+fn rule(i: usize) -> Pattern {
+    let n = i as u64;
+    let pattern = match i % 8 {
+        0 => json!({"event_type": [EVENT_TYPES[i % 3]], "source": [format!("svc-{i}")]}),
+        1 => json!({"source": [{"prefix": format!("svc-{i}.")}]}),
+        2 => json!({"amount_minor": [{"numeric": [">=", n * 100, "<", n * 100 + 50]}]}),
+        3 => {
+            json!({"attributes": {"channel": [CHANNELS[i % 4]], "tier": [format!("t{i}")]}, "currency": [{"anything-but": ["EUR"]}]})
+        }
+        4 => json!({"account_id": [{"suffix": format!("-{i}")}]}),
+        5 => json!({"source": [{"wildcard": format!("svc-{i}*")}], "event_type": ["TRANSFER"]}),
+        6 => {
+            json!({"currency": [{"equals-ignore-case": "usd"}], "attributes": {"tier": [format!("t{i}")]}})
+        }
+        _ => json!({"$or": [
+            {"account_id": [format!("acct-{i}")]},
+            {"attributes": {"campaign": [format!("c{i}")]}, "event_type": ["DEPOSIT"]}
+        ]}),
+    };
+    Pattern::parse(&pattern).expect("a valid pattern")
+}
+
+fn events(count: usize) -> Vec<Value> {
+    let mut rng = StdRng::seed_from_u64(7);
+    (0..count)
+        .map(|i| {
+            let mut attributes = json!({"channel": CHANNELS[rng.random_range(0..4)], "tier": format!("t{}", rng.random_range(0..1000))});
+            if rng.random_bool(0.05) {
+                attributes["campaign"] = json!(format!("c{}", rng.random_range(0..1000)));
+            }
+            json!({
+                "event_id": format!("evt-{i}"),
+                "event_type": EVENT_TYPES[rng.random_range(0..3)],
+                "account_id": format!("acct-{}", rng.random_range(0..5000)),
+                "counterparty_account_id": null,
+                "amount_minor": rng.random_range(1..100_000),
+                "currency": if rng.random_bool(0.8) { "EUR" } else { "USD" },
+                "occurred_at": 1_764_000_000_000_i64 + i as i64,
+                "source": format!("svc-{}", rng.random_range(0..1000)),
+                "attributes": attributes,
+            })
+        })
+        .collect()
+}
+
+fn matching(c: &mut Criterion) {
+    let events = events(1000);
+    let mut group = c.benchmark_group("match");
+    group.throughput(Throughput::Elements(events.len() as u64));
+    for rules in [10, 100, 1000] {
+        let patterns: Vec<Pattern> = (0..rules).map(rule).collect();
+        let compiled = CompiledPatterns::compile(&patterns).expect("compiles");
+        group.bench_with_input(
+            BenchmarkId::from_parameter(rules),
+            &compiled,
+            |b, compiled| {
+                b.iter(|| {
+                    let mut matched = 0;
+                    for event in &events {
+                        matched += compiled.matches(event).len();
+                    }
+                    matched
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, matching);
+criterion_main!(benches);

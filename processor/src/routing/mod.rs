@@ -1,0 +1,13 @@
+//! Routing: EventBridge-style event patterns, compiled into one matcher for a whole rule set.
+//! Pure: no IO.
+
+pub mod matcher;
+pub mod pattern;
+pub mod rules;
+
+pub use matcher::CompiledPatterns;
+pub use pattern::{Pattern, PatternError};
+pub use rules::{Rules, RulesError};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,413 @@
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+use super::*;
+
+fn matches(pattern: Value, event: Value) -> bool {
+    let text = pattern.to_string();
+    let pattern = Pattern::parse(&pattern).expect("a valid pattern");
+    let reference = pattern.matches(&event);
+    let compiled = CompiledPatterns::compile(std::slice::from_ref(&pattern)).unwrap();
+    assert_eq!(
+        compiled.matches(&event) == vec![0],
+        reference,
+        "the compiled matcher and the reference disagree on {event} with {text}"
+    );
+    reference
+}
+
+fn refused(pattern: Value) -> String {
+    Pattern::parse(&pattern).unwrap_err().to_string()
+}
+
+#[test]
+fn exact_values_of_every_kind() {
+    let event = json!({"source": "aws.ec2", "count": 5, "ok": true, "gone": null});
+    assert!(matches(json!({"source": ["aws.ec2"]}), event.clone()));
+    assert!(matches(
+        json!({"source": ["aws.s3", "aws.ec2"]}),
+        event.clone()
+    ));
+    assert!(!matches(json!({"source": ["aws.s3"]}), event.clone()));
+    assert!(matches(json!({"count": [5]}), event.clone()));
+    assert!(
+        !matches(json!({"count": ["5"]}), event.clone()),
+        "a string is not a number"
+    );
+    assert!(matches(json!({"ok": [true]}), event.clone()));
+    assert!(matches(json!({"gone": [null]}), event.clone()));
+    assert!(
+        !matches(json!({"missing": [null]}), event.clone()),
+        "null is not absent"
+    );
+    assert!(!matches(
+        json!({"source": ["aws.ec2"], "count": [6]}),
+        event
+    ));
+}
+
+#[test]
+fn string_operators() {
+    let event = json!({"source": "aws.ec2", "file": "report.PDF", "name": "Alice"});
+    assert!(matches(
+        json!({"source": [{"prefix": "aws."}]}),
+        event.clone()
+    ));
+    assert!(!matches(
+        json!({"source": [{"prefix": "gcp."}]}),
+        event.clone()
+    ));
+    assert!(matches(
+        json!({"file": [{"suffix": ".PDF"}]}),
+        event.clone()
+    ));
+    assert!(!matches(
+        json!({"file": [{"suffix": ".pdf"}]}),
+        event.clone()
+    ));
+    assert!(matches(
+        json!({"name": [{"equals-ignore-case": "alice"}]}),
+        event.clone()
+    ));
+    assert!(matches(
+        json!({"file": [{"wildcard": "rep*.P*F"}]}),
+        event.clone()
+    ));
+    assert!(!matches(json!({"file": [{"wildcard": "rep*.txt"}]}), event));
+}
+
+#[test]
+fn anything_but_in_all_its_forms() {
+    let event = json!({"state": "running", "code": 200, "bucket": "logs-prod"});
+    assert!(matches(
+        json!({"state": [{"anything-but": "stopped"}]}),
+        event.clone()
+    ));
+    assert!(!matches(
+        json!({"state": [{"anything-but": ["running", "stopped"]}]}),
+        event.clone()
+    ));
+    assert!(matches(
+        json!({"code": [{"anything-but": [404, 500]}]}),
+        event.clone()
+    ));
+    assert!(!matches(
+        json!({"code": [{"anything-but": 200}]}),
+        event.clone()
+    ));
+    assert!(matches(
+        json!({"bucket": [{"anything-but": {"prefix": "tmp-"}}]}),
+        event.clone()
+    ));
+    assert!(!matches(
+        json!({"bucket": [{"anything-but": {"suffix": "-prod"}}]}),
+        event.clone()
+    ));
+    assert!(!matches(
+        json!({"state": [{"anything-but": {"equals-ignore-case": ["RUNNING"]}}]}),
+        event.clone()
+    ));
+    assert!(matches(
+        json!({"bucket": [{"anything-but": {"wildcard": "*-dev"}}]}),
+        event.clone()
+    ));
+    assert!(
+        !matches(json!({"absent": [{"anything-but": "x"}]}), event),
+        "needs the field"
+    );
+}
+
+#[test]
+fn numeric_ranges_exists_and_cidr() {
+    let event = json!({"price": 12.5, "ip": "10.0.1.7", "v6": "2001:db8::1", "label": "x"});
+    assert!(matches(
+        json!({"price": [{"numeric": [">", 10, "<=", 12.5]}]}),
+        event.clone()
+    ));
+    assert!(!matches(
+        json!({"price": [{"numeric": ["<", 10]}]}),
+        event.clone()
+    ));
+    assert!(matches(
+        json!({"price": [{"numeric": ["=", 12.5]}]}),
+        event.clone()
+    ));
+    assert!(
+        !matches(json!({"label": [{"numeric": [">", 0]}]}), event.clone()),
+        "a string"
+    );
+    assert!(matches(json!({"label": [{"exists": true}]}), event.clone()));
+    assert!(matches(
+        json!({"other": [{"exists": false}]}),
+        event.clone()
+    ));
+    assert!(!matches(
+        json!({"label": [{"exists": false}]}),
+        event.clone()
+    ));
+    assert!(matches(
+        json!({"ip": [{"cidr": "10.0.0.0/16"}]}),
+        event.clone()
+    ));
+    assert!(!matches(
+        json!({"ip": [{"cidr": "10.1.0.0/16"}]}),
+        event.clone()
+    ));
+    assert!(matches(json!({"v6": [{"cidr": "2001:db8::/32"}]}), event));
+}
+
+#[test]
+fn arrays_nesting_and_or() {
+    let event = json!({
+        "tags": ["urgent", "backend"],
+        "detail": {"status": "error", "code": 500},
+        "attributes": {"channel": "web"}
+    });
+    assert!(
+        matches(json!({"tags": ["urgent"]}), event.clone()),
+        "any element"
+    );
+    assert!(!matches(json!({"tags": ["frontend"]}), event.clone()));
+    assert!(matches(
+        json!({"detail": {"status": ["error"], "code": [500]}}),
+        event.clone()
+    ));
+    assert!(!matches(
+        json!({"detail": {"status": ["ok"]}}),
+        event.clone()
+    ));
+    assert!(matches(
+        json!({"$or": [{"detail": {"code": [404]}}, {"attributes": {"channel": ["web"]}}]}),
+        event.clone()
+    ));
+    assert!(matches(
+        json!({"detail": {"$or": [{"status": ["ok"]}, {"code": [{"numeric": [">=", 500]}]}]}}),
+        event.clone()
+    ));
+    assert!(!matches(
+        json!({"tags": ["urgent"], "$or": [{"detail": {"code": [404]}}, {"attributes": {"channel": ["app"]}}]}),
+        event.clone()
+    ));
+    // Nested $or: (a or (b and (c or d))).
+    assert!(matches(
+        json!({"$or": [
+            {"tags": ["none"]},
+            {"detail": {"status": ["error"]}, "$or": [{"tags": ["x"]}, {"tags": ["backend"]}]}
+        ]}),
+        event
+    ));
+}
+
+#[test]
+fn malformed_patterns_point_at_the_offending_part() {
+    assert!(refused(json!({"detail": {"status": "error"}})).contains("at detail.status"));
+    assert!(refused(json!({"source": [{"prefx": "a"}]})).contains("unknown operator \"prefx\""));
+    assert!(refused(json!({"source": [{"prefx": "a"}]})).contains("at source[0]"));
+    assert!(refused(json!({"n": [{"numeric": ["<", "ten"]}]})).contains("not a number"));
+    assert!(refused(json!({"n": [{"numeric": ["<", 1, ">", 0]}]})).contains("lower bound"));
+    assert!(refused(json!({"ip": [{"cidr": "10.0.0.0/40"}]})).contains("not an IP network"));
+    assert!(refused(json!({"a": [{"anything-but": ["x", 1]}]})).contains("strings only"));
+    assert!(refused(json!({"$or": [{"a": ["x"]}]})).contains("at $or"));
+    assert!(refused(json!({"a": []})).contains("empty array"));
+    assert!(refused(json!({})).contains("at least one field"));
+    assert!(refused(json!({"a": [{"exists": "yes"}]})).contains("true or false"));
+    assert!(Pattern::parse_json("{not json")
+        .unwrap_err()
+        .to_string()
+        .contains("not JSON"));
+}
+
+#[test]
+fn a_rule_set_reports_each_matching_rule_once() {
+    let patterns: Vec<Pattern> = [
+        json!({"event_type": ["DEPOSIT"]}),
+        json!({"$or": [{"event_type": ["DEPOSIT"]}, {"amount_minor": [{"numeric": [">", 100]}]}]}),
+        json!({"currency": [{"anything-but": {"prefix": "US"}}]}),
+        json!({"event_type": ["WITHDRAWAL"]}),
+    ]
+    .iter()
+    .map(|p| Pattern::parse(p).unwrap())
+    .collect();
+    let compiled = CompiledPatterns::compile(&patterns).unwrap();
+    let event = json!({"event_type": "DEPOSIT", "amount_minor": 500, "currency": "EUR"});
+    assert_eq!(compiled.matches(&event), vec![0, 1, 2]);
+    let event = json!({"event_type": "WITHDRAWAL", "amount_minor": 5, "currency": "USD"});
+    assert_eq!(compiled.matches(&event), vec![3]);
+}
+
+// Random patterns over a small vocabulary of fields and values, so that they often match.
+
+fn word() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("DEPOSIT"),
+        Just("deposit"),
+        Just("WITHDRAWAL"),
+        Just("web"),
+        Just("web-app"),
+        Just("api.v1"),
+        Just("EUR"),
+        Just("USD"),
+        Just("10.0.0.5"),
+        Just("192.168.1.9"),
+        Just(""),
+    ]
+    .prop_map(str::to_owned)
+}
+
+fn number() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        Just(0.0),
+        Just(1.0),
+        Just(5.0),
+        Just(12.5),
+        Just(100.0),
+        Just(1500.0),
+        Just(-3.0)
+    ]
+}
+
+fn leaf_value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        4 => word().prop_map(Value::from),
+        3 => number().prop_map(|n| json!(n)),
+        1 => any::<bool>().prop_map(Value::from),
+        1 => Just(Value::Null),
+        2 => prop::collection::vec(word().prop_map(Value::from), 0..3).prop_map(Value::Array),
+    ]
+}
+
+fn event() -> impl Strategy<Value = Value> {
+    let fields = ["event_type", "amount_minor", "currency", "source"];
+    (
+        prop::collection::vec(prop::option::of(leaf_value()), 4),
+        prop::option::of(prop::collection::vec(prop::option::of(leaf_value()), 2)),
+    )
+        .prop_map(move |(values, attributes)| {
+            let mut object = serde_json::Map::new();
+            for (name, value) in fields.iter().zip(values) {
+                if let Some(value) = value {
+                    object.insert((*name).to_owned(), value);
+                }
+            }
+            if let Some(attributes) = attributes {
+                let mut nested = serde_json::Map::new();
+                for (name, value) in ["channel", "ip"].iter().zip(attributes) {
+                    if let Some(value) = value {
+                        nested.insert((*name).to_owned(), value);
+                    }
+                }
+                object.insert("attributes".to_owned(), Value::Object(nested));
+            }
+            Value::Object(object)
+        })
+}
+
+fn condition() -> impl Strategy<Value = Value> {
+    let compare = prop_oneof![Just("<"), Just("<="), Just("="), Just(">="), Just(">")];
+    prop_oneof![
+        word().prop_map(Value::from),
+        number().prop_map(|n| json!(n)),
+        any::<bool>().prop_map(Value::from),
+        Just(Value::Null),
+        word().prop_map(|w| json!({"prefix": w.chars().take(3).collect::<String>()})),
+        word().prop_map(|w| json!({"suffix": w.chars().rev().take(2).collect::<String>()})),
+        word().prop_map(|w| json!({"equals-ignore-case": w.to_uppercase()})),
+        word().prop_map(
+            |w| json!({"wildcard": format!("{}*", w.chars().take(2).collect::<String>())})
+        ),
+        any::<bool>().prop_map(|b| json!({"exists": b})),
+        prop::collection::vec(word(), 1..3).prop_map(|ws| json!({"anything-but": ws})),
+        prop::collection::vec(number(), 1..3).prop_map(|ns| json!({"anything-but": ns})),
+        word().prop_map(
+            |w| json!({"anything-but": {"prefix": w.chars().take(2).collect::<String>()}})
+        ),
+        (compare, number()).prop_map(|(op, n)| json!({"numeric": [op, n]})),
+        (number(), number())
+            .prop_map(|(a, b)| json!({"numeric": [">=", a.min(b), "<", a.max(b) + 1.0]})),
+        Just(json!({"cidr": "10.0.0.0/8"})),
+    ]
+}
+
+fn flat_pattern() -> impl Strategy<Value = Value> {
+    let field = prop_oneof![
+        Just("event_type"),
+        Just("amount_minor"),
+        Just("currency"),
+        Just("source"),
+        Just("attributes.channel"),
+        Just("attributes.ip"),
+    ];
+    prop::collection::btree_map(field, prop::collection::vec(condition(), 1..3), 1..3).prop_map(
+        |fields| {
+            let mut object = serde_json::Map::new();
+            for (path, conditions) in fields {
+                match path.split_once('.') {
+                    Some((outer, inner)) => {
+                        let nested = object.entry(outer.to_owned()).or_insert_with(|| json!({}));
+                        nested[inner] = Value::Array(conditions);
+                    }
+                    None => {
+                        object.insert(path.to_owned(), Value::Array(conditions));
+                    }
+                }
+            }
+            Value::Object(object)
+        },
+    )
+}
+
+fn pattern() -> impl Strategy<Value = Value> {
+    (
+        flat_pattern(),
+        prop::option::of(prop::collection::vec(flat_pattern(), 2..4)),
+    )
+        .prop_map(|(mut base, or)| {
+            if let Some(alternatives) = or {
+                base["$or"] = Value::Array(alternatives);
+            }
+            base
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The compiled rule set agrees with the reference reading of each pattern.
+    #[test]
+    fn compiled_rule_sets_agree_with_the_reference(
+        patterns in prop::collection::vec(pattern(), 1..6),
+        events in prop::collection::vec(event(), 1..8),
+    ) {
+        let parsed: Vec<Pattern> = patterns.iter().filter_map(|p| Pattern::parse(p).ok()).collect();
+        prop_assume!(!parsed.is_empty());
+        let compiled = CompiledPatterns::compile(&parsed).unwrap();
+        for event in &events {
+            let expected: Vec<usize> = parsed
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.matches(event))
+                .map(|(i, _)| i)
+                .collect();
+            prop_assert_eq!(compiled.matches(event), expected, "event {} patterns {:?}", event, patterns);
+        }
+    }
+}
+
+#[test]
+fn a_thousand_rules_on_one_field_match_without_failing() {
+    // One automaton with this many branches out of one state panics in quamina 0.7.0.
+    let patterns: Vec<Pattern> = (0..1000)
+        .map(|i| {
+            Pattern::parse(&json!({"event_type": ["DEPOSIT"], "source": [format!("svc-{i}")]}))
+                .unwrap()
+        })
+        .collect();
+    let compiled = CompiledPatterns::compile(&patterns).unwrap();
+    assert_eq!(
+        compiled.matches(&json!({"event_type": "DEPOSIT", "source": "svc-517"})),
+        vec![517]
+    );
+    assert!(compiled
+        .matches(&json!({"event_type": "WITHDRAWAL", "source": "svc-517"}))
+        .is_empty());
+}
