@@ -25,6 +25,7 @@ use txflow::pipeline::{self, LoopConfig, StageTelemetry};
 use txflow::ports::LedgerStore;
 use txflow::routing::Rules;
 use txflow::stages::ledger::{Ledger, LedgerSettings, LedgerTopics};
+use txflow::stages::router::Router;
 use txflow::telemetry::{serve_admin, Admin, Metrics, Readiness};
 
 /// txflow: an exactly-once financial transaction stream processor on Kafka and ScyllaDB.
@@ -80,6 +81,8 @@ enum TopicsCommand {
 enum StageName {
     /// txflow.ledger → balances in the store, results on txflow.results.
     Ledger,
+    /// txflow.events → the targets of the routing rules each event matches.
+    Router,
 }
 
 #[derive(Debug, Args)]
@@ -182,6 +185,10 @@ impl Cli {
                 stage: StageName::Ledger,
                 delivery,
             }) => run_ledger(&config, delivery.into()).await,
+            Command::Run(RunArgs {
+                stage: StageName::Router,
+                delivery,
+            }) => run_router(&config, delivery.into()).await,
             Command::Accounts(command) => accounts(&config, command).await,
             Command::Produce(args) => produce(&config, args).await,
             Command::Dlq(command) => crate::dlq_commands::dlq(&config, command).await,
@@ -253,14 +260,10 @@ async fn run_ledger(config: &Config, delivery: Delivery) -> anyhow::Result<()> {
     run_ledger_on(config, delivery, Arc::new(store)).await
 }
 
-async fn run_ledger_on<S: LedgerStore>(
-    config: &Config,
-    delivery: Delivery,
-    store: Arc<S>,
-) -> anyhow::Result<()> {
-    let shutdown = shutdown_signal()?;
+/// A stage's metrics and readiness, served on the admin address.
+async fn stage_telemetry(config: &Config, stage: &'static str) -> anyhow::Result<StageTelemetry> {
     let telemetry = StageTelemetry {
-        stage: "ledger",
+        stage,
         metrics: Arc::new(Metrics::new()),
         readiness: Arc::new(Readiness::default()),
     };
@@ -273,6 +276,105 @@ async fn run_ledger_on<S: LedgerStore>(
         .await
         .with_context(|| format!("serving the admin endpoints on {listen} (admin.listen)"))?;
     tracing::info!(%bound, "admin endpoints: /metrics /healthz /readyz");
+    Ok(telemetry)
+}
+
+async fn run_router(config: &Config, delivery: Delivery) -> anyhow::Result<()> {
+    let router_config = &config.router;
+    let rules = match &router_config.rules_file {
+        Some(path) => Rules::load(path)?,
+        None => Rules::parse_yaml("rules: []")?,
+    };
+    let shutdown = shutdown_signal()?;
+    let telemetry = stage_telemetry(config, "router").await?;
+    let input = config.topics.events.clone();
+    let default_target = router_config
+        .default_target
+        .clone()
+        .unwrap_or_else(|| config.topics.ledger.clone());
+    let instance = router_config.instance_id();
+    let transactional_id = format!("{}-{instance}", router_config.group_id);
+    let member = GroupMember {
+        group_id: &router_config.group_id,
+        transactional_id: &transactional_id,
+        session_timeout_ms: router_config.session_timeout_ms,
+    };
+    let log = KafkaLog::new(&config.kafka, &member, &[&input], &[], delivery)?;
+    let failures = FailureRoutes {
+        input: input.clone(),
+        stage: "router",
+        group: router_config.group_id.clone(),
+        policy: RetryPolicy { tiers: Vec::new() },
+    };
+    tracing::info!(rules = rules.rules().len(), %input, %default_target, group = %router_config.group_id, %transactional_id, "router running");
+    let router = Arc::new(Router::new(
+        rules,
+        Arc::new(Codec::builtin()),
+        default_target,
+        failures,
+    ));
+    if let Some(path) = router_config.rules_file.clone() {
+        tokio::spawn(reload_rules(
+            path,
+            Duration::from_millis(router_config.reload_check_ms),
+            router.clone(),
+            telemetry.metrics.clone(),
+        ));
+    }
+    let loop_config = LoopConfig {
+        max_records: router_config.batch_max_records,
+        max_wait: Duration::from_millis(router_config.batch_max_wait_ms),
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_secs(10),
+    };
+    pipeline::run(log, router.as_ref(), &loop_config, &telemetry, shutdown).await?;
+    tracing::info!("router stopped");
+    Ok(())
+}
+
+/// Loads the rules file again on SIGHUP or when it changes; a file that does not load keeps
+/// the rules in force, and says why in the log and in `txflow_rules_reloads_total`.
+async fn reload_rules(path: PathBuf, every: Duration, router: Arc<Router>, metrics: Arc<Metrics>) {
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let mut seen = modified(&path);
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(e) => {
+            tracing::warn!("SIGHUP will not reload the rules: {e}");
+            None
+        }
+    };
+    loop {
+        let asked = tokio::select! {
+            _ = tokio::time::sleep(every) => false,
+            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        let now = modified(&path);
+        if !asked && now == seen {
+            continue;
+        }
+        seen = now;
+        match Rules::load(&path) {
+            Ok(rules) => {
+                tracing::info!(rules = rules.rules().len(), path = %path.display(), "rules reloaded");
+                router.replace_rules(rules);
+                metrics.rules_reloads.with_label_values(&["applied"]).inc();
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), "the rules file was not loaded, the rules in force stay: {e}");
+                metrics.rules_reloads.with_label_values(&["refused"]).inc();
+            }
+        }
+    }
+}
+
+async fn run_ledger_on<S: LedgerStore>(
+    config: &Config,
+    delivery: Delivery,
+    store: Arc<S>,
+) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal()?;
+    let telemetry = stage_telemetry(config, "ledger").await?;
     let ledger_config = &config.ledger;
     let instance = ledger_config.instance_id();
     let transactional_id = format!("{}-{instance}", ledger_config.group_id);

@@ -37,6 +37,7 @@ pub struct Config {
     pub topics: TopicsConfig,
     pub store: StoreConfig,
     pub ledger: LedgerConfig,
+    pub router: RouterConfig,
     /// Faults to inject, for tests: only in builds with the `fault-injection` feature; any
     /// other build refuses a `[faults]` section as an unknown key.
     #[cfg(feature = "fault-injection")]
@@ -283,12 +284,57 @@ impl Default for LedgerConfig {
 
 impl LedgerConfig {
     pub fn instance_id(&self) -> String {
-        self.instance_id.clone().unwrap_or_else(|| {
-            hostname::get()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-                .unwrap_or_else(|| "ledger".to_owned())
-        })
+        instance_id_or_host(&self.instance_id, "ledger")
+    }
+}
+
+/// The configured instance id, else the host name (the pod name on Kubernetes).
+fn instance_id_or_host(configured: &Option<String>, fallback: &str) -> String {
+    configured.clone().unwrap_or_else(|| {
+        hostname::get()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| fallback.to_owned())
+    })
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterConfig {
+    pub group_id: String,
+    /// This process's stable name, as for the ledger: its transactional id is
+    /// `<group_id>-<instance_id>`. Defaults to the host name.
+    pub instance_id: Option<String>,
+    /// The rules file (YAML, docs/ROUTING.md); none: every event goes to the default target.
+    pub rules_file: Option<std::path::PathBuf>,
+    /// Where an event that matches no rule goes (default: the ledger topic, so that a fresh
+    /// install processes money).
+    pub default_target: Option<String>,
+    pub batch_max_records: usize,
+    pub batch_max_wait_ms: u64,
+    pub session_timeout_ms: u64,
+    /// How often the rules file is checked for changes (SIGHUP reloads at once).
+    pub reload_check_ms: u64,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            group_id: "txflow-router".to_owned(),
+            instance_id: None,
+            rules_file: None,
+            default_target: None,
+            batch_max_records: 500,
+            batch_max_wait_ms: 50,
+            session_timeout_ms: 10_000,
+            reload_check_ms: 2_000,
+        }
+    }
+}
+
+impl RouterConfig {
+    pub fn instance_id(&self) -> String {
+        instance_id_or_host(&self.instance_id, "router")
     }
 }
 
@@ -360,6 +406,11 @@ impl Config {
         }
         if self.ledger.max_settle_attempts == 0 {
             return invalid("ledger.max_settle_attempts must be at least 1");
+        }
+        if self.router.batch_max_records == 0 || self.router.reload_check_ms == 0 {
+            return invalid(
+                "router.batch_max_records and router.reload_check_ms must be at least 1",
+            );
         }
         if self.ledger.retry_delays_ms.len() > 10 {
             return invalid("ledger.retry_delays_ms has more than 10 tiers");

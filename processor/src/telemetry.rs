@@ -33,6 +33,9 @@ pub struct Metrics {
     pub circuit_state: IntGaugeVec,
     /// Circuit breaker transitions, by the state entered.
     pub circuit_transitions: IntCounterVec,
+    /// Reloads of the routing rules, by outcome: `applied`, or `refused` (the file did not
+    /// load; the rules in force stay).
+    pub rules_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -81,6 +84,14 @@ impl Metrics {
             &["stage", "dependency", "to"],
         )
         .expect("a valid metric");
+        let rules_reloads = IntCounterVec::new(
+            Opts::new(
+                "rules_reloads_total",
+                "Reloads of the routing rules: applied, or refused (the rules in force stay)",
+            ),
+            &["outcome"],
+        )
+        .expect("a valid metric");
         for metric in [
             Box::new(batches.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(records.clone()),
@@ -88,6 +99,7 @@ impl Metrics {
             Box::new(batch_seconds.clone()),
             Box::new(circuit_state.clone()),
             Box::new(circuit_transitions.clone()),
+            Box::new(rules_reloads.clone()),
         ] {
             registry.register(metric).expect("metric names are unique");
         }
@@ -99,6 +111,7 @@ impl Metrics {
             batch_seconds,
             circuit_state,
             circuit_transitions,
+            rules_reloads,
         }
     }
 

@@ -47,6 +47,8 @@ pub fn txflow_bin() -> PathBuf {
 
 /// A pipeline of its own: unique topics, group and keyspace, migrated and applied.
 pub struct Pipeline {
+    pub events_topic: String,
+    pub notifications_topic: String,
     pub ledger_topic: String,
     pub results_topic: String,
     pub dlq_topic: String,
@@ -81,6 +83,9 @@ impl Pipeline {
             ("TXFLOW_TOPICS__RESULTS", topic("results")),
             ("TXFLOW_TOPICS__PARTITIONS", partitions.to_string()),
             ("TXFLOW_LEDGER__GROUP_ID", format!("{id}-ledger")),
+            ("TXFLOW_ROUTER__GROUP_ID", format!("{id}-router")),
+            ("TXFLOW_ROUTER__SESSION_TIMEOUT_MS", "6000".to_owned()),
+            ("TXFLOW_ROUTER__RELOAD_CHECK_MS", "200".to_owned()),
             // The broker's smallest: a killed member's partitions move on after 6 s.
             ("TXFLOW_LEDGER__SESSION_TIMEOUT_MS", "6000".to_owned()),
             // Short retry tiers: a retried event comes back within a second or two.
@@ -95,6 +100,8 @@ impl Pipeline {
         let logs = std::env::temp_dir().join(&id);
         std::fs::create_dir_all(&logs).expect("a log directory");
         let pipeline = Pipeline {
+            events_topic: topic("events"),
+            notifications_topic: topic("notifications"),
             results_topic: topic("results"),
             dlq_topic: format!("{ledger_topic}.dlq"),
             ledger_topic,
@@ -150,6 +157,14 @@ impl Pipeline {
         command.env("TXFLOW_LEDGER__INSTANCE_ID", instance);
         command.envs(env.iter().copied());
         self.start(command, &format!("ledger-{instance}"))
+    }
+
+    /// Starts a router process with a stable instance id and extra environment variables.
+    pub fn spawn_router_with(&self, instance: &str, env: &[(&str, &str)]) -> StageProcess {
+        let mut command = self.command(&["run", "--stage", "router"]);
+        command.env("TXFLOW_ROUTER__INSTANCE_ID", instance);
+        command.envs(env.iter().copied());
+        self.start(command, &format!("router-{instance}"))
     }
 
     fn spawn(&self, args: &[&str], name: &str) -> StageProcess {

@@ -1,3 +1,4 @@
 //! The stages: each wires the pure core and the ports into one step of the pipeline.
 
 pub mod ledger;
+pub mod router;

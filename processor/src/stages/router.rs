@@ -1,0 +1,142 @@
+//! The router stage: `txflow.events` → every target of every rule an event matches, key and
+//! headers preserved, exactly once (one transaction per batch like every stage); an event
+//! that matches no rule goes to the default target (`txflow.ledger`), poison to
+//! `txflow.events.dlq`. The rules can be replaced while it runs.
+
+use std::sync::{Arc, RwLock};
+
+use crate::codec::{Codec, Record};
+use crate::domain::{Poison, TransactionEvent};
+use crate::pipeline::failures::FailureRoutes;
+use crate::pipeline::{BatchOutput, Stage, StageError, Tally};
+use crate::ports::{InputRecord, OutputRecord};
+use crate::routing::Rules;
+
+/// The header naming the rule that sent a record.
+pub const RULE_HEADER: &str = "txflow.rule";
+
+/// What one batch did, for logs and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouterCounts {
+    /// Records sent to a rule's target.
+    pub routed: usize,
+    /// Events that matched no rule, sent to the default target.
+    pub unmatched: usize,
+    pub dead_letters: usize,
+}
+
+impl Tally for RouterCounts {
+    fn tally(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("routed", self.routed as u64),
+            ("unmatched", self.unmatched as u64),
+            ("dead_letter", self.dead_letters as u64),
+        ]
+    }
+}
+
+/// The router stage.
+pub struct Router {
+    rules: RwLock<Arc<Rules>>,
+    codec: Arc<Codec>,
+    default_target: String,
+    failures: FailureRoutes,
+}
+
+impl Router {
+    pub fn new(
+        rules: Rules,
+        codec: Arc<Codec>,
+        default_target: String,
+        failures: FailureRoutes,
+    ) -> Self {
+        Router {
+            rules: RwLock::new(Arc::new(rules)),
+            codec,
+            default_target,
+            failures,
+        }
+    }
+
+    /// Routes the next batches by `rules`.
+    pub fn replace_rules(&self, rules: Rules) {
+        *self.rules.write().expect("the rules lock") = Arc::new(rules);
+    }
+
+    fn decode(&self, record: &InputRecord) -> Result<serde_json::Value, Poison> {
+        let value = record.value.as_deref().ok_or_else(|| {
+            Poison::new(
+                crate::domain::FailureKind::Undecodable,
+                "the record has no value",
+            )
+        })?;
+        let event: TransactionEvent = self
+            .codec
+            .decode(Record::TransactionEvent, value)
+            .map_err(|e| e.poison())?;
+        event.validate()?;
+        Ok(serde_json::to_value(&event).expect("an event serializes"))
+    }
+}
+
+impl Stage for Router {
+    type Counts = RouterCounts;
+
+    async fn process(
+        &self,
+        batch: &[InputRecord],
+        now_ms: i64,
+    ) -> Result<BatchOutput<RouterCounts>, StageError> {
+        let rules = self.rules.read().expect("the rules lock").clone();
+        let mut rng = rand::rng();
+        let mut counts = RouterCounts::default();
+        let mut outputs = Vec::with_capacity(batch.len());
+        for record in batch {
+            let event = match self.decode(record) {
+                Ok(event) => event,
+                Err(poison) => {
+                    counts.dead_letters += 1;
+                    let routed = self.failures.failed(
+                        record,
+                        poison.kind,
+                        &poison.message,
+                        now_ms,
+                        &mut rng,
+                    );
+                    outputs.push(routed.record);
+                    continue;
+                }
+            };
+            let deliveries = rules.route(&event);
+            if deliveries.is_empty() {
+                counts.unmatched += 1;
+                outputs.push(OutputRecord {
+                    topic: self.default_target.clone(),
+                    key: record.key.clone(),
+                    value: record.value.clone(),
+                    headers: record.headers.clone(),
+                });
+                continue;
+            }
+            for delivery in deliveries {
+                counts.routed += 1;
+                let mut headers = record.headers.clone();
+                headers.push((RULE_HEADER.to_owned(), delivery.rule.as_bytes().to_vec()));
+                let value = match delivery.transformed {
+                    Some(input) => {
+                        headers.push(("content-type".to_owned(), b"application/json".to_vec()));
+                        Some(serde_json::to_vec(&input).expect("JSON serializes"))
+                    }
+                    None => record.value.clone(),
+                };
+                outputs.push(OutputRecord {
+                    topic: delivery.target.topic.clone(),
+                    key: record.key.clone(),
+                    value,
+                    headers,
+                });
+            }
+        }
+        Ok(BatchOutput { outputs, counts })
+    }
+}
