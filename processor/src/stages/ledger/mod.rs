@@ -32,6 +32,10 @@ use crate::pipeline::failures::{redriven_from, FailureRoutes, Retry};
 use crate::pipeline::{BatchOutput, Stage, StageError, Tally};
 use crate::ports::{InputRecord, LedgerStore, OutputRecord, StoreError};
 
+mod parked;
+
+use parked::ParkedAccounts;
+
 /// The header that marks a transfer's credit leg on the ledger topic.
 pub const LEG_HEADER: &str = "txflow.leg";
 /// Its value on a credit leg; a record without the header is a primary entry.
@@ -53,36 +57,6 @@ struct Settled {
     opened: Option<(String, String)>,
 }
 
-/// A parked key: a record key on a partition.
-type Parking = (i32, Vec<u8>);
-
-/// The records of one key on the retry tiers.
-#[derive(Debug, Default)]
-struct Parked {
-    /// Their original offsets.
-    offsets: BTreeSet<i64>,
-    /// The latest tier and due time among them: where a later record of the key waits.
-    latest: Option<Retry>,
-}
-
-impl Parked {
-    fn add(&mut self, offset: i64, retry: Retry) {
-        self.offsets.insert(offset);
-        if self.latest.is_none_or(|latest| latest.due <= retry.due) {
-            self.latest = Some(retry);
-        }
-    }
-}
-
-/// What a batch changes in the parked records, applied once it commits.
-#[derive(Debug, Default)]
-struct ParkingChanges {
-    /// Retry records the batch consumed: (key, original offset).
-    consumed: Vec<(Parking, i64)>,
-    /// Records the batch sent to a retry tier, and where.
-    parked: Vec<(Parking, i64, Retry)>,
-}
-
 /// The ledger stage over a store.
 pub struct Ledger<S> {
     store: Arc<S>,
@@ -100,10 +74,10 @@ pub struct Ledger<S> {
     accounts: Mutex<HashMap<String, Account>>,
     /// Currencies of accounts known to exist: existence and currency never change.
     currencies: Mutex<HashMap<String, String>>,
-    /// Original offsets of the records on the retry tiers not consumed yet, by key.
-    parked: Mutex<HashMap<Parking, Parked>>,
-    /// The changes of the batch in flight.
-    staged: Mutex<ParkingChanges>,
+    /// Accounts with records on the retry tiers.
+    parked: Mutex<ParkedAccounts>,
+    /// What the batch in flight changes in them.
+    staged: Mutex<parked::Changes>,
 }
 
 /// How the ledger settles a batch.
@@ -147,7 +121,7 @@ impl Tally for LedgerCounts {
 struct Pending {
     index: usize,
     entry: LedgerEntry,
-    parking: Parking,
+    parking: parked::Key,
     original_offset: i64,
 }
 
@@ -171,8 +145,8 @@ impl<S: LedgerStore> Ledger<S> {
             write_limit,
             accounts: Mutex::new(HashMap::new()),
             currencies: Mutex::new(HashMap::new()),
-            parked: Mutex::new(HashMap::new()),
-            staged: Mutex::new(ParkingChanges::default()),
+            parked: Mutex::new(ParkedAccounts::default()),
+            staged: Mutex::new(parked::Changes::default()),
         }
     }
 
@@ -412,28 +386,9 @@ impl<S: LedgerStore> Ledger<S> {
             self.settings.max_attempts
         )))
     }
-
-    /// For each key with records on the tiers outside this batch: the first one's original
-    /// offset, and where the latest waits.
-    fn parked_outside(&self, consumed: &[(Parking, i64)]) -> HashMap<Parking, (i64, Retry)> {
-        let parked = self.parked.lock().expect("the parking lock");
-        let mut first = HashMap::new();
-        for (key, records) in parked.iter() {
-            let in_batch: BTreeSet<i64> = consumed
-                .iter()
-                .filter(|(k, _)| k == key)
-                .map(|(_, o)| *o)
-                .collect();
-            let outside = records.offsets.iter().find(|o| !in_batch.contains(o));
-            if let (Some(offset), Some(latest)) = (outside, records.latest) {
-                first.insert(key.clone(), (*offset, latest));
-            }
-        }
-        first
-    }
 }
 
-fn parking_of(record: &InputRecord) -> Parking {
+fn parking_of(record: &InputRecord) -> parked::Key {
     (record.partition, record.key.clone().unwrap_or_default())
 }
 
@@ -452,34 +407,37 @@ impl<S: LedgerStore> Stage for Ledger<S> {
         let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
         let mut outputs = Vec::with_capacity(batch.len() * 2);
         let mut counts = LedgerCounts::default();
-        let mut changes = ParkingChanges::default();
+        let mut changes = parked::Changes::default();
+        let mut in_batch: HashMap<parked::Key, BTreeSet<i64>> = HashMap::new();
         for record in batch {
             if self.failures.tier_of(&record.topic).is_some() {
-                changes
-                    .consumed
-                    .push((parking_of(record), self.failures.original_offset(record)));
+                let key = parking_of(record);
+                let offset = self.failures.original_offset(record);
+                in_batch.entry(key.clone()).or_default().insert(offset);
+                changes.consumed.push((key, offset));
             }
         }
-        // The first parked record of each key outside this batch: records of that key from
-        // later in the partition wait behind it.
-        let parked_before = self.parked_outside(&changes.consumed);
+        let no_retries = BTreeSet::new();
         let mut pending = Vec::with_capacity(batch.len());
         for (index, record) in batch.iter().enumerate() {
             let parking = parking_of(record);
             let original_offset = self.failures.original_offset(record);
-            if let Some((first, latest)) = parked_before.get(&parking) {
-                if *first < original_offset {
-                    // It waits as long as the latest of its key; a later retry record
-                    // of the key may push that further.
-                    let behind = match self.failures.retry_of(record) {
-                        Some(own) if own.due > latest.due => own,
-                        _ => *latest,
-                    };
-                    counts.parked += 1;
-                    outputs.push(self.failures.parked(record, behind));
-                    changes.parked.push((parking, original_offset, behind));
-                    continue;
-                }
+            let blocked = self.parked.lock().expect("the parking lock").blocked(
+                &parking,
+                original_offset,
+                in_batch.get(&parking).unwrap_or(&no_retries),
+            );
+            if let Some(latest) = blocked {
+                // It waits as long as the latest of its account; a later retry record of the
+                // account may push that further.
+                let behind = match self.failures.retry_of(record) {
+                    Some(own) if own.due > latest.due => own,
+                    _ => latest,
+                };
+                counts.parked += 1;
+                outputs.push(self.failures.parked(record, behind));
+                changes.parked.push((parking, original_offset, behind));
+                continue;
             }
             match self.decode(record) {
                 Ok(entry) => pending.push(Pending {
@@ -616,31 +574,19 @@ impl<S: LedgerStore> Stage for Ledger<S> {
 
     fn committed(&self) {
         let changes = std::mem::take(&mut *self.staged.lock().expect("the parking lock"));
-        let mut parked = self.parked.lock().expect("the parking lock");
-        for (key, offset) in changes.consumed {
-            if let Some(records) = parked.get_mut(&key) {
-                records.offsets.remove(&offset);
-                if records.offsets.is_empty() {
-                    parked.remove(&key);
-                }
-            }
-        }
-        for (key, offset, retry) in changes.parked {
-            parked.entry(key).or_default().add(offset, retry);
-        }
+        self.parked.lock().expect("the parking lock").apply(changes);
     }
 
     fn reassigned(&self, unconsumed: &[InputRecord]) {
         let mut parked = self.parked.lock().expect("the parking lock");
-        parked.clear();
-        for record in unconsumed {
-            if let Some(retry) = self.failures.retry_of(record) {
-                parked
-                    .entry(parking_of(record))
-                    .or_default()
-                    .add(self.failures.original_offset(record), retry);
-            }
-        }
+        parked.rebuild(unconsumed.iter().filter_map(|record| {
+            let retry = self.failures.retry_of(record)?;
+            Some((
+                parking_of(record),
+                self.failures.original_offset(record),
+                retry,
+            ))
+        }));
         tracing::info!(
             keys = parked.len(),
             "accounts with records on the retry tiers"
