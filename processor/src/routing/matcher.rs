@@ -1,14 +1,18 @@
-//! A rule set compiled into one matcher: every pattern is turned into patterns for one
-//! `quamina` automaton (its `$or`s expanded), so that the cost of matching an event grows with
-//! the event, not with the number of rules. The automaton only proposes: each pattern it
-//! proposes is confirmed by [`Pattern::matches`], so a false positive of the automaton costs
-//! a recheck and never a wrong route. What it would miss is kept from it: conditions quamina
+//! A rule set compiled into one matcher, so that the cost of matching an event grows with
+//! the event, not with the number of rules. Each pattern's `$or`s are expanded into
+//! alternatives; an alternative with a field of rare exact values is indexed by them (one
+//! hash lookup per event leaf finds it), the rest go into `quamina` automatons. Both only
+//! propose: each candidate is confirmed by [`Pattern::matches`], so a false positive costs a
+//! recheck and never a wrong route. What an automaton would miss is kept from it: conditions quamina
 //! does not express (`anything-but` with `prefix`, `suffix`, `wildcard` or
-//! `equals-ignore-case`, over mixed or numeric values; IPv6 networks) and `exists` beside other
-//! conditions on one field are left out of the automaton's copy of the pattern, which then
-//! proposes more. (quamina 0.7.0, as the property tests found it: `numeric` lets strings
-//! through, a numeric `anything-but` lets other patterns' exact numbers match strings,
-//! `exists` mixed with values on a field misses events, and IPv6 `cidr` misses addresses.)
+//! `equals-ignore-case`, over mixed or numeric values; IPv6 networks), `exists: false`, and
+//! `exists` beside other conditions on one field are left out of the automaton's copy of the
+//! pattern, which then proposes more. (quamina 0.7.0, as the property tests found it:
+//! `numeric` lets strings through, a numeric `anything-but` lets other patterns' exact numbers
+//! match strings, `exists` mixed with values on a field misses events, two `exists: false`
+//! miss an event that has neither field, and IPv6 `cidr` misses addresses.)
+
+use std::collections::HashMap;
 
 use quamina::{MatcherBuildMode, Quamina};
 use serde_json::{Map, Value};
@@ -59,8 +63,133 @@ impl Shard {
     }
 }
 
+/// An alternative goes to the exact-value index when each value it is indexed under is shared
+/// by at most this many alternatives; a commoner value would make every event that carries it
+/// a candidate for all of them.
+const INDEX_LIMIT: usize = 8;
+
+/// A scalar as an index key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Exact {
+    Text(String),
+    /// The number's bits, with -0 as 0.
+    Number(u64),
+    Bool(bool),
+    Null,
+}
+
+impl Exact {
+    fn of(scalar: &Scalar) -> Exact {
+        match scalar {
+            Scalar::Text(s) => Exact::Text(s.clone()),
+            Scalar::Number(n) => Exact::Number(if *n == 0.0 { 0 } else { n.to_bits() }),
+            Scalar::Bool(b) => Exact::Bool(*b),
+            Scalar::Null => Exact::Null,
+        }
+    }
+}
+
+type IndexKey = (String, Exact);
+
+/// A field of exact values: its path and the values.
+type ExactField = (String, Vec<Exact>);
+
+/// The fields of an `$or`-free pattern that only take exact values: path and values.
+fn exact_fields(pattern: &Pattern, prefix: &str, into: &mut Vec<ExactField>) {
+    for (name, field) in &pattern.fields {
+        let path = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}.{name}")
+        };
+        match field {
+            Field::Object(inner) => exact_fields(inner, &path, into),
+            Field::Leaf(conditions) => {
+                let values: Option<Vec<Exact>> = conditions
+                    .iter()
+                    .map(|c| match c {
+                        Condition::Exact(scalar) => Some(Exact::of(scalar)),
+                        _ => None,
+                    })
+                    .collect();
+                if let Some(values) = values {
+                    into.push((path, values));
+                }
+            }
+        }
+    }
+}
+
+/// The index key of a value at a path: a hash, so that an event's leaves are looked up
+/// without building their paths. Two keys that collide only add a candidate, which the
+/// recheck turns down.
+fn key_hash(path: &str, value: &Exact) -> u64 {
+    let value = match value {
+        Exact::Text(s) => LeafRef::Text(s),
+        Exact::Number(bits) => LeafRef::Number(*bits),
+        Exact::Bool(b) => LeafRef::Bool(*b),
+        Exact::Null => LeafRef::Null,
+    };
+    leaf_hash(path, value)
+}
+
+/// An event leaf, borrowed, hashed as its [`Exact`] would be.
+#[derive(Hash)]
+enum LeafRef<'a> {
+    Text(&'a str),
+    Number(u64),
+    Bool(bool),
+    Null,
+}
+
+fn leaf_hash(path: &str, value: LeafRef<'_>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    path.hash(&mut hasher);
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Calls `visit` with the index key of every leaf of an event: an array's elements at the
+/// array's path.
+fn visit_leaves(value: &Value, path: &mut String, visit: &mut impl FnMut(u64)) {
+    match value {
+        Value::Object(map) => {
+            for (name, inner) in map {
+                let length = path.len();
+                if length > 0 {
+                    path.push('.');
+                }
+                path.push_str(name);
+                visit_leaves(inner, path, visit);
+                path.truncate(length);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                visit_leaves(item, path, visit);
+            }
+        }
+        leaf => {
+            let value = match leaf {
+                Value::String(s) => LeafRef::Text(s),
+                Value::Number(n) => match n.as_f64() {
+                    Some(n) => LeafRef::Number(if n == 0.0 { 0 } else { n.to_bits() }),
+                    None => return,
+                },
+                Value::Bool(b) => LeafRef::Bool(*b),
+                _ => LeafRef::Null,
+            };
+            visit(leaf_hash(path, value));
+        }
+    }
+}
+
 /// Patterns compiled together; a match is the index of a pattern.
 pub struct CompiledPatterns {
+    /// Alternatives with a rare exact value, by that value's key: one lookup per event leaf.
+    index: HashMap<u64, Vec<usize>>,
+    /// The other alternatives, in automatons.
     shards: Vec<Shard>,
     /// By index: the patterns, to confirm what the automatons propose.
     patterns: Vec<Pattern>,
@@ -72,10 +201,17 @@ pub struct CompiledPatterns {
 impl CompiledPatterns {
     /// Compiles `patterns`; a match reports a pattern's index in this slice.
     pub fn compile(patterns: &[Pattern]) -> Result<CompiledPatterns, PatternError> {
-        let mut shards = vec![Shard::new()];
-        let mut in_shard = 0;
-        let mut always = Vec::new();
-        for (index, pattern) in patterns.iter().enumerate() {
+        CompiledPatterns::compile_with(patterns, INDEX_LIMIT)
+    }
+
+    /// [`compile`](Self::compile), indexing alternatives whose exact values are shared by at
+    /// most `index_limit` of them (0: none, everything in automatons).
+    pub(crate) fn compile_with(
+        patterns: &[Pattern],
+        index_limit: usize,
+    ) -> Result<CompiledPatterns, PatternError> {
+        let mut expanded = Vec::with_capacity(patterns.len());
+        for pattern in patterns {
             let alternatives = expand(pattern);
             if alternatives.len() > MAX_ALTERNATIVES {
                 return Err(PatternError {
@@ -86,13 +222,69 @@ impl CompiledPatterns {
                     ),
                 });
             }
-            if in_shard + alternatives.len() > SHARD_PATTERNS {
+            let with_fields: Vec<(Pattern, Vec<ExactField>)> = alternatives
+                .into_iter()
+                .map(|alternative| {
+                    let mut fields = Vec::new();
+                    exact_fields(&alternative, "", &mut fields);
+                    (alternative, fields)
+                })
+                .collect();
+            expanded.push(with_fields);
+        }
+        // How many alternatives each exact value would index.
+        let mut sharing: HashMap<IndexKey, usize> = HashMap::new();
+        for (_, fields) in expanded.iter().flatten() {
+            let mut keys: Vec<IndexKey> = fields
+                .iter()
+                .flat_map(|(path, values)| values.iter().map(|v| (path.clone(), v.clone())))
+                .collect();
+            keys.sort();
+            keys.dedup();
+            for key in keys {
+                *sharing.entry(key).or_default() += 1;
+            }
+        }
+        let rarity = |path: &String, values: &[Exact]| {
+            values
+                .iter()
+                .map(|v| sharing[&(path.clone(), v.clone())])
+                .max()
+                .unwrap_or(usize::MAX)
+        };
+        let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
+        let mut shards = vec![Shard::new()];
+        let mut in_shard = 0;
+        let mut always = Vec::new();
+        for (pattern_index, alternatives) in expanded.into_iter().enumerate() {
+            let mut automaton_alternatives = Vec::new();
+            for (alternative, fields) in alternatives {
+                let anchor = fields
+                    .iter()
+                    .min_by_key(|(path, values)| rarity(path, values))
+                    .filter(|(path, values)| rarity(path, values) <= index_limit);
+                match anchor {
+                    Some((path, values)) => {
+                        for value in values {
+                            index
+                                .entry(key_hash(path, value))
+                                .or_default()
+                                .push(pattern_index);
+                        }
+                    }
+                    None => automaton_alternatives.push(alternative),
+                }
+            }
+            if automaton_alternatives.is_empty() {
+                continue;
+            }
+            if in_shard + automaton_alternatives.len() > SHARD_PATTERNS {
                 shards.push(Shard::new());
                 in_shard = 0;
             }
             let shard = shards.last_mut().expect("at least one shard");
             let mut unconditional = false;
-            for alternative in alternatives {
+            for alternative in automaton_alternatives {
                 let json = automaton_json(&alternative);
                 if json.as_object().is_some_and(|o| o.is_empty()) {
                     unconditional = true;
@@ -100,16 +292,16 @@ impl CompiledPatterns {
                 }
                 shard
                     .automaton
-                    .add_pattern(index, &json.to_string())
+                    .add_pattern(pattern_index, &json.to_string())
                     .map_err(|e| PatternError {
                         at: "the top".to_owned(),
                         message: format!("the matcher refused it: {e}"),
                     })?;
                 in_shard += 1;
             }
-            shard.members.push(index);
+            shard.members.push(pattern_index);
             if unconditional {
-                always.push(index);
+                always.push(pattern_index);
             }
         }
         // Build each automaton now, on an empty event, rather than on the first real one; one
@@ -127,6 +319,7 @@ impl CompiledPatterns {
             }
         }
         Ok(CompiledPatterns {
+            index,
             shards,
             patterns: patterns.to_vec(),
             always,
@@ -135,10 +328,19 @@ impl CompiledPatterns {
 
     /// The indices of the patterns `event` (a JSON object) matches, ascending.
     pub fn matches(&self, event: &Value) -> Vec<usize> {
-        let bytes = serde_json::to_vec(event).expect("a JSON value serializes");
         let mut found = self.always.clone();
-        for shard in &self.shards {
-            shard.propose(&bytes, &mut found);
+        if !self.index.is_empty() {
+            visit_leaves(event, &mut String::new(), &mut |key| {
+                if let Some(indexed) = self.index.get(&key) {
+                    found.extend_from_slice(indexed);
+                }
+            });
+        }
+        if self.shards.iter().any(|shard| !shard.members.is_empty()) {
+            let bytes = serde_json::to_vec(event).expect("a JSON value serializes");
+            for shard in self.shards.iter().filter(|shard| !shard.members.is_empty()) {
+                shard.propose(&bytes, &mut found);
+            }
         }
         found.sort_unstable();
         found.dedup();
@@ -225,8 +427,9 @@ fn automaton_json(pattern: &Pattern) -> Value {
                 }
             }
             Field::Leaf(conditions)
-                if conditions.len() > 1
-                    && conditions.iter().any(|c| matches!(c, Condition::Exists(_))) => {}
+                if conditions.contains(&Condition::Exists(false))
+                    || (conditions.len() > 1
+                        && conditions.iter().any(|c| matches!(c, Condition::Exists(_)))) => {}
             Field::Leaf(conditions) => {
                 if let Some(items) = conditions.iter().map(condition_json).collect() {
                     object.insert(name.clone(), Value::Array(items));

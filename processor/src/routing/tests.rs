@@ -7,12 +7,15 @@ fn matches(pattern: Value, event: Value) -> bool {
     let text = pattern.to_string();
     let pattern = Pattern::parse(&pattern).expect("a valid pattern");
     let reference = pattern.matches(&event);
-    let compiled = CompiledPatterns::compile(std::slice::from_ref(&pattern)).unwrap();
-    assert_eq!(
-        compiled.matches(&event) == vec![0],
-        reference,
-        "the compiled matcher and the reference disagree on {event} with {text}"
-    );
+    for index_limit in [0, usize::MAX] {
+        let compiled =
+            CompiledPatterns::compile_with(std::slice::from_ref(&pattern), index_limit).unwrap();
+        assert_eq!(
+            compiled.matches(&event) == vec![0],
+            reference,
+            "the compiled matcher (index limit {index_limit}) and the reference disagree on {event} with {text}"
+        );
+    }
     reference
 }
 
@@ -380,15 +383,18 @@ proptest! {
     ) {
         let parsed: Vec<Pattern> = patterns.iter().filter_map(|p| Pattern::parse(p).ok()).collect();
         prop_assume!(!parsed.is_empty());
-        let compiled = CompiledPatterns::compile(&parsed).unwrap();
-        for event in &events {
-            let expected: Vec<usize> = parsed
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| p.matches(event))
-                .map(|(i, _)| i)
-                .collect();
-            prop_assert_eq!(compiled.matches(event), expected, "event {} patterns {:?}", event, patterns);
+        // Through the automatons alone, and with every anchorable alternative indexed.
+        for index_limit in [0, usize::MAX] {
+            let compiled = CompiledPatterns::compile_with(&parsed, index_limit).unwrap();
+            for event in &events {
+                let expected: Vec<usize> = parsed
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.matches(event))
+                    .map(|(i, _)| i)
+                    .collect();
+                prop_assert_eq!(compiled.matches(event), expected, "event {} patterns {:?} index limit {}", event, patterns, index_limit);
+            }
         }
     }
 }
