@@ -509,6 +509,14 @@ impl<S: LedgerStore> Stage for Ledger<S> {
         }) {
             return Err(self.halt(error.clone()));
         }
+        // Is it these accounts, or the store? At the start of an outage the breaker has not
+        // seen enough failures yet: a store that does not answer a probe either is down, and
+        // the batch waits rather than sending its accounts through the retry tiers.
+        if !failed.is_empty() {
+            if let Err(e) = self.breaker.guard(None, self.store.ping()).await {
+                return Err(self.halt(e));
+            }
+        }
         for (indices, error) in failed {
             for index in indices {
                 let record = &batch[index];
