@@ -1,10 +1,10 @@
 //! A rule set compiled into one matcher, so that the cost of matching an event grows with
 //! the event, not with the number of rules. Each pattern's `$or`s are expanded into
-//! alternatives; an alternative with a field of rare exact values is indexed by them (one
-//! hash lookup per event leaf finds it), the rest go into `quamina` automatons. Both only
-//! propose: each candidate is confirmed by [`Pattern::matches`], so a false positive costs a
-//! recheck and never a wrong route. What an automaton would miss is kept from it: conditions quamina
-//! does not express (`anything-but` with `prefix`, `suffix`, `wildcard` or
+//! alternatives; an alternative with a field of rare exact values (or prefixes, or suffixes)
+//! is indexed by them (hash lookups per event leaf find it), the rest go into `quamina`
+//! automatons. Both only propose: each candidate is confirmed by [`Pattern::matches`], so a
+//! false positive costs a recheck and never a wrong route. What an automaton would miss is
+//! kept from it: conditions quamina does not express (`anything-but` with `prefix`, `suffix`, `wildcard` or
 //! `equals-ignore-case`, over mixed or numeric values; IPv6 networks), `exists: false`, and
 //! `exists` beside other conditions on one field are left out of the automaton's copy of the
 //! pattern, which then proposes more. (quamina 0.7.0, as the property tests found it:
@@ -12,7 +12,7 @@
 //! match strings, `exists` mixed with values on a field misses events, two `exists: false`
 //! miss an event that has neither field, and IPv6 `cidr` misses addresses.)
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use quamina::{MatcherBuildMode, Quamina};
 use serde_json::{Map, Value};
@@ -63,12 +63,13 @@ impl Shard {
     }
 }
 
-/// An alternative goes to the exact-value index when each value it is indexed under is shared
-/// by at most this many alternatives; a commoner value would make every event that carries it
+/// An alternative goes to the index when each value it is indexed under is shared by at most
+/// this many alternatives; a commoner value would make every event that carries it
 /// a candidate for all of them.
 const INDEX_LIMIT: usize = 8;
 
-/// A scalar as an index key.
+/// What an alternative can be indexed under: an exact value, or a prefix or a suffix of a
+/// string.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Exact {
     Text(String),
@@ -76,6 +77,8 @@ enum Exact {
     Number(u64),
     Bool(bool),
     Null,
+    Prefix(String),
+    Suffix(String),
 }
 
 impl Exact {
@@ -94,7 +97,8 @@ type IndexKey = (String, Exact);
 /// A field of exact values: its path and the values.
 type ExactField = (String, Vec<Exact>);
 
-/// The fields of an `$or`-free pattern that only take exact values: path and values.
+/// The fields of an `$or`-free pattern that can be indexed: those whose conditions are all
+/// exact values, all prefixes, or all suffixes. Path and values.
 fn exact_fields(pattern: &Pattern, prefix: &str, into: &mut Vec<ExactField>) {
     for (name, field) in &pattern.fields {
         let path = if prefix.is_empty() {
@@ -105,15 +109,23 @@ fn exact_fields(pattern: &Pattern, prefix: &str, into: &mut Vec<ExactField>) {
         match field {
             Field::Object(inner) => exact_fields(inner, &path, into),
             Field::Leaf(conditions) => {
-                let values: Option<Vec<Exact>> = conditions
+                let keys: Vec<Exact> = conditions
                     .iter()
-                    .map(|c| match c {
+                    .filter_map(|c| match c {
                         Condition::Exact(scalar) => Some(Exact::of(scalar)),
+                        Condition::Prefix(p) => Some(Exact::Prefix(p.clone())),
+                        Condition::Suffix(s) => Some(Exact::Suffix(s.clone())),
                         _ => None,
                     })
                     .collect();
-                if let Some(values) = values {
-                    into.push((path, values));
+                let kind = |k: &Exact| match k {
+                    Exact::Prefix(_) => 1,
+                    Exact::Suffix(_) => 2,
+                    _ => 0,
+                };
+                let one_kind = keys.windows(2).all(|w| kind(&w[0]) == kind(&w[1]));
+                if keys.len() == conditions.len() && one_kind {
+                    into.push((path, keys));
                 }
             }
         }
@@ -129,6 +141,8 @@ fn key_hash(path: &str, value: &Exact) -> u64 {
         Exact::Number(bits) => LeafRef::Number(*bits),
         Exact::Bool(b) => LeafRef::Bool(*b),
         Exact::Null => LeafRef::Null,
+        Exact::Prefix(p) => LeafRef::Prefix(p),
+        Exact::Suffix(s) => LeafRef::Suffix(s),
     };
     leaf_hash(path, value)
 }
@@ -140,6 +154,8 @@ enum LeafRef<'a> {
     Number(u64),
     Bool(bool),
     Null,
+    Prefix(&'a str),
+    Suffix(&'a str),
 }
 
 fn leaf_hash(path: &str, value: LeafRef<'_>) -> u64 {
@@ -150,9 +166,9 @@ fn leaf_hash(path: &str, value: LeafRef<'_>) -> u64 {
     hasher.finish()
 }
 
-/// Calls `visit` with the index key of every leaf of an event: an array's elements at the
+/// Calls `visit` with every leaf of an event and its path: an array's elements at the
 /// array's path.
-fn visit_leaves(value: &Value, path: &mut String, visit: &mut impl FnMut(u64)) {
+fn visit_leaves(value: &Value, path: &mut String, visit: &mut impl FnMut(&str, LeafRef<'_>)) {
     match value {
         Value::Object(map) => {
             for (name, inner) in map {
@@ -180,15 +196,18 @@ fn visit_leaves(value: &Value, path: &mut String, visit: &mut impl FnMut(u64)) {
                 Value::Bool(b) => LeafRef::Bool(*b),
                 _ => LeafRef::Null,
             };
-            visit(leaf_hash(path, value));
+            visit(path, value);
         }
     }
 }
 
 /// Patterns compiled together; a match is the index of a pattern.
 pub struct CompiledPatterns {
-    /// Alternatives with a rare exact value, by that value's key: one lookup per event leaf.
+    /// Alternatives with a rare exact value (or prefix, or suffix), by its key: one lookup
+    /// per event leaf (and per indexed prefix or suffix length of its field).
     index: HashMap<u64, Vec<usize>>,
+    /// By field path: the lengths of the prefixes and of the suffixes indexed on it.
+    affixes: HashMap<String, (BTreeSet<usize>, BTreeSet<usize>)>,
     /// The other alternatives, in automatons.
     shards: Vec<Shard>,
     /// By index: the patterns, to confirm what the automatons propose.
@@ -253,6 +272,7 @@ impl CompiledPatterns {
                 .unwrap_or(usize::MAX)
         };
         let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
+        let mut affixes: HashMap<String, (BTreeSet<usize>, BTreeSet<usize>)> = HashMap::new();
         let mut shards = vec![Shard::new()];
         let mut in_shard = 0;
         let mut always = Vec::new();
@@ -266,6 +286,12 @@ impl CompiledPatterns {
                 match anchor {
                     Some((path, values)) => {
                         for value in values {
+                            let lengths = affixes.entry(path.clone()).or_default();
+                            match value {
+                                Exact::Prefix(p) => lengths.0.insert(p.len()),
+                                Exact::Suffix(s) => lengths.1.insert(s.len()),
+                                _ => false,
+                            };
                             index
                                 .entry(key_hash(path, value))
                                 .or_default()
@@ -320,6 +346,7 @@ impl CompiledPatterns {
         }
         Ok(CompiledPatterns {
             index,
+            affixes,
             shards,
             patterns: patterns.to_vec(),
             always,
@@ -330,10 +357,27 @@ impl CompiledPatterns {
     pub fn matches(&self, event: &Value) -> Vec<usize> {
         let mut found = self.always.clone();
         if !self.index.is_empty() {
-            visit_leaves(event, &mut String::new(), &mut |key| {
-                if let Some(indexed) = self.index.get(&key) {
+            let index = &self.index;
+            let mut look_up = |path: &str, leaf: LeafRef<'_>| {
+                if let Some(indexed) = index.get(&leaf_hash(path, leaf)) {
                     found.extend_from_slice(indexed);
                 }
+            };
+            visit_leaves(event, &mut String::new(), &mut |path, leaf| {
+                if let (LeafRef::Text(text), Some((prefixes, suffixes))) =
+                    (&leaf, self.affixes.get(path))
+                {
+                    for length in prefixes.iter().filter(|l| text.is_char_boundary(**l)) {
+                        look_up(path, LeafRef::Prefix(&text[..*length]));
+                    }
+                    for length in suffixes.iter().filter(|l| **l <= text.len()) {
+                        let start = text.len() - length;
+                        if text.is_char_boundary(start) {
+                            look_up(path, LeafRef::Suffix(&text[start..]));
+                        }
+                    }
+                }
+                look_up(path, leaf);
             });
         }
         if self.shards.iter().any(|shard| !shard.members.is_empty()) {
