@@ -4,13 +4,14 @@
 //! is indexed by them (hash lookups per event leaf find it), the rest go into `quamina`
 //! automatons. Both only propose: each candidate is confirmed by [`Pattern::matches`], so a
 //! false positive costs a recheck and never a wrong route. What an automaton would miss is
-//! kept from it: conditions quamina does not express (`anything-but` with `prefix`, `suffix`, `wildcard` or
-//! `equals-ignore-case`, over mixed or numeric values; IPv6 networks), `exists: false`, and
-//! `exists` beside other conditions on one field are left out of the automaton's copy of the
-//! pattern, which then proposes more. (quamina 0.7.0, as the property tests found it:
-//! `numeric` lets strings through, a numeric `anything-but` lets other patterns' exact numbers
-//! match strings, `exists` mixed with values on a field misses events, two `exists: false`
-//! miss an event that has neither field, and IPv6 `cidr` misses addresses.)
+//! kept from it: conditions quamina does not express (`anything-but` with `prefix`, `suffix`,
+//! `wildcard` or `equals-ignore-case`, over mixed or numeric values; IPv6 networks),
+//! `exists: false`, and `exists` beside other conditions on one field are left out of the
+//! automaton's copy of the pattern, which then proposes more. (quamina 0.7.0, as the property
+//! tests found it: `numeric` lets strings through, a numeric `anything-but` lets other
+//! patterns' exact numbers match strings, `exists` mixed with values on a field misses events,
+//! two `exists: false` miss an event that has neither field, and IPv6 `cidr` misses
+//! addresses.)
 
 use std::collections::{BTreeSet, HashMap};
 
