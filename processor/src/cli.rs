@@ -312,6 +312,7 @@ async fn run_router(config: &Config, delivery: Delivery) -> anyhow::Result<()> {
         Arc::new(Codec::builtin()),
         default_target,
         failures,
+        telemetry.metrics.routed.clone(),
     ));
     if let Some(path) = router_config.rules_file.clone() {
         tokio::spawn(reload_rules(

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub circuit_state: IntGaugeVec,
     /// Circuit breaker transitions, by the state entered.
     pub circuit_transitions: IntCounterVec,
+    /// Records the router sent, by rule (`default` for events that matched none).
+    pub routed: IntCounterVec,
     /// Reloads of the routing rules, by outcome: `applied`, or `refused` (the file did not
     /// load; the rules in force stay).
     pub rules_reloads: IntCounterVec,
@@ -84,6 +86,14 @@ impl Metrics {
             &["stage", "dependency", "to"],
         )
         .expect("a valid metric");
+        let routed = IntCounterVec::new(
+            Opts::new(
+                "routed_total",
+                "Records the router sent in committed batches, by rule (default: no rule matched)",
+            ),
+            &["rule"],
+        )
+        .expect("a valid metric");
         let rules_reloads = IntCounterVec::new(
             Opts::new(
                 "rules_reloads_total",
@@ -99,6 +109,7 @@ impl Metrics {
             Box::new(batch_seconds.clone()),
             Box::new(circuit_state.clone()),
             Box::new(circuit_transitions.clone()),
+            Box::new(routed.clone()),
             Box::new(rules_reloads.clone()),
         ] {
             registry.register(metric).expect("metric names are unique");
@@ -111,6 +122,7 @@ impl Metrics {
             batch_seconds,
             circuit_state,
             circuit_transitions,
+            routed,
             rules_reloads,
         }
     }

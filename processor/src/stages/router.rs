@@ -3,7 +3,10 @@
 //! that matches no rule goes to the default target (`txflow.ledger`), poison to
 //! `txflow.events.dlq`. The rules can be replaced while it runs.
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use prometheus::IntCounterVec;
 
 use crate::codec::{Codec, Record};
 use crate::domain::{Poison, TransactionEvent};
@@ -35,12 +38,19 @@ impl Tally for RouterCounts {
     }
 }
 
+/// The label of records sent to the default target in `txflow_routed_total`.
+pub const DEFAULT_ROUTE: &str = "default";
+
 /// The router stage.
 pub struct Router {
     rules: RwLock<Arc<Rules>>,
     codec: Arc<Codec>,
     default_target: String,
     failures: FailureRoutes,
+    /// `txflow_routed_total`, by rule.
+    routed: IntCounterVec,
+    /// Records per rule of the batch in flight, counted once it commits.
+    staged: Mutex<HashMap<String, u64>>,
 }
 
 impl Router {
@@ -49,12 +59,15 @@ impl Router {
         codec: Arc<Codec>,
         default_target: String,
         failures: FailureRoutes,
+        routed: IntCounterVec,
     ) -> Self {
         Router {
             rules: RwLock::new(Arc::new(rules)),
             codec,
             default_target,
             failures,
+            routed,
+            staged: Mutex::new(HashMap::new()),
         }
     }
 
@@ -90,6 +103,7 @@ impl Stage for Router {
         let rules = self.rules.read().expect("the rules lock").clone();
         let mut rng = rand::rng();
         let mut counts = RouterCounts::default();
+        let mut by_rule: HashMap<String, u64> = HashMap::new();
         let mut outputs = Vec::with_capacity(batch.len());
         for record in batch {
             let event = match self.decode(record) {
@@ -110,6 +124,7 @@ impl Stage for Router {
             let deliveries = rules.route(&event);
             if deliveries.is_empty() {
                 counts.unmatched += 1;
+                *by_rule.entry(DEFAULT_ROUTE.to_owned()).or_default() += 1;
                 outputs.push(OutputRecord {
                     topic: self.default_target.clone(),
                     key: record.key.clone(),
@@ -120,6 +135,7 @@ impl Stage for Router {
             }
             for delivery in deliveries {
                 counts.routed += 1;
+                *by_rule.entry(delivery.rule.to_owned()).or_default() += 1;
                 let mut headers = record.headers.clone();
                 headers.push((RULE_HEADER.to_owned(), delivery.rule.as_bytes().to_vec()));
                 let value = match delivery.transformed {
@@ -137,6 +153,14 @@ impl Stage for Router {
                 });
             }
         }
+        *self.staged.lock().expect("the routed counts lock") = by_rule;
         Ok(BatchOutput { outputs, counts })
+    }
+
+    fn committed(&self) {
+        let by_rule = std::mem::take(&mut *self.staged.lock().expect("the routed counts lock"));
+        for (rule, count) in by_rule {
+            self.routed.with_label_values(&[&rule]).inc_by(count);
+        }
     }
 }

@@ -245,5 +245,12 @@ fn a_bad_rules_file_keeps_the_rules_in_force_and_a_good_one_replaces_them() {
     let after = events_of(&by_new_rule);
     assert_eq!(after.len(), 50);
     assert!(after.iter().all(|e| e.event_id.starts_with("after")));
+    // Counted by rule once committed, which is a moment after the records are readable.
+    let counted = || router.metric("txflow_routed_total{rule=\"all\"}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counted() < 50 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(counted(), 50, "txflow_routed_total by rule");
     std::fs::remove_file(path).ok();
 }
