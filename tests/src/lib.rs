@@ -118,6 +118,28 @@ pub fn produce_committed(topic: &str, records: &[(Option<&[u8]>, &[u8])]) {
     producer.commit_transaction(TIMEOUT).expect("commit");
 }
 
+/// Polls `check` every `every` until it gives a value; fails the test after `limit`, with
+/// `explain()` (what is missing, logs) in the message.
+pub fn eventually<T>(
+    limit: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> Option<T>,
+    explain: impl Fn() -> String,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not within {limit:?}: {}",
+            explain()
+        );
+        std::thread::sleep(every);
+    }
+}
+
 /// A record as a test reads it back.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ReadRecord {

@@ -2,14 +2,14 @@
 //! applied exactly once; an account whose store calls keep failing ends in the dead letters
 //! with everything an operator needs, and `txflow dlq redrive` applies it exactly once.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use txflow::pipeline::failures::{
     ATTEMPTS, ERROR_KIND, GROUP, ORIGINAL_OFFSET, ORIGINAL_TOPIC, STAGE,
 };
 use txflow_tests::invariants::{observe, verify, wait_until_drained, Observed};
 use txflow_tests::process::{Pipeline, StageProcess};
-use txflow_tests::read_topic;
+use txflow_tests::{eventually, read_topic};
 
 fn tier_counts(pipeline: &Pipeline) -> Vec<usize> {
     (1..=3)
@@ -146,15 +146,17 @@ fn exhausted_retries_are_dead_lettered_then_redriven_exactly_once() {
     // A second redrive of the same dead letters is a set of re-sends: nothing changes.
     let consumed = ledger.metric("txflow_records_total");
     pipeline.txflow(&["dlq", "redrive", "--where", "kind=store_unavailable"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ledger.metric("txflow_records_total") < consumed + given_up as u64 {
-        assert!(
-            Instant::now() < deadline,
-            "the second redrive was not consumed:\n{}",
-            ledger.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || (ledger.metric("txflow_records_total") >= consumed + given_up as u64).then_some(()),
+        || {
+            format!(
+                "the second redrive was not consumed:\n{}",
+                ledger.log_text()
+            )
+        },
+    );
     let again = observe(&pipeline);
     assert_eq!(again.results.len(), redriven.results.len(), "no new result");
     assert_eq!(
@@ -168,20 +170,21 @@ fn exhausted_retries_are_dead_lettered_then_redriven_exactly_once() {
 
 /// Waits until every entry given up on has its result again.
 fn wait_until_resolved(pipeline: &Pipeline, ledger: &StageProcess) -> Observed {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let observed = observe(pipeline);
-        if observed.unresolved().is_empty() && observed.missing().is_empty() {
-            return observed;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "redriven events were not applied: {:?}\n{}",
-            observed.unresolved(),
-            ledger.log_text()
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    eventually(
+        Duration::from_secs(120),
+        Duration::from_secs(1),
+        || {
+            let observed = observe(pipeline);
+            (observed.unresolved().is_empty() && observed.missing().is_empty()).then_some(observed)
+        },
+        || {
+            format!(
+                "redriven events were not applied: {:?}\n{}",
+                observe(pipeline).unresolved(),
+                ledger.log_text()
+            )
+        },
+    )
 }
 
 #[test]

@@ -4,14 +4,14 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use txflow::codec::{Codec, Record};
 use txflow::domain::{EventType, TransactionEvent};
 use txflow::stages::router::RULE_HEADER;
 use txflow_tests::process::{Pipeline, StageProcess};
-use txflow_tests::{read_topic, ReadRecord};
+use txflow_tests::{eventually, read_topic, ReadRecord};
 
 fn rules_file(pipeline: &Pipeline, name: &str, text: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!("{}-{name}.yaml", pipeline.keyspace));
@@ -57,20 +57,18 @@ fn events_of(records: &[ReadRecord]) -> Vec<TransactionEvent> {
 
 /// Waits until `topic` holds at least `count` committed records.
 fn wait_for(topic: &str, count: usize, stage: &StageProcess) -> Vec<ReadRecord> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let records = read_topic(topic, "read_committed");
-        if records.len() >= count {
-            return records;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{topic} holds {} of {count} records:\n{}",
-            records.len(),
-            stage.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    eventually(
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+        || Some(read_topic(topic, "read_committed")).filter(|records| records.len() >= count),
+        || {
+            let held = read_topic(topic, "read_committed").len();
+            format!(
+                "{topic} holds {held} of {count} records:\n{}",
+                stage.log_text()
+            )
+        },
+    )
 }
 
 #[test]
@@ -182,27 +180,21 @@ fn a_bad_rules_file_keeps_the_rules_in_force_and_a_good_one_replaces_them() {
         ))
     };
     let wait_reload = |outcome: &str| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while reloads(outcome) == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "no {outcome} reload:\n{}",
-                router.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        eventually(
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            || (reloads(outcome) > 0).then_some(()),
+            || format!("no {outcome} reload:\n{}", router.log_text()),
+        )
     };
 
     // Running, with the first rules loaded and the file's state noted.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while router.log_lines_with("router running") == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "not running:\n{}",
-            router.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || (router.log_lines_with("router running") > 0).then_some(()),
+        || format!("not running:\n{}", router.log_text()),
+    );
     std::thread::sleep(Duration::from_millis(500));
     std::fs::write(&path, "rules: [{name: broken, pattern: {x: [{prefx: 1}]}}]").unwrap();
     wait_reload("refused");
@@ -225,32 +217,30 @@ fn a_bad_rules_file_keeps_the_rules_in_force_and_a_good_one_replaces_them() {
     .unwrap();
     wait_reload("applied");
     produce("50", "after");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let by_new_rule = loop {
-        // The old rule sent its transformed big deposits there too.
-        let records: Vec<ReadRecord> = read_topic(&pipeline.notifications_topic, "read_committed")
+    // The old rule sent its transformed big deposits there too.
+    let by_rule_all = || -> Vec<ReadRecord> {
+        read_topic(&pipeline.notifications_topic, "read_committed")
             .into_iter()
             .filter(|r| r.header(RULE_HEADER).as_deref() == Some("all"))
-            .collect();
-        if records.len() >= 50 {
-            break records;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of 50 routed by the new rule",
-            records.len()
-        );
-        std::thread::sleep(Duration::from_millis(300));
+            .collect()
     };
+    let by_new_rule = eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(300),
+        || Some(by_rule_all()).filter(|records| records.len() >= 50),
+        || format!("{} of 50 routed by the new rule", by_rule_all().len()),
+    );
     let after = events_of(&by_new_rule);
     assert_eq!(after.len(), 50);
     assert!(after.iter().all(|e| e.event_id.starts_with("after")));
     // Counted by rule once committed, which is a moment after the records are readable.
     let counted = || router.metric("txflow_routed_total{rule=\"all\"}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while counted() < 50 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || (counted() >= 50).then_some(()),
+        || format!("txflow_routed_total by rule: {}", counted()),
+    );
     assert_eq!(counted(), 50, "txflow_routed_total by rule");
     std::fs::remove_file(path).ok();
 }
