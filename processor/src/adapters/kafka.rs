@@ -274,8 +274,11 @@ impl KafkaLog {
     /// A record of a partition paused meanwhile: fetched before the pause, it comes again on
     /// resume from the offset the pause wound back to.
     fn is_waiting(&self, record: &InputRecord) -> bool {
-        self.waiting
-            .contains_key(&(record.topic.clone(), record.partition))
+        // Asked of every record: no key is built while nothing waits.
+        !self.waiting.is_empty()
+            && self
+                .waiting
+                .contains_key(&(record.topic.clone(), record.partition))
     }
 
     /// Resumes the waiting partitions that are due; returns how long until the next one is.

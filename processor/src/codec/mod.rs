@@ -18,7 +18,7 @@ use serde::Serialize;
 
 pub use catalog::{Catalog, CatalogError};
 
-use crate::domain::{FailureKind, Poison};
+use crate::domain::{FailureKind, Poison, TransactionEvent};
 
 /// The first byte of every Confluent wire-format record.
 pub const MAGIC: u8 = 0;
@@ -168,6 +168,18 @@ impl Codec {
                 message: e.to_string(),
             })?;
         Ok(bytes)
+    }
+
+    /// The valid transaction event in a record's value, or why the record is poison (no
+    /// value, not a TransactionEvent record, a field rule broken).
+    pub fn valid_event(&self, value: Option<&[u8]>) -> Result<TransactionEvent, Poison> {
+        let value = value
+            .ok_or_else(|| Poison::new(FailureKind::Undecodable, "the record has no value"))?;
+        let event: TransactionEvent = self
+            .decode(Record::TransactionEvent, value)
+            .map_err(|e| e.poison())?;
+        event.validate()?;
+        Ok(event)
     }
 
     /// A wire-format record of `record`, read into its current schema.

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use prometheus::IntCounterVec;
 
-use crate::codec::{Codec, Record};
-use crate::domain::{Poison, TransactionEvent};
+use crate::codec::Codec;
+use crate::domain::Poison;
 use crate::pipeline::failures::FailureRoutes;
 use crate::pipeline::{BatchOutput, Stage, StageError, Tally};
 use crate::ports::{InputRecord, OutputRecord};
@@ -76,18 +76,9 @@ impl Router {
         *self.rules.write().expect("the rules lock") = Arc::new(rules);
     }
 
+    /// The event as the rules see it: its JSON form.
     fn decode(&self, record: &InputRecord) -> Result<serde_json::Value, Poison> {
-        let value = record.value.as_deref().ok_or_else(|| {
-            Poison::new(
-                crate::domain::FailureKind::Undecodable,
-                "the record has no value",
-            )
-        })?;
-        let event: TransactionEvent = self
-            .codec
-            .decode(Record::TransactionEvent, value)
-            .map_err(|e| e.poison())?;
-        event.validate()?;
+        let event = self.codec.valid_event(record.value.as_deref())?;
         Ok(serde_json::to_value(&event).expect("an event serializes"))
     }
 }

@@ -24,9 +24,7 @@ use rand::SeedableRng;
 
 use crate::codec::{Codec, Record};
 use crate::domain::ledger::settle;
-use crate::domain::{
-    Account, Emission, Facts, FailureKind, LedgerEntry, Leg, Origin, Poison, TransactionEvent,
-};
+use crate::domain::{Account, Emission, Facts, FailureKind, LedgerEntry, Leg, Origin, Poison};
 use crate::pipeline::breaker::{Breaker, CircuitState};
 use crate::pipeline::failures::{redriven_from, FailureRoutes, Retry};
 use crate::pipeline::{BatchOutput, Stage, StageError, Tally};
@@ -100,7 +98,7 @@ pub struct LedgerCounts {
     pub duplicates: usize,
     /// Records sent to a retry tier after a transient failure.
     pub retries: usize,
-    /// Records sent to the first tier behind an earlier record of their account.
+    /// Records sent to wait behind an earlier record of their account on the retry tiers.
     pub parked: usize,
 }
 
@@ -175,15 +173,7 @@ impl<S: LedgerStore> Ledger<S> {
 
     /// A record of the ledger topic (or of its retry tiers) as an entry, or why it is poison.
     fn decode(&self, record: &InputRecord) -> Result<LedgerEntry, Poison> {
-        let value = record
-            .value
-            .as_deref()
-            .ok_or_else(|| Poison::new(FailureKind::Undecodable, "the record has no value"))?;
-        let event: TransactionEvent = self
-            .codec
-            .decode(Record::TransactionEvent, value)
-            .map_err(|e| e.poison())?;
-        event.validate()?;
+        let event = self.codec.valid_event(record.value.as_deref())?;
         let leg = match record.header(LEG_HEADER) {
             None => Leg::Primary,
             Some(TRANSFER_CREDIT) if event.counterparty_account_id.is_some() => Leg::TransferCredit,
@@ -419,43 +409,47 @@ impl<S: LedgerStore> Stage for Ledger<S> {
         }
         let no_retries = BTreeSet::new();
         let mut pending = Vec::with_capacity(batch.len());
-        for (index, record) in batch.iter().enumerate() {
-            let parking = parking_of(record);
-            let original_offset = self.failures.original_offset(record);
-            let blocked = self.parked.lock().expect("the parking lock").blocked(
-                &parking,
-                original_offset,
-                in_batch.get(&parking).unwrap_or(&no_retries),
-            );
-            if let Some(latest) = blocked {
-                // It waits as long as the latest of its account; a later retry record of the
-                // account may push that further.
-                let behind = match self.failures.retry_of(record) {
-                    Some(own) if own.due > latest.due => own,
-                    _ => latest,
-                };
-                counts.parked += 1;
-                outputs.push(self.failures.parked(record, behind));
-                changes.parked.push((parking, original_offset, behind));
-                continue;
-            }
-            match self.decode(record) {
-                Ok(entry) => pending.push(Pending {
-                    index,
-                    entry,
-                    parking,
+        // The parked accounts, locked once for the batch (no await while held).
+        {
+            let parked = self.parked.lock().expect("the parking lock");
+            for (index, record) in batch.iter().enumerate() {
+                let parking = parking_of(record);
+                let original_offset = self.failures.original_offset(record);
+                let blocked = parked.blocked(
+                    &parking,
                     original_offset,
-                }),
-                Err(poison) => {
-                    counts.dead_letters += 1;
-                    let routed = self.failures.failed(
-                        record,
-                        poison.kind,
-                        &poison.message,
-                        now_ms,
-                        &mut rng,
-                    );
-                    outputs.push(routed.record);
+                    in_batch.get(&parking).unwrap_or(&no_retries),
+                );
+                if let Some(latest) = blocked {
+                    // It waits as long as the latest of its account; a later retry record of the
+                    // account may push that further.
+                    let behind = match self.failures.retry_of(record) {
+                        Some(own) if own.due > latest.due => own,
+                        _ => latest,
+                    };
+                    counts.parked += 1;
+                    outputs.push(self.failures.parked(record, behind));
+                    changes.parked.push((parking, original_offset, behind));
+                    continue;
+                }
+                match self.decode(record) {
+                    Ok(entry) => pending.push(Pending {
+                        index,
+                        entry,
+                        parking,
+                        original_offset,
+                    }),
+                    Err(poison) => {
+                        counts.dead_letters += 1;
+                        let routed = self.failures.failed(
+                            record,
+                            poison.kind,
+                            &poison.message,
+                            now_ms,
+                            &mut rng,
+                        );
+                        outputs.push(routed.record);
+                    }
                 }
             }
         }
@@ -660,7 +654,7 @@ mod tests {
     use std::collections::BTreeMap as Map;
 
     use super::*;
-    use crate::domain::EventType;
+    use crate::domain::{EventType, TransactionEvent};
 
     fn entry(account: &str, event_type: EventType, to: Option<&str>) -> (usize, LedgerEntry) {
         let event = TransactionEvent {
