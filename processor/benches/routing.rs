@@ -1,6 +1,7 @@
 //! Events matched per second against rule sets of 10, 100 and 1,000 rules of mixed
-//! operators. `cargo bench -p txflow --bench routing`; the numbers are recorded in
-//! docs/PERFORMANCE.md.
+//! operators (`match`), and of rules the matcher cannot index, which quamina automatons
+//! propose alone (`unindexed`). `cargo bench -p txflow --bench routing`; the numbers are
+//! recorded in docs/PERFORMANCE.md.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rand::rngs::StdRng;
@@ -35,6 +36,19 @@ fn rule(i: usize) -> Pattern {
     Pattern::parse(&pattern).expect("a valid pattern")
 }
 
+/// Rule `i` of a set that has nothing to index: a network, or an exclusion beside `exists`.
+fn unindexed_rule(i: usize) -> Pattern {
+    let pattern = match i % 2 {
+        0 => json!({"attributes": {"ip": [{"cidr": format!("10.{}.{}.0/24", i / 256, i % 256)}]}}),
+        _ => json!({
+            "source": [{"anything-but": {"prefix": format!("svc-{i}")}}],
+            "attributes": {"campaign": [{"exists": true}]},
+            "currency": [{"anything-but": ["EUR", "GBP"]}]
+        }),
+    };
+    Pattern::parse(&pattern).expect("a valid pattern")
+}
+
 fn events(count: usize) -> Vec<Value> {
     let mut rng = StdRng::seed_from_u64(7);
     (0..count)
@@ -59,11 +73,29 @@ fn events(count: usize) -> Vec<Value> {
 }
 
 fn matching(c: &mut Criterion) {
-    let events = events(1000);
-    let mut group = c.benchmark_group("match");
+    let mut events = events(1000);
+    let mut rng = StdRng::seed_from_u64(11);
+    for event in &mut events {
+        event["attributes"]["ip"] = json!(format!(
+            "10.{}.{}.{}",
+            rng.random_range(0..4),
+            rng.random_range(0..256),
+            rng.random_range(1..255)
+        ));
+    }
+    for (name, shape) in [
+        ("match", rule as fn(usize) -> Pattern),
+        ("unindexed", unindexed_rule),
+    ] {
+        bench_rule_sets(c, name, shape, &events);
+    }
+}
+
+fn bench_rule_sets(c: &mut Criterion, name: &str, shape: fn(usize) -> Pattern, events: &[Value]) {
+    let mut group = c.benchmark_group(name);
     group.throughput(Throughput::Elements(events.len() as u64));
     for rules in [10, 100, 1000] {
-        let patterns: Vec<Pattern> = (0..rules).map(rule).collect();
+        let patterns: Vec<Pattern> = (0..rules).map(shape).collect();
         let compiled = CompiledPatterns::compile(&patterns).expect("compiles");
         group.bench_with_input(
             BenchmarkId::from_parameter(rules),
@@ -71,7 +103,7 @@ fn matching(c: &mut Criterion) {
             |b, compiled| {
                 b.iter(|| {
                     let mut matched = 0;
-                    for event in &events {
+                    for event in events {
                         matched += compiled.matches(event).len();
                     }
                     matched

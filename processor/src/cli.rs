@@ -12,6 +12,7 @@ use futures::TryStreamExt;
 use rdkafka::producer::{BaseRecord, Producer};
 use tokio::sync::watch;
 
+use txflow::adapters::http::HttpWebhooks;
 use txflow::adapters::kafka::{self, Delivery, GroupMember, KafkaLog, TopicReport};
 use txflow::adapters::scylla::{self, ScyllaLedgerStore};
 use txflow::codec::{Codec, Record};
@@ -25,6 +26,7 @@ use txflow::pipeline::{self, LoopConfig, StageTelemetry};
 use txflow::ports::LedgerStore;
 use txflow::routing::Rules;
 use txflow::stages::ledger::{Ledger, LedgerSettings, LedgerTopics};
+use txflow::stages::notifier::{DeliveryMetrics, Endpoint, Notifier, NotifierSettings};
 use txflow::stages::router::Router;
 use txflow::telemetry::{serve_admin, Admin, Metrics, Readiness};
 
@@ -83,6 +85,8 @@ enum StageName {
     Ledger,
     /// txflow.events → the targets of the routing rules each event matches.
     Router,
+    /// txflow.notifications → signed webhooks to the endpoints of [notifier.endpoints].
+    Notifier,
 }
 
 #[derive(Debug, Args)]
@@ -189,6 +193,10 @@ impl Cli {
                 stage: StageName::Router,
                 delivery,
             }) => run_router(&config, delivery.into()).await,
+            Command::Run(RunArgs {
+                stage: StageName::Notifier,
+                delivery,
+            }) => run_notifier(&config, delivery.into()).await,
             Command::Accounts(command) => accounts(&config, command).await,
             Command::Produce(args) => produce(&config, args).await,
             Command::Dlq(command) => crate::dlq_commands::dlq(&config, command).await,
@@ -279,6 +287,67 @@ async fn stage_telemetry(config: &Config, stage: &'static str) -> anyhow::Result
     Ok(telemetry)
 }
 
+/// A stage's place in its consumer group.
+struct Membership<'a> {
+    stage: &'static str,
+    group_id: &'a str,
+    instance_id: String,
+    session_timeout_ms: u64,
+}
+
+/// A stage's log (a member of its group on `input` and its retry tiers, one per delay) and
+/// where its failed records go.
+fn stage_log(
+    config: &Config,
+    membership: Membership<'_>,
+    input: &str,
+    retry_delays_ms: &[u64],
+    delivery: Delivery,
+) -> anyhow::Result<(KafkaLog, FailureRoutes)> {
+    let transactional_id = format!("{}-{}", membership.group_id, membership.instance_id);
+    let member = GroupMember {
+        group_id: membership.group_id,
+        transactional_id: &transactional_id,
+        session_timeout_ms: membership.session_timeout_ms,
+    };
+    let failures = FailureRoutes {
+        input: input.to_owned(),
+        stage: membership.stage,
+        group: membership.group_id.to_owned(),
+        policy: RetryPolicy::from_millis(retry_delays_ms),
+    };
+    let log = KafkaLog::new(
+        &config.kafka,
+        &member,
+        &[input],
+        &failures.tier_topics(),
+        delivery,
+    )?;
+    tracing::info!(stage = membership.stage, %input, group = membership.group_id, %transactional_id, ?delivery, "joining the group");
+    Ok((log, failures))
+}
+
+/// A circuit breaker reporting in `telemetry`'s metrics.
+fn breaker(
+    telemetry: &StageTelemetry,
+    dependency: String,
+    failure_threshold: u32,
+    open_ms: u64,
+) -> Breaker {
+    Breaker::new(
+        dependency,
+        BreakerConfig {
+            failure_threshold,
+            open_for: Duration::from_millis(open_ms),
+        },
+        Some(BreakerMetrics {
+            stage: telemetry.stage,
+            state: telemetry.metrics.circuit_state.clone(),
+            transitions: telemetry.metrics.circuit_transitions.clone(),
+        }),
+    )
+}
+
 async fn run_router(config: &Config, delivery: Delivery) -> anyhow::Result<()> {
     let router_config = &config.router;
     let rules = match &router_config.rules_file {
@@ -292,21 +361,19 @@ async fn run_router(config: &Config, delivery: Delivery) -> anyhow::Result<()> {
         .default_target
         .clone()
         .unwrap_or_else(|| config.topics.ledger.clone());
-    let instance = router_config.instance_id();
-    let transactional_id = format!("{}-{instance}", router_config.group_id);
-    let member = GroupMember {
-        group_id: &router_config.group_id,
-        transactional_id: &transactional_id,
-        session_timeout_ms: router_config.session_timeout_ms,
-    };
-    let log = KafkaLog::new(&config.kafka, &member, &[&input], &[], delivery)?;
-    let failures = FailureRoutes {
-        input: input.clone(),
-        stage: "router",
-        group: router_config.group_id.clone(),
-        policy: RetryPolicy { tiers: Vec::new() },
-    };
-    tracing::info!(rules = rules.rules().len(), %input, %default_target, group = %router_config.group_id, %transactional_id, "router running");
+    let (log, failures) = stage_log(
+        config,
+        Membership {
+            stage: "router",
+            group_id: &router_config.group_id,
+            instance_id: router_config.instance_id(),
+            session_timeout_ms: router_config.session_timeout_ms,
+        },
+        &input,
+        &[],
+        delivery,
+    )?;
+    tracing::info!(rules = rules.rules().len(), %default_target, "router running");
     let router = Arc::new(Router::new(
         rules,
         Arc::new(Codec::builtin()),
@@ -330,6 +397,71 @@ async fn run_router(config: &Config, delivery: Delivery) -> anyhow::Result<()> {
     };
     pipeline::run(log, router.as_ref(), &loop_config, &telemetry, shutdown).await?;
     tracing::info!("router stopped");
+    Ok(())
+}
+
+async fn run_notifier(config: &Config, delivery: Delivery) -> anyhow::Result<()> {
+    let notifier_config = &config.notifier;
+    if notifier_config.endpoints.is_empty() {
+        tracing::warn!(
+            "no [notifier.endpoints]: every notification will be dead-lettered as no_endpoint"
+        );
+    }
+    let shutdown = shutdown_signal()?;
+    let telemetry = stage_telemetry(config, "notifier").await?;
+    let input = config.topics.notifications.clone();
+    let (log, failures) = stage_log(
+        config,
+        Membership {
+            stage: "notifier",
+            group_id: &notifier_config.group_id,
+            instance_id: notifier_config.instance_id(),
+            session_timeout_ms: notifier_config.session_timeout_ms,
+        },
+        &input,
+        &notifier_config.retry_delays_ms,
+        delivery,
+    )?;
+    let mut endpoints = Vec::with_capacity(notifier_config.endpoints.len());
+    for (name, endpoint) in &notifier_config.endpoints {
+        endpoints.push(Endpoint {
+            name: name.clone(),
+            url: endpoint.url.clone(),
+            secrets: endpoint.secrets(name)?,
+            pace: NonZeroU32::new(endpoint.max_per_second).map(pacing),
+            breaker: breaker(
+                &telemetry,
+                format!("webhook:{name}"),
+                notifier_config.breaker_failure_threshold,
+                notifier_config.breaker_open_ms,
+            ),
+        });
+    }
+    let timeout = Duration::from_millis(notifier_config.timeout_ms);
+    let notifier = Notifier::new(
+        HttpWebhooks::new(timeout).context("building the HTTP client")?,
+        endpoints,
+        Arc::new(Codec::builtin()),
+        failures,
+        NotifierSettings {
+            timeout,
+            max_in_flight: notifier_config.max_in_flight,
+        },
+        Some(DeliveryMetrics {
+            deliveries: telemetry.metrics.webhook_deliveries.clone(),
+            seconds: telemetry.metrics.webhook_seconds.clone(),
+        }),
+    );
+    let loop_config = LoopConfig {
+        max_records: notifier_config.batch_max_records,
+        max_wait: Duration::from_millis(notifier_config.batch_max_wait_ms),
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_secs(10),
+    };
+    let names: Vec<&String> = notifier_config.endpoints.keys().collect();
+    tracing::info!(endpoints = ?names, "notifier running");
+    pipeline::run(log, &notifier, &loop_config, &telemetry, shutdown).await?;
+    tracing::info!("notifier stopped");
     Ok(())
 }
 
@@ -377,44 +509,24 @@ async fn run_ledger_on<S: LedgerStore>(
     let shutdown = shutdown_signal()?;
     let telemetry = stage_telemetry(config, "ledger").await?;
     let ledger_config = &config.ledger;
-    let instance = ledger_config.instance_id();
-    let transactional_id = format!("{}-{instance}", ledger_config.group_id);
     let input = config.topics.ledger.clone();
-    let member = GroupMember {
-        group_id: &ledger_config.group_id,
-        transactional_id: &transactional_id,
-        session_timeout_ms: ledger_config.session_timeout_ms,
-    };
-    let failures = FailureRoutes {
-        input: input.clone(),
-        stage: "ledger",
-        group: ledger_config.group_id.clone(),
-        policy: RetryPolicy {
-            tiers: ledger_config
-                .retry_delays_ms
-                .iter()
-                .map(|ms| Duration::from_millis(*ms))
-                .collect(),
+    let (log, failures) = stage_log(
+        config,
+        Membership {
+            stage: "ledger",
+            group_id: &ledger_config.group_id,
+            instance_id: ledger_config.instance_id(),
+            session_timeout_ms: ledger_config.session_timeout_ms,
         },
-    };
-    let log = KafkaLog::new(
-        &config.kafka,
-        &member,
-        &[&input],
-        &failures.tier_topics(),
+        &input,
+        &ledger_config.retry_delays_ms,
         delivery,
     )?;
-    let breaker = Arc::new(Breaker::new(
-        "store",
-        BreakerConfig {
-            failure_threshold: ledger_config.breaker_failure_threshold,
-            open_for: Duration::from_millis(ledger_config.breaker_open_ms),
-        },
-        Some(BreakerMetrics {
-            stage: "ledger",
-            state: telemetry.metrics.circuit_state.clone(),
-            transitions: telemetry.metrics.circuit_transitions.clone(),
-        }),
+    let breaker = Arc::new(breaker(
+        &telemetry,
+        "store".to_owned(),
+        ledger_config.breaker_failure_threshold,
+        ledger_config.breaker_open_ms,
     ));
     let write_limit = NonZeroU32::new(ledger_config.max_store_writes_per_second).map(pacing);
     let ledger = Ledger::new(
@@ -439,7 +551,7 @@ async fn run_ledger_on<S: LedgerStore>(
         backoff_initial: Duration::from_millis(ledger_config.backoff_initial_ms),
         backoff_max: Duration::from_millis(ledger_config.backoff_max_ms),
     };
-    tracing::info!(%input, group = %ledger_config.group_id, %transactional_id, ?delivery, "ledger running");
+    tracing::info!("ledger running");
     pipeline::run(log, &ledger, &loop_config, &telemetry, shutdown).await?;
     tracing::info!("ledger stopped");
     Ok(())
@@ -467,6 +579,7 @@ fn test_rules(config: &Config, rules: &Path, event: &Path) -> anyhow::Result<()>
         print_line(&serde_json::json!({
             "rule": delivery.rule,
             "topic": delivery.target.topic,
+            "webhook": delivery.target.webhook,
             "payload": delivery.transformed.unwrap_or_else(|| event.clone()),
         }))?;
     }

@@ -38,6 +38,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub ledger: LedgerConfig,
     pub router: RouterConfig,
+    pub notifier: NotifierConfig,
     /// Faults to inject, for tests: only in builds with the `fault-injection` feature; any
     /// other build refuses a `[faults]` section as an unknown key.
     #[cfg(feature = "fault-injection")]
@@ -126,8 +127,8 @@ impl Default for TopicsConfig {
 }
 
 impl Config {
-    /// Every topic txflow uses, in creation order: the stages' topics, the ledger's retry
-    /// tiers, and the dead letters of every input.
+    /// Every topic txflow uses, in creation order: the stages' topics, the ledger's and the
+    /// notifier's retry tiers, and the dead letters of every input.
     pub fn all_topics(&self) -> Vec<String> {
         let topics = &self.topics;
         let mut all = vec![
@@ -137,6 +138,10 @@ impl Config {
             topics.results.clone(),
         ];
         all.extend((1..=self.ledger.retry_delays_ms.len()).map(|n| retry_topic(&topics.ledger, n)));
+        all.extend(
+            (1..=self.notifier.retry_delays_ms.len())
+                .map(|n| retry_topic(&topics.notifications, n)),
+        );
         all.extend(
             [&topics.events, &topics.ledger, &topics.notifications]
                 .into_iter()
@@ -338,6 +343,121 @@ impl RouterConfig {
     }
 }
 
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifierConfig {
+    pub group_id: String,
+    /// This process's stable name, as for the ledger: its transactional id is
+    /// `<group_id>-<instance_id>`. Defaults to the host name.
+    pub instance_id: Option<String>,
+    /// Deliveries of a batch are made before it commits: keep a batch's worth of deliveries
+    /// at the slowest endpoint's rate well inside `kafka.transaction_timeout_ms`.
+    pub batch_max_records: usize,
+    pub batch_max_wait_ms: u64,
+    pub session_timeout_ms: u64,
+    /// The retry tiers `<notifications>.retry.<n>`, as for the ledger.
+    pub retry_delays_ms: Vec<u64>,
+    /// How long an endpoint has to answer a delivery, connection included.
+    pub timeout_ms: u64,
+    /// Deliveries in flight at once to one endpoint.
+    pub max_in_flight: usize,
+    /// Failed deliveries in a row that open an endpoint's circuit breaker.
+    pub breaker_failure_threshold: u32,
+    /// How long an open breaker refuses deliveries (they go to the retry tiers unsent)
+    /// before it lets one through as a probe.
+    pub breaker_open_ms: u64,
+    /// The webhook endpoints, by the name rule targets give in `webhook`.
+    pub endpoints: BTreeMap<String, EndpointConfig>,
+}
+
+impl Default for NotifierConfig {
+    fn default() -> Self {
+        NotifierConfig {
+            group_id: "txflow-notifier".to_owned(),
+            instance_id: None,
+            batch_max_records: 100,
+            batch_max_wait_ms: 50,
+            session_timeout_ms: 10_000,
+            retry_delays_ms: vec![1_000, 10_000, 60_000],
+            timeout_ms: 5_000,
+            max_in_flight: 8,
+            breaker_failure_threshold: 5,
+            breaker_open_ms: 5_000,
+            endpoints: BTreeMap::new(),
+        }
+    }
+}
+
+impl NotifierConfig {
+    pub fn instance_id(&self) -> String {
+        instance_id_or_host(&self.instance_id, "notifier")
+    }
+}
+
+/// A webhook endpoint.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// Where deliveries are POSTed (`http://` or `https://`).
+    pub url: String,
+    /// The signing secret. Prefer `secret_file` (a mounted Kubernetes secret) or the
+    /// environment (`TXFLOW_NOTIFIER__ENDPOINTS__<NAME>__SECRET`) to writing it here.
+    #[serde(default)]
+    pub secret: Option<Secret>,
+    /// A file holding the signing secret; while a secret is rotated, two lines: each
+    /// delivery is then signed with both.
+    #[serde(default)]
+    pub secret_file: Option<std::path::PathBuf>,
+    /// Deliveries per second at most (0: no limit); past it deliveries wait their turn.
+    #[serde(default)]
+    pub max_per_second: u32,
+}
+
+/// The shortest signing secret accepted: HMAC-SHA256 is only as strong as its key.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+impl EndpointConfig {
+    /// The endpoint's signing secrets: `secret`, or the non-empty lines of `secret_file`.
+    pub fn secrets(&self, name: &str) -> Result<Vec<Vec<u8>>, ConfigError> {
+        let at = format!("notifier.endpoints.{name}");
+        let secrets: Vec<Vec<u8>> = match (&self.secret, &self.secret_file) {
+            (Some(secret), None) => vec![secret.0.clone().into_bytes()],
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read {
+                    path: format!("{} ({at}.secret_file)", path.display()),
+                    source,
+                })?
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty())
+                .map(|line| line.as_bytes().to_vec())
+                .collect(),
+            _ => {
+                return Err(ConfigError::Invalid(format!(
+                    "{at}: give exactly one of secret and secret_file"
+                )))
+            }
+        };
+        if secrets.is_empty() || secrets.iter().any(|s| s.len() < MIN_SECRET_BYTES) {
+            return Err(ConfigError::Invalid(format!(
+                "{at}: every signing secret must be at least {MIN_SECRET_BYTES} bytes"
+            )));
+        }
+        Ok(secrets)
+    }
+}
+
+/// A secret: never shown by `Debug`, so that it stays out of logs.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
 impl Config {
     /// The file at `path` (defaults when `None`), then the `TXFLOW_*__*` overrides of `env`.
     pub fn load(
@@ -412,8 +532,33 @@ impl Config {
                 "router.batch_max_records and router.reload_check_ms must be at least 1",
             );
         }
-        if self.ledger.retry_delays_ms.len() > 10 {
-            return invalid("ledger.retry_delays_ms has more than 10 tiers");
+        if self.ledger.retry_delays_ms.len() > 10 || self.notifier.retry_delays_ms.len() > 10 {
+            return invalid(
+                "ledger.retry_delays_ms and notifier.retry_delays_ms may have at most 10 tiers",
+            );
+        }
+        let notifier = &self.notifier;
+        if notifier.batch_max_records == 0
+            || notifier.max_in_flight == 0
+            || notifier.timeout_ms == 0
+            || notifier.breaker_failure_threshold == 0
+        {
+            return invalid("notifier.batch_max_records, notifier.max_in_flight, notifier.timeout_ms and notifier.breaker_failure_threshold must be at least 1");
+        }
+        for (name, endpoint) in &notifier.endpoints {
+            let url = reqwest::Url::parse(&endpoint.url).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "notifier.endpoints.{name}.url {:?}: {e}",
+                    endpoint.url
+                ))
+            })?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(ConfigError::Invalid(format!(
+                    "notifier.endpoints.{name}.url {:?}: only http and https",
+                    endpoint.url
+                )));
+            }
+            endpoint.secrets(name)?;
         }
         if self.ledger.breaker_failure_threshold == 0 {
             return invalid("ledger.breaker_failure_threshold must be at least 1");
@@ -574,6 +719,109 @@ mod tests {
         assert!(topics.contains(&"txflow.ledger.retry.2".to_owned()));
         assert!(!topics.contains(&"txflow.ledger.retry.3".to_owned()));
         assert!(topics.contains(&"txflow.ledger.dlq".to_owned()));
+    }
+
+    #[test]
+    fn webhook_endpoints_from_the_environment_and_a_mounted_secret() {
+        let dir = std::env::temp_dir().join(format!("txflow-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("secret");
+        std::fs::write(&file, "new-secret-0123456789\n\nold-secret-0123456789\n").unwrap();
+        let config = Config::load(
+            None,
+            env(&[
+                (
+                    "TXFLOW_NOTIFIER__ENDPOINTS__OPS__URL",
+                    "https://ops.example/hook",
+                ),
+                (
+                    "TXFLOW_NOTIFIER__ENDPOINTS__OPS__SECRET",
+                    "ops-secret-0123456789",
+                ),
+                (
+                    "TXFLOW_NOTIFIER__ENDPOINTS__AUDIT__URL",
+                    "http://audit:8080/in",
+                ),
+                (
+                    "TXFLOW_NOTIFIER__ENDPOINTS__AUDIT__SECRET_FILE",
+                    file.to_str().unwrap(),
+                ),
+                ("TXFLOW_NOTIFIER__ENDPOINTS__AUDIT__MAX_PER_SECOND", "50"),
+            ]),
+        )
+        .unwrap();
+        let endpoints = &config.notifier.endpoints;
+        assert_eq!(
+            endpoints["ops"].secrets("ops").unwrap(),
+            [b"ops-secret-0123456789".to_vec()]
+        );
+        assert_eq!(
+            endpoints["audit"].secrets("audit").unwrap(),
+            [
+                b"new-secret-0123456789".to_vec(),
+                b"old-secret-0123456789".to_vec()
+            ]
+        );
+        assert_eq!(endpoints["audit"].max_per_second, 50);
+        assert!(
+            !format!("{config:?}").contains("ops-secret"),
+            "a secret stays out of Debug output"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(config
+            .all_topics()
+            .contains(&"txflow.notifications.retry.3".to_owned()));
+    }
+
+    #[test]
+    fn a_bad_endpoint_is_refused_at_start() {
+        let err = |pairs: &[(&str, &str)]| Config::load(None, env(pairs)).unwrap_err().to_string();
+        let url = (
+            "TXFLOW_NOTIFIER__ENDPOINTS__OPS__URL",
+            "https://ops.example/hook",
+        );
+        let secret = (
+            "TXFLOW_NOTIFIER__ENDPOINTS__OPS__SECRET",
+            "ops-secret-0123456789",
+        );
+        assert!(err(&[url])
+            .contains("notifier.endpoints.ops: give exactly one of secret and secret_file"));
+        assert!(
+            err(&[url, ("TXFLOW_NOTIFIER__ENDPOINTS__OPS__SECRET", "short")])
+                .contains("at least 16 bytes")
+        );
+        assert!(err(&[
+            ("TXFLOW_NOTIFIER__ENDPOINTS__OPS__URL", "ops.example/hook"),
+            secret
+        ])
+        .contains("notifier.endpoints.ops.url"));
+        assert!(err(&[
+            ("TXFLOW_NOTIFIER__ENDPOINTS__OPS__URL", "ftp://ops.example/"),
+            secret
+        ])
+        .contains("only http and https"));
+        assert!(err(&[
+            url,
+            secret,
+            (
+                "TXFLOW_NOTIFIER__ENDPOINTS__OPS__SECRET_FILE",
+                "/nonexistent/secret"
+            )
+        ])
+        .contains("exactly one"));
+        assert!(err(&[
+            url,
+            (
+                "TXFLOW_NOTIFIER__ENDPOINTS__OPS__SECRET_FILE",
+                "/nonexistent/secret"
+            )
+        ])
+        .contains("/nonexistent/secret (notifier.endpoints.ops.secret_file)"));
+        assert!(err(&[(
+            "TXFLOW_NOTIFIER__ENDPOINTS__OPS__SECRET",
+            "ops-secret-0123456789"
+        )])
+        .contains("missing field `url`"));
     }
 
     #[test]

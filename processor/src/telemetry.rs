@@ -38,6 +38,12 @@ pub struct Metrics {
     /// Reloads of the routing rules, by outcome: `applied`, or `refused` (the file did not
     /// load; the rules in force stay).
     pub rules_reloads: IntCounterVec,
+    /// Webhook delivery attempts, by endpoint and outcome: `delivered`, `failed` (no answer,
+    /// or one that says "not now"), `rejected` (any other non-2xx), `refused` (the
+    /// endpoint's breaker is open; nothing sent).
+    pub webhook_deliveries: IntCounterVec,
+    /// Seconds from a delivery sent to its answer, by endpoint.
+    pub webhook_seconds: HistogramVec,
 }
 
 impl Metrics {
@@ -102,6 +108,25 @@ impl Metrics {
             &["outcome"],
         )
         .expect("a valid metric");
+        let webhook_deliveries = IntCounterVec::new(
+            Opts::new(
+                "webhook_deliveries_total",
+                "Webhook delivery attempts: delivered, failed (retried), rejected (dead-lettered), refused (breaker open, not sent)",
+            ),
+            &["endpoint", "outcome"],
+        )
+        .expect("a valid metric");
+        let webhook_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "webhook_duration_seconds",
+                "From a webhook delivery sent to its answer",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["endpoint"],
+        )
+        .expect("a valid metric");
         for metric in [
             Box::new(batches.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(records.clone()),
@@ -111,6 +136,8 @@ impl Metrics {
             Box::new(circuit_transitions.clone()),
             Box::new(routed.clone()),
             Box::new(rules_reloads.clone()),
+            Box::new(webhook_deliveries.clone()),
+            Box::new(webhook_seconds.clone()),
         ] {
             registry.register(metric).expect("metric names are unique");
         }
@@ -124,6 +151,8 @@ impl Metrics {
             circuit_transitions,
             routed,
             rules_reloads,
+            webhook_deliveries,
+            webhook_seconds,
         }
     }
 

@@ -40,11 +40,13 @@ fn the_example_rules_route_the_example_deposit() {
     assert_eq!(lines.len(), 2, "{stdout}");
     assert_eq!(lines[0]["rule"], "large-deposits");
     assert_eq!(lines[0]["topic"], "txflow.notifications");
+    assert_eq!(lines[0]["webhook"], "ops");
     assert_eq!(
         lines[0]["payload"],
         serde_json::json!({"account": "acct-1", "amount": 250000, "channel": "web"})
     );
     assert_eq!(lines[1]["topic"], "txflow.ledger");
+    assert_eq!(lines[1]["webhook"], serde_json::Value::Null);
     assert_eq!(lines[1]["payload"]["event_id"], "evt-0001");
 }
 

@@ -96,6 +96,19 @@ pub fn create_topics(names: &[&str], partitions: i32) {
 /// Writes `records` (key, value) to `topic` in one committed transaction of a producer of
 /// its own: when this returns, every record is there, or the test failed.
 pub fn produce_committed(topic: &str, records: &[(Option<&[u8]>, &[u8])]) {
+    let with_headers: Vec<TestRecord> = records
+        .iter()
+        .map(|(key, value)| (*key, *value, Vec::new()))
+        .collect();
+    produce_committed_with_headers(topic, &with_headers);
+}
+
+/// A record to write: key, value, headers.
+pub type TestRecord<'a> = (Option<&'a [u8]>, &'a [u8], Vec<(&'a str, &'a [u8])>);
+
+/// As [`produce_committed`], with headers.
+pub fn produce_committed_with_headers(topic: &str, records: &[TestRecord]) {
+    use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
     let producer: ThreadedProducer<DefaultProducerContext> = kafka_config()
         .set("transactional.id", unique_name("seed"))
@@ -105,10 +118,21 @@ pub fn produce_committed(topic: &str, records: &[(Option<&[u8]>, &[u8])]) {
         .init_transactions(TIMEOUT)
         .expect("init_transactions");
     producer.begin_transaction().expect("begin");
-    for (key, value) in records {
+    for (key, value, headers) in records {
         let mut record = BaseRecord::to(topic).payload(*value);
         if let Some(key) = key {
             record = record.key(*key);
+        }
+        if !headers.is_empty() {
+            let headers = headers
+                .iter()
+                .fold(OwnedHeaders::new(), |all, (name, value)| {
+                    all.insert(Header {
+                        key: name,
+                        value: Some(*value),
+                    })
+                });
+            record = record.headers(headers);
         }
         producer
             .send(record)

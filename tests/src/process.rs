@@ -86,6 +86,12 @@ impl Pipeline {
             ("TXFLOW_ROUTER__GROUP_ID", format!("{id}-router")),
             ("TXFLOW_ROUTER__SESSION_TIMEOUT_MS", "6000".to_owned()),
             ("TXFLOW_ROUTER__RELOAD_CHECK_MS", "200".to_owned()),
+            ("TXFLOW_NOTIFIER__GROUP_ID", format!("{id}-notifier")),
+            ("TXFLOW_NOTIFIER__SESSION_TIMEOUT_MS", "6000".to_owned()),
+            (
+                "TXFLOW_NOTIFIER__RETRY_DELAYS_MS",
+                "[200, 500, 1000]".to_owned(),
+            ),
             // The broker's smallest: a killed member's partitions move on after 6 s.
             ("TXFLOW_LEDGER__SESSION_TIMEOUT_MS", "6000".to_owned()),
             // Short retry tiers: a retried event comes back within a second or two.
@@ -153,18 +159,29 @@ impl Pipeline {
 
     /// Starts a ledger process with extra environment variables (faults, settings).
     pub fn spawn_ledger_with(&self, instance: &str, env: &[(&str, &str)]) -> StageProcess {
-        let mut command = self.command(&["run", "--stage", "ledger"]);
-        command.env("TXFLOW_LEDGER__INSTANCE_ID", instance);
-        command.envs(env.iter().copied());
-        self.start(command, &format!("ledger-{instance}"))
+        self.spawn_stage("ledger", instance, env)
     }
 
     /// Starts a router process with a stable instance id and extra environment variables.
     pub fn spawn_router_with(&self, instance: &str, env: &[(&str, &str)]) -> StageProcess {
-        let mut command = self.command(&["run", "--stage", "router"]);
-        command.env("TXFLOW_ROUTER__INSTANCE_ID", instance);
+        self.spawn_stage("router", instance, env)
+    }
+
+    /// Starts a notifier process with a stable instance id and extra environment variables
+    /// (its endpoints).
+    pub fn spawn_notifier_with(&self, instance: &str, env: &[(&str, &str)]) -> StageProcess {
+        self.spawn_stage("notifier", instance, env)
+    }
+
+    /// `txflow run --stage STAGE` with instance id `instance` (a restart reuses it).
+    fn spawn_stage(&self, stage: &str, instance: &str, env: &[(&str, &str)]) -> StageProcess {
+        let mut command = self.command(&["run", "--stage", stage]);
+        command.env(
+            format!("TXFLOW_{}__INSTANCE_ID", stage.to_ascii_uppercase()),
+            instance,
+        );
         command.envs(env.iter().copied());
-        self.start(command, &format!("router-{instance}"))
+        self.start(command, &format!("{stage}-{instance}"))
     }
 
     fn spawn(&self, args: &[&str], name: &str) -> StageProcess {
@@ -351,7 +368,6 @@ impl StageProcess {
         (status, body)
     }
 
-    /// What it printed so far.
     /// How many lines of this process's log contain `needle`.
     pub fn log_lines_with(&self, needle: &str) -> usize {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

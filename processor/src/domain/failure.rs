@@ -33,19 +33,31 @@ pub enum FailureKind {
     StoreUnavailable,
     /// A circuit breaker refused the call: its dependency is known to be down.
     CircuitOpen,
+    /// A webhook endpoint did not answer in time, could not be reached, or answered that it
+    /// cannot take the delivery for now (408, 425, 429, 5xx).
+    EndpointUnavailable,
+    /// A webhook endpoint refused the delivery (any other answer than 2xx): sending the same
+    /// request again would be refused again.
+    EndpointRejected,
+    /// A notification names no webhook endpoint, or one the notifier is not configured with.
+    NoEndpoint,
 }
 
 impl FailureKind {
     /// Whether a retry can help.
     pub fn class(self) -> FailureClass {
         match self {
-            FailureKind::StoreUnavailable | FailureKind::CircuitOpen => FailureClass::Transient,
+            FailureKind::StoreUnavailable
+            | FailureKind::CircuitOpen
+            | FailureKind::EndpointUnavailable => FailureClass::Transient,
             FailureKind::Undecodable
             | FailureKind::UnknownSchema
             | FailureKind::InvalidEvent
             | FailureKind::IdempotencyConflict
             | FailureKind::OrphanCredit
-            | FailureKind::BalanceOverflow => FailureClass::Poison,
+            | FailureKind::BalanceOverflow
+            | FailureKind::EndpointRejected
+            | FailureKind::NoEndpoint => FailureClass::Poison,
         }
     }
 
@@ -60,6 +72,9 @@ impl FailureKind {
             FailureKind::BalanceOverflow => "balance_overflow",
             FailureKind::StoreUnavailable => "store_unavailable",
             FailureKind::CircuitOpen => "circuit_open",
+            FailureKind::EndpointUnavailable => "endpoint_unavailable",
+            FailureKind::EndpointRejected => "endpoint_rejected",
+            FailureKind::NoEndpoint => "no_endpoint",
         }
     }
 }
@@ -107,6 +122,16 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Tiers whose longest pauses are `delays_ms`, in milliseconds, in order.
+    pub fn from_millis(delays_ms: &[u64]) -> Self {
+        RetryPolicy {
+            tiers: delays_ms
+                .iter()
+                .map(|ms| std::time::Duration::from_millis(*ms))
+                .collect(),
+        }
+    }
+
     /// Where an event goes after failing with `kind` on its `attempts`-th attempt (1 for
     /// the first): poison goes to the dead letters at once; a transient failure goes to the
     /// tier after the attempts already made, and to the dead letters once there is none.

@@ -1,9 +1,10 @@
-//! A circuit breaker around a downstream dependency (the store): once enough calls in a row
-//! failed, on enough different keys, it opens and calls fail fast, so that an outage pauses
-//! the stage instead of pushing every event through the retry tiers into the dead letters.
-//! One key failing alone (an account whose calls keep timing out) does not open it: that
-//! is the retry tiers' business. After `open_for` the stage sends a probe, a health check
-//! that no single key can fail; its success closes the circuit, its failure keeps it open.
+//! A circuit breaker around a downstream dependency (the store, a webhook endpoint): once
+//! enough calls in a row failed, on enough different keys, it opens and calls fail fast, so
+//! that an outage is not hammered with calls that cannot succeed. One key failing alone (an
+//! account whose calls keep timing out) does not open it: that is the retry tiers' business.
+//! After `open_for` the caller sends a probe (the ledger a health check that no single key
+//! can fail, the notifier its next delivery); its success closes the circuit, its failure
+//! keeps it open.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -13,6 +14,26 @@ use std::time::{Duration, Instant};
 use prometheus::{IntCounterVec, IntGaugeVec};
 
 use crate::ports::StoreError;
+
+/// An error a breaker can judge (does it say the dependency is unwell?) and make (the
+/// refusal of a call while the circuit is open).
+pub trait Guarded {
+    fn is_transient(&self) -> bool;
+    fn circuit_open(dependency: &str, retry_after: Duration) -> Self;
+}
+
+impl Guarded for StoreError {
+    fn is_transient(&self) -> bool {
+        StoreError::is_transient(self)
+    }
+
+    fn circuit_open(dependency: &str, retry_after: Duration) -> Self {
+        StoreError::CircuitOpen {
+            dependency: dependency.to_owned(),
+            retry_after,
+        }
+    }
+}
 
 /// When a breaker opens and how long it stays open.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,7 +91,7 @@ struct Circuit {
 
 /// A circuit breaker.
 pub struct Breaker {
-    dependency: &'static str,
+    dependency: String,
     config: BreakerConfig,
     circuit: Mutex<Circuit>,
     metrics: Option<BreakerMetrics>,
@@ -78,12 +99,12 @@ pub struct Breaker {
 
 impl Breaker {
     pub fn new(
-        dependency: &'static str,
+        dependency: impl Into<String>,
         config: BreakerConfig,
         metrics: Option<BreakerMetrics>,
     ) -> Self {
         let breaker = Breaker {
-            dependency,
+            dependency: dependency.into(),
             config,
             circuit: Mutex::new(Circuit {
                 state: CircuitState::Closed,
@@ -97,8 +118,8 @@ impl Breaker {
         breaker
     }
 
-    pub fn dependency(&self) -> &'static str {
-        self.dependency
+    pub fn dependency(&self) -> &str {
+        &self.dependency
     }
 
     pub fn state(&self) -> CircuitState {
@@ -149,17 +170,17 @@ impl Breaker {
     }
 
     /// Runs `call` on `key` while the circuit is closed, and records how it went; while it
-    /// is not, refuses with [`StoreError::CircuitOpen`] without calling.
-    pub async fn guard<T>(
+    /// is not, refuses with [`Guarded::circuit_open`] without calling.
+    pub async fn guard<T, E: Guarded>(
         &self,
         key: Option<&str>,
-        call: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
+        call: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
         if let Some(retry_after) = self.reopens_in(Instant::now()) {
-            return Err(StoreError::CircuitOpen {
-                dependency: self.dependency,
-                retry_after: retry_after.max(Duration::from_millis(1)),
-            });
+            return Err(E::circuit_open(
+                &self.dependency,
+                retry_after.max(Duration::from_millis(1)),
+            ));
         }
         let outcome = call.await;
         let healthy = !matches!(&outcome, Err(e) if e.is_transient());
@@ -167,38 +188,32 @@ impl Breaker {
         outcome
     }
 
-    /// While the circuit is open: once `open_for` has passed, runs the health check `probe`
-    /// (half-open) and closes the circuit when it succeeds; otherwise refuses with
-    /// [`StoreError::CircuitOpen`]. Closed, it does nothing.
-    pub async fn probe(
+    /// While the circuit is open: once `open_for` has passed, runs `probe` (half-open) and
+    /// closes the circuit when it succeeds, or opens it again and returns its error when it
+    /// fails; before that, refuses with [`Guarded::circuit_open`]. Closed, it does nothing.
+    pub async fn probe<T, E: Guarded>(
         &self,
-        probe: impl Future<Output = Result<(), StoreError>>,
-    ) -> Result<(), StoreError> {
+        probe: impl Future<Output = Result<T, E>>,
+    ) -> Result<Option<T>, E> {
         let now = Instant::now();
         match self.reopens_in(now) {
-            None => return Ok(()),
+            None => return Ok(None),
             Some(wait) if !wait.is_zero() => {
-                return Err(StoreError::CircuitOpen {
-                    dependency: self.dependency,
-                    retry_after: wait,
-                })
+                return Err(E::circuit_open(&self.dependency, wait));
             }
             Some(_) => {}
         }
         self.set_state(CircuitState::HalfOpen, now);
         match probe.await {
-            Ok(()) => {
+            Ok(answer) => {
                 self.set_state(CircuitState::Closed, Instant::now());
-                Ok(())
+                Ok(Some(answer))
             }
             Err(e) => {
-                tracing::debug!(dependency = self.dependency, "probe failed: {e}");
+                tracing::debug!(dependency = %self.dependency, "probe failed");
                 let mut circuit = self.circuit.lock().expect("the circuit lock");
                 self.open(&mut circuit, Instant::now());
-                Err(StoreError::CircuitOpen {
-                    dependency: self.dependency,
-                    retry_after: self.config.open_for,
-                })
+                Err(e)
             }
         }
     }
@@ -219,7 +234,7 @@ impl Breaker {
     fn report(&self, from: Option<CircuitState>, to: CircuitState) {
         if let Some(from) = from {
             tracing::warn!(
-                dependency = self.dependency,
+                dependency = %self.dependency,
                 "circuit breaker {} → {}",
                 from.as_str(),
                 to.as_str()
@@ -228,12 +243,12 @@ impl Breaker {
         if let Some(metrics) = &self.metrics {
             metrics
                 .state
-                .with_label_values(&[metrics.stage, self.dependency])
+                .with_label_values(&[metrics.stage, &self.dependency])
                 .set(to.gauge());
             if from.is_some() {
                 metrics
                     .transitions
-                    .with_label_values(&[metrics.stage, self.dependency, to.as_str()])
+                    .with_label_values(&[metrics.stage, &self.dependency, to.as_str()])
                     .inc();
             }
         }
@@ -305,17 +320,29 @@ mod tests {
             .await;
         assert!(matches!(refused, Err(StoreError::CircuitOpen { .. })));
         assert!(!called.load(std::sync::atomic::Ordering::SeqCst));
-        assert!(breaker.probe(async { Ok(()) }).await.is_err(), "too early");
+        assert!(
+            breaker
+                .probe(async { Ok::<(), StoreError>(()) })
+                .await
+                .is_err(),
+            "too early"
+        );
         tokio::time::sleep(Duration::from_millis(60)).await;
         let failed = breaker
-            .probe(async { Err(StoreError::Unavailable("down".into())) })
+            .probe(async { Err::<(), _>(StoreError::Unavailable("down".into())) })
             .await;
         assert!(failed.is_err());
         assert_eq!(breaker.state(), CircuitState::Open);
         tokio::time::sleep(Duration::from_millis(60)).await;
-        breaker.probe(async { Ok(()) }).await.unwrap();
+        breaker
+            .probe(async { Ok::<(), StoreError>(()) })
+            .await
+            .unwrap();
         assert_eq!(breaker.state(), CircuitState::Closed);
-        breaker.guard(Some("a"), async { Ok(()) }).await.unwrap();
+        breaker
+            .guard(Some("a"), async { Ok::<(), StoreError>(()) })
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
@@ -344,7 +371,10 @@ mod tests {
         );
         breaker.record(false, None, Instant::now());
         assert_eq!(state.with_label_values(&["ledger", "store"]).get(), 1);
-        breaker.probe(async { Ok(()) }).await.unwrap();
+        breaker
+            .probe(async { Ok::<(), StoreError>(()) })
+            .await
+            .unwrap();
         assert_eq!(state.with_label_values(&["ledger", "store"]).get(), 0);
         let count = |to: &str| {
             transitions

@@ -160,6 +160,21 @@ impl FailureRoutes {
         now_ms: i64,
         rng: &mut impl Rng,
     ) -> Routed {
+        self.failed_until(record, kind, message, now_ms, now_ms, rng)
+    }
+
+    /// As [`failed`](Self::failed), but a retry is due no earlier than `not_before_ms`: a
+    /// delivery a breaker refused waits until the breaker lets a call through again, so that
+    /// an open breaker does not burn through the tiers unsent.
+    pub fn failed_until(
+        &self,
+        record: &InputRecord,
+        kind: FailureKind,
+        message: &str,
+        now_ms: i64,
+        not_before_ms: i64,
+        rng: &mut impl Rng,
+    ) -> Routed {
         let attempts = header_number(record, ATTEMPTS).unwrap_or(0) as u32 + 1;
         let first = header_number(record, FIRST_FAILURE).unwrap_or(now_ms);
         let failure = [
@@ -171,7 +186,7 @@ impl FailureRoutes {
         ];
         match self.policy.next_move(kind, attempts) {
             Move::Retry { tier, ceiling } => {
-                let due = now_ms + jitter(ceiling, rng).as_millis() as i64;
+                let due = (now_ms + jitter(ceiling, rng).as_millis() as i64).max(not_before_ms);
                 let mut record = self.moved(record, retry_topic(&self.input, tier), &failure);
                 push(&mut record, RETRY_DUE, due.to_string());
                 push(&mut record, RETRY_TIER, tier.to_string());

@@ -1,8 +1,11 @@
 //! The ports: the small traits through which stages reach the log (Kafka, or the embedded
-//! log) and the store (ScyllaDB, or the embedded store). Adapters implement them.
+//! log), the store (ScyllaDB, or the embedded store) and webhook endpoints (HTTP). Adapters
+//! implement them.
 
 pub mod log;
 pub mod store;
+pub mod webhook;
 
 pub use log::{InputRecord, Log, LogError, OutputRecord};
 pub use store::{LedgerStore, LoadedAccount, StoreError};
+pub use webhook::{DeliveryError, WebhookRequest, Webhooks};

@@ -24,7 +24,7 @@ pub enum StoreError {
     /// The circuit breaker in front of the store refused the call without making it.
     #[error("the circuit breaker of the {dependency} is open; it lets a call through in {retry_after:?}")]
     CircuitOpen {
-        dependency: &'static str,
+        dependency: String,
         retry_after: std::time::Duration,
     },
 }

@@ -1,8 +1,9 @@
 //! A rule set compiled into one matcher, so that the cost of matching an event grows with
 //! the event, not with the number of rules. Each pattern's `$or`s are expanded into
-//! alternatives; an alternative with a field of rare exact values (or prefixes, or suffixes)
-//! is indexed by them (hash lookups per event leaf find it), the rest go into `quamina`
-//! automatons. Both only propose: each candidate is confirmed by [`Pattern::matches`], so a
+//! alternatives; an alternative with a field of rare exact values (or prefixes, suffixes, or
+//! wildcards that start or end with text) is indexed by them (hash lookups per event leaf
+//! find it), one with a field of rare numeric ranges by those (a binary search per numeric
+//! event leaf finds it); the rest go into `quamina` automatons. Both only propose: each candidate is confirmed by [`Pattern::matches`], so a
 //! false positive costs a recheck and never a wrong route. What an automaton would miss is
 //! kept from it: conditions quamina does not express (`anything-but` with `prefix`, `suffix`,
 //! `wildcard` or `equals-ignore-case`, over mixed or numeric values; IPv6 networks),
@@ -18,7 +19,7 @@ use std::collections::{BTreeSet, HashMap};
 use quamina::{MatcherBuildMode, Quamina};
 use serde_json::{Map, Value};
 
-use super::pattern::{Condition, Excluded, Field, Pattern, PatternError, Scalar};
+use super::pattern::{Compare, Condition, Excluded, Field, Pattern, PatternError, Scalar};
 
 /// `$or` expansions of one pattern, at most.
 const MAX_ALTERNATIVES: usize = 128;
@@ -95,12 +96,76 @@ impl Exact {
 
 type IndexKey = (String, Exact);
 
-/// A field of exact values: its path and the values.
-type ExactField = (String, Vec<Exact>);
+/// The numbers a `numeric` condition (or an exact number) can match, as a closed interval:
+/// at least as wide as the condition (its open ends included), which the recheck narrows.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Span {
+    low: f64,
+    high: f64,
+}
+
+impl Span {
+    fn of(comparisons: &[(Compare, f64)]) -> Span {
+        let mut span = Span {
+            low: f64::NEG_INFINITY,
+            high: f64::INFINITY,
+        };
+        for (compare, bound) in comparisons {
+            match compare {
+                Compare::Less | Compare::LessOrEqual => span.high = span.high.min(*bound),
+                Compare::Greater | Compare::GreaterOrEqual => span.low = span.low.max(*bound),
+                Compare::Equal => {
+                    span.low = span.low.max(*bound);
+                    span.high = span.high.min(*bound);
+                }
+            }
+        }
+        span
+    }
+}
+
+/// What an alternative is indexed under on one field.
+#[derive(Clone, Debug, PartialEq)]
+enum Anchor {
+    /// Exact values, all prefixes, or all suffixes.
+    Values(Vec<Exact>),
+    /// Numeric ranges.
+    Spans(Vec<Span>),
+}
+
+/// A field of an alternative it can be indexed under: its path and the anchor.
+type AnchorField = (String, Anchor);
+
+/// What a condition can be indexed under as a value: an exact value, a prefix, a suffix, or a
+/// wildcard's leading text (else its trailing text).
+fn exact_of(condition: &Condition) -> Option<Exact> {
+    match condition {
+        Condition::Exact(scalar) => Some(Exact::of(scalar)),
+        Condition::Prefix(p) => Some(Exact::Prefix(p.clone())),
+        Condition::Suffix(s) => Some(Exact::Suffix(s.clone())),
+        Condition::Wildcard(w) => match (w.split_once('*'), w.rsplit_once('*')) {
+            (None, _) | (_, None) => Some(Exact::Text(w.clone())),
+            (Some((first, _)), _) if !first.is_empty() => Some(Exact::Prefix(first.to_owned())),
+            (_, Some((_, last))) if !last.is_empty() => Some(Exact::Suffix(last.to_owned())),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The numbers a condition can match, if it only matches numbers.
+fn span_of(condition: &Condition) -> Option<Span> {
+    match condition {
+        Condition::Numeric(comparisons) => Some(Span::of(comparisons)),
+        Condition::Exact(Scalar::Number(n)) => Some(Span { low: *n, high: *n }),
+        _ => None,
+    }
+}
 
 /// The fields of an `$or`-free pattern that can be indexed: those whose conditions are all
-/// exact values, all prefixes, or all suffixes. Path and values.
-fn exact_fields(pattern: &Pattern, prefix: &str, into: &mut Vec<ExactField>) {
+/// exact values, all prefixes or all suffixes (wildcards counted by their text), or all
+/// numeric ranges.
+fn anchor_fields(pattern: &Pattern, prefix: &str, into: &mut Vec<AnchorField>) {
     for (name, field) in &pattern.fields {
         let path = if prefix.is_empty() {
             name.clone()
@@ -108,28 +173,97 @@ fn exact_fields(pattern: &Pattern, prefix: &str, into: &mut Vec<ExactField>) {
             format!("{prefix}.{name}")
         };
         match field {
-            Field::Object(inner) => exact_fields(inner, &path, into),
+            Field::Object(inner) => anchor_fields(inner, &path, into),
             Field::Leaf(conditions) => {
-                let keys: Vec<Exact> = conditions
-                    .iter()
-                    .filter_map(|c| match c {
-                        Condition::Exact(scalar) => Some(Exact::of(scalar)),
-                        Condition::Prefix(p) => Some(Exact::Prefix(p.clone())),
-                        Condition::Suffix(s) => Some(Exact::Suffix(s.clone())),
-                        _ => None,
-                    })
-                    .collect();
+                let keys: Option<Vec<Exact>> = conditions.iter().map(exact_of).collect();
                 let kind = |k: &Exact| match k {
                     Exact::Prefix(_) => 1,
                     Exact::Suffix(_) => 2,
                     _ => 0,
                 };
-                let one_kind = keys.windows(2).all(|w| kind(&w[0]) == kind(&w[1]));
-                if keys.len() == conditions.len() && one_kind {
-                    into.push((path, keys));
+                match keys {
+                    Some(keys) if keys.windows(2).all(|w| kind(&w[0]) == kind(&w[1])) => {
+                        into.push((path.clone(), Anchor::Values(keys)));
+                    }
+                    _ => {}
+                }
+                if let Some(spans) = conditions.iter().map(span_of).collect() {
+                    into.push((path, Anchor::Spans(spans)));
                 }
             }
         }
+    }
+}
+
+/// The numeric ranges of one field, indexed: its distinct finite bounds cut the numbers into
+/// units (below the first bound, each bound, between two, above the last), and each unit
+/// holds the alternatives whose ranges cover it.
+#[derive(Default)]
+struct RangeIndex {
+    bounds: Vec<f64>,
+    /// `2 · bounds.len() + 1` units.
+    units: Vec<Vec<usize>>,
+    /// While compiling: how many ranges cover each unit.
+    coverage: Vec<usize>,
+}
+
+impl RangeIndex {
+    fn new(spans: &[Span]) -> RangeIndex {
+        let mut bounds: Vec<f64> = spans
+            .iter()
+            .flat_map(|s| [s.low, s.high])
+            .filter(|b| b.is_finite())
+            .collect();
+        bounds.sort_by(f64::total_cmp);
+        bounds.dedup();
+        let units = 2 * bounds.len() + 1;
+        let mut index = RangeIndex {
+            bounds,
+            units: vec![Vec::new(); units],
+            coverage: vec![0; units],
+        };
+        for span in spans {
+            for unit in index.units_of(*span) {
+                index.coverage[unit] += 1;
+            }
+        }
+        index
+    }
+
+    /// The unit `value` falls in.
+    fn unit(&self, value: f64) -> usize {
+        let below = self.bounds.partition_point(|b| *b < value);
+        if self.bounds.get(below) == Some(&value) {
+            2 * below + 1
+        } else {
+            2 * below
+        }
+    }
+
+    fn units_of(&self, span: Span) -> std::ops::Range<usize> {
+        if span.low > span.high {
+            // Matches no number: no unit.
+            return 0..0;
+        }
+        self.unit(span.low)..self.unit(span.high) + 1
+    }
+
+    /// The most ranges covering any unit of `span`.
+    fn sharing(&self, span: Span) -> usize {
+        self.units_of(span)
+            .map(|unit| self.coverage[unit])
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn insert(&mut self, span: Span, pattern: usize) {
+        for unit in self.units_of(span) {
+            self.units[unit].push(pattern);
+        }
+    }
+
+    fn candidates(&self, value: f64) -> &[usize] {
+        &self.units[self.unit(value)]
     }
 }
 
@@ -209,6 +343,8 @@ pub struct CompiledPatterns {
     index: HashMap<u64, Vec<usize>>,
     /// By field path: the lengths of the prefixes and of the suffixes indexed on it.
     affixes: HashMap<String, (BTreeSet<usize>, BTreeSet<usize>)>,
+    /// By field path: alternatives with rare numeric ranges on it.
+    ranges: HashMap<String, RangeIndex>,
     /// The other alternatives, in automatons.
     shards: Vec<Shard>,
     /// By index: the patterns, to confirm what the automatons propose.
@@ -242,61 +378,102 @@ impl CompiledPatterns {
                     ),
                 });
             }
-            let with_fields: Vec<(Pattern, Vec<ExactField>)> = alternatives
+            let with_fields: Vec<(Pattern, Vec<AnchorField>)> = alternatives
                 .into_iter()
                 .map(|alternative| {
                     let mut fields = Vec::new();
-                    exact_fields(&alternative, "", &mut fields);
+                    anchor_fields(&alternative, "", &mut fields);
                     (alternative, fields)
                 })
                 .collect();
             expanded.push(with_fields);
         }
-        // How many alternatives each exact value would index.
+        // How many alternatives each exact value would index, and how many ranges cover each
+        // stretch of numbers on each field.
         let mut sharing: HashMap<IndexKey, usize> = HashMap::new();
+        let mut spans: HashMap<String, Vec<Span>> = HashMap::new();
         for (_, fields) in expanded.iter().flatten() {
-            let mut keys: Vec<IndexKey> = fields
-                .iter()
-                .flat_map(|(path, values)| values.iter().map(|v| (path.clone(), v.clone())))
-                .collect();
+            let mut keys: Vec<IndexKey> = Vec::new();
+            for (path, anchor) in fields {
+                match anchor {
+                    Anchor::Values(values) => {
+                        keys.extend(values.iter().map(|v| (path.clone(), v.clone())))
+                    }
+                    Anchor::Spans(of_field) => spans
+                        .entry(path.clone())
+                        .or_default()
+                        .extend_from_slice(of_field),
+                }
+            }
             keys.sort();
             keys.dedup();
             for key in keys {
                 *sharing.entry(key).or_default() += 1;
             }
         }
-        let rarity = |path: &String, values: &[Exact]| {
-            values
+        let mut ranges: HashMap<String, RangeIndex> = spans
+            .into_iter()
+            .map(|(path, spans)| (path, RangeIndex::new(&spans)))
+            .collect();
+        let rarity = |path: &String, anchor: &Anchor| match anchor {
+            Anchor::Values(values) => values
                 .iter()
                 .map(|v| sharing[&(path.clone(), v.clone())])
                 .max()
-                .unwrap_or(usize::MAX)
+                .unwrap_or(usize::MAX),
+            Anchor::Spans(of_field) => of_field
+                .iter()
+                .map(|span| ranges[path].sharing(*span))
+                .max()
+                .unwrap_or(usize::MAX),
         };
+        let mut anchored: Vec<Vec<(Pattern, Option<AnchorField>)>> =
+            Vec::with_capacity(expanded.len());
+        for alternatives in expanded {
+            anchored.push(
+                alternatives
+                    .into_iter()
+                    .map(|(alternative, fields)| {
+                        let anchor = fields
+                            .into_iter()
+                            .map(|field| (rarity(&field.0, &field.1), field))
+                            .min_by_key(|(rarity, _)| *rarity)
+                            .filter(|(rarity, _)| *rarity <= index_limit)
+                            .map(|(_, field)| field);
+                        (alternative, anchor)
+                    })
+                    .collect(),
+            );
+        }
         let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
         let mut affixes: HashMap<String, (BTreeSet<usize>, BTreeSet<usize>)> = HashMap::new();
         let mut shards = vec![Shard::new()];
         let mut in_shard = 0;
         let mut always = Vec::new();
-        for (pattern_index, alternatives) in expanded.into_iter().enumerate() {
+        for (pattern_index, alternatives) in anchored.into_iter().enumerate() {
             let mut automaton_alternatives = Vec::new();
-            for (alternative, fields) in alternatives {
-                let anchor = fields
-                    .iter()
-                    .min_by_key(|(path, values)| rarity(path, values))
-                    .filter(|(path, values)| rarity(path, values) <= index_limit);
+            for (alternative, anchor) in alternatives {
                 match anchor {
-                    Some((path, values)) => {
+                    Some((path, Anchor::Values(values))) => {
                         for value in values {
                             let lengths = affixes.entry(path.clone()).or_default();
-                            match value {
+                            match &value {
                                 Exact::Prefix(p) => lengths.0.insert(p.len()),
                                 Exact::Suffix(s) => lengths.1.insert(s.len()),
                                 _ => false,
                             };
                             index
-                                .entry(key_hash(path, value))
+                                .entry(key_hash(&path, &value))
                                 .or_default()
                                 .push(pattern_index);
+                        }
+                    }
+                    Some((path, Anchor::Spans(of_field))) => {
+                        let range = ranges
+                            .get_mut(&path)
+                            .expect("every span's field has an index");
+                        for span in of_field {
+                            range.insert(span, pattern_index);
                         }
                     }
                     None => automaton_alternatives.push(alternative),
@@ -309,24 +486,49 @@ impl CompiledPatterns {
                 shards.push(Shard::new());
                 in_shard = 0;
             }
-            let shard = shards.last_mut().expect("at least one shard");
             let mut unconditional = false;
+            let mut held_in = BTreeSet::new();
             for alternative in automaton_alternatives {
                 let json = automaton_json(&alternative);
                 if json.as_object().is_some_and(|o| o.is_empty()) {
                     unconditional = true;
                     continue;
                 }
-                shard
+                let json = json.to_string();
+                let mut added = shards
+                    .last_mut()
+                    .expect("at least one shard")
                     .automaton
-                    .add_pattern(pattern_index, &json.to_string())
-                    .map_err(|e| PatternError {
-                        at: "the top".to_owned(),
-                        message: format!("the matcher refused it: {e}"),
-                    })?;
-                in_shard += 1;
+                    .add_pattern(pattern_index, &json);
+                // An automaton refuses a pattern that would take it past its size budget (many
+                // `cidr`s do): a new one takes it, and one that refuses it alone leaves the
+                // pattern to the recheck, for every event.
+                if added.is_err() && in_shard > 0 {
+                    shards.push(Shard::new());
+                    in_shard = 0;
+                    added = shards
+                        .last_mut()
+                        .expect("a new shard")
+                        .automaton
+                        .add_pattern(pattern_index, &json);
+                }
+                match added {
+                    Ok(()) => {
+                        in_shard += 1;
+                        held_in.insert(shards.len() - 1);
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            pattern = pattern_index,
+                            "the pattern automaton refused a pattern, which is checked on every event instead: {e}"
+                        );
+                        unconditional = true;
+                    }
+                }
             }
-            shard.members.push(pattern_index);
+            for shard in held_in {
+                shards[shard].members.push(pattern_index);
+            }
             if unconditional {
                 always.push(pattern_index);
             }
@@ -345,21 +547,37 @@ impl CompiledPatterns {
                 shard.broken = true;
             }
         }
+        for range in ranges.values_mut() {
+            range.coverage = Vec::new();
+        }
+        ranges.retain(|_, range| range.units.iter().any(|unit| !unit.is_empty()));
         Ok(CompiledPatterns {
             index,
             affixes,
+            ranges,
             shards,
             patterns: patterns.to_vec(),
             always,
         })
     }
 
+    /// How many patterns are in automatons (the rest are indexed, or checked on every event).
+    #[cfg(test)]
+    pub(crate) fn in_automatons(&self) -> usize {
+        self.shards.iter().map(|shard| shard.members.len()).sum()
+    }
+
     /// The indices of the patterns `event` (a JSON object) matches, ascending.
     pub fn matches(&self, event: &Value) -> Vec<usize> {
         let mut found = self.always.clone();
-        if !self.index.is_empty() {
+        if !self.index.is_empty() || !self.ranges.is_empty() {
             let index = &self.index;
             let mut look_up = |path: &str, leaf: LeafRef<'_>| {
+                if let LeafRef::Number(bits) = leaf {
+                    if let Some(range) = self.ranges.get(path) {
+                        found.extend_from_slice(range.candidates(f64::from_bits(bits)));
+                    }
+                }
                 if let Some(indexed) = index.get(&leaf_hash(path, leaf)) {
                     found.extend_from_slice(indexed);
                 }

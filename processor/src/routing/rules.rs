@@ -10,8 +10,12 @@
 //!       amount_minor: [{numeric: [">=", 100000]}]
 //!     targets:
 //!       - topic: txflow.notifications
+//!         webhook: ops
 //!         input: {account: $.account_id, amount: $.amount_minor, channel: $.attributes.channel}
 //! ```
+//!
+//! `webhook` names the notifier's endpoint (`[notifier.endpoints.<name>]`) a record sent to
+//! the notifications topic is delivered to.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -59,6 +63,10 @@ struct RuleSpec {
 #[serde(deny_unknown_fields)]
 pub struct Target {
     pub topic: String,
+    /// The notifier endpoint that delivers the record, for a target on the notifications
+    /// topic.
+    #[serde(default)]
+    pub webhook: Option<String>,
     /// Output field → `$.`-path into the event; absent: the event itself is sent.
     #[serde(default)]
     pub input: Option<BTreeMap<String, String>>,
@@ -121,6 +129,15 @@ impl Rules {
             for target in &spec.targets {
                 if target.topic.trim().is_empty() {
                     return Err(fail("a target needs a topic".to_owned()));
+                }
+                if target
+                    .webhook
+                    .as_deref()
+                    .is_some_and(|w| w.trim().is_empty())
+                {
+                    return Err(fail(
+                        "a target's webhook names an endpoint: it cannot be empty".to_owned(),
+                    ));
                 }
                 for (field, path) in target.input.iter().flatten() {
                     if parse_path(path).is_none() {
@@ -199,6 +216,7 @@ rules:
       amount_minor: [{numeric: [">=", 100000]}]
     targets:
       - topic: txflow.notifications
+        webhook: ops
         input: {account: $.account_id, amount: $.amount_minor, channel: $.attributes.channel}
       - topic: audit
   - name: web
@@ -214,9 +232,16 @@ rules:
             "attributes": {"channel": "web"}
         });
         let routed = rules.route(&event);
-        let summary: Vec<(&str, &str, Option<Value>)> = routed
+        let summary: Vec<(&str, &str, Option<&str>, Option<Value>)> = routed
             .iter()
-            .map(|d| (d.rule, d.target.topic.as_str(), d.transformed.clone()))
+            .map(|d| {
+                (
+                    d.rule,
+                    d.target.topic.as_str(),
+                    d.target.webhook.as_deref(),
+                    d.transformed.clone(),
+                )
+            })
             .collect();
         assert_eq!(
             summary,
@@ -224,10 +249,11 @@ rules:
                 (
                     "large-deposits",
                     "txflow.notifications",
+                    Some("ops"),
                     Some(json!({"account": "a1", "amount": 250000, "channel": "web"}))
                 ),
-                ("large-deposits", "audit", None),
-                ("web", "web-events", None),
+                ("large-deposits", "audit", None, None),
+                ("web", "web-events", None, None),
             ]
         );
         assert!(rules.route(&json!({"event_type": "WITHDRAWAL"})).is_empty());
@@ -242,6 +268,10 @@ rules:
         );
         assert!(err("rules: [{name: a, pattern: {x: [1]}, targets: []}]")
             .contains("at least one target"));
+        assert!(
+            err("rules: [{name: a, pattern: {x: [1]}, targets: [{topic: t, webhook: ''}]}]")
+                .contains("webhook names an endpoint")
+        );
         assert!(err(
             "rules: [{name: a, pattern: {x: [1]}, targets: [{topic: t}]}, {name: a, pattern: {x: [2]}, targets: [{topic: t}]}]"
         )

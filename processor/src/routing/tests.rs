@@ -121,6 +121,66 @@ fn anything_but_in_all_its_forms() {
 }
 
 #[test]
+fn indexed_numeric_ranges_agree_with_the_reference_at_and_between_their_bounds() {
+    let patterns: Vec<Pattern> = [
+        json!({"amount": [{"numeric": [">", 10, "<=", 20]}]}),
+        json!({"amount": [{"numeric": [">=", 20, "<", 30]}]}),
+        json!({"amount": [{"numeric": ["=", 25]}]}),
+        json!({"amount": [{"numeric": ["<", -5]}]}),
+        json!({"amount": [{"numeric": [">=", 1e9]}]}),
+        json!({"amount": [40, 50.5]}),
+        json!({"amount": [{"numeric": [">", 40, "<", 40.5]}, {"numeric": ["<=", -100]}]}),
+        json!({"amount": [{"numeric": [">", 0]}], "currency": ["EUR"]}),
+        json!({"nested": {"n": [{"numeric": [">=", 0, "<", 1]}]}}),
+    ]
+    .iter()
+    .map(|p| Pattern::parse(p).unwrap())
+    .collect();
+    let indexed = CompiledPatterns::compile_with(&patterns, usize::MAX).unwrap();
+    assert_eq!(
+        indexed.in_automatons(),
+        0,
+        "every pattern here is indexed, none left to an automaton"
+    );
+    for amount in [
+        -1000.0, -100.0, -99.5, -5.0, -4.9, 0.0, 0.5, 10.0, 10.1, 20.0, 20.5, 25.0, 29.9, 30.0,
+        40.0, 40.2, 40.5, 50.5, 1e9, 2e9,
+    ] {
+        for event in [
+            json!({"amount": amount, "currency": "EUR"}),
+            json!({"amount": [amount, 3], "currency": "USD"}),
+            json!({"amount": amount.to_string()}),
+            json!({"nested": {"n": amount}}),
+        ] {
+            let reference: Vec<usize> = (0..patterns.len())
+                .filter(|i| patterns[*i].matches(&event))
+                .collect();
+            assert_eq!(indexed.matches(&event), reference, "{event}");
+        }
+    }
+}
+
+#[test]
+fn wildcards_are_indexed_by_their_text_and_still_checked_whole() {
+    for (wildcard, yes, no) in [
+        ("svc-1*", "svc-17", "svc-2"),
+        ("*-prod", "api-prod", "api-dev"),
+        ("a*b*c", "a-x-b-y-c", "a-x-c"),
+        ("exact", "exact", "exactly"),
+        ("*", "anything", ""),
+    ] {
+        let pattern = json!({"source": [{"wildcard": wildcard}]});
+        assert!(
+            matches(pattern.clone(), json!({"source": yes})),
+            "{wildcard} {yes}"
+        );
+        if wildcard != "*" {
+            assert!(!matches(pattern, json!({"source": no})), "{wildcard} {no}");
+        }
+    }
+}
+
+#[test]
 fn numeric_ranges_exists_and_cidr() {
     let event = json!({"price": 12.5, "ip": "10.0.1.7", "v6": "2001:db8::1", "label": "x"});
     assert!(matches(
@@ -318,6 +378,14 @@ fn condition() -> impl Strategy<Value = Value> {
         word().prop_map(
             |w| json!({"wildcard": format!("{}*", w.chars().take(2).collect::<String>())})
         ),
+        word().prop_map(
+            |w| json!({"wildcard": format!("*{}", w.chars().rev().take(1).collect::<String>())})
+        ),
+        word().prop_map(|w| {
+            let (head, tail) = w.split_at(w.len().min(1));
+            json!({"wildcard": format!("{head}*{tail}")})
+        }),
+        Just(json!({"wildcard": "*"})),
         any::<bool>().prop_map(|b| json!({"exists": b})),
         prop::collection::vec(word(), 1..3).prop_map(|ws| json!({"anything-but": ws})),
         prop::collection::vec(number(), 1..3).prop_map(|ns| json!({"anything-but": ns})),
@@ -408,12 +476,30 @@ fn a_thousand_rules_on_one_field_match_without_failing() {
                 .unwrap()
         })
         .collect();
+    for index_limit in [0, usize::MAX] {
+        let compiled = CompiledPatterns::compile_with(&patterns, index_limit).unwrap();
+        assert_eq!(
+            compiled.matches(&json!({"event_type": "DEPOSIT", "source": "svc-517"})),
+            vec![517]
+        );
+        assert!(compiled
+            .matches(&json!({"event_type": "WITHDRAWAL", "source": "svc-517"}))
+            .is_empty());
+    }
+}
+
+#[test]
+fn networks_past_an_automatons_size_budget_still_match() {
+    // 600 /24 networks are about 60 MB of quamina automaton, past its 10 MB budget per
+    // automaton: they are spread over more automatons instead of refusing the rule set.
+    let patterns: Vec<Pattern> = (0..600)
+        .map(|i| {
+            Pattern::parse(&json!({"ip": [{"cidr": format!("10.{}.{}.0/24", i / 256, i % 256)}]}))
+                .unwrap()
+        })
+        .collect();
     let compiled = CompiledPatterns::compile(&patterns).unwrap();
-    assert_eq!(
-        compiled.matches(&json!({"event_type": "DEPOSIT", "source": "svc-517"})),
-        vec![517]
-    );
-    assert!(compiled
-        .matches(&json!({"event_type": "WITHDRAWAL", "source": "svc-517"}))
-        .is_empty());
+    assert_eq!(compiled.matches(&json!({"ip": "10.1.44.9"})), vec![300]);
+    assert_eq!(compiled.matches(&json!({"ip": "10.2.87.200"})), vec![599]);
+    assert!(compiled.matches(&json!({"ip": "10.3.0.1"})).is_empty());
 }

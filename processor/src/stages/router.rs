@@ -1,7 +1,8 @@
 //! The router stage: `txflow.events` → every target of every rule an event matches, key and
-//! headers preserved, exactly once (one transaction per batch like every stage); an event
-//! that matches no rule goes to the default target (`txflow.ledger`), poison to
-//! `txflow.events.dlq`. The rules can be replaced while it runs.
+//! headers preserved, plus the rule's name and the target's webhook endpoint if it has one;
+//! exactly once (one transaction per batch like every stage). An event that matches no rule
+//! goes to the default target (`txflow.ledger`), poison to `txflow.events.dlq`. The rules
+//! can be replaced while it runs.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -14,6 +15,7 @@ use crate::pipeline::failures::FailureRoutes;
 use crate::pipeline::{BatchOutput, Stage, StageError, Tally};
 use crate::ports::{InputRecord, OutputRecord};
 use crate::routing::Rules;
+use crate::stages::notifier::WEBHOOK_HEADER;
 
 /// The header naming the rule that sent a record.
 pub const RULE_HEADER: &str = "txflow.rule";
@@ -129,6 +131,9 @@ impl Stage for Router {
                 *by_rule.entry(delivery.rule.to_owned()).or_default() += 1;
                 let mut headers = record.headers.clone();
                 headers.push((RULE_HEADER.to_owned(), delivery.rule.as_bytes().to_vec()));
+                if let Some(webhook) = &delivery.target.webhook {
+                    headers.push((WEBHOOK_HEADER.to_owned(), webhook.as_bytes().to_vec()));
+                }
                 let value = match delivery.transformed {
                     Some(input) => {
                         headers.push(("content-type".to_owned(), b"application/json".to_vec()));

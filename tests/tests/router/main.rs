@@ -9,6 +9,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use txflow::codec::{Codec, Record};
 use txflow::domain::{EventType, TransactionEvent};
+use txflow::stages::notifier::WEBHOOK_HEADER;
 use txflow::stages::router::RULE_HEADER;
 use txflow_tests::process::{Pipeline, StageProcess};
 use txflow_tests::{eventually, read_topic, ReadRecord};
@@ -29,6 +30,7 @@ rules:
       amount_minor: [{{numeric: [">=", 5000]}}]
     targets:
       - topic: {notifications}
+        webhook: alerts
         input: {{event: $.event_id, amount: $.amount_minor}}
       - topic: {ledger}
   - name: transfers
@@ -146,6 +148,7 @@ fn events_fan_out_to_their_targets_exactly_once_across_crashes() {
             record.header("content-type").as_deref(),
             Some("application/json")
         );
+        assert_eq!(record.header(WEBHOOK_HEADER).as_deref(), Some("alerts"));
     }
     let expected: BTreeMap<String, i64> = big
         .iter()
