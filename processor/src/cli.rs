@@ -17,14 +17,17 @@ use txflow::adapters::kafka::{self, Delivery, GroupMember, KafkaLog, TopicReport
 use txflow::adapters::scylla::{self, ScyllaLedgerStore};
 use txflow::codec::{Codec, Record};
 use txflow::config::Config;
-use txflow::domain::{Account, RetryPolicy, TransactionEvent};
+use txflow::domain::{RetryPolicy, TransactionEvent};
 use txflow::limits::pacing;
+use txflow::limits::KeyedRateLimit;
 use txflow::loadgen::{Sent, Workload, WorkloadConfig};
 use txflow::pipeline::breaker::{Breaker, BreakerConfig, BreakerMetrics};
 use txflow::pipeline::failures::FailureRoutes;
 use txflow::pipeline::{self, LoopConfig, StageTelemetry};
 use txflow::ports::LedgerStore;
 use txflow::routing::Rules;
+use txflow::stages::gateway::keys::ApiKeys;
+use txflow::stages::gateway::{account_json, Gateway, GatewayMetrics, GatewaySettings};
 use txflow::stages::ledger::{Ledger, LedgerSettings, LedgerTopics};
 use txflow::stages::notifier::{DeliveryMetrics, Endpoint, Notifier, NotifierSettings};
 use txflow::stages::router::Router;
@@ -66,6 +69,9 @@ enum Command {
     /// Check routing rules.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Make API keys for the gateway.
+    #[command(subcommand, name = "api-key")]
+    ApiKey(ApiKeyCommand),
     /// Measure the ledger on the configured Kafka and store: throughput exactly-once,
     /// at-least-once and naive, latency at a fixed rate, the store's raw LWT ceiling.
     Bench(crate::bench::BenchArgs),
@@ -79,8 +85,20 @@ enum TopicsCommand {
     Apply,
 }
 
+#[derive(Debug, Subcommand)]
+enum ApiKeyCommand {
+    /// Print a new random API key, and the config line that lets the gateway accept it (the
+    /// key's SHA-256: the gateway never holds the key itself).
+    New {
+        /// The key's name, in logs and rate limits.
+        name: String,
+    },
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum StageName {
+    /// HTTP → txflow.events: POST /v1/events, GET /v1/events/{id}, GET /v1/accounts/{id}.
+    Gateway,
     /// txflow.ledger → balances in the store, results on txflow.results.
     Ledger,
     /// txflow.events → the targets of the routing rules each event matches.
@@ -197,6 +215,21 @@ impl Cli {
                 stage: StageName::Notifier,
                 delivery,
             }) => run_notifier(&config, delivery.into()).await,
+            Command::Run(RunArgs {
+                stage: StageName::Gateway,
+                ..
+            }) => run_gateway(&config).await,
+            Command::ApiKey(ApiKeyCommand::New { name }) => {
+                let (key, hash) = txflow::stages::gateway::keys::new_key();
+                println!("key:    {key}");
+                println!("config: [gateway.api_keys] {name:?} = \"{hash}\"");
+                println!(
+                    "  or:   TXFLOW_GATEWAY__API_KEYS__{}={hash}",
+                    name.to_ascii_uppercase().replace('-', "_")
+                );
+                println!("  or:   a line `{name} {hash}` in gateway.api_keys_file");
+                Ok(())
+            }
             Command::Accounts(command) => accounts(&config, command).await,
             Command::Produce(args) => produce(&config, args).await,
             Command::Dlq(command) => crate::dlq_commands::dlq(&config, command).await,
@@ -465,6 +498,70 @@ async fn run_notifier(config: &Config, delivery: Delivery) -> anyhow::Result<()>
     Ok(())
 }
 
+async fn run_gateway(config: &Config) -> anyhow::Result<()> {
+    let gateway_config = &config.gateway;
+    let keys = ApiKeys::new(gateway_config.key_hashes()?);
+    if keys.is_empty() {
+        bail!("the gateway has no API keys: make one with `txflow api-key new NAME` and add its line to [gateway.api_keys] (or gateway.api_keys_file)");
+    }
+    let shutdown = shutdown_signal()?;
+    let telemetry = stage_telemetry(config, "gateway").await?;
+    let timeout = Duration::from_millis(gateway_config.request_timeout_ms);
+    let store = Arc::new(store(config).await?);
+    let publisher = kafka::KafkaPublisher::new(&config.kafka, timeout)
+        .context("creating the Kafka producer")?;
+    let per_second = NonZeroU32::new(gateway_config.requests_per_second)
+        .context("gateway.requests_per_second is 0")?;
+    let burst = NonZeroU32::new(gateway_config.burst).context("gateway.burst is 0")?;
+    let gateway = Arc::new(Gateway {
+        publisher,
+        store,
+        codec: Arc::new(Codec::builtin()),
+        keys,
+        limit: KeyedRateLimit::new(per_second, burst),
+        settings: GatewaySettings {
+            max_body_bytes: gateway_config.max_body_bytes,
+            max_batch_events: gateway_config.max_batch_events,
+            request_timeout: timeout,
+        },
+        topic: config.topics.events.clone(),
+        metrics: Some(GatewayMetrics {
+            requests: telemetry.metrics.gateway_requests.clone(),
+            seconds: telemetry.metrics.gateway_seconds.clone(),
+        }),
+    });
+    let limit_sweeper = {
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                gateway.limit.forget_idle();
+            }
+        })
+    };
+    let listen = &gateway_config.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen} (gateway.listen)"))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(%bound, topic = %config.topics.events, "gateway listening");
+    telemetry.readiness.set_ready();
+    let mut stop = shutdown.clone();
+    axum::serve(listener, txflow::stages::gateway::routes(gateway))
+        .with_graceful_shutdown(async move {
+            while !*stop.borrow() {
+                if stop.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await
+        .context("serving the gateway")?;
+    limit_sweeper.abort();
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
 /// Loads the rules file again on SIGHUP or when it changes; a file that does not load keeps
 /// the rules in force, and says why in the log and in `txflow_rules_reloads_total`.
 async fn reload_rules(path: PathBuf, every: Duration, router: Arc<Router>, metrics: Arc<Metrics>) {
@@ -584,15 +681,6 @@ fn test_rules(config: &Config, rules: &Path, event: &Path) -> anyhow::Result<()>
         }))?;
     }
     Ok(())
-}
-
-fn account_json(account_id: &str, account: &Account) -> serde_json::Value {
-    serde_json::json!({
-        "account_id": account_id,
-        "balance_minor": account.balance_minor,
-        "currency": account.currency,
-        "version": account.version,
-    })
 }
 
 async fn accounts(config: &Config, command: AccountsCommand) -> anyhow::Result<()> {

@@ -39,6 +39,7 @@ pub struct Config {
     pub ledger: LedgerConfig,
     pub router: RouterConfig,
     pub notifier: NotifierConfig,
+    pub gateway: GatewayConfig,
     /// Faults to inject, for tests: only in builds with the `fault-injection` feature; any
     /// other build refuses a `[faults]` section as an unknown key.
     #[cfg(feature = "fault-injection")]
@@ -447,6 +448,107 @@ impl EndpointConfig {
     }
 }
 
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Where the HTTP API listens.
+    pub listen: String,
+    /// API keys by name: each the SHA-256 of the key, in hex (`txflow api-key new NAME`
+    /// makes a key and its line). Never the key itself.
+    pub api_keys: BTreeMap<String, String>,
+    /// A file of more API keys, a `NAME SHA256-HEX` line each (a mounted Kubernetes secret).
+    pub api_keys_file: Option<std::path::PathBuf>,
+    /// Requests per second per API key, on average; past it, 429 with `Retry-After`.
+    pub requests_per_second: u32,
+    /// Requests an API key may make at once above its average.
+    pub burst: u32,
+    /// The largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// The most events in one `POST /v1/events/batch`.
+    pub max_batch_events: usize,
+    /// How long a request may take, the broker's acknowledgement included; past it, 503.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            listen: "0.0.0.0:8080".to_owned(),
+            api_keys: BTreeMap::new(),
+            api_keys_file: None,
+            requests_per_second: 100,
+            burst: 200,
+            max_body_bytes: 1024 * 1024,
+            max_batch_events: 500,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// The SHA-256 hashes of the API keys, by name: `api_keys`, then `api_keys_file`.
+    pub fn key_hashes(&self) -> Result<BTreeMap<String, [u8; 32]>, ConfigError> {
+        let mut entries: Vec<(String, String, String)> = self
+            .api_keys
+            .iter()
+            .map(|(name, hash)| {
+                (
+                    name.clone(),
+                    hash.clone(),
+                    format!("gateway.api_keys.{name}"),
+                )
+            })
+            .collect();
+        if let Some(path) = &self.api_keys_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: format!("{} (gateway.api_keys_file)", path.display()),
+                source,
+            })?;
+            for (number, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let at = format!("{} line {}", path.display(), number + 1);
+                match line.split_whitespace().collect::<Vec<_>>()[..] {
+                    [name, hash] => entries.push((name.to_owned(), hash.to_owned(), at)),
+                    _ => {
+                        return Err(ConfigError::Invalid(format!(
+                            "{at}: expected `NAME SHA256-HEX`"
+                        )))
+                    }
+                }
+            }
+        }
+        let mut hashes = BTreeMap::new();
+        for (name, hash, at) in entries {
+            let bytes = decode_sha256_hex(&hash).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "{at}: not the SHA-256 of a key in hex (64 hex digits); `txflow api-key new {name}` makes one"
+                ))
+            })?;
+            if hashes.insert(name.clone(), bytes).is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "{at}: API key {name:?} is given twice"
+                )));
+            }
+        }
+        Ok(hashes)
+    }
+}
+
+fn decode_sha256_hex(text: &str) -> Option<[u8; 32]> {
+    let text = text.strip_prefix("sha256:").unwrap_or(text);
+    if text.len() != 64 {
+        return None;
+    }
+    let mut bytes = [0u8; 32];
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(bytes)
+}
+
 /// A secret: never shown by `Debug`, so that it stays out of logs.
 #[derive(Clone, Deserialize)]
 #[serde(transparent)]
@@ -545,6 +647,16 @@ impl Config {
         {
             return invalid("notifier.batch_max_records, notifier.max_in_flight, notifier.timeout_ms and notifier.breaker_failure_threshold must be at least 1");
         }
+        let gateway = &self.gateway;
+        if gateway.requests_per_second == 0
+            || gateway.burst == 0
+            || gateway.max_body_bytes == 0
+            || gateway.max_batch_events == 0
+            || gateway.request_timeout_ms == 0
+        {
+            return invalid("gateway.requests_per_second, gateway.burst, gateway.max_body_bytes, gateway.max_batch_events and gateway.request_timeout_ms must be at least 1");
+        }
+        gateway.key_hashes()?;
         for (name, endpoint) in &notifier.endpoints {
             let url = reqwest::Url::parse(&endpoint.url).map_err(|e| {
                 ConfigError::Invalid(format!(

@@ -44,6 +44,10 @@ pub struct Metrics {
     pub webhook_deliveries: IntCounterVec,
     /// Seconds from a delivery sent to its answer, by endpoint.
     pub webhook_seconds: HistogramVec,
+    /// Gateway requests answered, by route and status code.
+    pub gateway_requests: IntCounterVec,
+    /// Seconds from a gateway request in to its answer, by route.
+    pub gateway_seconds: HistogramVec,
 }
 
 impl Metrics {
@@ -127,6 +131,25 @@ impl Metrics {
             &["endpoint"],
         )
         .expect("a valid metric");
+        let gateway_requests = IntCounterVec::new(
+            Opts::new(
+                "gateway_requests_total",
+                "Gateway requests answered, by route and status code",
+            ),
+            &["route", "status"],
+        )
+        .expect("a valid metric");
+        let gateway_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "gateway_request_duration_seconds",
+                "From a gateway request in to its answer",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+            ]),
+            &["route"],
+        )
+        .expect("a valid metric");
         for metric in [
             Box::new(batches.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(records.clone()),
@@ -138,6 +161,8 @@ impl Metrics {
             Box::new(rules_reloads.clone()),
             Box::new(webhook_deliveries.clone()),
             Box::new(webhook_seconds.clone()),
+            Box::new(gateway_requests.clone()),
+            Box::new(gateway_seconds.clone()),
         ] {
             registry.register(metric).expect("metric names are unique");
         }
@@ -153,6 +178,8 @@ impl Metrics {
             rules_reloads,
             webhook_deliveries,
             webhook_seconds,
+            gateway_requests,
+            gateway_seconds,
         }
     }
 

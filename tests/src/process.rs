@@ -167,6 +167,15 @@ impl Pipeline {
         self.spawn_stage("router", instance, env)
     }
 
+    /// Starts a gateway process with extra environment variables (its keys and limits); it
+    /// listens on a port of its own (`StageProcess::logged_address("gateway listening")`).
+    pub fn spawn_gateway_with(&self, env: &[(&str, &str)]) -> StageProcess {
+        let mut command = self.command(&["run", "--stage", "gateway"]);
+        command.env("TXFLOW_GATEWAY__LISTEN", "127.0.0.1:0");
+        command.envs(env.iter().copied());
+        self.start(command, "gateway")
+    }
+
     /// Starts a notifier process with a stable instance id and extra environment variables
     /// (its endpoints).
     pub fn spawn_notifier_with(&self, instance: &str, env: &[(&str, &str)]) -> StageProcess {
@@ -303,6 +312,12 @@ impl StageProcess {
 
     /// The address of its admin endpoints, from its log (waits up to 60 s for it).
     pub fn admin_address(&self) -> String {
+        self.logged_address("admin endpoints")
+    }
+
+    /// The `bound=` address its log gives on the first line containing `needle` (waits up to
+    /// 60 s for it).
+    pub fn logged_address(&self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -310,7 +325,7 @@ impl StageProcess {
                 .get(self.log_start..)
                 .unwrap_or_default()
                 .lines()
-                .filter(|l| l.contains("admin endpoints"))
+                .filter(|l| l.contains(needle))
                 .find_map(|l| l.split("bound=").nth(1))
                 .and_then(|rest| rest.split_whitespace().next());
             if let Some(address) = bound {
@@ -318,7 +333,7 @@ impl StageProcess {
             }
             assert!(
                 Instant::now() < deadline,
-                "{} logged no admin address:\n{}",
+                "{} logged no {needle:?} address:\n{}",
                 self.name,
                 self.log_text()
             );
@@ -339,33 +354,8 @@ impl StageProcess {
 
     /// An HTTP GET of `path` on its admin endpoints: status code and body.
     pub fn admin_get(&self, path: &str) -> (u16, String) {
-        use std::io::{Read, Write};
-        let address = self.admin_address();
-        let mut stream = std::net::TcpStream::connect(&address).unwrap_or_else(|e| {
-            panic!(
-                "connecting to {}'s admin endpoints at {address}: {e}",
-                self.name
-            )
-        });
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-        )
-        .expect("sending a request");
-        let mut response = String::new();
-        stream
-            .read_to_string(&mut response)
-            .expect("reading the response");
-        let status = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        (status, body)
+        let answer = http(&self.admin_address(), "GET", path, &[], b"");
+        (answer.status, answer.body)
     }
 
     /// How many lines of this process's log contain `needle`.
@@ -389,5 +379,76 @@ impl StageProcess {
 impl Drop for StageProcess {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// An HTTP answer.
+#[derive(Clone, Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON; fails the test when it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not a JSON body ({e}): {:?}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request on a connection of its own, read to its end.
+pub fn http(
+    address: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpAnswer {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address)
+        .unwrap_or_else(|e| panic!("connecting to {address}: {e}"));
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .and_then(|()| stream.write_all(body))
+        .expect("sending a request");
+    let mut response = Vec::new();
+    // A server may answer and close before it read a body it refuses: what it sent counts.
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    HttpAnswer {
+        status,
+        headers,
+        body: body.to_owned(),
     }
 }

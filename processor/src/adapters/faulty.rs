@@ -8,7 +8,7 @@ use futures::stream::BoxStream;
 use rand::Rng;
 
 use crate::config::FaultsConfig;
-use crate::domain::{Account, Fingerprint, Settlement};
+use crate::domain::{Account, Fingerprint, Settlement, TransactionResult};
 use crate::ports::{LedgerStore, LoadedAccount, StoreError};
 
 /// `S`, with the faults of `config`.
@@ -98,5 +98,9 @@ impl<S: LedgerStore> LedgerStore for FaultyStore<S> {
 
     fn accounts(&self) -> BoxStream<'_, Result<(String, Account), StoreError>> {
         self.inner.accounts()
+    }
+
+    async fn outcomes(&self, event_id: &str) -> Result<Vec<TransactionResult>, StoreError> {
+        self.inner.outcomes(event_id).await
     }
 }

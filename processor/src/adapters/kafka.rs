@@ -17,13 +17,16 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, FutureProducer, FutureRecord, Producer, ProducerContext,
+    ThreadedProducer,
+};
 use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{KafkaConfig, TopicsConfig};
 use crate::ports::log::DUE_HEADER;
-use crate::ports::{InputRecord, Log, LogError, OutputRecord};
+use crate::ports::{InputRecord, Log, LogError, OutputRecord, PublishError, Published, Publisher};
 
 /// How long a blocking client call may take before it counts as failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -99,6 +102,83 @@ pub async fn send_when_room(
             Err((e, _)) => return Err(e),
         }
     }
+}
+
+fn owned_headers(headers: &[(String, Vec<u8>)]) -> OwnedHeaders {
+    headers.iter().fold(
+        OwnedHeaders::new_with_capacity(headers.len()),
+        |all, (name, value)| {
+            all.insert(Header {
+                key: name,
+                value: Some(value),
+            })
+        },
+    )
+}
+
+/// Publishes records with an idempotent producer (`acks=all`): the gateway's way in.
+pub struct KafkaPublisher {
+    producer: FutureProducer,
+    /// How long a record may wait for its acknowledgement, queueing included.
+    timeout: Duration,
+}
+
+impl KafkaPublisher {
+    pub fn new(kafka: &KafkaConfig, timeout: Duration) -> Result<Self, KafkaError> {
+        let producer = producer_config(kafka)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", timeout.as_millis().max(1).to_string())
+            .create()?;
+        Ok(KafkaPublisher { producer, timeout })
+    }
+}
+
+impl Publisher for KafkaPublisher {
+    async fn publish(&self, records: Vec<OutputRecord>) -> Vec<Result<Published, PublishError>> {
+        let sends = records.iter().map(|output| {
+            let mut record =
+                FutureRecord::to(&output.topic).headers(owned_headers(&output.headers));
+            if let Some(key) = &output.key {
+                record = record.key(key.as_slice());
+            }
+            if let Some(value) = &output.value {
+                record = record.payload(value.as_slice());
+            }
+            self.producer.send(record, self.timeout)
+        });
+        futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .zip(&records)
+            .map(|(sent, output)| match sent {
+                Ok(delivery) => Ok(Published {
+                    topic: output.topic.clone(),
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                }),
+                Err((error, _)) => Err(PublishError {
+                    retriable: publish_retriable(&error),
+                    message: error.to_string(),
+                }),
+            })
+            .collect()
+    }
+}
+
+/// Whether sending the record again may succeed.
+fn publish_retriable(error: &KafkaError) -> bool {
+    !matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::InvalidRecord
+        )
+    )
 }
 
 /// How a stage's outputs and consumed offsets reach Kafka.
@@ -339,14 +419,7 @@ impl KafkaLog {
     }
 
     fn send(&self, output: OutputRecord) -> Result<(), KafkaError> {
-        let mut headers = OwnedHeaders::new_with_capacity(output.headers.len());
-        for (name, value) in &output.headers {
-            headers = headers.insert(Header {
-                key: name,
-                value: Some(value),
-            });
-        }
-        let mut record = BaseRecord::to(&output.topic).headers(headers);
+        let mut record = BaseRecord::to(&output.topic).headers(owned_headers(&output.headers));
         if let Some(key) = &output.key {
             record = record.key(key);
         }

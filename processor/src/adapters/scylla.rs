@@ -76,6 +76,10 @@ pub async fn migrate(session: &Session, config: &StoreConfig) -> Result<Vec<Stri
                 PRIMARY KEY (account_id, event_id)
             )"
         ),
+        // The accounts an event touched, for the gateway's GET /v1/events/{event_id}.
+        format!(
+            "CREATE INDEX IF NOT EXISTS {LEDGER_TABLE}_by_event ON {keyspace}.{LEDGER_TABLE} (event_id)"
+        ),
     ];
     for statement in &statements {
         session
@@ -161,6 +165,7 @@ pub struct ScyllaLedgerStore {
     insert_result: PreparedStatement,
     claim: PreparedStatement,
     all_accounts: PreparedStatement,
+    accounts_of_event: PreparedStatement,
 }
 
 type ResultRow = (
@@ -217,6 +222,10 @@ impl ScyllaLedgerStore {
             .await?,
             load_results: prepare(format!(
                 "SELECT {RESULT_COLUMNS} FROM {table} WHERE account_id = ? AND event_id IN ?"
+            ))
+            .await?,
+            accounts_of_event: prepare(format!(
+                "SELECT account_id FROM {table} WHERE event_id = ?"
             ))
             .await?,
             load_currency: prepare(format!(
@@ -506,6 +515,28 @@ impl LedgerStore for ScyllaLedgerStore {
 
     async fn account(&self, account_id: &str) -> Result<Option<Account>, StoreError> {
         self.one_account(account_id).await
+    }
+
+    async fn outcomes(&self, event_id: &str) -> Result<Vec<TransactionResult>, StoreError> {
+        let accounts: Vec<String> = self
+            .session
+            .execute_unpaged(&self.accounts_of_event, (event_id,))
+            .await
+            .map_err(classify)?
+            .into_rows_result()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?
+            .rows::<(String,)>()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?
+            .map(|row| row.map(|(account_id,)| account_id))
+            .collect::<Result<_, _>>()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let event_ids = [event_id.to_owned()];
+        let mut outcomes = Vec::with_capacity(accounts.len());
+        for account_id in accounts {
+            let loaded = self.load(&account_id, &event_ids).await?;
+            outcomes.extend(loaded.prior.into_values().map(|prior| prior.result));
+        }
+        Ok(outcomes)
     }
 
     fn accounts(&self) -> BoxStream<'_, Result<(String, Account), StoreError>> {

@@ -83,6 +83,8 @@ impl CodecError {
 pub struct Codec {
     /// The id new records of each kind are written with: the newest schema of its name.
     current: HashMap<Record, u32>,
+    /// The schema of each current id.
+    schemas: HashMap<Record, &'static apache_avro::Schema>,
     writers: HashMap<u32, GenericDatumWriter<'static>>,
     /// A reader for every schema id, resolving to the current schema of its record.
     readers: HashMap<u32, (Record, GenericDatumReader<'static>)>,
@@ -97,6 +99,10 @@ impl Codec {
                 current.insert(record, id);
             }
         }
+        let schemas = current
+            .iter()
+            .filter_map(|(record, id)| Some((*record, catalog.schema(*id)?)))
+            .collect();
         let mut writers = HashMap::new();
         let mut readers = HashMap::new();
         for (id, schema) in catalog.iter() {
@@ -131,6 +137,7 @@ impl Codec {
         }
         Ok(Codec {
             current,
+            schemas,
             writers,
             readers,
         })
@@ -147,6 +154,11 @@ impl Codec {
             .get(&record)
             .copied()
             .ok_or(CodecError::NoSchemaFor(record.full_name()))
+    }
+
+    /// The schema new records of `record` are written with.
+    pub fn schema(&self, record: Record) -> Option<&'static apache_avro::Schema> {
+        self.schemas.get(&record).copied()
     }
 
     /// `value` as a wire-format record of the current schema of `record`.

@@ -51,42 +51,73 @@ pub struct TransactionEvent {
 pub struct Fingerprint(pub [u8; 32]);
 
 impl TransactionEvent {
-    /// Checks the rules that make an event well-formed; a malformed event is poison.
+    /// Checks the rules that make an event well-formed; a malformed event is poison (the
+    /// first broken rule says why).
     pub fn validate(&self) -> Result<(), Poison> {
-        let invalid = |message: String| Err(Poison::new(FailureKind::InvalidEvent, message));
-        check_id("event_id", &self.event_id)?;
-        check_id("account_id", &self.account_id)?;
-        if self.amount_minor <= 0 {
-            return invalid(format!(
-                "amount_minor must be greater than zero, got {}",
-                self.amount_minor
-            ));
+        match self.problems().into_iter().next() {
+            Some(problem) => Err(Poison::new(FailureKind::InvalidEvent, problem.message)),
+            None => Ok(()),
         }
-        if !is_currency_code(&self.currency) {
-            return invalid(format!(
-                "currency must be an ISO 4217 code of three upper-case letters, got {:?}",
-                self.currency
-            ));
+    }
+
+    /// Every rule the event breaks, by field, in field order.
+    pub fn problems(&self) -> Vec<FieldProblem> {
+        let mut problems = Vec::new();
+        let mut problem =
+            |field: &'static str, message: String| problems.push(FieldProblem { field, message });
+        for (field, id) in [
+            ("event_id", &self.event_id),
+            ("account_id", &self.account_id),
+        ] {
+            if let Some(message) = id_problem(field, id) {
+                problem(field, message);
+            }
         }
         match (self.event_type, &self.counterparty_account_id) {
-            (EventType::Transfer, None) => {
-                invalid("a TRANSFER needs counterparty_account_id".to_owned())
-            }
+            (EventType::Transfer, None) => problem(
+                "counterparty_account_id",
+                "a TRANSFER needs counterparty_account_id".to_owned(),
+            ),
             (EventType::Transfer, Some(counterparty)) => {
-                check_id("counterparty_account_id", counterparty)?;
-                if *counterparty == self.account_id {
-                    return invalid(format!(
-                        "a TRANSFER to its own account {:?} is not allowed",
-                        self.account_id
-                    ));
+                if let Some(message) = id_problem("counterparty_account_id", counterparty) {
+                    problem("counterparty_account_id", message);
+                } else if *counterparty == self.account_id {
+                    problem(
+                        "counterparty_account_id",
+                        format!(
+                            "a TRANSFER to its own account {:?} is not allowed",
+                            self.account_id
+                        ),
+                    );
                 }
-                Ok(())
             }
-            (kind, Some(_)) => invalid(format!(
-                "counterparty_account_id must be null for a {kind:?}, it is only for TRANSFER"
-            )),
-            (_, None) => Ok(()),
+            (kind, Some(_)) => problem(
+                "counterparty_account_id",
+                format!(
+                    "counterparty_account_id must be null for a {kind:?}, it is only for TRANSFER"
+                ),
+            ),
+            (_, None) => {}
         }
+        if self.amount_minor <= 0 {
+            problem(
+                "amount_minor",
+                format!(
+                    "amount_minor must be greater than zero, got {}",
+                    self.amount_minor
+                ),
+            );
+        }
+        if !is_currency_code(&self.currency) {
+            problem(
+                "currency",
+                format!(
+                    "currency must be an ISO 4217 code of three upper-case letters, got {:?}",
+                    self.currency
+                ),
+            );
+        }
+        problems
     }
 
     /// The digest of every field, in a fixed, length-prefixed layout independent of any
@@ -131,23 +162,24 @@ impl EventType {
     }
 }
 
-fn check_id(name: &str, value: &str) -> Result<(), Poison> {
+/// A broken rule of an event, and the field it is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldProblem {
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn id_problem(name: &str, value: &str) -> Option<String> {
     if value.is_empty() {
-        return Err(Poison::new(
-            FailureKind::InvalidEvent,
-            format!("{name} must not be empty"),
-        ));
+        return Some(format!("{name} must not be empty"));
     }
     if value.len() > MAX_ID_LEN {
-        return Err(Poison::new(
-            FailureKind::InvalidEvent,
-            format!(
-                "{name} is {} bytes long, at most {MAX_ID_LEN} are allowed",
-                value.len()
-            ),
+        return Some(format!(
+            "{name} is {} bytes long, at most {MAX_ID_LEN} are allowed",
+            value.len()
         ));
     }
-    Ok(())
+    None
 }
 
 fn is_currency_code(code: &str) -> bool {

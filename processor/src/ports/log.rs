@@ -95,3 +95,31 @@ pub trait Log: Send {
     /// Leaves the group cleanly; called once, after the last commit.
     fn close(self) -> impl Future<Output = ()> + Send;
 }
+
+/// Where a published record landed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Published {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Why a record was not published.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the record was not written: {message}")]
+pub struct PublishError {
+    pub message: String,
+    /// Whether the same record may be written if sent again (a timeout, a broker not
+    /// available), rather than refused for what it is (too large, no such topic).
+    pub retriable: bool,
+}
+
+/// Writes records outside any transaction, each acknowledged by every in-sync replica before
+/// its outcome comes back, without duplicates from the client's own retries; records of one
+/// key keep their order.
+pub trait Publisher: Send + Sync {
+    fn publish(
+        &self,
+        records: Vec<OutputRecord>,
+    ) -> impl Future<Output = Vec<Result<Published, PublishError>>> + Send;
+}

@@ -6,6 +6,6 @@ pub mod log;
 pub mod store;
 pub mod webhook;
 
-pub use log::{InputRecord, Log, LogError, OutputRecord};
+pub use log::{InputRecord, Log, LogError, OutputRecord, PublishError, Published, Publisher};
 pub use store::{LedgerStore, LoadedAccount, StoreError};
 pub use webhook::{DeliveryError, WebhookRequest, Webhooks};

@@ -7,7 +7,7 @@ use std::future::Future;
 
 use futures::stream::BoxStream;
 
-use crate::domain::{Account, FailureKind, Fingerprint, Prior, Settlement};
+use crate::domain::{Account, FailureKind, Fingerprint, Prior, Settlement, TransactionResult};
 
 /// Why the store could not do what was asked.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -100,4 +100,11 @@ pub trait LedgerStore: Send + Sync + 'static {
 
     /// Every account, in no particular order.
     fn accounts(&self) -> BoxStream<'_, Result<(String, Account), StoreError>>;
+
+    /// The results recorded for `event_id`, on every account it touched (a transfer has
+    /// two), in no particular order; empty while it has none.
+    fn outcomes(
+        &self,
+        event_id: &str,
+    ) -> impl Future<Output = Result<Vec<TransactionResult>, StoreError>> + Send;
 }

@@ -601,7 +601,14 @@ impl<S: LedgerStore> Ledger<S> {
     fn halt(&self, error: StoreError) -> StageError {
         match self.breaker.reopens_in(std::time::Instant::now()) {
             Some(resume_in) => StageError::Paused {
-                reason: error.to_string(),
+                reason: match error {
+                    StoreError::CircuitOpen { .. } => error.to_string(),
+                    // A failed probe: the breaker opened again on it.
+                    other => format!(
+                        "the circuit breaker of the {} is open again: {other}",
+                        self.breaker.dependency()
+                    ),
+                },
                 resume_in,
             },
             None => StageError::from(error),

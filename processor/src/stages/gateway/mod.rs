@@ -1,0 +1,412 @@
+//! The HTTP gateway: clients that speak JSON post events and read outcomes and balances.
+//! A posted event is checked against the Avro schema and the ledger's field rules, encoded
+//! in the Confluent wire format and written to `txflow.events` keyed by its account; `202`
+//! comes back only once the broker acknowledged it on every in-sync replica. The gateway
+//! keeps no state of its own: an event re-sent after a timeout is a producer re-send, which
+//! the ledger turns into nothing (docs/GATEWAY.md).
+
+pub mod api_error;
+pub mod event_json;
+pub mod keys;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use prometheus::{HistogramVec, IntCounterVec};
+use serde_json::{json, Value};
+
+use self::api_error::ApiError;
+use self::event_json::event_from_json;
+use self::keys::ApiKeys;
+use crate::codec::{Codec, Record};
+use crate::domain::{Account, TransactionEvent};
+use crate::limits::KeyedRateLimit;
+use crate::ports::{LedgerStore, OutputRecord, Publisher};
+
+/// The OpenAPI document of these routes, served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
+
+/// Every route, as method and path; the OpenAPI document must describe exactly these.
+pub const ROUTES: [(&str, &str); 5] = [
+    ("POST", "/v1/events"),
+    ("POST", "/v1/events/batch"),
+    ("GET", "/v1/events/{event_id}"),
+    ("GET", "/v1/accounts/{account_id}"),
+    ("GET", "/openapi.json"),
+];
+
+/// Limits on what a request may ask.
+#[derive(Clone, Copy, Debug)]
+pub struct GatewaySettings {
+    pub max_body_bytes: usize,
+    pub max_batch_events: usize,
+    pub request_timeout: Duration,
+}
+
+/// `txflow_gateway_requests_total{route, status}` and
+/// `txflow_gateway_request_duration_seconds{route}`.
+#[derive(Clone)]
+pub struct GatewayMetrics {
+    pub requests: IntCounterVec,
+    pub seconds: HistogramVec,
+}
+
+/// The gateway: where events go, where outcomes are read, who may ask.
+pub struct Gateway<P, S> {
+    pub publisher: P,
+    pub store: Arc<S>,
+    pub codec: Arc<Codec>,
+    pub keys: ApiKeys,
+    pub limit: KeyedRateLimit,
+    pub settings: GatewaySettings,
+    /// `txflow.events`.
+    pub topic: String,
+    pub metrics: Option<GatewayMetrics>,
+}
+
+/// The gateway's routes; anything else is a JSON 404 or 405.
+pub fn routes<P: Publisher + 'static, S: LedgerStore>(gateway: Arc<Gateway<P, S>>) -> Router {
+    Router::new()
+        .route("/v1/events", post(post_event::<P, S>))
+        .route("/v1/events/batch", post(post_batch::<P, S>))
+        .route("/v1/events/{event_id}", get(get_event::<P, S>))
+        .route("/v1/accounts/{account_id}", get(get_account::<P, S>))
+        .route("/openapi.json", get(openapi))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route; GET /openapi.json lists them",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method; GET /openapi.json lists them",
+            )
+        })
+        .with_state(gateway)
+}
+
+/// An account as the API and `txflow accounts` show it.
+pub fn account_json(account_id: &str, account: &Account) -> Value {
+    json!({
+        "account_id": account_id,
+        "balance_minor": account.balance_minor,
+        "currency": account.currency,
+        "version": account.version,
+    })
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn post_event<P: Publisher, S: LedgerStore>(
+    State(gateway): State<Arc<Gateway<P, S>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    gateway
+        .serve("POST /v1/events", &headers, async {
+            let value = gateway.read_json(&headers, body).await?;
+            let event = gateway.event(&value)?;
+            let record = gateway.record(&event, &headers)?;
+            let published = gateway.publisher.publish(vec![record]).await;
+            match &published[..] {
+                [Ok(at)] => Ok((
+                    StatusCode::ACCEPTED,
+                    Json(json!({
+                        "event_id": event.event_id,
+                        "status": "accepted",
+                        "partition": at.partition,
+                        "offset": at.offset,
+                    })),
+                )
+                    .into_response()),
+                [Err(e)] => Err(ApiError::from(e)),
+                _ => Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the log answered for a different number of records than sent",
+                )),
+            }
+        })
+        .await
+}
+
+async fn post_batch<P: Publisher, S: LedgerStore>(
+    State(gateway): State<Arc<Gateway<P, S>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    gateway
+        .serve("POST /v1/events/batch", &headers, async {
+            let value = gateway.read_json(&headers, body).await?;
+            let Some(items) = value.as_array() else {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "not_a_batch",
+                    "a batch is a JSON array of events",
+                ));
+            };
+            let max = gateway.settings.max_batch_events;
+            if items.is_empty() || items.len() > max {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "batch_size",
+                    format!("a batch holds 1 to {max} events, this one {}", items.len()),
+                ));
+            }
+            let mut entries: Vec<Option<Value>> = vec![None; items.len()];
+            let mut records = Vec::with_capacity(items.len());
+            let mut sent = Vec::with_capacity(items.len());
+            for (index, item) in items.iter().enumerate() {
+                let checked = gateway
+                    .event(item)
+                    .and_then(|event| Ok((gateway.record(&event, &headers)?, event)));
+                match checked {
+                    Ok((record, event)) => {
+                        records.push(record);
+                        sent.push((index, event.event_id));
+                    }
+                    Err(error) => entries[index] = Some(entry_error(index, &error)),
+                }
+            }
+            let published = gateway.publisher.publish(records).await;
+            for ((index, event_id), outcome) in sent.into_iter().zip(published) {
+                entries[index] = Some(match outcome {
+                    Ok(at) => json!({
+                        "index": index, "status": 202, "event_id": event_id,
+                        "partition": at.partition, "offset": at.offset,
+                    }),
+                    Err(e) => entry_error(index, &ApiError::from(&e)),
+                });
+            }
+            let entries: Vec<Value> = entries.into_iter().flatten().collect();
+            let failed = entries.iter().filter(|e| e["status"] != 202).count();
+            let status = if failed == 0 {
+                StatusCode::ACCEPTED
+            } else {
+                StatusCode::MULTI_STATUS
+            };
+            Ok((
+                status,
+                Json(json!({
+                    "accepted": entries.len() - failed,
+                    "failed": failed,
+                    "entries": entries,
+                })),
+            )
+                .into_response())
+        })
+        .await
+}
+
+/// A batch entry that was not accepted.
+fn entry_error(index: usize, error: &ApiError) -> Value {
+    let mut entry = error.body();
+    entry["index"] = json!(index);
+    entry["status"] = json!(error.status.as_u16());
+    entry
+}
+
+async fn get_event<P: Publisher, S: LedgerStore>(
+    State(gateway): State<Arc<Gateway<P, S>>>,
+    Path(event_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    gateway
+        .serve("GET /v1/events/{event_id}", &headers, async {
+            let mut outcomes = gateway.store.outcomes(&event_id).await?;
+            if outcomes.is_empty() {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "event_not_found",
+                    format!("no outcome is recorded for event {event_id:?} (yet: an accepted event has one once the ledger applied or rejected it)"),
+                ));
+            }
+            outcomes.sort_by(|a, b| a.account_id.cmp(&b.account_id));
+            Ok(Json(json!({"event_id": event_id, "outcomes": outcomes})).into_response())
+        })
+        .await
+}
+
+async fn get_account<P: Publisher, S: LedgerStore>(
+    State(gateway): State<Arc<Gateway<P, S>>>,
+    Path(account_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    gateway
+        .serve("GET /v1/accounts/{account_id}", &headers, async {
+            match gateway.store.account(&account_id).await? {
+                Some(account) => Ok(Json(account_json(&account_id, &account)).into_response()),
+                None => Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "account_not_found",
+                    format!("account {account_id:?} has no applied event"),
+                )),
+            }
+        })
+        .await
+}
+
+impl<P: Publisher, S: LedgerStore> Gateway<P, S> {
+    /// Answers a request: the caller's key and rate first, then `work` within the request
+    /// timeout; counted and timed by route.
+    async fn serve(
+        &self,
+        route: &'static str,
+        headers: &HeaderMap,
+        work: impl Future<Output = Result<Response, ApiError>>,
+    ) -> Response {
+        let started = Instant::now();
+        let response = match self.admit(headers) {
+            Err(refused) => refused.into_response(),
+            Ok(()) => match tokio::time::timeout(self.settings.request_timeout, work).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(error)) => error.into_response(),
+                Err(_) => ApiError::timeout(self.settings.request_timeout).into_response(),
+            },
+        };
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .requests
+                .with_label_values(&[route, response.status().as_str()])
+                .inc();
+            metrics
+                .seconds
+                .with_label_values(&[route])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        response
+    }
+
+    /// A known key within its rate.
+    fn admit(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let key = self.keys.identify(headers)?;
+        self.limit.check(key).map_err(|wait| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("API key {key:?} is over its request rate; wait {wait:?}"),
+            )
+            .retry_after(wait)
+        })
+    }
+
+    /// The request body as JSON, within the size limit.
+    async fn read_json(&self, headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+        let json_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+        if !json_type {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as Content-Type: application/json",
+            ));
+        }
+        let max = self.settings.max_body_bytes;
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the body is larger than {max} bytes (gateway.max_body_bytes)"),
+            )
+        };
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|length| length > max) {
+            return Err(too_large());
+        }
+        let bytes = axum::body::to_bytes(body, max)
+            .await
+            .map_err(|_| too_large())?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("the body is not JSON: {e}"),
+            )
+        })
+    }
+
+    fn event(&self, value: &Value) -> Result<TransactionEvent, ApiError> {
+        let schema = self.codec.schema(Record::TransactionEvent).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "no TransactionEvent schema in the catalog",
+            )
+        })?;
+        event_from_json(value, schema).map_err(ApiError::invalid_event)
+    }
+
+    /// The record of `event` on the events topic: keyed by its account, Avro in the Confluent
+    /// wire format, with the request's trace context.
+    fn record(
+        &self,
+        event: &TransactionEvent,
+        headers: &HeaderMap,
+    ) -> Result<OutputRecord, ApiError> {
+        let value = self
+            .codec
+            .encode(Record::TransactionEvent, event)
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?;
+        let trace = headers
+            .get("traceparent")
+            .map(|v| ("traceparent".to_owned(), v.as_bytes().to_vec()));
+        Ok(OutputRecord {
+            topic: self.topic.clone(),
+            key: Some(event.account_id.as_bytes().to_vec()),
+            value: Some(value),
+            headers: trace.into_iter().collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_describes_exactly_the_routes() {
+        let document: Value = serde_json::from_str(OPENAPI).expect("docs/openapi.json is JSON");
+        let mut documented: Vec<(String, String)> = document["paths"]
+            .as_object()
+            .expect("paths")
+            .iter()
+            .flat_map(|(path, methods)| {
+                methods
+                    .as_object()
+                    .expect("methods")
+                    .keys()
+                    .filter(|m| m.as_str() != "parameters")
+                    .map(|m| (m.to_uppercase(), path.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        documented.sort();
+        let mut routes: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        routes.sort();
+        assert_eq!(documented, routes);
+    }
+}
