@@ -222,7 +222,8 @@ impl Cli {
             Command::ApiKey(ApiKeyCommand::New { name }) => {
                 let (key, hash) = txflow::stages::gateway::keys::new_key();
                 println!("key:    {key}");
-                println!("config: [gateway.api_keys] {name:?} = \"{hash}\"");
+                println!("config: [gateway.api_keys]");
+                println!("        {name:?} = \"{hash}\"");
                 println!(
                     "  or:   TXFLOW_GATEWAY__API_KEYS__{}={hash}",
                     name.to_ascii_uppercase().replace('-', "_")
