@@ -272,3 +272,22 @@ pub async fn fresh_keyspace(session: &Session) -> String {
         .unwrap_or_else(|e| panic!("using keyspace {keyspace}: {e}"));
     keyspace
 }
+
+/// The Python with the example clients' packages (`TXFLOW_PYTHON`, which
+/// `deploy/local/stack test` sets to a venv of examples/python/requirements.txt; else
+/// `python3`). Fails the test, with the fix, when the packages are missing.
+pub fn python() -> std::process::Command {
+    let python = std::env::var("TXFLOW_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let check = std::process::Command::new(&python)
+        .args(["-c", "import confluent_kafka, fastavro"])
+        .output();
+    match check {
+        Ok(output) if output.status.success() => {}
+        Ok(output) => panic!(
+            "{python} lacks the example clients ({}). Run the tests with `deploy/local/stack test`, which makes a venv of them, or `{python} -m pip install -r examples/python/requirements.txt`",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ),
+        Err(e) => panic!("cannot run {python} ({e}): install Python 3, or set TXFLOW_PYTHON"),
+    }
+    std::process::Command::new(python)
+}
