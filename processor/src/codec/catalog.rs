@@ -40,6 +40,15 @@ pub enum CatalogError {
     },
     #[error("schema id {id} cannot be used: {message}")]
     Invalid { id: u32, message: String },
+    /// Two versions of one record cannot read each other's records: a producer or a consumer
+    /// on the other version would fail on them.
+    #[error("schema ids {older} and {newer} of {name} are not compatible both ways (a field added or removed needs a default): {message}")]
+    Incompatible {
+        name: String,
+        older: u32,
+        newer: u32,
+        message: String,
+    },
 }
 
 /// Schema ids and their schemas. Schemas live as long as the process: the codec's readers
@@ -89,7 +98,40 @@ impl Catalog {
             let full_name = schema.name().map(|n| n.fullname(None));
             schemas.insert(id, (&*Box::leak(Box::new(schema)), full_name));
         }
-        Ok(Catalog { schemas })
+        let catalog = Catalog { schemas };
+        catalog.check_compatible()?;
+        Ok(catalog)
+    }
+
+    /// Each version of a record can read the records of each other version (full
+    /// compatibility): a newer writer's records are read by an older reader and the reverse,
+    /// so that producers and stages can be upgraded in any order.
+    fn check_compatible(&self) -> Result<(), CatalogError> {
+        let names: std::collections::BTreeSet<&str> = self
+            .schemas
+            .values()
+            .filter_map(|(_, name)| name.as_deref())
+            .collect();
+        for name in names {
+            let all: Vec<(u32, &Schema)> = self
+                .schemas
+                .iter()
+                .filter(|(_, (_, n))| n.as_deref() == Some(name))
+                .map(|(id, (schema, _))| (*id, *schema))
+                .collect();
+            for (i, (older, a)) in all.iter().enumerate() {
+                for (newer, b) in &all[i + 1..] {
+                    apache_avro::schema_compatibility::SchemaCompatibility::mutual_read(a, b)
+                        .map_err(|e| CatalogError::Incompatible {
+                            name: name.to_owned(),
+                            older: *older,
+                            newer: *newer,
+                            message: e.to_string(),
+                        })?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Every schema id with its schema, in id order.

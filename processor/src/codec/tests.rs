@@ -193,6 +193,79 @@ fn records_of_an_older_schema_are_read_into_the_newest() {
 }
 
 #[test]
+fn records_of_a_newer_schema_are_read_by_an_older_reader() {
+    let dir = std::env::temp_dir().join(format!("txflow-newer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let v1 = include_str!("../../../schemas/transaction_event.avsc");
+    let v2 = v1.replace(
+        r#"{"name": "source", "type": "string""#,
+        r#"{"name": "channel", "type": "string", "default": "unknown"}, {"name": "source", "type": "string""#,
+    );
+    // A producer on v2 writes a channel; txflow's TransactionEvent (the older reader) has no
+    // such field and reads the rest.
+    let v2_schema = apache_avro::Schema::parse_str(&v2).unwrap();
+    let mut record = apache_avro::to_value(event()).unwrap();
+    if let Value::Record(fields) = &mut record {
+        fields.insert(7, ("channel".into(), Value::String("web".into())));
+    }
+    let mut bytes = vec![0, 0, 0, 0, 7];
+    let writer = GenericDatumWriter::builder(&v2_schema).build().unwrap();
+    bytes.extend(writer.write_value_to_vec(record).unwrap());
+    std::fs::write(dir.join("v1.avsc"), v1).unwrap();
+    std::fs::write(dir.join("v2.avsc"), &v2).unwrap();
+    std::fs::write(
+        dir.join(catalog::IDS_FILE),
+        r#"{"1": "v1.avsc", "7": "v2.avsc"}"#,
+    )
+    .unwrap();
+    let codec = Codec::new(Catalog::from_dir(&dir).unwrap()).unwrap();
+    assert_eq!(
+        codec
+            .decode::<TransactionEvent>(Record::TransactionEvent, &bytes)
+            .unwrap(),
+        event()
+    );
+    // And the v1 schema resolves v2's records by itself.
+    let v1_schema = apache_avro::Schema::parse_str(v1).unwrap();
+    let reader = GenericDatumReader::builder(&v2_schema)
+        .reader_schema(&v1_schema)
+        .build()
+        .unwrap();
+    let read = reader.read_value(&mut &bytes[5..]).unwrap();
+    assert_eq!(
+        apache_avro::from_value::<TransactionEvent>(&read).unwrap(),
+        event()
+    );
+
+    // A version that drops compatibility (a new field without a default) is refused.
+    let v3 = v1.replace(
+        r#"{"name": "source", "type": "string""#,
+        r#"{"name": "branch", "type": "string"}, {"name": "source", "type": "string""#,
+    );
+    std::fs::write(dir.join("v3.avsc"), v3).unwrap();
+    std::fs::write(
+        dir.join(catalog::IDS_FILE),
+        r#"{"1": "v1.avsc", "7": "v2.avsc", "9": "v3.avsc"}"#,
+    )
+    .unwrap();
+    let refused = Catalog::from_dir(&dir).err().unwrap().to_string();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        refused.contains("schema ids 1 and 9 of dev.txflow.TransactionEvent are not compatible"),
+        "{refused}"
+    );
+}
+
+#[test]
+fn the_schemas_directory_is_compatible_across_its_versions() {
+    // Catalog::builtin checks it; this names the check, which fails on an incompatible change
+    // to schemas/.
+    let catalog = Catalog::builtin();
+    assert!(catalog.newest("dev.txflow.TransactionEvent").is_some());
+    assert!(catalog.newest("dev.txflow.TransactionResult").is_some());
+}
+
+#[test]
 fn a_bad_catalog_says_what_is_wrong() {
     let dir = std::env::temp_dir().join(format!("txflow-bad-schemas-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

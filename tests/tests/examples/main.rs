@@ -67,7 +67,10 @@ fn the_python_producer_feeds_the_ledger_and_the_python_consumer_reads_every_resu
         ],
     );
 
-    let sent_ids: BTreeSet<&str> = sent.iter().map(|e| e["event_id"].as_str().unwrap()).collect();
+    let sent_ids: BTreeSet<&str> = sent
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
     let result_ids: BTreeSet<&str> = results
         .iter()
         .map(|r| r["event_id"].as_str().unwrap())
