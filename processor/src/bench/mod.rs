@@ -1,5 +1,5 @@
 //! `txflow bench`: the ledger on the configured Kafka and store, measured side by side with
-//! its baselines in one run.
+//! its baselines in one run; `txflow bench --gateway`, the HTTP gateway ([`gateway`]).
 //!
 //! Every mode gets fresh topics, group and keyspace and a ledger that has joined its group
 //! and opened every account with a deposit (a running ledger's steady state). Throughput: events written as fast as this process can, while the
@@ -34,6 +34,8 @@ use txflow::domain::{Entry, EventType, TransactionEvent, TransactionResult};
 use txflow::limits::pacing;
 use txflow::loadgen::{Workload, WorkloadConfig};
 
+mod gateway;
+
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Events of each throughput run (exactly-once and at-least-once).
@@ -64,8 +66,20 @@ pub struct BenchArgs {
     /// Partitions of the bench topics.
     #[arg(long, default_value_t = 6)]
     partitions: i32,
+    /// Measure the HTTP gateway (single and batch posts) instead of the ledger.
+    #[arg(long)]
+    gateway: bool,
+    /// Seconds of each gateway run.
+    #[arg(long, default_value_t = 20)]
+    gateway_seconds: u64,
+    /// Concurrent connections posting single events (a quarter of them post batches).
+    #[arg(long, default_value_t = 64)]
+    gateway_connections: usize,
+    /// Events per batch post.
+    #[arg(long, default_value_t = 100)]
+    gateway_batch: usize,
     /// Markdown file to write the results into (between bench markers, replacing an earlier
-    /// ledger section); printed to stdout either way.
+    /// section of the same bench); printed to stdout either way.
     #[arg(long, value_name = "FILE")]
     output: Option<PathBuf>,
 }
@@ -286,6 +300,11 @@ async fn observe(
     Ok(observed)
 }
 
+/// The `q` quantile of sorted, non-empty `samples`.
+fn percentile(samples: &[Duration], q: f64) -> Duration {
+    samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1]
+}
+
 /// The highest resident set size of a process so far (`VmHWM`), in MiB.
 fn peak_rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -396,15 +415,12 @@ async fn latency(
         if latencies.is_empty() {
             bail!("no latency samples");
         }
-        let at = |q: f64| {
-            latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1]
-        };
         Ok(Latency {
             rate,
             seconds: args.latency_seconds,
             samples: latencies.len(),
-            p50: at(0.50),
-            p99: at(0.99),
+            p50: percentile(&latencies, 0.50),
+            p99: percentile(&latencies, 0.99),
             max: latencies[latencies.len() - 1],
             peak_rss_mib: rss,
         })
@@ -528,7 +544,10 @@ pub async fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
     let run = format!("{:08x}", rand::random::<u32>());
     let logs = std::env::temp_dir().join(format!("txflow-bench-{run}"));
     std::fs::create_dir_all(&logs)?;
-    eprintln!("bench {run}: ledger logs in {}", logs.display());
+    eprintln!("bench {run}: stage logs in {}", logs.display());
+    if args.gateway {
+        return gateway::bench(config, &args, &run, &logs).await;
+    }
 
     eprintln!(
         "bench: raw LWT ceiling ({} inserts, {} concurrent)",
@@ -557,7 +576,7 @@ pub async fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
     let report = report(&args, &runs, ceiling, &latency);
     print!("{report}");
     if let Some(path) = &args.output {
-        write_section(path, &report)?;
+        write_section(path, &report, START, END)?;
         eprintln!("bench: written to {}", path.display());
     }
     Ok(())
@@ -662,16 +681,16 @@ fn report(args: &BenchArgs, runs: &[Throughput], ceiling: f64, latency: &Latency
     md
 }
 
-/// Replaces the ledger section of `path` (or appends it).
-fn write_section(path: &Path, section: &str) -> anyhow::Result<()> {
+/// Replaces the section of `path` between the markers `start` and `end` (or appends it).
+fn write_section(path: &Path, section: &str, start: &str, end: &str) -> anyhow::Result<()> {
     let existing = std::fs::read_to_string(path).unwrap_or_default();
-    let updated = match (existing.find(START), existing.find(END)) {
-        (Some(start), Some(end)) if start < end => {
+    let updated = match (existing.find(start), existing.find(end)) {
+        (Some(from), Some(to)) if from < to => {
             format!(
                 "{}{}{}",
-                &existing[..start],
+                &existing[..from],
                 section,
-                &existing[end + END.len()..].trim_start_matches('\n')
+                &existing[to + end.len()..].trim_start_matches('\n')
             )
         }
         _ => format!(
