@@ -40,6 +40,7 @@ pub struct Config {
     pub router: RouterConfig,
     pub notifier: NotifierConfig,
     pub gateway: GatewayConfig,
+    pub dev: DevConfig,
     /// Faults to inject, for tests: only in builds with the `fault-injection` feature; any
     /// other build refuses a `[faults]` section as an unknown key.
     #[cfg(feature = "fault-injection")]
@@ -445,6 +446,21 @@ impl EndpointConfig {
             )));
         }
         Ok(secrets)
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevConfig {
+    /// Where `txflow dev` keeps its log and store (`--data-dir` overrides it).
+    pub data_dir: std::path::PathBuf,
+}
+
+impl Default for DevConfig {
+    fn default() -> Self {
+        DevConfig {
+            data_dir: "txflow-data".into(),
+        }
     }
 }
 

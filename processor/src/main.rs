@@ -3,6 +3,7 @@
 mod bench;
 mod cli;
 mod dlq_commands;
+mod run;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;

@@ -227,11 +227,12 @@ impl Readiness {
     }
 }
 
-/// What the admin endpoints read.
+/// What the admin endpoints read: the metrics, and the readiness of each stage the process
+/// runs (one, or all of them under `txflow dev`).
 #[derive(Clone)]
 pub struct Admin {
     pub metrics: Arc<Metrics>,
-    pub readiness: Arc<Readiness>,
+    pub readiness: Vec<(&'static str, Arc<Readiness>)>,
 }
 
 /// Binds the admin address and serves it in the background; returns the bound address (the
@@ -260,12 +261,21 @@ async fn metrics(State(admin): State<Admin>) -> impl IntoResponse {
 }
 
 async fn readyz(State(admin): State<Admin>) -> impl IntoResponse {
-    if admin.readiness.is_ready() {
+    let waiting: Vec<String> = admin
+        .readiness
+        .iter()
+        .filter(|(_, readiness)| !readiness.is_ready())
+        .map(|(stage, readiness)| match admin.readiness.len() {
+            1 => readiness.reason(),
+            _ => format!("{stage}: {}", readiness.reason()),
+        })
+        .collect();
+    if waiting.is_empty() {
         (StatusCode::OK, "ready\n".to_owned())
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", admin.readiness.reason()),
+            format!("not ready: {}\n", waiting.join("; ")),
         )
     }
 }

@@ -1,6 +1,7 @@
-//! The adapters: the only modules that touch rdkafka, the CQL driver or the HTTP client (and,
-//! in test builds, a store that fails on purpose).
+//! The adapters: the only modules that touch rdkafka, the CQL driver, the embedded database or
+//! the HTTP client (and, in test builds, a store that fails on purpose).
 
+pub mod embedded;
 #[cfg(feature = "fault-injection")]
 pub mod faulty;
 pub mod http;

@@ -144,6 +144,7 @@ pub fn now_ms() -> i64 {
 }
 
 /// Where a stage loop reports: its name in metrics, the metrics, its readiness.
+#[derive(Clone)]
 pub struct StageTelemetry {
     pub stage: &'static str,
     pub metrics: Arc<Metrics>,

@@ -1,0 +1,348 @@
+//! The log on the embedded database: topics of one partition (a single process consumes
+//! them, so one partition keeps every key's order with nothing to balance), records appended
+//! and consumed positions moved in one write transaction.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use redb::{Database, ReadableTable};
+use serde::{Deserialize, Serialize};
+
+use super::{blocking, storage, Embedded, EmbeddedError, ENDS, POSITIONS, RECORDS};
+use crate::pipeline::now_ms;
+use crate::ports::log::DUE_HEADER;
+use crate::ports::{InputRecord, Log, LogError, OutputRecord, PublishError, Published, Publisher};
+
+/// The one partition of every embedded topic.
+const PARTITION: u32 = 0;
+
+/// A record as stored.
+#[derive(Serialize, Deserialize)]
+struct StoredRecord {
+    timestamp: i64,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Appends `records` in `txn`; returns where each landed.
+fn append(
+    txn: &redb::WriteTransaction,
+    records: &[OutputRecord],
+) -> Result<Vec<Published>, EmbeddedError> {
+    let mut ends = txn.open_table(ENDS).map_err(storage)?;
+    let mut table = txn.open_table(RECORDS).map_err(storage)?;
+    let now = now_ms();
+    let mut next: HashMap<&str, u64> = HashMap::new();
+    let mut published = Vec::with_capacity(records.len());
+    for record in records {
+        let topic = record.topic.as_str();
+        let offset = match next.get(topic) {
+            Some(offset) => *offset,
+            None => ends
+                .get((topic, PARTITION))
+                .map_err(storage)?
+                .map(|end| end.value())
+                .unwrap_or(0),
+        };
+        let stored = StoredRecord {
+            timestamp: now,
+            key: record.key.clone(),
+            value: record.value.clone(),
+            headers: record.headers.clone(),
+        };
+        let bytes = postcard::to_stdvec(&stored).map_err(storage)?;
+        table
+            .insert((topic, PARTITION, offset), bytes.as_slice())
+            .map_err(storage)?;
+        next.insert(topic, offset + 1);
+        published.push(Published {
+            topic: record.topic.clone(),
+            partition: PARTITION as i32,
+            offset: offset as i64,
+        });
+    }
+    for (topic, end) in next {
+        ends.insert((topic, PARTITION), end).map_err(storage)?;
+    }
+    Ok(published)
+}
+
+/// Up to `max` records of `topic` from `from`; with `due_by` (now, in ms), stops before the
+/// first record whose due time is later, and says when that one is due.
+pub(super) fn read_from(
+    db: &Database,
+    topic: &str,
+    from: u64,
+    max: usize,
+    due_by: Option<i64>,
+) -> Result<Vec<InputRecord>, EmbeddedError> {
+    Ok(read_due(db, topic, from, max, due_by)?.0)
+}
+
+fn read_due(
+    db: &Database,
+    topic: &str,
+    from: u64,
+    max: usize,
+    due_by: Option<i64>,
+) -> Result<(Vec<InputRecord>, Option<i64>), EmbeddedError> {
+    let txn = db.begin_read().map_err(storage)?;
+    let table = txn.open_table(RECORDS).map_err(storage)?;
+    let mut records = Vec::new();
+    for entry in table
+        .range((topic, PARTITION, from)..=(topic, PARTITION, u64::MAX))
+        .map_err(storage)?
+    {
+        if records.len() >= max {
+            break;
+        }
+        let (key, value) = entry.map_err(storage)?;
+        let (_, _, offset) = key.value();
+        let stored: StoredRecord = postcard::from_bytes(value.value())
+            .map_err(|e| EmbeddedError::Corrupt(format!("{topic} offset {offset}: {e}")))?;
+        let record = InputRecord {
+            topic: topic.to_owned(),
+            partition: PARTITION as i32,
+            offset: offset as i64,
+            timestamp: Some(stored.timestamp),
+            key: stored.key,
+            value: stored.value,
+            headers: stored.headers,
+        };
+        if let Some(now) = due_by {
+            let due = record
+                .header(DUE_HEADER)
+                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
+                .unwrap_or(0);
+            if due > now {
+                return Ok((records, Some(due)));
+            }
+        }
+        records.push(record);
+    }
+    Ok((records, None))
+}
+
+/// A consumer of some topics in a group, with the group's positions in the database.
+pub struct EmbeddedLog {
+    embedded: Embedded,
+    group: String,
+    /// Inputs first, then the delayed topics.
+    topics: Vec<String>,
+    delayed: HashSet<String>,
+    /// The next offset to read, by topic, once read from the group's position.
+    cursors: HashMap<String, u64>,
+    /// Which topic a batch starts with, in turn, so that none waits behind a busy one.
+    turn: usize,
+    announced: bool,
+}
+
+impl EmbeddedLog {
+    pub(super) fn new(
+        embedded: Embedded,
+        group: &str,
+        inputs: &[&str],
+        delayed: &[String],
+    ) -> Self {
+        EmbeddedLog {
+            embedded,
+            group: group.to_owned(),
+            topics: inputs
+                .iter()
+                .map(|t| t.to_string())
+                .chain(delayed.iter().cloned())
+                .collect(),
+            delayed: delayed.iter().cloned().collect(),
+            cursors: HashMap::new(),
+            turn: 0,
+            announced: false,
+        }
+    }
+
+    /// The group's committed position on `topic`.
+    fn position(&self, topic: &str) -> Result<u64, EmbeddedError> {
+        let txn = self.embedded.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(POSITIONS).map_err(storage)?;
+        Ok(table
+            .get((self.group.as_str(), topic, PARTITION))
+            .map_err(storage)?
+            .map(|p| p.value())
+            .unwrap_or(0))
+    }
+
+    /// What is there to read now, and the earliest due time of a delayed topic that waits.
+    fn read(&mut self, max: usize) -> Result<(Vec<InputRecord>, Option<i64>), EmbeddedError> {
+        let count = self.topics.len();
+        self.turn = (self.turn + 1) % count.max(1);
+        let now = now_ms();
+        let mut batch = Vec::new();
+        let mut waits_until: Option<i64> = None;
+        for i in 0..count {
+            let topic = self.topics[(self.turn + i) % count].clone();
+            if batch.len() >= max {
+                break;
+            }
+            let from = match self.cursors.get(&topic) {
+                Some(cursor) => *cursor,
+                None => self.position(&topic)?,
+            };
+            let due_by = self.delayed.contains(&topic).then_some(now);
+            let (records, due) =
+                read_due(&self.embedded.db, &topic, from, max - batch.len(), due_by)?;
+            if let Some(due) = due {
+                waits_until = Some(waits_until.map_or(due, |w| w.min(due)));
+            }
+            let next = records.last().map_or(from, |r| r.offset as u64 + 1);
+            self.cursors.insert(topic, next);
+            batch.extend(records);
+        }
+        Ok((batch, waits_until))
+    }
+}
+
+fn log_error(error: EmbeddedError) -> LogError {
+    match error {
+        EmbeddedError::Corrupt(_) => LogError::Fatal(error.to_string()),
+        other => LogError::Aborted(other.to_string()),
+    }
+}
+
+impl Log for EmbeddedLog {
+    async fn next_batch(
+        &mut self,
+        max_records: usize,
+        max_wait: Duration,
+    ) -> Result<Vec<InputRecord>, LogError> {
+        let deadline = tokio::time::Instant::now() + max_wait;
+        loop {
+            // Listening before reading: a commit between the read and the wait still wakes.
+            let appended = self.embedded.appended.clone();
+            let notified = appended.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (batch, waits_until) =
+                blocking(|| self.read(max_records)).map_err(|e| LogError::Fatal(e.to_string()))?;
+            if !batch.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(batch);
+            }
+            let wake = waits_until
+                .map(|due| {
+                    let wait = Duration::from_millis((due - now_ms()).max(1) as u64);
+                    (tokio::time::Instant::now() + wait).min(deadline)
+                })
+                .unwrap_or(deadline);
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    async fn commit(
+        &mut self,
+        batch: &[InputRecord],
+        outputs: Vec<OutputRecord>,
+    ) -> Result<(), LogError> {
+        let mut consumed: HashMap<&str, u64> = HashMap::new();
+        for record in batch {
+            let next = record.offset as u64 + 1;
+            let at = consumed.entry(record.topic.as_str()).or_insert(next);
+            *at = (*at).max(next);
+        }
+        let db = &self.embedded.db;
+        let group = self.group.as_str();
+        blocking(|| {
+            let txn = db.begin_write().map_err(storage)?;
+            append(&txn, &outputs)?;
+            {
+                let mut positions = txn.open_table(POSITIONS).map_err(storage)?;
+                for (topic, next) in &consumed {
+                    positions
+                        .insert((group, *topic, PARTITION), *next)
+                        .map_err(storage)?;
+                }
+            }
+            txn.commit().map_err(storage)
+        })
+        .map_err(log_error)?;
+        if !outputs.is_empty() {
+            self.embedded.appended.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn reassigned(&mut self) -> Result<Option<Vec<InputRecord>>, LogError> {
+        if self.announced {
+            return Ok(None);
+        }
+        self.announced = true;
+        let delayed: Vec<String> = self.delayed.iter().cloned().collect();
+        blocking(|| {
+            let mut unconsumed = Vec::new();
+            for topic in &delayed {
+                let from = self.position(topic)?;
+                unconsumed.extend(read_from(&self.embedded.db, topic, from, usize::MAX, None)?);
+            }
+            Ok(Some(unconsumed))
+        })
+        .map_err(|e: EmbeddedError| LogError::Fatal(e.to_string()))
+    }
+
+    async fn hold(&mut self, pause: Duration) -> Result<(), LogError> {
+        tokio::time::sleep(pause).await;
+        Ok(())
+    }
+
+    async fn rewind(&mut self, batch: &[InputRecord]) -> Result<(), LogError> {
+        for record in batch {
+            let cursor = self
+                .cursors
+                .entry(record.topic.clone())
+                .or_insert(record.offset as u64);
+            *cursor = (*cursor).min(record.offset as u64);
+        }
+        Ok(())
+    }
+
+    async fn close(self) {}
+}
+
+/// Writes records to the embedded log: the gateway's way in under `txflow dev`.
+#[derive(Clone)]
+pub struct EmbeddedPublisher {
+    embedded: Embedded,
+}
+
+impl EmbeddedPublisher {
+    pub(super) fn new(embedded: Embedded) -> Self {
+        EmbeddedPublisher { embedded }
+    }
+}
+
+impl Publisher for EmbeddedPublisher {
+    async fn publish(&self, records: Vec<OutputRecord>) -> Vec<Result<Published, PublishError>> {
+        let db = &self.embedded.db;
+        let written = blocking(|| {
+            let txn = db.begin_write().map_err(storage)?;
+            let published = append(&txn, &records)?;
+            txn.commit().map_err(storage)?;
+            Ok::<_, EmbeddedError>(published)
+        });
+        match written {
+            Ok(published) => {
+                self.embedded.appended.notify_waiters();
+                published.into_iter().map(Ok).collect()
+            }
+            Err(e) => records
+                .iter()
+                .map(|_| {
+                    Err(PublishError {
+                        message: e.to_string(),
+                        retriable: true,
+                    })
+                })
+                .collect(),
+        }
+    }
+}

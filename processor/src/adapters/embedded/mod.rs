@@ -1,0 +1,130 @@
+//! The embedded backend: the log and the store in one `redb` database file on local disk,
+//! for `txflow dev` — one process, no external service, the same stages and guarantees.
+//!
+//! Every write is a `redb` transaction committed durably (fsync) before it returns: a batch's
+//! outputs and consumed positions land together or not at all, and so does a ledger write, so
+//! a SIGKILL at any moment loses or doubles nothing. `redb` locks the file: one process at a
+//! time opens a data directory.
+
+mod log;
+mod store;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, TableDefinition};
+use tokio::sync::Notify;
+
+pub use self::log::{EmbeddedLog, EmbeddedPublisher};
+pub use self::store::EmbeddedLedgerStore;
+
+/// Records by topic, partition and offset.
+const RECORDS: TableDefinition<(&str, u32, u64), &[u8]> = TableDefinition::new("records");
+/// The next offset of each topic partition.
+const ENDS: TableDefinition<(&str, u32), u64> = TableDefinition::new("ends");
+/// The next offset each group consumes, by topic partition.
+const POSITIONS: TableDefinition<(&str, &str, u32), u64> = TableDefinition::new("positions");
+/// Accounts: balance, currency, version.
+const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
+/// Recorded results by account and event id.
+const RESULTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("results");
+/// The accounts each event has a result on.
+const BY_EVENT: TableDefinition<(&str, &str), ()> = TableDefinition::new("results_by_event");
+
+/// The database file in a data directory.
+pub const DATABASE_FILE: &str = "txflow.redb";
+
+/// Why the embedded database could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error("opening {path}: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error("the embedded database: {0}")]
+    Storage(String),
+    #[error("the embedded database holds data txflow cannot read: {0}")]
+    Corrupt(String),
+}
+
+/// Any `redb` error: a storage failure.
+fn storage(error: impl std::fmt::Display) -> EmbeddedError {
+    EmbeddedError::Storage(error.to_string())
+}
+
+/// An open data directory: the database and a signal that new records were committed.
+#[derive(Clone)]
+pub struct Embedded {
+    db: Arc<Database>,
+    /// Woken on every commit of records, so that waiting consumers read at once.
+    appended: Arc<Notify>,
+}
+
+impl Embedded {
+    /// Opens (or creates) the database in `dir`, creating the directory if needed.
+    pub fn open(dir: &Path) -> Result<Embedded, EmbeddedError> {
+        let path = dir.join(DATABASE_FILE);
+        let failed = |message: String| EmbeddedError::Open {
+            path: path.clone(),
+            message,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| failed(e.to_string()))?;
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => failed(
+                "another txflow process has this data directory open (one process at a time: stop it, or use another --data-dir)"
+                    .to_owned(),
+            ),
+            other => failed(other.to_string()),
+        })?;
+        let embedded = Embedded {
+            db: Arc::new(db),
+            appended: Arc::new(Notify::new()),
+        };
+        embedded.create_tables()?;
+        Ok(embedded)
+    }
+
+    /// Creates every table, so that readers never meet a missing one.
+    fn create_tables(&self) -> Result<(), EmbeddedError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        txn.open_table(RECORDS).map_err(storage)?;
+        txn.open_table(ENDS).map_err(storage)?;
+        txn.open_table(POSITIONS).map_err(storage)?;
+        txn.open_table(ACCOUNTS).map_err(storage)?;
+        txn.open_table(RESULTS).map_err(storage)?;
+        txn.open_table(BY_EVENT).map_err(storage)?;
+        txn.commit().map_err(storage)
+    }
+
+    pub fn store(&self) -> EmbeddedLedgerStore {
+        EmbeddedLedgerStore::new(self.db.clone())
+    }
+
+    pub fn publisher(&self) -> EmbeddedPublisher {
+        EmbeddedPublisher::new(self.clone())
+    }
+
+    /// A member of `group` consuming `inputs` and the delayed topics `delayed` (retry tiers).
+    pub fn log(&self, group: &str, inputs: &[&str], delayed: &[String]) -> EmbeddedLog {
+        EmbeddedLog::new(self.clone(), group, inputs, delayed)
+    }
+
+    /// Every record of `topic`, in offset order.
+    pub fn read_to_end(
+        &self,
+        topic: &str,
+    ) -> Result<Vec<crate::ports::InputRecord>, EmbeddedError> {
+        log::read_from(&self.db, topic, 0, usize::MAX, None)
+    }
+}
+
+/// Runs blocking database work off the async workers.
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

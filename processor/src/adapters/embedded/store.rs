@@ -1,0 +1,319 @@
+//! The ledger's store on the embedded database: each conditional write is one write
+//! transaction that checks the account's version and that none of its results is recorded
+//! yet, then writes them all, or writes nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::stream::BoxStream;
+use redb::{Database, ReadableTable};
+use serde::{Deserialize, Serialize};
+
+use super::{blocking, storage, EmbeddedError, ACCOUNTS, BY_EVENT, RESULTS};
+use crate::domain::{
+    Account, Entry, Fingerprint, Origin, Prior, Settlement, Status, TransactionResult,
+};
+use crate::ports::{LedgerStore, LoadedAccount, StoreError};
+
+/// The ledger's store in the embedded database.
+#[derive(Clone)]
+pub struct EmbeddedLedgerStore {
+    db: Arc<Database>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredAccount {
+    balance_minor: i64,
+    currency: Option<String>,
+    version: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredResult {
+    fingerprint: [u8; 32],
+    origin_topic: String,
+    origin_partition: i32,
+    origin_offset: i64,
+    result: TransactionResult,
+}
+
+impl StoredResult {
+    fn of(prior: &Prior) -> StoredResult {
+        StoredResult {
+            fingerprint: prior.fingerprint.0,
+            origin_topic: prior.origin.topic.clone(),
+            origin_partition: prior.origin.partition,
+            origin_offset: prior.origin.offset,
+            result: prior.result.clone(),
+        }
+    }
+
+    fn prior(self) -> Prior {
+        Prior {
+            fingerprint: Fingerprint(self.fingerprint),
+            origin: Origin {
+                topic: self.origin_topic,
+                partition: self.origin_partition,
+                offset: self.origin_offset,
+            },
+            result: self.result,
+        }
+    }
+}
+
+fn store_error(error: EmbeddedError) -> StoreError {
+    match error {
+        EmbeddedError::Corrupt(message) => StoreError::Corrupt(message),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+fn decode<T: for<'a> Deserialize<'a>>(what: &str, bytes: &[u8]) -> Result<T, EmbeddedError> {
+    postcard::from_bytes(bytes).map_err(|e| EmbeddedError::Corrupt(format!("{what}: {e}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, EmbeddedError> {
+    postcard::to_stdvec(value).map_err(storage)
+}
+
+fn account_of(stored: StoredAccount) -> Account {
+    Account {
+        balance_minor: stored.balance_minor,
+        currency: stored.currency,
+        version: stored.version,
+    }
+}
+
+impl EmbeddedLedgerStore {
+    pub(super) fn new(db: Arc<Database>) -> Self {
+        EmbeddedLedgerStore { db }
+    }
+
+    fn read<T>(
+        &self,
+        work: impl FnOnce(&redb::ReadTransaction) -> Result<T, EmbeddedError>,
+    ) -> Result<T, StoreError> {
+        blocking(|| {
+            let txn = self.db.begin_read().map_err(storage)?;
+            work(&txn)
+        })
+        .map_err(store_error)
+    }
+}
+
+fn account_in(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    account_id: &str,
+) -> Result<Option<Account>, EmbeddedError> {
+    match table.get(account_id).map_err(storage)? {
+        Some(bytes) => Ok(Some(account_of(decode(account_id, bytes.value())?))),
+        None => Ok(None),
+    }
+}
+
+fn result_in(
+    table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    account_id: &str,
+    event_id: &str,
+) -> Result<Option<StoredResult>, EmbeddedError> {
+    match table.get((account_id, event_id)).map_err(storage)? {
+        Some(bytes) => Ok(Some(decode(event_id, bytes.value())?)),
+        None => Ok(None),
+    }
+}
+
+impl LedgerStore for EmbeddedLedgerStore {
+    async fn load(
+        &self,
+        account_id: &str,
+        event_ids: &[String],
+    ) -> Result<LoadedAccount, StoreError> {
+        self.read(|txn| {
+            let accounts = txn.open_table(ACCOUNTS).map_err(storage)?;
+            let results = txn.open_table(RESULTS).map_err(storage)?;
+            let mut prior = HashMap::new();
+            for event_id in event_ids {
+                if let Some(stored) = result_in(&results, account_id, event_id)? {
+                    prior.insert(event_id.clone(), stored.prior());
+                }
+            }
+            Ok(LoadedAccount {
+                account: account_in(&accounts, account_id)?.unwrap_or_default(),
+                prior,
+            })
+        })
+    }
+
+    async fn currencies(
+        &self,
+        account_ids: &[String],
+    ) -> Result<HashMap<String, String>, StoreError> {
+        self.read(|txn| {
+            let accounts = txn.open_table(ACCOUNTS).map_err(storage)?;
+            let mut currencies = HashMap::new();
+            for account_id in account_ids {
+                if let Some(currency) = account_in(&accounts, account_id)?.and_then(|a| a.currency)
+                {
+                    currencies.insert(account_id.clone(), currency);
+                }
+            }
+            Ok(currencies)
+        })
+    }
+
+    async fn applied_debits(
+        &self,
+        debits: &[(String, String)],
+    ) -> Result<HashMap<String, Fingerprint>, StoreError> {
+        self.read(|txn| {
+            let results = txn.open_table(RESULTS).map_err(storage)?;
+            let mut applied = HashMap::new();
+            for (account_id, event_id) in debits {
+                if let Some(stored) = result_in(&results, account_id, event_id)? {
+                    if stored.result.entry == Entry::Debit
+                        && stored.result.status == Status::Applied
+                    {
+                        applied.insert(event_id.clone(), Fingerprint(stored.fingerprint));
+                    }
+                }
+            }
+            Ok(applied)
+        })
+    }
+
+    async fn record(
+        &self,
+        account_id: &str,
+        before: &Account,
+        settlement: &Settlement,
+    ) -> Result<bool, StoreError> {
+        if settlement.recorded.is_empty() && settlement.claimed.is_empty() {
+            return Ok(true);
+        }
+        blocking(|| {
+            let txn = self.db.begin_write().map_err(storage)?;
+            {
+                let mut accounts = txn.open_table(ACCOUNTS).map_err(storage)?;
+                let mut results = txn.open_table(RESULTS).map_err(storage)?;
+                let mut by_event = txn.open_table(BY_EVENT).map_err(storage)?;
+                let current = account_in(&accounts, account_id)?.unwrap_or_default();
+                if !settlement.recorded.is_empty() && current.version != before.version {
+                    return Ok(false);
+                }
+                for claim in &settlement.claimed {
+                    let Some(mut stored) = result_in(&results, account_id, &claim.event_id)? else {
+                        return Ok(false);
+                    };
+                    let origin = Origin {
+                        topic: stored.origin_topic.clone(),
+                        partition: stored.origin_partition,
+                        offset: stored.origin_offset,
+                    };
+                    if origin != claim.from {
+                        return Ok(false);
+                    }
+                    stored.origin_topic = claim.to.topic.clone();
+                    stored.origin_partition = claim.to.partition;
+                    stored.origin_offset = claim.to.offset;
+                    results
+                        .insert(
+                            (account_id, claim.event_id.as_str()),
+                            encode(&stored)?.as_slice(),
+                        )
+                        .map_err(storage)?;
+                }
+                for prior in &settlement.recorded {
+                    let event_id = prior.result.event_id.as_str();
+                    if results
+                        .get((account_id, event_id))
+                        .map_err(storage)?
+                        .is_some()
+                    {
+                        return Ok(false);
+                    }
+                    results
+                        .insert(
+                            (account_id, event_id),
+                            encode(&StoredResult::of(prior))?.as_slice(),
+                        )
+                        .map_err(storage)?;
+                    by_event
+                        .insert((event_id, account_id), ())
+                        .map_err(storage)?;
+                }
+                if let Some(last) = settlement.recorded.last() {
+                    let applied = settlement
+                        .recorded
+                        .iter()
+                        .any(|p| p.result.status == Status::Applied);
+                    let currency = current
+                        .currency
+                        .clone()
+                        .or_else(|| settlement.account.currency.clone().filter(|_| applied));
+                    let updated = StoredAccount {
+                        balance_minor: last.result.balance_after_minor,
+                        currency,
+                        version: last.result.account_version,
+                    };
+                    accounts
+                        .insert(account_id, encode(&updated)?.as_slice())
+                        .map_err(storage)?;
+                }
+            }
+            txn.commit().map_err(storage)?;
+            Ok(true)
+        })
+        .map_err(store_error)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|txn| {
+            txn.open_table(ACCOUNTS).map_err(storage)?;
+            Ok(())
+        })
+    }
+
+    async fn account(&self, account_id: &str) -> Result<Option<Account>, StoreError> {
+        self.read(|txn| {
+            let accounts = txn.open_table(ACCOUNTS).map_err(storage)?;
+            account_in(&accounts, account_id)
+        })
+    }
+
+    fn accounts(&self) -> BoxStream<'_, Result<(String, Account), StoreError>> {
+        let all = self.read(|txn| {
+            let accounts = txn.open_table(ACCOUNTS).map_err(storage)?;
+            let mut all = Vec::new();
+            for entry in accounts.iter().map_err(storage)? {
+                let (key, value) = entry.map_err(storage)?;
+                let account_id = key.value().to_owned();
+                let account = account_of(decode(&account_id, value.value())?);
+                all.push((account_id, account));
+            }
+            Ok(all)
+        });
+        match all {
+            Ok(all) => Box::pin(futures::stream::iter(all.into_iter().map(Ok))),
+            Err(e) => Box::pin(futures::stream::once(async move { Err(e) })),
+        }
+    }
+
+    async fn outcomes(&self, event_id: &str) -> Result<Vec<TransactionResult>, StoreError> {
+        self.read(|txn| {
+            let by_event = txn.open_table(BY_EVENT).map_err(storage)?;
+            let results = txn.open_table(RESULTS).map_err(storage)?;
+            let mut outcomes = Vec::new();
+            for entry in by_event.range((event_id, "")..).map_err(storage)? {
+                let (key, _) = entry.map_err(storage)?;
+                let (event, account_id) = key.value();
+                if event != event_id {
+                    break;
+                }
+                if let Some(stored) = result_in(&results, account_id, event_id)? {
+                    outcomes.push(stored.result);
+                }
+            }
+            Ok(outcomes)
+        })
+    }
+}

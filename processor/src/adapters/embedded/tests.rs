@@ -1,0 +1,220 @@
+//! The embedded log and store on a temporary directory: what the stages rely on.
+
+use std::time::Duration;
+
+use super::*;
+use crate::domain::{
+    Account, Entry, Fingerprint, Origin, Prior, Settlement, Status, TransactionResult,
+};
+use crate::pipeline::now_ms;
+use crate::ports::{LedgerStore, Log, OutputRecord, Publisher};
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "txflow-embedded-{name}-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn record(topic: &str, key: &str, value: &str) -> OutputRecord {
+    OutputRecord {
+        topic: topic.to_owned(),
+        key: Some(key.as_bytes().to_vec()),
+        value: Some(value.as_bytes().to_vec()),
+        headers: vec![("h".to_owned(), b"v".to_vec())],
+    }
+}
+
+fn values(records: &[crate::ports::InputRecord]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| String::from_utf8(r.value.clone().unwrap()).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_and_its_outputs_commit_together_and_positions_survive_a_restart() {
+    let dir = TempDir::new("log");
+    {
+        let embedded = Embedded::open(&dir.0).unwrap();
+        let published = embedded
+            .publisher()
+            .publish(vec![
+                record("in", "a", "1"),
+                record("in", "b", "2"),
+                record("in", "a", "3"),
+            ])
+            .await;
+        let offsets: Vec<i64> = published.into_iter().map(|p| p.unwrap().offset).collect();
+        assert_eq!(offsets, [0, 1, 2]);
+        let mut log = embedded.log("g", &["in"], &[]);
+        let batch = log.next_batch(2, Duration::from_millis(10)).await.unwrap();
+        assert_eq!(values(&batch), ["1", "2"]);
+        assert_eq!(batch[0].header("h"), Some(&b"v"[..]));
+        // Aborted in effect: read again from the same place.
+        log.rewind(&batch).await.unwrap();
+        let again = log.next_batch(2, Duration::from_millis(10)).await.unwrap();
+        assert_eq!(again, batch);
+        log.commit(&again, vec![record("out", "a", "x")])
+            .await
+            .unwrap();
+        assert_eq!(values(&embedded.read_to_end("out").unwrap()), ["x"]);
+    }
+    // A new process on the same directory continues after what the group committed.
+    let embedded = Embedded::open(&dir.0).unwrap();
+    let mut log = embedded.log("g", &["in"], &[]);
+    let rest = log.next_batch(10, Duration::from_millis(10)).await.unwrap();
+    assert_eq!(values(&rest), ["3"]);
+    let mut other = embedded.log("other-group", &["in"], &[]);
+    let all = other
+        .next_batch(10, Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 3, "each group has its own positions");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delayed_record_comes_when_due_and_holds_back_those_behind_it() {
+    let dir = TempDir::new("delayed");
+    let embedded = Embedded::open(&dir.0).unwrap();
+    let due = |in_ms: i64| {
+        let mut r = record("in.retry.1", "a", &format!("due+{in_ms}"));
+        r.headers.push((
+            crate::ports::log::DUE_HEADER.to_owned(),
+            (now_ms() + in_ms).to_string().into_bytes(),
+        ));
+        r
+    };
+    embedded
+        .publisher()
+        .publish(vec![due(300), due(0)])
+        .await
+        .into_iter()
+        .for_each(|p| {
+            p.unwrap();
+        });
+    let mut log = embedded.log("g", &["in"], &["in.retry.1".to_owned()]);
+    assert_eq!(
+        log.reassigned().await.unwrap().map(|r| r.len()),
+        Some(2),
+        "the first call reports what the tiers hold"
+    );
+    assert_eq!(log.reassigned().await.unwrap(), None);
+    let early = log.next_batch(10, Duration::from_millis(50)).await.unwrap();
+    assert!(
+        early.is_empty(),
+        "the head is not due: {:?}",
+        values(&early)
+    );
+    let started = std::time::Instant::now();
+    let batch = log.next_batch(10, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(values(&batch), ["due+300", "due+0"]);
+    assert!(started.elapsed() >= Duration::from_millis(150));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiting_consumer_wakes_when_records_are_committed() {
+    let dir = TempDir::new("wake");
+    let embedded = Embedded::open(&dir.0).unwrap();
+    let mut log = embedded.log("g", &["in"], &[]);
+    let publisher = embedded.publisher();
+    let writer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        publisher.publish(vec![record("in", "a", "1")]).await
+    });
+    let batch = log.next_batch(10, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(values(&batch), ["1"]);
+    writer.await.unwrap();
+}
+
+fn prior(event_id: &str, version: i64, balance: i64) -> Prior {
+    Prior {
+        fingerprint: Fingerprint([version as u8; 32]),
+        origin: Origin {
+            topic: "txflow.ledger".into(),
+            partition: 0,
+            offset: version,
+        },
+        result: TransactionResult {
+            event_id: event_id.into(),
+            account_id: "acct-1".into(),
+            entry: Entry::Credit,
+            status: Status::Applied,
+            reason: None,
+            amount_minor: 100,
+            balance_after_minor: balance,
+            account_version: version,
+            processed_at: 1,
+        },
+    }
+}
+
+fn settlement(priors: Vec<Prior>) -> Settlement {
+    let last = priors.last().unwrap().result.clone();
+    Settlement {
+        account: Account {
+            balance_minor: last.balance_after_minor,
+            currency: Some("EUR".into()),
+            version: last.account_version,
+        },
+        recorded: priors,
+        claimed: Vec::new(),
+        emissions: Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_applies_only_on_the_version_it_was_computed_from_and_only_once() {
+    let dir = TempDir::new("store");
+    let embedded = Embedded::open(&dir.0).unwrap();
+    let store = embedded.store();
+    let fresh = Account::default();
+    let first = settlement(vec![prior("e-1", 1, 100), prior("e-2", 2, 200)]);
+    assert!(store.record("acct-1", &fresh, &first).await.unwrap());
+    assert!(
+        !store.record("acct-1", &fresh, &first).await.unwrap(),
+        "a stale version is refused"
+    );
+    let moved = store.account("acct-1").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            moved.balance_minor,
+            moved.version,
+            moved.currency.as_deref()
+        ),
+        (200, 2, Some("EUR"))
+    );
+    let replay = settlement(vec![prior("e-2", 3, 300)]);
+    assert!(
+        !store.record("acct-1", &moved, &replay).await.unwrap(),
+        "an event already recorded is refused with the whole write"
+    );
+    assert_eq!(store.account("acct-1").await.unwrap().unwrap().version, 2);
+    let loaded = store
+        .load("acct-1", &["e-1".to_owned(), "e-9".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(loaded.prior.len(), 1);
+    assert_eq!(loaded.prior["e-1"], prior("e-1", 1, 100));
+    assert_eq!(store.outcomes("e-2").await.unwrap().len(), 1);
+    assert!(store.outcomes("e-9").await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .currencies(&["acct-1".into(), "nobody".into()])
+            .await
+            .unwrap()["acct-1"],
+        "EUR"
+    );
+}
