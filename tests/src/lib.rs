@@ -8,6 +8,7 @@
 //! transactional ids and keyspaces with [`unique_name`], so tests run in parallel and a rerun
 //! never sees an earlier run's data.
 
+pub mod conformance;
 pub mod invariants;
 pub mod process;
 
