@@ -33,12 +33,32 @@ pub struct Observed {
 /// Error kinds that mean the store kept failing, not that the event was wrong.
 const TRANSIENT_KINDS: [&str; 2] = ["store_unavailable", "circuit_open"];
 
+/// Where a pipeline's topics are read from (committed records only).
+pub struct Source<'a> {
+    pub ledger_topic: &'a str,
+    pub results_topic: &'a str,
+    pub dlq_topic: &'a str,
+    pub read: &'a dyn Fn(&str) -> Vec<ReadRecord>,
+}
+
+/// What the topics of a pipeline on the local stack hold.
 pub fn observe(pipeline: &Pipeline) -> Observed {
+    observe_from(&Source {
+        ledger_topic: &pipeline.ledger_topic,
+        results_topic: &pipeline.results_topic,
+        dlq_topic: &pipeline.dlq_topic,
+        read: &|topic| read_topic(topic, "read_committed"),
+    })
+}
+
+/// What the topics of `source` hold.
+pub fn observe_from(source: &Source<'_>) -> Observed {
+    let read = source.read;
     let codec = Codec::builtin();
     let mut first: HashMap<String, TransactionEvent> = HashMap::new();
     let mut fresh = Vec::new();
     let (mut duplicates, mut conflicts, mut poison) = (0, 0, 0);
-    for record in read_topic(&pipeline.ledger_topic, "read_committed") {
+    for record in read(source.ledger_topic) {
         if record.header(LEG_HEADER).is_some() {
             continue;
         }
@@ -64,7 +84,7 @@ pub fn observe(pipeline: &Pipeline) -> Observed {
             Some(_) => conflicts += 1,
         }
     }
-    let results = read_topic(&pipeline.results_topic, "read_committed")
+    let results = read(source.results_topic)
         .iter()
         .map(|r| {
             codec
@@ -75,7 +95,7 @@ pub fn observe(pipeline: &Pipeline) -> Observed {
                 .expect("a result record")
         })
         .collect();
-    let dead_letters = read_topic(&pipeline.dlq_topic, "read_committed");
+    let dead_letters = read(source.dlq_topic);
     let given_up = dead_letters
         .iter()
         .filter(|d| TRANSIENT_KINDS.contains(&d.header(ERROR_KIND).unwrap_or_default().as_str()))
@@ -200,11 +220,11 @@ pub fn wait_until_drained(
     }
 }
 
-/// A row of the store's ledger table.
-struct StoredResult {
-    result: TransactionResult,
-    balance: i64,
-    version: i64,
+/// A result as the store holds it, with its account's balance and version.
+pub struct StoredResult {
+    pub result: TransactionResult,
+    pub balance: i64,
+    pub version: i64,
 }
 
 async fn stored(pipeline: &Pipeline) -> Vec<StoredResult> {
@@ -278,8 +298,16 @@ async fn stored(pipeline: &Pipeline) -> Vec<StoredResult> {
         .collect()
 }
 
-/// Every invariant of DESIGN.md §2 on a drained pipeline.
+/// Every invariant of DESIGN.md §2 on a drained pipeline on the local stack.
 pub fn verify(pipeline: &Pipeline, observed: &Observed) {
+    let rows = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(stored(pipeline));
+    verify_stored(observed, &rows);
+}
+
+/// Every invariant of DESIGN.md §2, from what the topics and the store hold.
+pub fn verify_stored(observed: &Observed, rows: &[StoredResult]) {
     let by_id: HashMap<&str, &TransactionEvent> = observed
         .fresh
         .iter()
@@ -339,9 +367,6 @@ pub fn verify(pipeline: &Pipeline, observed: &Observed) {
     );
 
     // The store holds exactly the published results.
-    let rows = tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(stored(pipeline));
     let published: HashMap<(&str, &str), &TransactionResult> = observed
         .results
         .iter()
@@ -359,7 +384,7 @@ pub fn verify(pipeline: &Pipeline, observed: &Observed) {
         "store rows vs published results; recorded, never published: {unpublished:?}"
     );
     let mut accounts: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
-    for row in &rows {
+    for row in rows {
         let r = &row.result;
         assert_eq!(
             published.get(&(r.event_id.as_str(), r.account_id.as_str())),

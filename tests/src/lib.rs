@@ -175,6 +175,18 @@ pub struct ReadRecord {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+impl From<txflow::ports::InputRecord> for ReadRecord {
+    fn from(record: txflow::ports::InputRecord) -> Self {
+        ReadRecord {
+            partition: record.partition,
+            offset: record.offset,
+            key: record.key,
+            value: record.value,
+            headers: record.headers,
+        }
+    }
+}
+
 impl ReadRecord {
     /// The first header with this name, as text.
     pub fn header(&self, name: &str) -> Option<String> {

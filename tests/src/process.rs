@@ -197,37 +197,51 @@ impl Pipeline {
         self.start(self.command(args), name)
     }
 
-    fn start(&self, mut command: Command, name: &str) -> StageProcess {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: prctl is async-signal-safe and touches only the child's own settings.
-        // A test killed midway must not leave stage processes running behind it.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let log = self.logs.join(format!("{name}.log"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("a process log file");
-        // A restart under the same name appends: this process's lines start here.
-        let log_start = file.metadata().map(|m| m.len()).unwrap_or(0) as usize;
-        let child = command
-            .stdout(Stdio::from(file.try_clone().expect("log file handle")))
-            .stderr(Stdio::from(file))
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        StageProcess {
-            child: Some(child),
-            name: name.to_owned(),
-            log,
-            log_start,
-        }
+    fn start(&self, command: Command, name: &str) -> StageProcess {
+        start_process(command, &self.logs, name)
+    }
+}
+
+/// The `txflow` binary of the tests with `args`, and no environment of a pipeline.
+pub fn txflow_command(args: &[&str]) -> Command {
+    let mut command = Command::new(txflow_bin());
+    command.args(args);
+    command
+}
+
+/// Starts `command` as a process that dies with the test, its output appended to
+/// `<logs>/<name>.log`.
+pub fn start_process(mut command: Command, logs: &std::path::Path, name: &str) -> StageProcess {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches only the child's own settings.
+    // A test killed midway must not leave stage processes running behind it.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    std::fs::create_dir_all(logs).expect("a log directory");
+    let log = logs.join(format!("{name}.log"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .expect("a process log file");
+    // A restart under the same name appends: this process's lines start here.
+    let log_start = file.metadata().map(|m| m.len()).unwrap_or(0) as usize;
+    let child = command
+        .stdout(Stdio::from(file.try_clone().expect("log file handle")))
+        .stderr(Stdio::from(file))
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+    StageProcess {
+        child: Some(child),
+        name: name.to_owned(),
+        log,
+        log_start,
     }
 }
 
@@ -406,7 +420,8 @@ impl HttpAnswer {
     }
 }
 
-/// One HTTP/1.1 request on a connection of its own, read to its end.
+/// One HTTP/1.1 request on a connection of its own, read to its end; fails the test when
+/// nothing listens at `address`.
 pub fn http(
     address: &str,
     method: &str,
@@ -414,9 +429,21 @@ pub fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> HttpAnswer {
+    try_http(address, method, path, headers, body)
+        .unwrap_or_else(|e| panic!("{method} {path} on {address}: {e}"))
+}
+
+/// [`http`], or the error when the request could not be made (nothing listens, the
+/// connection broke).
+pub fn try_http(
+    address: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpAnswer> {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address)
-        .unwrap_or_else(|e| panic!("connecting to {address}: {e}"));
+    let mut stream = std::net::TcpStream::connect(address)?;
     let mut request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -425,30 +452,33 @@ pub fn http(
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .and_then(|()| stream.write_all(body))
-        .expect("sending a request");
-    let mut response = Vec::new();
     // A server may answer and close before it read a body it refuses: what it sent counts.
+    let _ = stream
+        .write_all(request.as_bytes())
+        .and_then(|()| stream.write_all(body));
+    let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response);
     let response = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let not_http = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not an HTTP response: {response:?}"),
+        )
+    };
+    let (head, body) = response.split_once("\r\n\r\n").ok_or_else(not_http)?;
     let mut lines = head.lines();
     let status = lines
         .next()
         .and_then(|line| line.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+        .ok_or_else(not_http)?;
     let headers = lines
         .filter_map(|line| line.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    HttpAnswer {
+    Ok(HttpAnswer {
         status,
         headers,
         body: body.to_owned(),
-    }
+    })
 }

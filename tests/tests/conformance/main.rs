@@ -99,13 +99,7 @@ async fn on_the_embedded_database() {
                 .read_to_end(topic)
                 .unwrap()
                 .into_iter()
-                .map(|r| ReadRecord {
-                    partition: r.partition,
-                    offset: r.offset,
-                    key: r.key,
-                    value: r.value,
-                    headers: r.headers,
-                })
+                .map(ReadRecord::from)
                 .collect()
         },
     )

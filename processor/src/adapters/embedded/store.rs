@@ -89,6 +89,21 @@ impl EmbeddedLedgerStore {
         EmbeddedLedgerStore { db }
     }
 
+    /// Every recorded result, by account: for audits (and the tests' invariants), which
+    /// check the store against the results topic.
+    pub fn recorded(&self) -> Result<Vec<TransactionResult>, StoreError> {
+        self.read(|txn| {
+            let results = txn.open_table(RESULTS).map_err(storage)?;
+            let mut all = Vec::new();
+            for entry in results.iter().map_err(storage)? {
+                let (_, value) = entry.map_err(storage)?;
+                let stored: StoredResult = decode("a result", value.value())?;
+                all.push(stored.result);
+            }
+            Ok(all)
+        })
+    }
+
     fn read<T>(
         &self,
         work: impl FnOnce(&redb::ReadTransaction) -> Result<T, EmbeddedError>,

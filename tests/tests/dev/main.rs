@@ -1,0 +1,211 @@
+//! `txflow dev` as a user runs it: every stage in one process on the embedded database.
+//! SIGKILLed at random moments while clients post over HTTP, it still applies every event
+//! exactly once — the same invariants as the ledger on Kafka and Cassandra.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use txflow::adapters::embedded::Embedded;
+use txflow::loadgen::{Workload, WorkloadConfig};
+use txflow::ports::LedgerStore;
+use txflow_tests::invariants::{observe_from, verify_stored, Observed, Source, StoredResult};
+use txflow_tests::process::{start_process, try_http, txflow_command, StageProcess};
+use txflow_tests::{unique_name, ReadRecord};
+
+struct Dev {
+    dir: PathBuf,
+    logs: PathBuf,
+}
+
+impl Dev {
+    fn new() -> Dev {
+        let name = unique_name("dev");
+        Dev {
+            dir: std::env::temp_dir().join(&name).join("data"),
+            logs: std::env::temp_dir().join(&name),
+        }
+    }
+
+    /// `txflow dev` on this data directory; waits until its gateway listens.
+    fn start(&self) -> (StageProcess, String) {
+        let mut command = txflow_command(&["dev", "--data-dir", self.dir.to_str().unwrap()]);
+        command
+            .env("TXFLOW_GATEWAY__LISTEN", "127.0.0.1:0")
+            .env("TXFLOW_ADMIN__LISTEN", "127.0.0.1:0")
+            .env("TXFLOW_LEDGER__RETRY_DELAYS_MS", "[200, 500, 1000]")
+            // Each batch waits between its store writes and its commit, so that kills land
+            // where the store is ahead of the log: the hardest case.
+            .env("TXFLOW_FAULT_BEFORE_COMMIT_MS", "50")
+            .env("TXFLOW_LOG", "info,txflow=debug");
+        let process = start_process(command, &self.logs, "dev");
+        let address = process.logged_address("gateway listening");
+        (process, address)
+    }
+
+    fn key(&self) -> String {
+        std::fs::read_to_string(self.dir.join("dev-api-key"))
+            .expect("the dev API key")
+            .trim()
+            .to_owned()
+    }
+
+    /// What the stopped pipeline's database holds.
+    fn inspect(&self) -> (Observed, Vec<StoredResult>) {
+        let embedded = Embedded::open(&self.dir).expect("the stopped dev's database");
+        let read = |topic: &str| -> Vec<ReadRecord> {
+            embedded
+                .read_to_end(topic)
+                .unwrap()
+                .into_iter()
+                .map(ReadRecord::from)
+                .collect()
+        };
+        let observed = observe_from(&Source {
+            ledger_topic: "txflow.ledger",
+            results_topic: "txflow.results",
+            dlq_topic: "txflow.ledger.dlq",
+            read: &read,
+        });
+        let store = embedded.store();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let rows = store
+            .recorded()
+            .unwrap()
+            .into_iter()
+            .map(|result| {
+                let account = runtime
+                    .block_on(store.account(&result.account_id))
+                    .unwrap()
+                    .expect("an account with results");
+                StoredResult {
+                    result,
+                    balance: account.balance_minor,
+                    version: account.version,
+                }
+            })
+            .collect();
+        (observed, rows)
+    }
+}
+
+/// Posts `bodies` in turn, each until the gateway took it (it is down while dev restarts).
+fn post_all(address: &Arc<std::sync::Mutex<String>>, key: &str, bodies: &[String]) {
+    let auth = format!("Bearer {key}");
+    for body in bodies {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let at = address.lock().unwrap().clone();
+            let answer = try_http(
+                &at,
+                "POST",
+                "/v1/events/batch",
+                &[
+                    ("authorization", &auth),
+                    ("content-type", "application/json"),
+                ],
+                body.as_bytes(),
+            );
+            match answer {
+                Ok(answer) if answer.status == 202 => break,
+                Ok(answer) if answer.status != 503 => {
+                    panic!(
+                        "the gateway refused a batch: {} {}",
+                        answer.status, answer.body
+                    )
+                }
+                _ => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "no gateway took a batch for 60 s"
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_sigkilled_dev_applies_every_event_exactly_once() {
+    let seed = std::env::var("TXFLOW_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    eprintln!("dev crash: TXFLOW_TEST_SEED={seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let dev = Dev::new();
+    let (mut process, address) = dev.start();
+    let key = dev.key();
+    let mut workload = Workload::new(WorkloadConfig {
+        accounts: 30,
+        seed,
+        duplicate_share: 0.03,
+        conflict_share: 0.01,
+        id_prefix: format!("dev{seed}"),
+        ..WorkloadConfig::default()
+    });
+    let bodies: Vec<String> = (0..60)
+        .map(|_| {
+            let batch: Vec<serde_json::Value> = (0..50)
+                .map(|_| serde_json::to_value(workload.next_event().0).unwrap())
+                .collect();
+            serde_json::Value::Array(batch).to_string()
+        })
+        .collect();
+    let current = Arc::new(std::sync::Mutex::new(address));
+    let done = Arc::new(AtomicBool::new(false));
+    let poster = {
+        let (current, key, done) = (current.clone(), key.clone(), done.clone());
+        std::thread::spawn(move || {
+            post_all(&current, &key, &bodies);
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(rng.random_range(500..2000)));
+        process.kill();
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..300)));
+        let (restarted, address) = dev.start();
+        process = restarted;
+        *current.lock().unwrap() = address;
+    }
+    poster.join().expect("the poster");
+    assert!(done.load(Ordering::SeqCst));
+
+    // Drained when nothing is missing: stop, look, start again if something still is.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (observed, rows) = loop {
+        std::thread::sleep(Duration::from_secs(2));
+        process.terminate();
+        let (observed, rows) = dev.inspect();
+        let missing = observed.missing();
+        if missing.is_empty() {
+            break (observed, rows);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} expected outputs missing, e.g. {:?}:\n{}",
+            missing.len(),
+            &missing[..missing.len().min(5)],
+            process.log_text()
+        );
+        process = dev.start().0;
+    };
+    assert!(
+        observed.fresh.len() > 2500,
+        "{} events",
+        observed.fresh.len()
+    );
+    assert!(
+        observed.duplicates > 0 && observed.conflicts > 0,
+        "the workload re-sent events"
+    );
+    verify_stored(&observed, &rows);
+    let _ = std::fs::remove_dir_all(dev.dir.parent().unwrap_or(Path::new("/nonexistent")));
+}
