@@ -111,7 +111,8 @@ async fn measure(
                 connections: (args.gateway_connections / 4).max(1),
             },
         ] {
-            let bodies = Arc::new(bodies(&mut workload, posting.events));
+            let count = (BODIES / posting.events).max(16);
+            let bodies = Arc::new(bodies(&mut workload, posting.events, count));
             eprintln!(
                 "bench: gateway, {} posts of {} event(s), {} connections, {} s",
                 posting.name, posting.events, posting.connections, args.gateway_seconds
@@ -147,7 +148,7 @@ async fn measure(
 }
 
 /// The address the gateway logged once it listened.
-async fn listening_address(log: &Path) -> anyhow::Result<String> {
+pub(super) async fn listening_address(log: &Path) -> anyhow::Result<String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -169,9 +170,9 @@ async fn listening_address(log: &Path) -> anyhow::Result<String> {
     }
 }
 
-/// Request bodies of `events` events each (a JSON object for one, an array for more).
-fn bodies(workload: &mut Workload, events: usize) -> Vec<Vec<u8>> {
-    let count = (BODIES / events).max(16);
+/// `count` request bodies of `events` events each (a JSON object for one, an array for
+/// more).
+pub(super) fn bodies(workload: &mut Workload, events: usize, count: usize) -> Vec<Vec<u8>> {
     (0..count)
         .map(|_| {
             let mut batch: Vec<serde_json::Value> = (0..events)

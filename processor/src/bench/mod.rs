@@ -1,5 +1,6 @@
 //! `txflow bench`: the ledger on the configured Kafka and store, measured side by side with
-//! its baselines in one run; `txflow bench --gateway`, the HTTP gateway ([`gateway`]).
+//! its baselines in one run; `txflow bench --gateway`, the HTTP gateway ([`gateway`]);
+//! `txflow bench --dev`, every stage on the embedded backend ([`dev`]).
 //!
 //! Every mode gets fresh topics, group and keyspace and a ledger that has joined its group
 //! and opened every account with a deposit (a running ledger's steady state). Throughput: events written as fast as this process can, while the
@@ -34,6 +35,7 @@ use txflow::domain::{Entry, EventType, TransactionEvent, TransactionResult};
 use txflow::limits::pacing;
 use txflow::loadgen::{Workload, WorkloadConfig};
 
+mod dev;
 mod gateway;
 
 #[derive(Debug, Clone, Args)]
@@ -69,6 +71,15 @@ pub struct BenchArgs {
     /// Measure the HTTP gateway (single and batch posts) instead of the ledger.
     #[arg(long)]
     gateway: bool,
+    /// Measure `txflow dev` (every stage on the embedded backend) instead of the ledger.
+    #[arg(long, conflicts_with = "gateway")]
+    dev: bool,
+    /// Events of the `--dev` throughput phase.
+    #[arg(long, default_value_t = 200_000)]
+    dev_events: usize,
+    /// Seconds of the `--dev` fixed-rate phase.
+    #[arg(long, default_value_t = 30)]
+    dev_latency_seconds: u64,
     /// Seconds of each gateway run.
     #[arg(long, default_value_t = 20)]
     gateway_seconds: u64,
@@ -547,6 +558,9 @@ pub async fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
     eprintln!("bench {run}: stage logs in {}", logs.display());
     if args.gateway {
         return gateway::bench(config, &args, &run, &logs).await;
+    }
+    if args.dev {
+        return dev::bench(config, &args, &run, &logs).await;
     }
 
     eprintln!(

@@ -34,6 +34,10 @@ const BY_EVENT: TableDefinition<(&str, &str), ()> = TableDefinition::new("result
 /// The database file in a data directory.
 pub const DATABASE_FILE: &str = "txflow.redb";
 
+/// The database's page cache: bounded, so that the process's memory stays flat as the data
+/// grows (redb's default is 1 GiB).
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// Why the embedded database could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
@@ -67,7 +71,10 @@ impl Embedded {
             message,
         };
         std::fs::create_dir_all(dir).map_err(|e| failed(e.to_string()))?;
-        let db = Database::create(&path).map_err(|e| match e {
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => failed(
                 "another txflow process has this data directory open (one process at a time: stop it, or use another --data-dir)"
                     .to_owned(),

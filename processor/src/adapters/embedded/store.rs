@@ -206,7 +206,11 @@ impl LedgerStore for EmbeddedLedgerStore {
             return Ok(true);
         }
         blocking(|| {
-            let txn = self.db.begin_write().map_err(storage)?;
+            let mut txn = self.db.begin_write().map_err(storage)?;
+            // Not flushed on its own: the batch's log commit, which publishes its results,
+            // comes after it and flushes it (redb persists commits in order). A crash before
+            // that commit loses a write whose batch is read again and writes it again.
+            txn.set_durability(redb::Durability::None);
             {
                 let mut accounts = txn.open_table(ACCOUNTS).map_err(storage)?;
                 let mut results = txn.open_table(RESULTS).map_err(storage)?;
