@@ -17,7 +17,7 @@ use crate::ports::StoreError;
 
 /// An error a breaker can judge (does it say the dependency is unwell?) and make (the
 /// refusal of a call while the circuit is open).
-pub trait Guarded {
+pub trait Guarded: std::fmt::Display {
     fn is_transient(&self) -> bool;
     fn circuit_open(dependency: &str, retry_after: Duration) -> Self;
 }
@@ -210,7 +210,7 @@ impl Breaker {
                 Ok(Some(answer))
             }
             Err(e) => {
-                tracing::debug!(dependency = %self.dependency, "probe failed");
+                tracing::debug!(dependency = %self.dependency, "probe failed: {e}");
                 let mut circuit = self.circuit.lock().expect("the circuit lock");
                 self.open(&mut circuit, Instant::now());
                 Err(e)
