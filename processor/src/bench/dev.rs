@@ -368,9 +368,10 @@ fn report(
     let _ = writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for m in [throughput, latency] {
         let name = match m.rate {
-            Some(rate) => {
-                format!("posted at {rate} events/s (about half the first phase's throughput)")
-            }
+            Some(rate) => format!(
+                "posted at {rate} events/s ({:.0}% of the first phase's throughput)",
+                f64::from(rate) / per_second * 100.0
+            ),
             None => "posted as fast as the gateway takes them".to_owned(),
         };
         let _ = writeln!(

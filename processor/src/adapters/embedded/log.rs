@@ -244,29 +244,29 @@ impl Log for EmbeddedLog {
         batch: &[InputRecord],
         outputs: Vec<OutputRecord>,
     ) -> Result<(), LogError> {
-        let mut consumed: HashMap<&str, u64> = HashMap::new();
+        let mut consumed: HashMap<String, u64> = HashMap::new();
         for record in batch {
             let next = record.offset as u64 + 1;
-            let at = consumed.entry(record.topic.as_str()).or_insert(next);
+            let at = consumed.entry(record.topic.clone()).or_insert(next);
             *at = (*at).max(next);
         }
-        let db = &self.embedded.db;
-        let group = self.group.as_str();
-        blocking(|| {
-            let txn = db.begin_write().map_err(storage)?;
-            append(&txn, &outputs)?;
-            {
+        let group = self.group.clone();
+        let appended = !outputs.is_empty();
+        self.embedded
+            .writer
+            .write(true, move |txn| {
+                append(txn, &outputs)?;
                 let mut positions = txn.open_table(POSITIONS).map_err(storage)?;
                 for (topic, next) in &consumed {
                     positions
-                        .insert((group, *topic, PARTITION), *next)
+                        .insert((group.as_str(), topic.as_str(), PARTITION), *next)
                         .map_err(storage)?;
                 }
-            }
-            txn.commit().map_err(storage)
-        })
-        .map_err(log_error)?;
-        if !outputs.is_empty() {
+                Ok(())
+            })
+            .await
+            .map_err(log_error)?;
+        if appended {
             self.embedded.appended.notify_waiters();
         }
         Ok(())
@@ -322,20 +322,18 @@ impl EmbeddedPublisher {
 
 impl Publisher for EmbeddedPublisher {
     async fn publish(&self, records: Vec<OutputRecord>) -> Vec<Result<Published, PublishError>> {
-        let db = &self.embedded.db;
-        let written = blocking(|| {
-            let txn = db.begin_write().map_err(storage)?;
-            let published = append(&txn, &records)?;
-            txn.commit().map_err(storage)?;
-            Ok::<_, EmbeddedError>(published)
-        });
+        let count = records.len();
+        let written = self
+            .embedded
+            .writer
+            .write(true, move |txn| append(txn, &records))
+            .await;
         match written {
             Ok(published) => {
                 self.embedded.appended.notify_waiters();
                 published.into_iter().map(Ok).collect()
             }
-            Err(e) => records
-                .iter()
+            Err(e) => (0..count)
                 .map(|_| {
                     Err(PublishError {
                         message: e.to_string(),

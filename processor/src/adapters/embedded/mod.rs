@@ -1,13 +1,15 @@
 //! The embedded backend: the log and the store in one `redb` database file on local disk,
 //! for `txflow dev` — one process, no external service, the same stages and guarantees.
 //!
-//! Every write is a `redb` transaction committed durably (fsync) before it returns: a batch's
-//! outputs and consumed positions land together or not at all, and so does a ledger write, so
-//! a SIGKILL at any moment loses or doubles nothing. `redb` locks the file: one process at a
+//! A batch's outputs and consumed positions are written in one `redb` transaction, committed
+//! durably (fsync) before the commit returns: they land together or not at all, and a ledger
+//! write lands whole or not at all, so a SIGKILL at any moment loses or doubles nothing. One
+//! writer thread applies the writes that wait together in one transaction. `redb` locks the file: one process at a
 //! time opens a data directory.
 
 mod log;
 mod store;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -58,6 +60,7 @@ fn storage(error: impl std::fmt::Display) -> EmbeddedError {
 #[derive(Clone)]
 pub struct Embedded {
     db: Arc<Database>,
+    writer: writer::Writer,
     /// Woken on every commit of records, so that waiting consumers read at once.
     appended: Arc<Notify>,
 }
@@ -81,8 +84,10 @@ impl Embedded {
             ),
             other => failed(other.to_string()),
         })?;
+        let db = Arc::new(db);
         let embedded = Embedded {
-            db: Arc::new(db),
+            writer: writer::Writer::start(db.clone()),
+            db,
             appended: Arc::new(Notify::new()),
         };
         embedded.create_tables()?;
@@ -102,7 +107,7 @@ impl Embedded {
     }
 
     pub fn store(&self) -> EmbeddedLedgerStore {
-        EmbeddedLedgerStore::new(self.db.clone())
+        EmbeddedLedgerStore::new(self.db.clone(), self.writer.clone())
     }
 
     pub fn publisher(&self) -> EmbeddedPublisher {

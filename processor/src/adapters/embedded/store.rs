@@ -9,6 +9,7 @@ use futures::stream::BoxStream;
 use redb::{Database, ReadableTable};
 use serde::{Deserialize, Serialize};
 
+use super::writer::Writer;
 use super::{blocking, storage, EmbeddedError, ACCOUNTS, BY_EVENT, RESULTS};
 use crate::domain::{
     Account, Entry, Fingerprint, Origin, Prior, Settlement, Status, TransactionResult,
@@ -19,6 +20,100 @@ use crate::ports::{LedgerStore, LoadedAccount, StoreError};
 #[derive(Clone)]
 pub struct EmbeddedLedgerStore {
     db: Arc<Database>,
+    writer: Writer,
+}
+
+/// A conditional write.
+struct Write {
+    account_id: String,
+    before: Account,
+    settlement: Settlement,
+}
+
+/// The account is still at the version the settlement was computed from, none of its
+/// results is recorded yet, and every claimed result still has the origin it is claimed from.
+fn conditions_hold(
+    accounts: &impl ReadableTable<&'static str, &'static [u8]>,
+    results: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    write: &Write,
+) -> Result<bool, EmbeddedError> {
+    let account_id = write.account_id.as_str();
+    let settlement = &write.settlement;
+    let current = account_in(accounts, account_id)?.unwrap_or_default();
+    if !settlement.recorded.is_empty() && current.version != write.before.version {
+        return Ok(false);
+    }
+    for claim in &settlement.claimed {
+        let origin = result_in(results, account_id, &claim.event_id)?.map(|stored| Origin {
+            topic: stored.origin_topic,
+            partition: stored.origin_partition,
+            offset: stored.origin_offset,
+        });
+        if origin.as_ref() != Some(&claim.from) {
+            return Ok(false);
+        }
+    }
+    for prior in &settlement.recorded {
+        let key = (account_id, prior.result.event_id.as_str());
+        if results.get(key).map_err(storage)?.is_some() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn write_settlement(
+    accounts: &mut redb::Table<&'static str, &'static [u8]>,
+    results: &mut redb::Table<(&'static str, &'static str), &'static [u8]>,
+    by_event: &mut redb::Table<(&'static str, &'static str), ()>,
+    write: &Write,
+) -> Result<(), EmbeddedError> {
+    let account_id = write.account_id.as_str();
+    let settlement = &write.settlement;
+    for claim in &settlement.claimed {
+        if let Some(mut stored) = result_in(results, account_id, &claim.event_id)? {
+            stored.origin_topic = claim.to.topic.clone();
+            stored.origin_partition = claim.to.partition;
+            stored.origin_offset = claim.to.offset;
+            results
+                .insert(
+                    (account_id, claim.event_id.as_str()),
+                    encode(&stored)?.as_slice(),
+                )
+                .map_err(storage)?;
+        }
+    }
+    for prior in &settlement.recorded {
+        let event_id = prior.result.event_id.as_str();
+        results
+            .insert(
+                (account_id, event_id),
+                encode(&StoredResult::of(prior))?.as_slice(),
+            )
+            .map_err(storage)?;
+        by_event
+            .insert((event_id, account_id), ())
+            .map_err(storage)?;
+    }
+    if let Some(last) = settlement.recorded.last() {
+        let current = account_in(accounts, account_id)?.unwrap_or_default();
+        let applied = settlement
+            .recorded
+            .iter()
+            .any(|p| p.result.status == Status::Applied);
+        let currency = current
+            .currency
+            .or_else(|| settlement.account.currency.clone().filter(|_| applied));
+        let updated = StoredAccount {
+            balance_minor: last.result.balance_after_minor,
+            currency,
+            version: last.result.account_version,
+        };
+        accounts
+            .insert(account_id, encode(&updated)?.as_slice())
+            .map_err(storage)?;
+    }
+    Ok(())
 }
 
 #[derive(Serialize, Deserialize)]
@@ -85,8 +180,8 @@ fn account_of(stored: StoredAccount) -> Account {
 }
 
 impl EmbeddedLedgerStore {
-    pub(super) fn new(db: Arc<Database>) -> Self {
-        EmbeddedLedgerStore { db }
+    pub(super) fn new(db: Arc<Database>, writer: Writer) -> Self {
+        EmbeddedLedgerStore { db, writer }
     }
 
     /// Every recorded result, by account: for audits (and the tests' invariants), which
@@ -205,84 +300,27 @@ impl LedgerStore for EmbeddedLedgerStore {
         if settlement.recorded.is_empty() && settlement.claimed.is_empty() {
             return Ok(true);
         }
-        blocking(|| {
-            let mut txn = self.db.begin_write().map_err(storage)?;
-            // Not flushed on its own: the batch's log commit, which publishes its results,
-            // comes after it and flushes it (redb persists commits in order). A crash before
-            // that commit loses a write whose batch is read again and writes it again.
-            txn.set_durability(redb::Durability::None);
-            {
+        let write = Write {
+            account_id: account_id.to_owned(),
+            before: before.clone(),
+            settlement: settlement.clone(),
+        };
+        // Not flushed on its own: the batch's log commit, which publishes its results, comes
+        // after it and flushes it (redb persists commits in order). A crash before that
+        // commit loses writes whose batch is read again and writes them again.
+        self.writer
+            .write(false, move |txn| {
                 let mut accounts = txn.open_table(ACCOUNTS).map_err(storage)?;
                 let mut results = txn.open_table(RESULTS).map_err(storage)?;
                 let mut by_event = txn.open_table(BY_EVENT).map_err(storage)?;
-                let current = account_in(&accounts, account_id)?.unwrap_or_default();
-                if !settlement.recorded.is_empty() && current.version != before.version {
-                    return Ok(false);
+                let holds = conditions_hold(&accounts, &results, &write)?;
+                if holds {
+                    write_settlement(&mut accounts, &mut results, &mut by_event, &write)?;
                 }
-                for claim in &settlement.claimed {
-                    let Some(mut stored) = result_in(&results, account_id, &claim.event_id)? else {
-                        return Ok(false);
-                    };
-                    let origin = Origin {
-                        topic: stored.origin_topic.clone(),
-                        partition: stored.origin_partition,
-                        offset: stored.origin_offset,
-                    };
-                    if origin != claim.from {
-                        return Ok(false);
-                    }
-                    stored.origin_topic = claim.to.topic.clone();
-                    stored.origin_partition = claim.to.partition;
-                    stored.origin_offset = claim.to.offset;
-                    results
-                        .insert(
-                            (account_id, claim.event_id.as_str()),
-                            encode(&stored)?.as_slice(),
-                        )
-                        .map_err(storage)?;
-                }
-                for prior in &settlement.recorded {
-                    let event_id = prior.result.event_id.as_str();
-                    if results
-                        .get((account_id, event_id))
-                        .map_err(storage)?
-                        .is_some()
-                    {
-                        return Ok(false);
-                    }
-                    results
-                        .insert(
-                            (account_id, event_id),
-                            encode(&StoredResult::of(prior))?.as_slice(),
-                        )
-                        .map_err(storage)?;
-                    by_event
-                        .insert((event_id, account_id), ())
-                        .map_err(storage)?;
-                }
-                if let Some(last) = settlement.recorded.last() {
-                    let applied = settlement
-                        .recorded
-                        .iter()
-                        .any(|p| p.result.status == Status::Applied);
-                    let currency = current
-                        .currency
-                        .clone()
-                        .or_else(|| settlement.account.currency.clone().filter(|_| applied));
-                    let updated = StoredAccount {
-                        balance_minor: last.result.balance_after_minor,
-                        currency,
-                        version: last.result.account_version,
-                    };
-                    accounts
-                        .insert(account_id, encode(&updated)?.as_slice())
-                        .map_err(storage)?;
-                }
-            }
-            txn.commit().map_err(storage)?;
-            Ok(true)
-        })
-        .map_err(store_error)
+                Ok(holds)
+            })
+            .await
+            .map_err(store_error)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
