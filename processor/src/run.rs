@@ -559,6 +559,7 @@ async fn run_gateway<B: Backend>(
         .with_context(|| format!("listening on {listen} (gateway.listen)"))?;
     let bound = listener.local_addr()?;
     tracing::info!(%bound, topic = %config.topics.events, "gateway listening");
+    telemetry.readiness.set_address(bound);
     telemetry.readiness.set_ready();
     let mut stop = shutdown.clone();
     let served = axum::serve(listener, gateway::routes(gateway))
@@ -606,7 +607,6 @@ pub async fn dev(config: &Config, data_dir: &Path) -> anyhow::Result<()> {
         .collect();
     let telemetries: Vec<StageTelemetry> = stages.iter().map(|(_, t)| t.clone()).collect();
     let admin = serve_telemetry(&config, &metrics, &telemetries).await?;
-    print_banner(&config, data_dir, &key, admin);
     let (stop, stopped) = watch::channel(false);
     let mut running = tokio::task::JoinSet::new();
     for (stage, telemetry) in stages {
@@ -624,6 +624,20 @@ pub async fn dev(config: &Config, data_dir: &Path) -> anyhow::Result<()> {
             (stage, outcome)
         });
     }
+    let gateway = stages_readiness(&telemetries, StageName::Gateway);
+    tokio::spawn({
+        let (config, data_dir) = (config.clone(), data_dir.to_owned());
+        async move {
+            // The banner once the gateway listens, with the address it got.
+            for _ in 0..200 {
+                if let Some(bound) = gateway.as_ref().and_then(|r| r.address()) {
+                    print_banner(&config, &data_dir, &key, bound, admin);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
     let mut first_failure = None;
     let mut signal = shutdown;
     loop {
@@ -654,8 +668,23 @@ pub async fn dev(config: &Config, data_dir: &Path) -> anyhow::Result<()> {
     }
 }
 
-fn print_banner(config: &Config, data_dir: &Path, key: &str, admin: std::net::SocketAddr) {
-    let gateway = config.gateway.listen.replace("0.0.0.0", "127.0.0.1");
+/// The readiness of `stage` among `telemetries`.
+fn stages_readiness(telemetries: &[StageTelemetry], stage: StageName) -> Option<Arc<Readiness>> {
+    telemetries
+        .iter()
+        .find(|t| t.stage == stage.as_str())
+        .map(|t| t.readiness.clone())
+}
+
+fn print_banner(
+    config: &Config,
+    data_dir: &Path,
+    key: &str,
+    gateway: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+) {
+    let gateway = gateway.to_string().replace("0.0.0.0", "127.0.0.1");
+    let admin = admin.to_string().replace("0.0.0.0", "127.0.0.1");
     let stages: Vec<&str> = StageName::ALL.iter().map(|s| s.as_str()).collect();
     eprintln!(
         "\ntxflow dev: {} in one process, data in {} (durable; restart to continue)\n\

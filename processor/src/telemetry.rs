@@ -205,6 +205,8 @@ impl Default for Metrics {
 pub struct Readiness {
     ready: AtomicBool,
     reason: Mutex<String>,
+    /// Where the stage serves, once it does (the gateway's bound address).
+    address: std::sync::OnceLock<SocketAddr>,
 }
 
 impl Readiness {
@@ -219,6 +221,15 @@ impl Readiness {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Records where the stage serves.
+    pub fn set_address(&self, address: SocketAddr) {
+        let _ = self.address.set(address);
+    }
+
+    pub fn address(&self) -> Option<SocketAddr> {
+        self.address.get().copied()
     }
 
     /// Why the process is not ready, as last reported.

@@ -209,3 +209,70 @@ fn a_sigkilled_dev_applies_every_event_exactly_once() {
     verify_stored(&observed, &rows);
     let _ = std::fs::remove_dir_all(dev.dir.parent().unwrap_or(Path::new("/nonexistent")));
 }
+
+#[test]
+fn an_event_posted_to_dev_is_read_back_over_http() {
+    let dev = Dev::new();
+    let (mut process, address) = dev.start();
+    let auth = format!("Bearer {}", dev.key());
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let mut transfer = serde_json::json!({
+        "event_id": "dev-http-2", "event_type": "TRANSFER", "account_id": "acct-a",
+        "counterparty_account_id": "acct-b", "amount_minor": 400, "currency": "EUR",
+        "occurred_at": 1_764_000_000_000_i64, "source": "dev-test"
+    });
+    let deposit = serde_json::json!({
+        "event_id": "dev-http-1", "event_type": "DEPOSIT", "account_id": "acct-a",
+        "amount_minor": 1000, "currency": "EUR", "occurred_at": 1_764_000_000_000_i64,
+        "source": "dev-test"
+    });
+    // The counterparty of a transfer must exist: it has an applied event of its own.
+    let opening = serde_json::json!({
+        "event_id": "dev-http-0", "event_type": "DEPOSIT", "account_id": "acct-b",
+        "amount_minor": 1, "currency": "EUR", "occurred_at": 1_764_000_000_000_i64,
+        "source": "dev-test"
+    });
+    for event in [&opening, &deposit, &transfer] {
+        let answer = try_http(
+            &address,
+            "POST",
+            "/v1/events",
+            &headers,
+            event.to_string().as_bytes(),
+        )
+        .expect("the gateway answers");
+        assert_eq!(answer.status, 202, "{}", answer.body);
+    }
+    let get = |path: &str| try_http(&address, "GET", path, &headers[..1], b"").expect("an answer");
+    let legs = txflow_tests::eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let answer = get("/v1/events/dev-http-2");
+            let outcomes = answer.json()["outcomes"].as_array().cloned()?;
+            (outcomes.len() == 2).then_some(outcomes)
+        },
+        || process.log_text(),
+    );
+    assert!(
+        legs.iter().all(|leg| leg["status"] == "APPLIED"),
+        "{legs:?}"
+    );
+    assert_eq!(get("/v1/accounts/acct-a").json()["balance_minor"], 600);
+    assert_eq!(get("/v1/accounts/acct-b").json()["balance_minor"], 401);
+    transfer["amount_minor"] = serde_json::json!(0);
+    let refused = try_http(
+        &address,
+        "POST",
+        "/v1/events",
+        &headers,
+        transfer.to_string().as_bytes(),
+    )
+    .expect("the gateway answers");
+    assert_eq!(refused.status, 400);
+    process.terminate();
+    let _ = std::fs::remove_dir_all(dev.dir.parent().unwrap_or(Path::new("/nonexistent")));
+}
