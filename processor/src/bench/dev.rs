@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use super::gateway::{bodies, listening_address};
+use super::gateway::{bodies, listening_address, spawn_serving};
 use super::{machine, percentile, terminate, write_section, BenchArgs};
 use txflow::adapters::embedded::Embedded;
 use txflow::codec::{Codec, Record};
@@ -56,19 +56,10 @@ pub async fn bench(
 ) -> anyhow::Result<()> {
     let data = logs.join("dev-data");
     let log = logs.join("dev.log");
-    let file =
-        std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-    let mut child = std::process::Command::new(std::env::current_exe()?)
-        .args(["dev", "--data-dir"])
-        .arg(&data)
-        .env("TXFLOW_GATEWAY__LISTEN", "127.0.0.1:0")
-        .env("TXFLOW_ADMIN__LISTEN", "127.0.0.1:0")
-        .env("TXFLOW_GATEWAY__REQUESTS_PER_SECOND", "1000000")
-        .env("TXFLOW_GATEWAY__BURST", "1000000")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::from(file))
-        .spawn()
-        .context("starting txflow dev")?;
+    let data_dir = data
+        .to_str()
+        .context("a data directory path that is UTF-8")?;
+    let mut child = spawn_serving(&["dev", "--data-dir", data_dir], &[], &log)?;
     let pid = child.id();
     let outcome = async {
         let address = listening_address(&log).await?;

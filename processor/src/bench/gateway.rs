@@ -74,19 +74,9 @@ async fn measure(
 ) -> anyhow::Result<(Vec<Measured>, Option<f64>)> {
     let (key, hash) = new_key();
     let log = logs.join("gateway.log");
-    let file =
-        std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-    let mut child = std::process::Command::new(std::env::current_exe()?)
-        .args(["run", "--stage", "gateway"])
-        .envs(lane.env.iter().map(|(k, v)| (k, v)))
-        .env("TXFLOW_GATEWAY__API_KEYS__BENCH", &hash)
-        .env("TXFLOW_GATEWAY__LISTEN", "127.0.0.1:0")
-        .env("TXFLOW_GATEWAY__REQUESTS_PER_SECOND", "1000000")
-        .env("TXFLOW_GATEWAY__BURST", "1000000")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::from(file))
-        .spawn()
-        .context("starting the gateway")?;
+    let mut env = lane.env.clone();
+    env.push(("TXFLOW_GATEWAY__API_KEYS__BENCH".to_owned(), hash));
+    let mut child = spawn_serving(&["run", "--stage", "gateway"], &env, &log)?;
     let outcome = async {
         let address = listening_address(&log).await?;
         let client = reqwest::Client::builder()
@@ -145,6 +135,27 @@ async fn measure(
     let rss = peak_rss_mib(child.id());
     terminate(&mut child);
     Ok((outcome?, rss))
+}
+
+/// This binary with `args` as a child process whose gateway listens on a port of its own and
+/// limits no caller's rate, its log in `log`.
+pub(super) fn spawn_serving(
+    args: &[&str],
+    env: &[(String, String)],
+    log: &Path,
+) -> anyhow::Result<std::process::Child> {
+    let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    std::process::Command::new(std::env::current_exe()?)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("TXFLOW_GATEWAY__LISTEN", "127.0.0.1:0")
+        .env("TXFLOW_ADMIN__LISTEN", "127.0.0.1:0")
+        .env("TXFLOW_GATEWAY__REQUESTS_PER_SECOND", "1000000")
+        .env("TXFLOW_GATEWAY__BURST", "1000000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(file))
+        .spawn()
+        .with_context(|| format!("starting txflow {}", args.join(" ")))
 }
 
 /// The address the gateway logged once it listened.
