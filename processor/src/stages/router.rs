@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use prometheus::IntCounterVec;
 
 use crate::codec::Codec;
-use crate::domain::Poison;
 use crate::pipeline::failures::FailureRoutes;
 use crate::pipeline::{BatchOutput, Stage, StageError, Tally};
 use crate::ports::{InputRecord, OutputRecord};
@@ -77,12 +76,6 @@ impl Router {
     pub fn replace_rules(&self, rules: Rules) {
         *self.rules.write().expect("the rules lock") = Arc::new(rules);
     }
-
-    /// The event as the rules see it: its JSON form.
-    fn decode(&self, record: &InputRecord) -> Result<serde_json::Value, Poison> {
-        let event = self.codec.valid_event(record.value.as_deref())?;
-        Ok(serde_json::to_value(&event).expect("an event serializes"))
-    }
 }
 
 impl Stage for Router {
@@ -99,7 +92,7 @@ impl Stage for Router {
         let mut by_rule: HashMap<String, u64> = HashMap::new();
         let mut outputs = Vec::with_capacity(batch.len());
         for record in batch {
-            let event = match self.decode(record) {
+            let event = match self.codec.valid_event(record.value.as_deref()) {
                 Ok(event) => event,
                 Err(poison) => {
                     counts.dead_letters += 1;
@@ -114,7 +107,12 @@ impl Stage for Router {
                     continue;
                 }
             };
-            let deliveries = rules.route(&event);
+            // The rules see the event's JSON form; without rules there is nothing to build it for.
+            let deliveries = if rules.rules().is_empty() {
+                Vec::new()
+            } else {
+                rules.route(&serde_json::to_value(&event).expect("an event serializes"))
+            };
             if deliveries.is_empty() {
                 counts.unmatched += 1;
                 *by_rule.entry(DEFAULT_ROUTE.to_owned()).or_default() += 1;
