@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use redb::{Database, ReadableTable};
+use redb::{Database, ReadTransaction, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use super::{blocking, storage, Embedded, EmbeddedError, ENDS, POSITIONS, RECORDS};
@@ -68,26 +68,25 @@ fn append(
     Ok(published)
 }
 
-/// Up to `max` records of `topic` from `from`; with `due_by` (now, in ms), stops before the
-/// first record whose due time is later, and says when that one is due.
+/// Every record of `topic` from `from`.
 pub(super) fn read_from(
     db: &Database,
     topic: &str,
     from: u64,
-    max: usize,
-    due_by: Option<i64>,
 ) -> Result<Vec<InputRecord>, EmbeddedError> {
-    Ok(read_due(db, topic, from, max, due_by)?.0)
+    let txn = db.begin_read().map_err(storage)?;
+    Ok(read_due(&txn, topic, from, usize::MAX, None)?.0)
 }
 
+/// Up to `max` records of `topic` from `from`; with `due_by` (now, in ms), stops before the
+/// first record whose due time is later, and says when that one is due.
 fn read_due(
-    db: &Database,
+    txn: &ReadTransaction,
     topic: &str,
     from: u64,
     max: usize,
     due_by: Option<i64>,
 ) -> Result<(Vec<InputRecord>, Option<i64>), EmbeddedError> {
-    let txn = db.begin_read().map_err(storage)?;
     let table = txn.open_table(RECORDS).map_err(storage)?;
     let mut records = Vec::new();
     for entry in table
@@ -161,8 +160,7 @@ impl EmbeddedLog {
     }
 
     /// The group's committed position on `topic`.
-    fn position(&self, topic: &str) -> Result<u64, EmbeddedError> {
-        let txn = self.embedded.db.begin_read().map_err(storage)?;
+    fn position(&self, txn: &ReadTransaction, topic: &str) -> Result<u64, EmbeddedError> {
         let table = txn.open_table(POSITIONS).map_err(storage)?;
         Ok(table
             .get((self.group.as_str(), topic, PARTITION))
@@ -176,6 +174,7 @@ impl EmbeddedLog {
         let count = self.topics.len();
         self.turn = (self.turn + 1) % count.max(1);
         let now = now_ms();
+        let txn = self.embedded.db.begin_read().map_err(storage)?;
         let mut batch = Vec::new();
         let mut waits_until: Option<i64> = None;
         for i in 0..count {
@@ -185,11 +184,10 @@ impl EmbeddedLog {
             }
             let from = match self.cursors.get(&topic) {
                 Some(cursor) => *cursor,
-                None => self.position(&topic)?,
+                None => self.position(&txn, &topic)?,
             };
             let due_by = self.delayed.contains(&topic).then_some(now);
-            let (records, due) =
-                read_due(&self.embedded.db, &topic, from, max - batch.len(), due_by)?;
+            let (records, due) = read_due(&txn, &topic, from, max - batch.len(), due_by)?;
             if let Some(due) = due {
                 waits_until = Some(waits_until.map_or(due, |w| w.min(due)));
             }
@@ -279,10 +277,11 @@ impl Log for EmbeddedLog {
         self.announced = true;
         let delayed: Vec<String> = self.delayed.iter().cloned().collect();
         blocking(|| {
+            let txn = self.embedded.db.begin_read().map_err(storage)?;
             let mut unconsumed = Vec::new();
             for topic in &delayed {
-                let from = self.position(topic)?;
-                unconsumed.extend(read_from(&self.embedded.db, topic, from, usize::MAX, None)?);
+                let from = self.position(&txn, topic)?;
+                unconsumed.extend(read_due(&txn, topic, from, usize::MAX, None)?.0);
             }
             Ok(Some(unconsumed))
         })

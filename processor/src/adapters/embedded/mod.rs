@@ -124,7 +124,7 @@ impl Embedded {
         &self,
         topic: &str,
     ) -> Result<Vec<crate::ports::InputRecord>, EmbeddedError> {
-        log::read_from(&self.db, topic, 0, usize::MAX, None)
+        log::read_from(&self.db, topic, 0)
     }
 }
 

@@ -30,18 +30,19 @@ struct Write {
     settlement: Settlement,
 }
 
-/// The account is still at the version the settlement was computed from, none of its
-/// results is recorded yet, and every claimed result still has the origin it is claimed from.
+/// The account as it stands, if it is still at the version the settlement was computed
+/// from, none of its results is recorded yet, and every claimed result still has the origin
+/// it is claimed from.
 fn conditions_hold(
     accounts: &impl ReadableTable<&'static str, &'static [u8]>,
     results: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
     write: &Write,
-) -> Result<bool, EmbeddedError> {
+) -> Result<Option<Account>, EmbeddedError> {
     let account_id = write.account_id.as_str();
     let settlement = &write.settlement;
     let current = account_in(accounts, account_id)?.unwrap_or_default();
     if !settlement.recorded.is_empty() && current.version != write.before.version {
-        return Ok(false);
+        return Ok(None);
     }
     for claim in &settlement.claimed {
         let origin = result_in(results, account_id, &claim.event_id)?.map(|stored| Origin {
@@ -50,16 +51,16 @@ fn conditions_hold(
             offset: stored.origin_offset,
         });
         if origin.as_ref() != Some(&claim.from) {
-            return Ok(false);
+            return Ok(None);
         }
     }
     for prior in &settlement.recorded {
         let key = (account_id, prior.result.event_id.as_str());
         if results.get(key).map_err(storage)?.is_some() {
-            return Ok(false);
+            return Ok(None);
         }
     }
-    Ok(true)
+    Ok(Some(current))
 }
 
 fn write_settlement(
@@ -67,6 +68,7 @@ fn write_settlement(
     results: &mut redb::Table<(&'static str, &'static str), &'static [u8]>,
     by_event: &mut redb::Table<(&'static str, &'static str), ()>,
     write: &Write,
+    current: Account,
 ) -> Result<(), EmbeddedError> {
     let account_id = write.account_id.as_str();
     let settlement = &write.settlement;
@@ -96,7 +98,6 @@ fn write_settlement(
             .map_err(storage)?;
     }
     if let Some(last) = settlement.recorded.last() {
-        let current = account_in(accounts, account_id)?.unwrap_or_default();
         let applied = settlement
             .recorded
             .iter()
@@ -313,11 +314,19 @@ impl LedgerStore for EmbeddedLedgerStore {
                 let mut accounts = txn.open_table(ACCOUNTS).map_err(storage)?;
                 let mut results = txn.open_table(RESULTS).map_err(storage)?;
                 let mut by_event = txn.open_table(BY_EVENT).map_err(storage)?;
-                let holds = conditions_hold(&accounts, &results, &write)?;
-                if holds {
-                    write_settlement(&mut accounts, &mut results, &mut by_event, &write)?;
+                match conditions_hold(&accounts, &results, &write)? {
+                    Some(current) => {
+                        write_settlement(
+                            &mut accounts,
+                            &mut results,
+                            &mut by_event,
+                            &write,
+                            current,
+                        )?;
+                        Ok(true)
+                    }
+                    None => Ok(false),
                 }
-                Ok(holds)
             })
             .await
             .map_err(store_error)
