@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use super::gateway::{bodies, listening_address, spawn_serving};
+use super::gateway::{bodies, logged_address, spawn_serving};
 use super::{machine, percentile, terminate, write_section, BenchArgs};
 use txflow::adapters::embedded::Embedded;
 use txflow::codec::{Codec, Record};
@@ -62,7 +62,7 @@ pub async fn bench(
     let mut child = spawn_serving(&["dev", "--data-dir", data_dir], &[], &log)?;
     let pid = child.id();
     let outcome = async {
-        let address = listening_address(&log).await?;
+        let address = logged_address(&log, "gateway listening").await?;
         let key = std::fs::read_to_string(data.join("dev-api-key"))?
             .trim()
             .to_owned();
@@ -101,7 +101,7 @@ pub async fn bench(
             prefix: format!("{run}t"),
         };
         eprintln!("bench: dev, {} events as fast as posted", throughput.events);
-        let admin = admin_address(&log).await?;
+        let admin = logged_address(&log, "admin endpoints").await?;
         let before = settled(&client, &admin).await?;
         let posted = Instant::now();
         post(
@@ -157,17 +157,6 @@ pub async fn bench(
     }
     let _ = std::fs::remove_dir_all(&data);
     Ok(())
-}
-
-/// Where `txflow dev` serves its metrics.
-async fn admin_address(log: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(log)?;
-    text.lines()
-        .filter(|l| l.contains("admin endpoints"))
-        .find_map(|l| l.split("bound=").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .map(str::to_owned)
-        .context("txflow dev logged no admin address")
 }
 
 /// Records the ledger has consumed in committed batches so far.

@@ -78,7 +78,7 @@ async fn measure(
     env.push(("TXFLOW_GATEWAY__API_KEYS__BENCH".to_owned(), hash));
     let mut child = spawn_serving(&["run", "--stage", "gateway"], &env, &log)?;
     let outcome = async {
-        let address = listening_address(&log).await?;
+        let address = logged_address(&log, "gateway listening").await?;
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             .build()?;
@@ -158,14 +158,15 @@ pub(super) fn spawn_serving(
         .with_context(|| format!("starting txflow {}", args.join(" ")))
 }
 
-/// The address the gateway logged once it listened.
-pub(super) async fn listening_address(log: &Path) -> anyhow::Result<String> {
+/// The `bound=` address of the first line of a child's log containing `what` (such as
+/// "gateway listening"), once it is there (60 s at most).
+pub(super) async fn logged_address(log: &Path, what: &str) -> anyhow::Result<String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         let bound = text
             .lines()
-            .filter(|l| l.contains("gateway listening"))
+            .filter(|l| l.contains(what))
             .find_map(|l| l.split("bound=").nth(1))
             .and_then(|rest| rest.split_whitespace().next());
         if let Some(address) = bound {
@@ -173,7 +174,7 @@ pub(super) async fn listening_address(log: &Path) -> anyhow::Result<String> {
         }
         if Instant::now() > deadline {
             bail!(
-                "the gateway did not listen within 60 s; its log: {}",
+                "no \"{what}\" address logged within 60 s; the log: {}",
                 log.display()
             );
         }
