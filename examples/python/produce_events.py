@@ -9,6 +9,12 @@ land on the partition txflow expects.
     python3 examples/python/produce_events.py --bootstrap 127.0.0.1:9092 \
         --topic txflow.events --count 1000 --accounts 20
 
+With --schema-registry URL, the schema id comes from a Confluent-compatible schema registry
+instead of schemas/schema-ids.json: confluent-kafka's AvroSerializer registers the schema
+under the subject <topic>-value (as txflow does with schemas.registry_url set). --schema FILE
+writes with another version of TransactionEvent (say, a newer one with a field added), which
+txflow then reads by looking its id up in the registry.
+
 Prints one JSON line per event written (event_id, account_id, amount_minor) and exits
 non-zero if any write failed.
 """
@@ -47,6 +53,19 @@ def wire(schema_id: int, schema, record: dict) -> bytes:
     return out.getvalue()
 
 
+def registry_serializer(url: str, schema_file, topic: str):
+    """A function from an event to its wire-format bytes, through the registry at url."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    text = (schema_file or SCHEMAS / "transaction_event.avsc").read_text()
+    serializer = AvroSerializer(SchemaRegistryClient({"url": url}), text,
+                                conf={"auto.register.schemas": True})
+    context = SerializationContext(topic, MessageField.VALUE)
+    return lambda event: serializer(event, context)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
@@ -55,9 +74,21 @@ def main() -> int:
     parser.add_argument("--accounts", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--schemas", type=pathlib.Path, default=SCHEMAS)
+    parser.add_argument("--schema-registry", metavar="URL",
+                        help="a Confluent-compatible schema registry to take the schema id from")
+    parser.add_argument("--schema", type=pathlib.Path, metavar="FILE",
+                        help="with --schema-registry: the TransactionEvent schema to write with")
     args = parser.parse_args()
 
-    schema_id, schema = event_schema(args.schemas)
+    if args.schema_registry:
+        encode = registry_serializer(args.schema_registry, args.schema, args.topic)
+    else:
+        if args.schema:
+            raise SystemExit("--schema needs --schema-registry")
+        schema_id, schema = event_schema(args.schemas)
+
+        def encode(event):
+            return wire(schema_id, schema, event)
     rng = random.Random(args.seed)
     producer = Producer({
         "bootstrap.servers": args.bootstrap,
@@ -84,7 +115,7 @@ def main() -> int:
             "source": "python-example",
             "attributes": {"producer": "confluent-kafka"},
         }
-        producer.produce(args.topic, key=account.encode(), value=wire(schema_id, schema, event),
+        producer.produce(args.topic, key=account.encode(), value=encode(event),
                          on_delivery=delivered)
         producer.poll(0)
         print(json.dumps({k: event[k] for k in ("event_id", "account_id", "amount_minor")}))

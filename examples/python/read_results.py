@@ -6,6 +6,9 @@ wire format by the schema id each record carries.
     python3 examples/python/read_results.py --bootstrap 127.0.0.1:9092 \
         --topic txflow.results --expect 1000
 
+With --schema-registry URL, the writer schema of each id comes from a Confluent-compatible
+schema registry (confluent-kafka's AvroDeserializer) instead of schemas/schema-ids.json.
+
 Prints one JSON line per result, and stops once it has read --expect results, or when no
 result came for --idle seconds (exit code 1 if fewer than --expect arrived).
 """
@@ -51,9 +54,25 @@ def main() -> int:
     parser.add_argument("--expect", type=int, default=0, help="stop after this many results")
     parser.add_argument("--idle", type=float, default=30.0)
     parser.add_argument("--schemas", type=pathlib.Path, default=SCHEMAS)
+    parser.add_argument("--schema-registry", metavar="URL",
+                        help="a Confluent-compatible schema registry to read writer schemas from")
     args = parser.parse_args()
 
-    schemas = schemas_by_id(args.schemas)
+    if args.schema_registry:
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+        from confluent_kafka.schema_registry.avro import AvroDeserializer
+        from confluent_kafka.serialization import MessageField, SerializationContext
+
+        deserializer = AvroDeserializer(SchemaRegistryClient({"url": args.schema_registry}))
+        context = SerializationContext(args.topic, MessageField.VALUE)
+
+        def read_value(value):
+            return deserializer(value, context)
+    else:
+        schemas = schemas_by_id(args.schemas)
+
+        def read_value(value):
+            return decode(schemas, value)
     consumer = Consumer({
         "bootstrap.servers": args.bootstrap,
         "group.id": args.group,
@@ -75,7 +94,7 @@ def main() -> int:
                 if message.error().code() == KafkaError._PARTITION_EOF:
                     continue
                 raise SystemExit(f"reading {args.topic}: {message.error()}")
-            result = decode(schemas, message.value())
+            result = read_value(message.value())
             print(json.dumps(result, default=epoch_millis), flush=True)
             read += 1
             last = time.monotonic()

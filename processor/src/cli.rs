@@ -12,7 +12,7 @@ use rdkafka::producer::{BaseRecord, Producer};
 
 use txflow::adapters::kafka::{self, Delivery, TopicReport};
 use txflow::adapters::scylla;
-use txflow::codec::{Codec, Record};
+use txflow::codec::Record;
 use txflow::config::Config;
 use txflow::domain::TransactionEvent;
 use txflow::limits::pacing;
@@ -62,6 +62,9 @@ enum Command {
     /// Check routing rules.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Register txflow's schemas in the schema registry, list their versions.
+    #[command(subcommand)]
+    Schemas(crate::schema_commands::SchemasCommand),
     /// Make API keys for the gateway.
     #[command(subcommand, name = "api-key")]
     ApiKey(ApiKeyCommand),
@@ -214,6 +217,7 @@ impl Cli {
             Command::Accounts(command) => accounts(&config, command).await,
             Command::Produce(args) => produce(&config, args).await,
             Command::Dlq(command) => crate::dlq_commands::dlq(&config, command).await,
+            Command::Schemas(command) => crate::schema_commands::schemas(&config, command).await,
             Command::Rules(RulesCommand::Test { rules, event }) => {
                 test_rules(&config, &rules, &event)
             }
@@ -326,7 +330,7 @@ async fn produce(config: &Config, args: ProduceArgs) -> anyhow::Result<()> {
         .topic
         .clone()
         .unwrap_or_else(|| config.topics.ledger.clone());
-    let codec = Codec::builtin();
+    let codec = crate::schema_commands::codec(config).await?;
     let producer = kafka::idempotent_producer(&config.kafka)?;
     let mut workload = Workload::new(WorkloadConfig {
         accounts: args.accounts,

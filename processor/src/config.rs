@@ -40,6 +40,7 @@ pub struct Config {
     pub router: RouterConfig,
     pub notifier: NotifierConfig,
     pub gateway: GatewayConfig,
+    pub schemas: SchemasConfig,
     pub dev: DevConfig,
     /// Faults to inject, for tests: only in builds with the `fault-injection` feature; any
     /// other build refuses a `[faults]` section as an unknown key.
@@ -449,6 +450,68 @@ impl EndpointConfig {
     }
 }
 
+/// Where schema ids come from: the built-in `schemas/schema-ids.json`, or a
+/// Confluent-compatible schema registry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchemasConfig {
+    /// The registry's Confluent-compatible root (where `/subjects` is), e.g.
+    /// `http://registry:8081` or Apicurio's `http://registry:8080/apis/ccompat/v7`; empty:
+    /// no registry, the built-in ids.
+    pub registry_url: String,
+    /// HTTP basic credentials for the registry, both or neither.
+    pub registry_username: Option<String>,
+    pub registry_password: Option<Secret>,
+    /// Register txflow's schemas at start (a schema already there keeps its id); when false,
+    /// they must already be registered and txflow only looks their ids up.
+    pub auto_register: bool,
+    /// How long one registry request may take.
+    pub registry_timeout_ms: u64,
+}
+
+impl Default for SchemasConfig {
+    fn default() -> Self {
+        SchemasConfig {
+            registry_url: String::new(),
+            registry_username: None,
+            registry_password: None,
+            auto_register: true,
+            registry_timeout_ms: 5000,
+        }
+    }
+}
+
+impl SchemasConfig {
+    /// The registry's URL and credentials, or `None` without a registry.
+    #[allow(clippy::type_complexity)]
+    pub fn registry(
+        &self,
+    ) -> Result<Option<(reqwest::Url, Option<(String, String)>)>, ConfigError> {
+        if self.registry_url.trim().is_empty() {
+            return Ok(None);
+        }
+        let invalid = |m: String| {
+            ConfigError::Invalid(format!("schemas.registry_url {:?}: {m}", self.registry_url))
+        };
+        let url =
+            reqwest::Url::parse(self.registry_url.trim()).map_err(|e| invalid(e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(invalid("only http and https".to_owned()));
+        }
+        let credentials = match (&self.registry_username, &self.registry_password) {
+            (Some(user), Some(password)) => Some((user.clone(), password.0.clone())),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "schemas.registry_username and schemas.registry_password go together"
+                        .to_owned(),
+                ))
+            }
+        };
+        Ok(Some((url, credentials)))
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DevConfig {
@@ -673,6 +736,10 @@ impl Config {
             return invalid("gateway.requests_per_second, gateway.burst, gateway.max_body_bytes, gateway.max_batch_events and gateway.request_timeout_ms must be at least 1");
         }
         gateway.key_hashes()?;
+        self.schemas.registry()?;
+        if self.schemas.registry_timeout_ms == 0 {
+            return invalid("schemas.registry_timeout_ms must be at least 1");
+        }
         for (name, endpoint) in &notifier.endpoints {
             let url = reqwest::Url::parse(&endpoint.url).map_err(|e| {
                 ConfigError::Invalid(format!(
@@ -960,6 +1027,25 @@ mod tests {
         assert!(err(&[("TXFLOW_STORE__KEYSPACE", "bad-name")]).contains("store.keyspace"));
         assert!(err(&[("TXFLOW_STORE__CONSISTENCY", "most")]).contains("local_quorum"));
         assert!(err(&[("TXFLOW_LEDGER__BATCH_MAX_RECORDS", "0")]).contains("at least 1"));
+        assert!(err(&[("TXFLOW_SCHEMAS__REGISTRY_URL", "registry:8081")])
+            .contains("schemas.registry_url \"registry:8081\""));
+        assert!(err(&[("TXFLOW_SCHEMAS__REGISTRY_URL", "ftp://registry")])
+            .contains("only http and https"));
+        assert!(err(&[
+            ("TXFLOW_SCHEMAS__REGISTRY_URL", "http://registry:8081"),
+            ("TXFLOW_SCHEMAS__REGISTRY_USERNAME", "txflow"),
+        ])
+        .contains("go together"));
+        let registry = Config::load(
+            None,
+            env(&[
+                ("TXFLOW_SCHEMAS__REGISTRY_URL", "http://registry:8081"),
+                ("TXFLOW_SCHEMAS__REGISTRY_USERNAME", "txflow"),
+                ("TXFLOW_SCHEMAS__REGISTRY_PASSWORD", "s3cret"),
+            ]),
+        )
+        .unwrap();
+        assert!(!format!("{registry:?}").contains("s3cret"));
         let missing = Config::load(Some(Path::new("/nonexistent/txflow.toml")), env(&[]));
         assert!(missing
             .unwrap_err()

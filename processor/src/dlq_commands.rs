@@ -7,7 +7,6 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
 use txflow::adapters::kafka::{self, Delivery, GroupMember, KafkaLog};
-use txflow::codec::Codec;
 use txflow::config::Config;
 use txflow::dlq::{DeadLetter, Filter, Stats};
 use txflow::limits::pacing;
@@ -94,10 +93,13 @@ impl TopicArg {
     }
 }
 
-fn read_letters(config: &Config, topic: &str) -> anyhow::Result<Vec<DeadLetter>> {
-    let codec = Codec::builtin();
+async fn read_letters(config: &Config, topic: &str) -> anyhow::Result<Vec<DeadLetter>> {
+    let codec = crate::schema_commands::codec(config).await?;
     let records = tokio::task::block_in_place(|| kafka::read_to_end(&config.kafka, topic))
         .with_context(|| format!("reading {topic} on {}", config.kafka.bootstrap_servers))?;
+    codec
+        .learn(records.iter().map(|r| r.value.as_deref()))
+        .await?;
     Ok(records
         .into_iter()
         .map(|record| DeadLetter::new(record, &codec))
@@ -111,14 +113,14 @@ fn selected(letter: &DeadLetter, filters: &[Filter]) -> bool {
 pub async fn dlq(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
     match command {
         DlqCommand::Stats(selection) => {
-            let letters = read_letters(config, &selection.topic.resolve(config))?;
+            let letters = read_letters(config, &selection.topic.resolve(config)).await?;
             let chosen = letters.iter().filter(|l| selected(l, &selection.filters));
             print!("{}", Stats::of(chosen, now_ms()));
             Ok(())
         }
         DlqCommand::List(selection) => {
             let now = now_ms();
-            for letter in read_letters(config, &selection.topic.resolve(config))? {
+            for letter in read_letters(config, &selection.topic.resolve(config)).await? {
                 if selected(&letter, &selection.filters) {
                     print_line(&letter.summary(now))?;
                 }
@@ -131,7 +133,7 @@ pub async fn dlq(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
             offset,
         } => {
             let topic = topic.resolve(config);
-            let letters = read_letters(config, &topic)?;
+            let letters = read_letters(config, &topic).await?;
             match letters
                 .iter()
                 .find(|l| l.record.partition == partition && l.record.offset == offset)
@@ -150,7 +152,7 @@ async fn redrive(config: &Config, args: RedriveArgs) -> anyhow::Result<()> {
     let topic = args.selection.topic.resolve(config);
     if args.dry_run {
         let mut count = 0u64;
-        for letter in read_letters(config, &topic)? {
+        for letter in read_letters(config, &topic).await? {
             if args.limit.is_some_and(|limit| count >= limit) {
                 break;
             }
@@ -184,7 +186,7 @@ async fn redrive(config: &Config, args: RedriveArgs) -> anyhow::Result<()> {
         &[],
         Delivery::ExactlyOnce,
     )?;
-    let codec = Codec::builtin();
+    let codec = crate::schema_commands::codec(config).await?;
     let limiter = NonZeroU32::new(args.rate).map(pacing);
     let (mut redriven, mut skipped) = (0u64, 0u64);
     let joined_by = Instant::now() + Duration::from_secs(60);
@@ -208,6 +210,9 @@ async fn redrive(config: &Config, args: RedriveArgs) -> anyhow::Result<()> {
             continue;
         }
         idle_since = Instant::now();
+        codec
+            .learn(batch.iter().map(|r| r.value.as_deref()))
+            .await?;
         let mut outputs = Vec::new();
         for record in &batch {
             let letter = DeadLetter::new(record.clone(), &codec);

@@ -4,6 +4,7 @@ mod bench;
 mod cli;
 mod dlq_commands;
 mod run;
+mod schema_commands;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;

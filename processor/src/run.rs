@@ -17,7 +17,6 @@ use txflow::adapters::embedded::{Embedded, EmbeddedLedgerStore, EmbeddedLog, Emb
 use txflow::adapters::http::HttpWebhooks;
 use txflow::adapters::kafka::{Delivery, GroupMember, KafkaLog, KafkaPublisher};
 use txflow::adapters::scylla;
-use txflow::codec::Codec;
 use txflow::config::Config;
 use txflow::domain::RetryPolicy;
 use txflow::limits::{pacing, KeyedRateLimit};
@@ -325,7 +324,7 @@ async fn run_router<B: Backend>(
     tracing::info!(rules = rules.rules().len(), %default_target, "router running");
     let router = Arc::new(Router::new(
         rules,
-        Arc::new(Codec::builtin()),
+        crate::schema_commands::codec(config).await?,
         default_target,
         failures,
         telemetry.metrics.routed.clone(),
@@ -419,7 +418,7 @@ async fn run_ledger<B: Backend>(
     let write_limit = NonZeroU32::new(ledger_config.max_store_writes_per_second).map(pacing);
     let ledger = Ledger::new(
         store,
-        Arc::new(Codec::builtin()),
+        crate::schema_commands::codec(config).await?,
         LedgerTopics {
             input: input.clone(),
             results: config.topics.results.clone(),
@@ -490,7 +489,7 @@ async fn run_notifier<B: Backend>(
     let notifier = Notifier::new(
         HttpWebhooks::new(timeout).context("building the HTTP client")?,
         endpoints,
-        Arc::new(Codec::builtin()),
+        crate::schema_commands::codec(config).await?,
         failures,
         NotifierSettings {
             timeout,
@@ -530,7 +529,7 @@ async fn run_gateway<B: Backend>(
     let gateway = Arc::new(Gateway {
         publisher: backend.publisher(config)?,
         store: backend.store(config).await?,
-        codec: Arc::new(Codec::builtin()),
+        codec: crate::schema_commands::codec(config).await?,
         keys,
         limit: KeyedRateLimit::new(per_second, burst),
         settings: GatewaySettings {

@@ -286,13 +286,43 @@ pub async fn fresh_keyspace(session: &Session) -> String {
     keyspace
 }
 
+/// The Confluent-compatible root of the test schema registry (`TXFLOW_SCHEMA_REGISTRY`, which
+/// `deploy/local/stack test` sets).
+pub fn schema_registry() -> String {
+    std::env::var("TXFLOW_SCHEMA_REGISTRY")
+        .unwrap_or_else(|_| "http://127.0.0.1:8081/apis/ccompat/v7".to_owned())
+}
+
+/// Fails the test with the fix in its message unless the schema registry lists its subjects.
+pub fn require_schema_registry() {
+    let url = schema_registry();
+    let rest = url.strip_prefix("http://").unwrap_or_else(|| {
+        panic!("TXFLOW_SCHEMA_REGISTRY={url}: the tests reach the registry over plain http")
+    });
+    let (address, root) = rest.split_once('/').unwrap_or((rest, ""));
+    let answer = process::try_http(address, "GET", &format!("/{root}/subjects"), &[], b"");
+    match answer {
+        Ok(answer) if answer.status == 200 => {}
+        Ok(answer) => panic!(
+            "the schema registry at {url} answered {} to GET /subjects; {START_STACK}, or point TXFLOW_SCHEMA_REGISTRY at a Confluent-compatible registry",
+            answer.status
+        ),
+        Err(e) => panic!(
+            "the schema registry is not reachable at {url} ({e}); {START_STACK}, or point TXFLOW_SCHEMA_REGISTRY at a Confluent-compatible registry"
+        ),
+    }
+}
+
 /// The Python with the example clients' packages (`TXFLOW_PYTHON`, which
 /// `deploy/local/stack test` sets to a venv of examples/python/requirements.txt; else
 /// `python3`). Fails the test, with the fix, when the packages are missing.
 pub fn python() -> std::process::Command {
     let python = std::env::var("TXFLOW_PYTHON").unwrap_or_else(|_| "python3".to_owned());
     let check = std::process::Command::new(&python)
-        .args(["-c", "import confluent_kafka, fastavro"])
+        .args([
+            "-c",
+            "import confluent_kafka, fastavro, confluent_kafka.schema_registry.avro",
+        ])
         .output();
     match check {
         Ok(output) if output.status.success() => {}

@@ -131,8 +131,14 @@ impl Pipeline {
 
     /// Runs a txflow command to its end; fails the test, with its output, unless it succeeds.
     pub fn txflow(&self, args: &[&str]) -> String {
+        self.txflow_with(args, &[])
+    }
+
+    /// [`Pipeline::txflow`] with extra environment variables.
+    pub fn txflow_with(&self, args: &[&str], env: &[(&str, &str)]) -> String {
         let output = self
             .command(args)
+            .envs(env.iter().copied())
             .output()
             .unwrap_or_else(|e| panic!("running txflow {args:?}: {e}"));
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();

@@ -50,7 +50,7 @@ impl Webhooks for HttpWebhooks {
 }
 
 /// An error and its causes, which is where reqwest says what actually went wrong.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

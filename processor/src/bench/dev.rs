@@ -146,7 +146,13 @@ pub async fn bench(
     terminate(&mut child);
     let (throughput, latency, samples) = outcome?;
     let embedded = Embedded::open(&data)?;
-    let timings = Timings::read(&embedded, &config.topics.events, &config.topics.results)?;
+    let codec = crate::schema_commands::codec(config).await?;
+    let timings = Timings::read(
+        &codec,
+        &embedded,
+        &config.topics.events,
+        &config.topics.results,
+    )?;
     let throughput = timings.measure(&throughput)?;
     let latency = timings.measure(&latency)?;
     let report = report(args, &throughput, &latency, &samples);
@@ -268,8 +274,12 @@ struct Timings {
 }
 
 impl Timings {
-    fn read(embedded: &Embedded, events: &str, results: &str) -> anyhow::Result<Timings> {
-        let codec = Codec::builtin();
+    fn read(
+        codec: &Codec,
+        embedded: &Embedded,
+        events: &str,
+        results: &str,
+    ) -> anyhow::Result<Timings> {
         let mut accepted = HashMap::new();
         for record in embedded.read_to_end(events)? {
             let event: TransactionEvent = codec.decode(

@@ -29,7 +29,7 @@ use tokio::sync::Mutex;
 
 use txflow::adapters::kafka;
 use txflow::adapters::scylla;
-use txflow::codec::{Codec, Record};
+use txflow::codec::Record;
 use txflow::config::Config;
 use txflow::domain::{Entry, EventType, TransactionEvent, TransactionResult};
 use txflow::limits::pacing;
@@ -215,7 +215,7 @@ async fn produce(
     rate: Option<NonZeroU32>,
     sent: &Mutex<Sent>,
 ) -> anyhow::Result<()> {
-    let codec = Codec::builtin();
+    let codec = crate::schema_commands::codec(&lane.config).await?;
     let producer = kafka::idempotent_producer(&lane.config.kafka)?;
     let limiter = rate.map(pacing);
     for event in events {
@@ -262,7 +262,7 @@ async fn observe(
     total_events: u64,
     limit: Duration,
 ) -> anyhow::Result<Observed> {
-    let codec = Codec::builtin();
+    let codec = crate::schema_commands::codec(config).await?;
     let consumer: StreamConsumer = kafka::client_config(&config.kafka)
         .set("group.id", format!("{}-observer", config.ledger.group_id))
         .set("isolation.level", "read_committed")

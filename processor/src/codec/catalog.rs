@@ -55,6 +55,8 @@ pub enum CatalogError {
 /// and writers borrow them, and a catalog is loaded once at start.
 pub struct Catalog {
     schemas: BTreeMap<u32, (&'static Schema, Option<String>)>,
+    /// Each schema as written, docs and defaults included: what a registry is given.
+    texts: BTreeMap<u32, String>,
 }
 
 impl Catalog {
@@ -85,20 +87,34 @@ impl Catalog {
     ) -> Result<Self, CatalogError> {
         let ids: BTreeMap<String, String> =
             serde_json::from_str(ids).map_err(|e| CatalogError::Ids(e.to_string()))?;
-        let mut schemas = BTreeMap::new();
+        let mut entries = Vec::new();
         for (id, file) in ids {
             let id: u32 = id
                 .parse()
                 .map_err(|_| CatalogError::Ids(format!("{id:?} is not a schema id")))?;
-            let schema = Schema::parse_str(&read(&file)?).map_err(|e| CatalogError::Parse {
+            let text = read(&file)?;
+            entries.push((id, file, text));
+        }
+        Catalog::from_texts(entries)
+    }
+
+    /// The schemas `(id, where it came from, text)`.
+    pub fn from_texts(
+        entries: impl IntoIterator<Item = (u32, String, String)>,
+    ) -> Result<Self, CatalogError> {
+        let mut schemas = BTreeMap::new();
+        let mut texts = BTreeMap::new();
+        for (id, origin, text) in entries {
+            let schema = Schema::parse_str(&text).map_err(|e| CatalogError::Parse {
                 id,
-                file: file.clone(),
+                file: origin,
                 message: e.to_string(),
             })?;
             let full_name = schema.name().map(|n| n.fullname(None));
             schemas.insert(id, (&*Box::leak(Box::new(schema)), full_name));
+            texts.insert(id, text);
         }
-        let catalog = Catalog { schemas };
+        let catalog = Catalog { schemas, texts };
         catalog.check_compatible()?;
         Ok(catalog)
     }
@@ -137,6 +153,11 @@ impl Catalog {
     /// Every schema id with its schema, in id order.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &'static Schema)> + '_ {
         self.schemas.iter().map(|(id, (schema, _))| (*id, *schema))
+    }
+
+    /// Schema `id` as written.
+    pub fn text(&self, id: u32) -> Option<&str> {
+        self.texts.get(&id).map(String::as_str)
     }
 
     pub fn schema(&self, id: u32) -> Option<&'static Schema> {

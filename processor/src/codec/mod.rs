@@ -3,13 +3,16 @@
 //!
 //! Schema ids come from a [`Catalog`]: the repo's `schemas/` directory (built in, or read
 //! from a directory at start), where `schemas/schema-ids.json` gives every schema file its
-//! id. A record is always decoded into the newest schema of its name, with Avro's
-//! reader/writer resolution when it was written with an older or newer one. Readers and
-//! writers are built once per schema pair, never per record.
+//! id — or, with a schema registry configured, from the registry: txflow's schemas are
+//! registered there at start, and any other id a record carries is looked up there once
+//! ([`Codec::learn`], before a batch is decoded). A record is always decoded into the newest
+//! schema of its name, with Avro's reader/writer resolution when it was written with an
+//! older or newer one. Readers and writers are built once per schema pair, never per record.
 
 mod catalog;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::writer::datum::GenericDatumWriter;
@@ -19,6 +22,7 @@ use serde::Serialize;
 pub use catalog::{Catalog, CatalogError};
 
 use crate::domain::{FailureKind, Poison, TransactionEvent};
+use crate::ports::schemas::{RegistryError, SchemaLookup};
 
 /// The first byte of every Confluent wire-format record.
 pub const MAGIC: u8 = 0;
@@ -52,6 +56,8 @@ pub enum CodecError {
     BadMagic(u8),
     #[error("schema id {0} is not in the schema catalog")]
     UnknownSchema(u32),
+    #[error("schema id {id} cannot be read: {why}")]
+    Unreadable { id: u32, why: String },
     #[error("schema id {id} is a {found}, not a {wanted}")]
     WrongRecord {
         id: u32,
@@ -70,9 +76,9 @@ impl CodecError {
     /// The dead-letter form of this error.
     pub fn poison(&self) -> Poison {
         let kind = match self {
-            CodecError::UnknownSchema(_) | CodecError::WrongRecord { .. } => {
-                FailureKind::UnknownSchema
-            }
+            CodecError::UnknownSchema(_)
+            | CodecError::Unreadable { .. }
+            | CodecError::WrongRecord { .. } => FailureKind::UnknownSchema,
             _ => FailureKind::Undecodable,
         };
         Poison::new(kind, self.to_string())
@@ -86,8 +92,13 @@ pub struct Codec {
     /// The schema of each current id.
     schemas: HashMap<Record, &'static apache_avro::Schema>,
     writers: HashMap<u32, GenericDatumWriter<'static>>,
-    /// A reader for every schema id, resolving to the current schema of its record.
-    readers: HashMap<u32, (Record, GenericDatumReader<'static>)>,
+    /// A reader for every schema id, resolving to the current schema of its record; grows
+    /// as the registry teaches the codec new ids.
+    readers: RwLock<HashMap<u32, (Record, GenericDatumReader<'static>)>>,
+    /// Ids the registry does not have or whose schema is no version of a txflow record, with
+    /// why: asked once, not on every record that carries them.
+    unreadable: RwLock<HashMap<u32, String>>,
+    registry: Option<Arc<dyn SchemaLookup>>,
 }
 
 impl Codec {
@@ -139,8 +150,99 @@ impl Codec {
             current,
             schemas,
             writers,
-            readers,
+            readers: RwLock::new(readers),
+            unreadable: RwLock::new(HashMap::new()),
+            registry: None,
         })
+    }
+
+    /// This codec, looking up in `registry` the schema ids it does not know.
+    pub fn with_registry(self, registry: Arc<dyn SchemaLookup>) -> Self {
+        Codec {
+            registry: Some(registry),
+            ..self
+        }
+    }
+
+    /// Fetches from the registry the writer schemas of the schema ids in `values` that the
+    /// codec has not seen, so that decoding them needs no IO. Without a registry, or when it
+    /// knows every id, does nothing. An id the registry does not have, or whose schema is not
+    /// a readable version of a txflow record, decodes as poison saying why; an unavailable
+    /// registry is an error, and the batch waits for it.
+    pub async fn learn<'a>(
+        &self,
+        values: impl IntoIterator<Item = Option<&'a [u8]>>,
+    ) -> Result<(), RegistryError> {
+        let Some(registry) = &self.registry else {
+            return Ok(());
+        };
+        let unknown: BTreeSet<u32> = {
+            let readers = read(&self.readers);
+            let unreadable = read(&self.unreadable);
+            values
+                .into_iter()
+                .filter_map(|value| schema_id(value?).ok())
+                .filter(|id| !readers.contains_key(id) && !unreadable.contains_key(id))
+                .collect()
+        };
+        for id in unknown {
+            let learnt = match registry.schema_text(id).await {
+                Ok(text) => self.reader_for(&text),
+                Err(RegistryError::NotFound(_)) => {
+                    Err("the schema registry does not have it".to_owned())
+                }
+                Err(e) => return Err(e),
+            };
+            match learnt {
+                Ok(reader) => {
+                    tracing::info!(
+                        id,
+                        record = reader.0.full_name(),
+                        "learnt a schema id from the registry"
+                    );
+                    write(&self.readers).insert(id, reader);
+                }
+                Err(why) => {
+                    tracing::warn!(id, "schema id cannot be read: {why}");
+                    write(&self.unreadable).insert(id, why);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A reader from the writer schema `text` into the current schema of its record.
+    fn reader_for(&self, text: &str) -> Result<(Record, GenericDatumReader<'static>), String> {
+        let schema = apache_avro::Schema::parse_str(text)
+            .map_err(|e| format!("its schema is not valid Avro: {e}"))?;
+        let name = schema.name().map(|n| n.fullname(None));
+        let record = Record::ALL
+            .into_iter()
+            .find(|r| Some(r.full_name()) == name.as_deref())
+            .ok_or_else(|| {
+                format!(
+                    "its schema is {}, not a txflow record",
+                    name.as_deref().unwrap_or("unnamed")
+                )
+            })?;
+        let reader_schema = self
+            .schemas
+            .get(&record)
+            .ok_or_else(|| format!("no schema of {} to read it into", record.full_name()))?;
+        apache_avro::schema_compatibility::SchemaCompatibility::can_read(&schema, reader_schema)
+            .map_err(|e| {
+                format!(
+                    "its {} cannot be read as this version of it: {e}",
+                    record.full_name()
+                )
+            })?;
+        // Lives as long as the process, like the catalog's: one per schema id learnt.
+        let schema: &'static apache_avro::Schema = Box::leak(Box::new(schema));
+        let reader = GenericDatumReader::builder(schema)
+            .reader_schema(reader_schema)
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok((record, reader))
     }
 
     /// The codec of the schemas built into this binary.
@@ -201,7 +303,16 @@ impl Codec {
         bytes: &[u8],
     ) -> Result<T, CodecError> {
         let id = schema_id(bytes)?;
-        let (found, reader) = self.readers.get(&id).ok_or(CodecError::UnknownSchema(id))?;
+        let readers = read(&self.readers);
+        let Some((found, reader)) = readers.get(&id) else {
+            return Err(match read(&self.unreadable).get(&id) {
+                Some(why) => CodecError::Unreadable {
+                    id,
+                    why: why.clone(),
+                },
+                None => CodecError::UnknownSchema(id),
+            });
+        };
         if *found != record {
             return Err(CodecError::WrongRecord {
                 id,
@@ -228,6 +339,14 @@ impl Codec {
         }
         Ok(value)
     }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The schema id of a wire-format record.

@@ -286,3 +286,98 @@ fn a_bad_catalog_says_what_is_wrong() {
         .contains("a.avsc (id 1) is not a valid Avro schema"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A registry in memory: answers by id, counts the questions.
+struct Answers {
+    by_id: HashMap<u32, Result<String, crate::ports::RegistryError>>,
+    asked: std::sync::atomic::AtomicUsize,
+}
+
+impl SchemaLookup for Answers {
+    fn schema_text(&self, id: u32) -> crate::ports::schemas::Lookup<'_> {
+        self.asked
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let answer = self
+            .by_id
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| Err(RegistryError::NotFound(format!("schema id {id}"))));
+        Box::pin(async move { answer })
+    }
+}
+
+#[tokio::test]
+async fn a_registry_teaches_the_codec_the_ids_it_has_not_seen() {
+    let v1 = include_str!("../../../schemas/transaction_event.avsc");
+    let v2 = v1.replace(
+        r#"{"name": "source", "type": "string""#,
+        r#"{"name": "channel", "type": "string", "default": "unknown"}, {"name": "source", "type": "string""#,
+    );
+    let not_ours = r#"{"type": "record", "name": "Other", "fields": []}"#;
+    let unavailable = RegistryError::Unavailable {
+        url: "http://registry".to_owned(),
+        message: "connection refused".to_owned(),
+    };
+    let registry = Arc::new(Answers {
+        by_id: HashMap::from([
+            (40, Ok(v2.clone())),
+            (41, Ok(not_ours.to_owned())),
+            (42, Err(unavailable)),
+        ]),
+        asked: Default::default(),
+    });
+    let codec = Codec::builtin().with_registry(registry.clone());
+
+    let v2_schema = apache_avro::Schema::parse_str(&v2).unwrap();
+    let mut record = apache_avro::to_value(event()).unwrap();
+    if let Value::Record(fields) = &mut record {
+        fields.insert(7, ("channel".into(), Value::String("web".into())));
+    }
+    let mut newer = vec![0, 0, 0, 0, 40];
+    let writer = GenericDatumWriter::builder(&v2_schema).build().unwrap();
+    newer.extend(writer.write_value_to_vec(record).unwrap());
+    let foreign = [0, 0, 0, 0, 41];
+    let missing = [0, 0, 0, 0, 43];
+    let known = codec.encode(Record::TransactionEvent, &event()).unwrap();
+
+    // Before it learns, an id it has not seen is simply unknown.
+    assert!(matches!(
+        codec.decode::<TransactionEvent>(Record::TransactionEvent, &newer),
+        Err(CodecError::UnknownSchema(40))
+    ));
+    let batch = [
+        Some(&newer[..]),
+        Some(&newer[..]),
+        Some(&foreign[..]),
+        Some(&missing[..]),
+        Some(&known[..]),
+        None,
+    ];
+    codec.learn(batch).await.unwrap();
+    assert_eq!(
+        registry.asked.load(std::sync::atomic::Ordering::Relaxed),
+        3,
+        "each unseen id asked once; a known id never"
+    );
+    assert_eq!(
+        codec
+            .decode::<TransactionEvent>(Record::TransactionEvent, &newer)
+            .unwrap(),
+        event()
+    );
+    let why = |bytes: &[u8]| {
+        let error = codec
+            .decode::<TransactionEvent>(Record::TransactionEvent, bytes)
+            .unwrap_err();
+        assert_eq!(error.poison().kind, FailureKind::UnknownSchema);
+        error.to_string()
+    };
+    assert!(why(&foreign).contains("Other, not a txflow record"));
+    assert!(why(&missing).contains("does not have it"));
+
+    // Learnt and refused ids are not asked again; an unavailable registry fails the batch.
+    codec.learn(batch).await.unwrap();
+    assert_eq!(registry.asked.load(std::sync::atomic::Ordering::Relaxed), 3);
+    let unavailable = codec.learn([Some(&[0u8, 0, 0, 0, 42][..])]).await;
+    assert!(unavailable.unwrap_err().is_transient());
+}

@@ -41,6 +41,9 @@ pub enum FailureKind {
     EndpointRejected,
     /// A notification names no webhook endpoint, or one the notifier is not configured with.
     NoEndpoint,
+    /// The schema registry did not answer a lookup of a record's schema id: the batch waits
+    /// for it (never a reason to move a record).
+    RegistryUnavailable,
 }
 
 impl FailureKind {
@@ -49,7 +52,8 @@ impl FailureKind {
         match self {
             FailureKind::StoreUnavailable
             | FailureKind::CircuitOpen
-            | FailureKind::EndpointUnavailable => FailureClass::Transient,
+            | FailureKind::EndpointUnavailable
+            | FailureKind::RegistryUnavailable => FailureClass::Transient,
             FailureKind::Undecodable
             | FailureKind::UnknownSchema
             | FailureKind::InvalidEvent
@@ -75,6 +79,7 @@ impl FailureKind {
             FailureKind::EndpointUnavailable => "endpoint_unavailable",
             FailureKind::EndpointRejected => "endpoint_rejected",
             FailureKind::NoEndpoint => "no_endpoint",
+            FailureKind::RegistryUnavailable => "registry_unavailable",
         }
     }
 }

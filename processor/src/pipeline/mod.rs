@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::codec::CodecError;
 use crate::domain::FailureKind;
-use crate::ports::{InputRecord, Log, LogError, OutputRecord, StoreError};
+use crate::ports::{InputRecord, Log, LogError, OutputRecord, RegistryError, StoreError};
 use crate::telemetry::{Metrics, Readiness};
 
 /// Why a stage could not process a batch.
@@ -43,6 +43,19 @@ impl From<StoreError> for StageError {
         if error.is_transient() {
             StageError::Transient {
                 kind: error.kind(),
+                message: error.to_string(),
+            }
+        } else {
+            StageError::Fatal(error.to_string())
+        }
+    }
+}
+
+impl From<RegistryError> for StageError {
+    fn from(error: RegistryError) -> Self {
+        if error.is_transient() {
+            StageError::Transient {
+                kind: FailureKind::RegistryUnavailable,
                 message: error.to_string(),
             }
         } else {

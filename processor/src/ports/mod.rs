@@ -1,11 +1,13 @@
 //! The ports: the small traits through which stages reach the log (Kafka, or the embedded
-//! log), the store (ScyllaDB, or the embedded store) and webhook endpoints (HTTP). Adapters
-//! implement them.
+//! log), the store (ScyllaDB, or the embedded store), webhook endpoints (HTTP) and the
+//! schema registry. Adapters implement them.
 
 pub mod log;
+pub mod schemas;
 pub mod store;
 pub mod webhook;
 
 pub use log::{InputRecord, Log, LogError, OutputRecord, PublishError, Published, Publisher};
+pub use schemas::{RegistryError, SchemaLookup};
 pub use store::{LedgerStore, LoadedAccount, StoreError};
 pub use webhook::{DeliveryError, WebhookRequest, Webhooks};

@@ -86,6 +86,9 @@ impl Stage for Router {
         batch: &[InputRecord],
         now_ms: i64,
     ) -> Result<BatchOutput<RouterCounts>, StageError> {
+        self.codec
+            .learn(batch.iter().map(|r| r.value.as_deref()))
+            .await?;
         let rules = self.rules.read().expect("the rules lock").clone();
         let mut rng = rand::rng();
         let mut counts = RouterCounts::default();

@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
+mod registry;
+
 use serde_json::Value;
 use txflow_tests::process::Pipeline;
 use txflow_tests::{kafka_bootstrap, python};
@@ -34,6 +36,32 @@ fn run(script: &str, args: &[&str]) -> Vec<Value> {
         .collect()
 }
 
+/// `read_results.py` on the pipeline's results topic until `expect` results came.
+fn read_results(pipeline: &Pipeline, expect: usize, extra: &[&str]) -> Vec<Value> {
+    let bootstrap = kafka_bootstrap();
+    let expect = expect.to_string();
+    let mut args = vec![
+        "--bootstrap",
+        &bootstrap,
+        "--topic",
+        &pipeline.results_topic,
+        "--expect",
+        &expect,
+        "--idle",
+        "90",
+    ];
+    args.extend_from_slice(extra);
+    run("read_results.py", &args)
+}
+
+/// The distinct `event_id`s of events or results.
+fn event_ids(values: &[Value]) -> BTreeSet<&str> {
+    values
+        .iter()
+        .map(|v| v["event_id"].as_str().unwrap())
+        .collect()
+}
+
 #[test]
 fn the_python_producer_feeds_the_ledger_and_the_python_consumer_reads_every_result() {
     let pipeline = Pipeline::new(3);
@@ -53,29 +81,12 @@ fn the_python_producer_feeds_the_ledger_and_the_python_consumer_reads_every_resu
         ],
     );
     assert_eq!(sent.len(), 300);
-    let results = run(
-        "read_results.py",
-        &[
-            "--bootstrap",
-            &bootstrap,
-            "--topic",
-            &pipeline.results_topic,
-            "--expect",
-            "300",
-            "--idle",
-            "90",
-        ],
+    let results = read_results(&pipeline, 300, &[]);
+    assert_eq!(
+        event_ids(&sent),
+        event_ids(&results),
+        "one result per event sent"
     );
-
-    let sent_ids: BTreeSet<&str> = sent
-        .iter()
-        .map(|e| e["event_id"].as_str().unwrap())
-        .collect();
-    let result_ids: BTreeSet<&str> = results
-        .iter()
-        .map(|r| r["event_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(sent_ids, result_ids, "one result per event sent");
     assert!(results
         .iter()
         .all(|r| r["status"] == "APPLIED" && r["entry"] == "CREDIT"));

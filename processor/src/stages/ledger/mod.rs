@@ -390,6 +390,9 @@ impl<S: LedgerStore> Stage for Ledger<S> {
         batch: &[InputRecord],
         now_ms: i64,
     ) -> Result<BatchOutput<LedgerCounts>, StageError> {
+        self.codec
+            .learn(batch.iter().map(|r| r.value.as_deref()))
+            .await?;
         // While the breaker is open nothing is tried: the batch waits, then a probe decides.
         if let Err(e) = self.breaker.probe(self.store.ping()).await {
             return Err(self.halt(e));

@@ -298,6 +298,9 @@ impl<W: Webhooks> Stage for Notifier<W> {
         batch: &[InputRecord],
         now_ms: i64,
     ) -> Result<BatchOutput<NotifierCounts>, StageError> {
+        self.codec
+            .learn(batch.iter().map(|r| r.value.as_deref()))
+            .await?;
         // (index, kind, message, not due before): a refused delivery waits for its breaker.
         let mut failed: Vec<(usize, FailureKind, String, i64)> = Vec::new();
         let mut by_endpoint: BTreeMap<&str, Vec<Delivery<'_>>> = BTreeMap::new();

@@ -1,0 +1,226 @@
+//! A Confluent-compatible schema registry over HTTP (Confluent Schema Registry, Apicurio
+//! Registry's `/apis/ccompat/v7`, Karapace, Redpanda): register a schema under a subject,
+//! look one up, read a schema by id, list a subject's versions. Schemas by id never change,
+//! so each id is fetched once per process.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode, Url};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::adapters::http::error_chain;
+use crate::ports::schemas::{Lookup, RegistryError, SchemaLookup};
+
+const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+
+/// One version of a subject.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct SubjectVersion {
+    pub subject: String,
+    pub version: u32,
+    pub id: u32,
+    pub schema: String,
+}
+
+/// A registry client: connections kept alive, schemas by id cached.
+pub struct SchemaRegistry {
+    client: reqwest::Client,
+    base: Url,
+    credentials: Option<(String, String)>,
+    by_id: Mutex<HashMap<u32, String>>,
+}
+
+impl SchemaRegistry {
+    /// A client of the registry at `base` (its Confluent-compatible root, where `/subjects`
+    /// is), with HTTP basic credentials if given.
+    pub fn new(
+        base: Url,
+        credentials: Option<(String, String)>,
+        timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("txflow/", env!("CARGO_PKG_VERSION")))
+            .timeout(timeout)
+            .build()?;
+        Ok(SchemaRegistry {
+            client,
+            base,
+            credentials,
+            by_id: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Registers `schema` (Avro) under `subject` and returns its id; a schema already
+    /// registered there keeps its id. The registry refuses one its compatibility rule for
+    /// the subject forbids.
+    pub async fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
+        #[derive(Deserialize)]
+        struct Registered {
+            id: u32,
+        }
+        let what = format!("schema registration under subject {subject}");
+        let body = json!({ "schema": schema });
+        let registered: Registered = self
+            .call(
+                Method::POST,
+                &["subjects", subject, "versions"],
+                Some(body),
+                &what,
+            )
+            .await?;
+        Ok(registered.id)
+    }
+
+    /// The version of `subject` whose schema is `schema`, if it was registered there.
+    pub async fn lookup(
+        &self,
+        subject: &str,
+        schema: &str,
+    ) -> Result<SubjectVersion, RegistryError> {
+        let what = format!("this schema under subject {subject}");
+        let body = json!({ "schema": schema });
+        self.call(Method::POST, &["subjects", subject], Some(body), &what)
+            .await
+    }
+
+    /// The versions registered under `subject`, oldest first.
+    pub async fn versions(&self, subject: &str) -> Result<Vec<u32>, RegistryError> {
+        let what = format!("subject {subject}");
+        self.call(Method::GET, &["subjects", subject, "versions"], None, &what)
+            .await
+    }
+
+    /// One version of `subject`.
+    pub async fn version(
+        &self,
+        subject: &str,
+        version: u32,
+    ) -> Result<SubjectVersion, RegistryError> {
+        let what = format!("version {version} of subject {subject}");
+        let version = version.to_string();
+        self.call(
+            Method::GET,
+            &["subjects", subject, "versions", &version],
+            None,
+            &what,
+        )
+        .await
+    }
+
+    /// The schema registered under `id`.
+    pub async fn schema_by_id(&self, id: u32) -> Result<String, RegistryError> {
+        if let Some(schema) = self.cached(id) {
+            return Ok(schema);
+        }
+        #[derive(Deserialize)]
+        struct ById {
+            schema: String,
+        }
+        let found: ById = self
+            .call(
+                Method::GET,
+                &["schemas", "ids", &id.to_string()],
+                None,
+                &format!("schema id {id}"),
+            )
+            .await?;
+        self.by_id
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id, found.schema.clone());
+        Ok(found.schema)
+    }
+
+    fn cached(&self, id: u32) -> Option<String> {
+        self.by_id
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&id)
+            .cloned()
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &[&str],
+        body: Option<serde_json::Value>,
+        what: &str,
+    ) -> Result<T, RegistryError> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| RegistryError::Refused {
+                what: what.to_owned(),
+                status: 0,
+                message: format!("{} cannot be a base URL", self.base),
+            })?
+            .pop_if_empty()
+            .extend(path);
+        let unavailable = |message: String| RegistryError::Unavailable {
+            url: self.base.to_string(),
+            message,
+        };
+        let mut request = self
+            .client
+            .request(method, url)
+            .header(reqwest::header::ACCEPT, CONTENT_TYPE);
+        if let Some(body) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+                .body(body.to_string());
+        }
+        if let Some((user, password)) = &self.credentials {
+            request = request.basic_auth(user, Some(password));
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| unavailable(error_chain(&e)))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| unavailable(error_chain(&e)))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| RegistryError::Refused {
+                what: what.to_owned(),
+                status: status.as_u16(),
+                message: format!("an answer that is not the documented JSON: {e}"),
+            });
+        }
+        let message = error_message(&bytes);
+        match status {
+            StatusCode::NOT_FOUND => Err(RegistryError::NotFound(what.to_owned())),
+            StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => {
+                Err(unavailable(format!("HTTP {status}: {message}")))
+            }
+            s if s.is_server_error() => Err(unavailable(format!("HTTP {status}: {message}"))),
+            _ => Err(RegistryError::Refused {
+                what: what.to_owned(),
+                status: status.as_u16(),
+                message,
+            }),
+        }
+    }
+}
+
+impl SchemaLookup for SchemaRegistry {
+    fn schema_text(&self, id: u32) -> Lookup<'_> {
+        Box::pin(self.schema_by_id(id))
+    }
+}
+
+/// The `message` of a registry's error body (`{"error_code": 42201, "message": "…"}`), else
+/// the start of the body.
+fn error_message(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct ErrorBody {
+        message: String,
+    }
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(error) => error.message,
+        Err(_) => String::from_utf8_lossy(body).chars().take(512).collect(),
+    }
+}
