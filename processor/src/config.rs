@@ -517,12 +517,17 @@ impl SchemasConfig {
 pub struct DevConfig {
     /// Where `txflow dev` keeps its log and store (`--data-dir` overrides it).
     pub data_dir: std::path::PathBuf,
+    /// Records per batch at most, for every stage under `txflow dev` (in place of the
+    /// stages' own `batch_max_records`): each batch costs one fsync of the database, which
+    /// larger batches share when a backlog builds up.
+    pub batch_max_records: usize,
 }
 
 impl Default for DevConfig {
     fn default() -> Self {
         DevConfig {
             data_dir: "txflow-data".into(),
+            batch_max_records: 5000,
         }
     }
 }
@@ -707,6 +712,9 @@ impl Config {
         }
         if self.ledger.max_settle_attempts == 0 {
             return invalid("ledger.max_settle_attempts must be at least 1");
+        }
+        if self.dev.batch_max_records == 0 {
+            return invalid("dev.batch_max_records must be at least 1");
         }
         if self.router.batch_max_records == 0 || self.router.reload_check_ms == 0 {
             return invalid(

@@ -596,6 +596,9 @@ pub async fn dev(config: &Config, data_dir: &Path) -> anyhow::Result<()> {
     let embedded = Embedded::open(data_dir)?;
     let key = dev_key(data_dir)?;
     let mut config = config.clone();
+    config.router.batch_max_records = config.dev.batch_max_records;
+    config.ledger.batch_max_records = config.dev.batch_max_records;
+    config.notifier.batch_max_records = config.dev.batch_max_records;
     let hashed: String = hash(&key).iter().map(|b| format!("{b:02x}")).collect();
     config.gateway.api_keys.insert("dev".to_owned(), hashed);
     let shutdown = shutdown_signal()?;

@@ -68,10 +68,11 @@ pub async fn bench(
             .to_owned();
         let client = reqwest::Client::new();
         let memory = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sampling = Instant::now();
         let sampler = {
             let memory = memory.clone();
             tokio::spawn(async move {
-                let started = Instant::now();
+                let started = sampling;
                 while let Some(rss) = rss_mib(pid) {
                     memory
                         .lock()
@@ -103,15 +104,10 @@ pub async fn bench(
         eprintln!("bench: dev, {} events as fast as posted", throughput.events);
         let admin = logged_address(&log, "admin endpoints").await?;
         let before = settled(&client, &admin).await?;
+        // Made before the clock starts: the rate of the next phase is half of this one's.
+        let bodies = make(&mut workload, &throughput);
         let posted = Instant::now();
-        post(
-            &client,
-            &address,
-            &key,
-            make(&mut workload, &throughput),
-            None,
-        )
-        .await?;
+        post(&client, &address, &key, bodies, None).await?;
         let drained = drain(&client, &admin, before).await?;
         let rate = ((throughput.events as f64 / drained.duration_since(posted).as_secs_f64()) / 2.0)
             .max(1.0) as u32;
@@ -128,6 +124,7 @@ pub async fn bench(
             prefix: format!("{run}l"),
         };
         eprintln!("bench: dev, {} events at {rate}/s", latency.events);
+        let fixed_from = sampling.elapsed();
         let before = settled(&client, &admin).await?;
         post(
             &client,
@@ -138,13 +135,14 @@ pub async fn bench(
         )
         .await?;
         drain(&client, &admin, before).await?;
+        let fixed = fixed_from..sampling.elapsed();
         sampler.abort();
         let samples = memory.lock().expect("the samples").clone();
-        Ok::<_, anyhow::Error>((throughput, latency, samples))
+        Ok::<_, anyhow::Error>((throughput, latency, samples, fixed))
     }
     .await;
     terminate(&mut child);
-    let (throughput, latency, samples) = outcome?;
+    let (throughput, latency, samples, fixed) = outcome?;
     let embedded = Embedded::open(&data)?;
     let codec = crate::schema_commands::codec(config).await?;
     let timings = Timings::read(
@@ -155,7 +153,7 @@ pub async fn bench(
     )?;
     let throughput = timings.measure(&throughput)?;
     let latency = timings.measure(&latency)?;
-    let report = report(args, &throughput, &latency, &samples);
+    let report = report(args, &throughput, &latency, &samples, fixed);
     print!("{report}");
     if let Some(path) = &args.output {
         write_section(path, &report, START, END)?;
@@ -337,6 +335,7 @@ fn report(
     throughput: &Measured,
     latency: &Measured,
     samples: &[(Duration, f64)],
+    fixed: std::ops::Range<Duration>,
 ) -> String {
     let command: Vec<String> = std::env::args().skip(1).collect();
     let per_second = throughput.events as f64 / throughput.seconds.max(1e-9);
@@ -398,11 +397,47 @@ fn report(
         "| at least 50,000 events/s with durable commits | {per_second:.0} events/s | {} |",
         verdict(per_second >= 50_000.0)
     );
-    let _ = writeln!(
-        md,
-        "| memory flat over a 10-minute run | this run lasted {} s | **not measured** at 10 minutes |",
-        samples.len()
-    );
+    let minutes = memory_by_minute(samples, &fixed);
+    match (minutes.get(1), minutes.last()) {
+        (Some(second), Some(last)) if minutes.len() >= 10 => {
+            let _ = writeln!(
+                md,
+                "| memory flat over a 10-minute run (the fixed-rate phase: within 10% of its second minute at its end) | {second:.0} MiB at minute 2, {last:.0} MiB at minute {} | {} |",
+                minutes.len(),
+                verdict(*last <= second * 1.1)
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                md,
+                "| memory flat over a 10-minute run | the fixed-rate phase lasted {} s (`--dev-latency-seconds 600` runs it for 10 minutes) | **not measured** |",
+                (fixed.end - fixed.start).as_secs()
+            );
+        }
+    }
+    if minutes.len() >= 2 {
+        let by_minute: Vec<String> = minutes.iter().map(|m| format!("{m:.0}")).collect();
+        let _ = writeln!(
+            md,
+            "\nResident MiB at the end of each minute of the fixed-rate phase: {}.",
+            by_minute.join(", ")
+        );
+    }
     let _ = writeln!(md, "{END}");
     md
+}
+
+/// The resident memory at the end of each whole minute of `phase`.
+fn memory_by_minute(samples: &[(Duration, f64)], phase: &std::ops::Range<Duration>) -> Vec<f64> {
+    let whole = (phase.end - phase.start).as_secs() / 60;
+    (1..=whole)
+        .filter_map(|minute| {
+            let at = phase.start + Duration::from_secs(minute * 60);
+            samples
+                .iter()
+                .take_while(|(t, _)| *t <= at)
+                .last()
+                .map(|(_, rss)| *rss)
+        })
+        .collect()
 }

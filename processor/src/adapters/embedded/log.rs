@@ -25,7 +25,8 @@ struct StoredRecord {
     headers: Vec<(String, Vec<u8>)>,
 }
 
-/// Appends `records` in `txn`; returns where each landed.
+/// Appends `records` in `txn`, those of each topic as one record batch; returns where each
+/// landed.
 fn append(
     txn: &redb::WriteTransaction,
     records: &[OutputRecord],
@@ -33,37 +34,41 @@ fn append(
     let mut ends = txn.open_table(ENDS).map_err(storage)?;
     let mut table = txn.open_table(RECORDS).map_err(storage)?;
     let now = now_ms();
-    let mut next: HashMap<&str, u64> = HashMap::new();
+    // By topic: the batch's first offset and its records, in the order given.
+    let mut batches: HashMap<&str, (u64, Vec<StoredRecord>)> = HashMap::new();
     let mut published = Vec::with_capacity(records.len());
     for record in records {
         let topic = record.topic.as_str();
-        let offset = match next.get(topic) {
-            Some(offset) => *offset,
-            None => ends
-                .get((topic, PARTITION))
-                .map_err(storage)?
-                .map(|end| end.value())
-                .unwrap_or(0),
+        let (first, stored) = match batches.get_mut(topic) {
+            Some(batch) => batch,
+            None => {
+                let end = ends
+                    .get((topic, PARTITION))
+                    .map_err(storage)?
+                    .map(|end| end.value())
+                    .unwrap_or(0);
+                batches.entry(topic).or_insert((end, Vec::new()))
+            }
         };
-        let stored = StoredRecord {
+        published.push(Published {
+            topic: record.topic.clone(),
+            partition: PARTITION as i32,
+            offset: (*first + stored.len() as u64) as i64,
+        });
+        stored.push(StoredRecord {
             timestamp: now,
             key: record.key.clone(),
             value: record.value.clone(),
             headers: record.headers.clone(),
-        };
-        let bytes = postcard::to_stdvec(&stored).map_err(storage)?;
-        table
-            .insert((topic, PARTITION, offset), bytes.as_slice())
-            .map_err(storage)?;
-        next.insert(topic, offset + 1);
-        published.push(Published {
-            topic: record.topic.clone(),
-            partition: PARTITION as i32,
-            offset: offset as i64,
         });
     }
-    for (topic, end) in next {
-        ends.insert((topic, PARTITION), end).map_err(storage)?;
+    for (topic, (first, stored)) in batches {
+        let bytes = postcard::to_stdvec(&stored).map_err(storage)?;
+        table
+            .insert((topic, PARTITION, first), bytes.as_slice())
+            .map_err(storage)?;
+        ends.insert((topic, PARTITION), first + stored.len() as u64)
+            .map_err(storage)?;
     }
     Ok(published)
 }
@@ -88,37 +93,52 @@ fn read_due(
     due_by: Option<i64>,
 ) -> Result<(Vec<InputRecord>, Option<i64>), EmbeddedError> {
     let table = txn.open_table(RECORDS).map_err(storage)?;
+    // The batch holding `from` is the last one that starts at or before it.
+    let start = match table
+        .range((topic, PARTITION, 0)..=(topic, PARTITION, from))
+        .map_err(storage)?
+        .next_back()
+    {
+        Some(entry) => entry.map_err(storage)?.0.value().2,
+        None => from,
+    };
     let mut records = Vec::new();
     for entry in table
-        .range((topic, PARTITION, from)..=(topic, PARTITION, u64::MAX))
+        .range((topic, PARTITION, start)..=(topic, PARTITION, u64::MAX))
         .map_err(storage)?
     {
-        if records.len() >= max {
-            break;
-        }
         let (key, value) = entry.map_err(storage)?;
-        let (_, _, offset) = key.value();
-        let stored: StoredRecord = postcard::from_bytes(value.value())
-            .map_err(|e| EmbeddedError::Corrupt(format!("{topic} offset {offset}: {e}")))?;
-        let record = InputRecord {
-            topic: topic.to_owned(),
-            partition: PARTITION as i32,
-            offset: offset as i64,
-            timestamp: Some(stored.timestamp),
-            key: stored.key,
-            value: stored.value,
-            headers: stored.headers,
-        };
-        if let Some(now) = due_by {
-            let due = record
-                .header(DUE_HEADER)
-                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
-                .unwrap_or(0);
-            if due > now {
-                return Ok((records, Some(due)));
+        let (_, _, first) = key.value();
+        let batch: Vec<StoredRecord> = postcard::from_bytes(value.value()).map_err(|e| {
+            EmbeddedError::Corrupt(format!("{topic} record batch at offset {first}: {e}"))
+        })?;
+        for (offset, stored) in (first..).zip(batch) {
+            if offset < from {
+                continue;
             }
+            if records.len() >= max {
+                return Ok((records, None));
+            }
+            let record = InputRecord {
+                topic: topic.to_owned(),
+                partition: PARTITION as i32,
+                offset: offset as i64,
+                timestamp: Some(stored.timestamp),
+                key: stored.key,
+                value: stored.value,
+                headers: stored.headers,
+            };
+            if let Some(now) = due_by {
+                let due = record
+                    .header(DUE_HEADER)
+                    .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
+                    .unwrap_or(0);
+                if due > now {
+                    return Ok((records, Some(due)));
+                }
+            }
+            records.push(record);
         }
-        records.push(record);
     }
     Ok((records, None))
 }

@@ -20,8 +20,10 @@ use tokio::sync::Notify;
 pub use self::log::{EmbeddedLog, EmbeddedPublisher};
 pub use self::store::EmbeddedLedgerStore;
 
-/// Records by topic, partition and offset.
-const RECORDS: TableDefinition<(&str, u32, u64), &[u8]> = TableDefinition::new("records");
+/// Records by topic, partition and the offset of the first: the records one write appended
+/// to a topic are one value, as in a Kafka record batch, so that a batch of a hundred costs
+/// one B-tree insert, not a hundred.
+const RECORDS: TableDefinition<(&str, u32, u64), &[u8]> = TableDefinition::new("record_batches");
 /// The next offset of each topic partition.
 const ENDS: TableDefinition<(&str, u32), u64> = TableDefinition::new("ends");
 /// The next offset each group consumes, by topic partition.

@@ -73,16 +73,28 @@ async fn a_batch_and_its_outputs_commit_together_and_positions_survive_a_restart
         assert_eq!(values(&embedded.read_to_end("out").unwrap()), ["x"]);
     }
     // A new process on the same directory continues after what the group committed.
+    // Its position is inside the record batch the three were appended as.
     let embedded = Embedded::open(&dir.0).unwrap();
+    embedded
+        .publisher()
+        .publish(vec![record("in", "c", "4"), record("in", "c", "5")])
+        .await
+        .into_iter()
+        .for_each(|p| assert_eq!(p.unwrap().topic, "in"));
     let mut log = embedded.log("g", &["in"], &[]);
     let rest = log.next_batch(10, Duration::from_millis(10)).await.unwrap();
-    assert_eq!(values(&rest), ["3"]);
+    assert_eq!(values(&rest), ["3", "4", "5"]);
+    assert_eq!(rest.iter().map(|r| r.offset).collect::<Vec<_>>(), [2, 3, 4]);
     let mut other = embedded.log("other-group", &["in"], &[]);
     let all = other
-        .next_batch(10, Duration::from_millis(10))
+        .next_batch(4, Duration::from_millis(10))
         .await
         .unwrap();
-    assert_eq!(all.len(), 3, "each group has its own positions");
+    assert_eq!(
+        values(&all),
+        ["1", "2", "3", "4"],
+        "each group has its own positions"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
