@@ -17,10 +17,11 @@ use txflow::config::Config;
 use txflow::domain::TransactionEvent;
 use txflow::limits::pacing;
 use txflow::loadgen::{Sent, Workload, WorkloadConfig};
-use txflow::ports::LedgerStore;
+use txflow::ports::{LedgerStore, OutputRecord};
 use txflow::routing::Rules;
 use txflow::stages::gateway::account_json;
 
+use crate::dev_access::DevClient;
 use crate::run::{Backend, Services};
 
 /// txflow: an exactly-once financial transaction stream processor on Kafka and ScyllaDB.
@@ -34,6 +35,11 @@ pub struct Cli {
     /// The configuration file (TOML).
     #[arg(long, short, global = true, env = "TXFLOW_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+
+    /// Work against the `txflow dev` running on this data directory instead of Kafka and
+    /// the store (for accounts, dlq and produce).
+    #[arg(long, global = true, env = "TXFLOW_DEV_DIR", value_name = "DIR")]
+    dev_dir: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -192,6 +198,19 @@ struct ProduceArgs {
 impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         let config = Config::load(self.config.as_deref(), std::env::vars())?;
+        let dev = self
+            .dev_dir
+            .as_deref()
+            .map(DevClient::connect)
+            .transpose()?;
+        if dev.is_some()
+            && !matches!(
+                self.command,
+                Command::Accounts(_) | Command::Dlq(_) | Command::Produce(_)
+            )
+        {
+            bail!("--dev-dir works with accounts, dlq and produce; `txflow bench --dev` measures a txflow dev of its own");
+        }
         match self.command {
             Command::Migrate => migrate(&config).await,
             Command::Topics(TopicsCommand::Apply) => apply_topics(&config).await,
@@ -214,9 +233,12 @@ impl Cli {
                 println!("  or:   a line `{name} {hash}` in gateway.api_keys_file");
                 Ok(())
             }
-            Command::Accounts(command) => accounts(&config, command).await,
-            Command::Produce(args) => produce(&config, args).await,
-            Command::Dlq(command) => crate::dlq_commands::dlq(&config, command).await,
+            Command::Accounts(command) => match &dev {
+                Some(dev) => dev_accounts(dev, command).await,
+                None => accounts(&config, command).await,
+            },
+            Command::Produce(args) => produce(&config, args, dev.as_ref()).await,
+            Command::Dlq(command) => crate::dlq_commands::dlq(&config, command, dev.as_ref()).await,
             Command::Schemas(command) => crate::schema_commands::schemas(&config, command).await,
             Command::Rules(RulesCommand::Test { rules, event }) => {
                 test_rules(&config, &rules, &event)
@@ -305,6 +327,21 @@ async fn accounts(config: &Config, command: AccountsCommand) -> anyhow::Result<(
     }
 }
 
+async fn dev_accounts(dev: &DevClient, command: AccountsCommand) -> anyhow::Result<()> {
+    match command {
+        AccountsCommand::Get { account_id } => match dev.account(&account_id).await? {
+            Some(account) => print_line(&account),
+            None => bail!("account {account_id:?} has no recorded event"),
+        },
+        AccountsCommand::Export => {
+            for line in dev.accounts().await?.lines() {
+                print_line(&line)?;
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Writes one line to stdout; a reader that went away (`| head`) ends the output quietly.
 pub fn print_line(line: &impl std::fmt::Display) -> anyhow::Result<()> {
     use std::io::Write;
@@ -314,7 +351,81 @@ pub fn print_line(line: &impl std::fmt::Display) -> anyhow::Result<()> {
     }
 }
 
-async fn produce(config: &Config, args: ProduceArgs) -> anyhow::Result<()> {
+/// Where `txflow produce` writes: Kafka, or a running `txflow dev`.
+enum Destination<'a> {
+    Kafka(kafka::ReportingProducer),
+    Dev {
+        client: &'a DevClient,
+        pending: Vec<OutputRecord>,
+        delivered: u64,
+    },
+}
+
+impl Destination<'_> {
+    /// Records a `txflow dev` is sent at once.
+    const DEV_BATCH: usize = 500;
+
+    async fn send(&mut self, topic: &str, key: &[u8], value: Vec<u8>) -> anyhow::Result<()> {
+        match self {
+            Destination::Kafka(producer) => {
+                let record = BaseRecord::to(topic).key(key).payload(value.as_slice());
+                kafka::send_when_room(producer, record)
+                    .await
+                    .with_context(|| format!("producing to {topic}"))
+            }
+            Destination::Dev { pending, .. } => {
+                pending.push(OutputRecord {
+                    topic: topic.to_owned(),
+                    key: Some(key.to_vec()),
+                    value: Some(value),
+                    headers: Vec::new(),
+                });
+                if pending.len() >= Self::DEV_BATCH {
+                    self.flush_dev(topic).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn flush_dev(&mut self, topic: &str) -> anyhow::Result<()> {
+        if let Destination::Dev {
+            client,
+            pending,
+            delivered,
+        } = self
+        {
+            if !pending.is_empty() {
+                *delivered += client.publish(topic, pending).await?.len() as u64;
+                pending.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until everything sent is acknowledged; how many were delivered, how many failed.
+    async fn finish(mut self, topic: &str) -> anyhow::Result<(u64, u64)> {
+        self.flush_dev(topic).await?;
+        match self {
+            Destination::Kafka(producer) => {
+                tokio::task::block_in_place(|| producer.flush(Duration::from_secs(60)))
+                    .context("waiting for the broker to acknowledge every event")?;
+                let deliveries = producer.context();
+                Ok((
+                    deliveries.delivered.load(Ordering::Relaxed),
+                    deliveries.failed.load(Ordering::Relaxed),
+                ))
+            }
+            Destination::Dev { delivered, .. } => Ok((delivered, 0)),
+        }
+    }
+}
+
+async fn produce(
+    config: &Config,
+    args: ProduceArgs,
+    dev: Option<&DevClient>,
+) -> anyhow::Result<()> {
     for (name, share) in [
         ("--duplicates", args.duplicates),
         ("--conflicts", args.conflicts),
@@ -331,7 +442,14 @@ async fn produce(config: &Config, args: ProduceArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| config.topics.ledger.clone());
     let codec = crate::schema_commands::codec(config).await?;
-    let producer = kafka::idempotent_producer(&config.kafka)?;
+    let mut destination = match dev {
+        Some(client) => Destination::Dev {
+            client,
+            pending: Vec::new(),
+            delivered: 0,
+        },
+        None => Destination::Kafka(kafka::idempotent_producer(&config.kafka)?),
+    };
     let mut workload = Workload::new(WorkloadConfig {
         accounts: args.accounts,
         zipf_exponent: args.zipf,
@@ -370,19 +488,13 @@ async fn produce(config: &Config, args: ProduceArgs) -> anyhow::Result<()> {
             Sent::Conflict => conflicts += 1,
         }
         let value = codec.encode(Record::TransactionEvent, &event)?;
-        let record = BaseRecord::to(&topic)
-            .key(event.account_id.as_bytes())
-            .payload(value.as_slice());
-        kafka::send_when_room(&producer, record)
-            .await
-            .with_context(|| format!("producing to {topic}"))?;
+        destination
+            .send(&topic, event.account_id.as_bytes(), value)
+            .await?;
     }
-    tokio::task::block_in_place(|| producer.flush(Duration::from_secs(60)))
-        .context("waiting for the broker to acknowledge every event")?;
+    let (delivered, failed) = destination.finish(&topic).await?;
     let elapsed = started.elapsed().as_secs_f64();
     let sent = fresh + duplicates + conflicts;
-    let deliveries = producer.context();
-    let failed = deliveries.failed.load(Ordering::Relaxed);
     println!(
         "{}",
         serde_json::json!({
@@ -391,7 +503,7 @@ async fn produce(config: &Config, args: ProduceArgs) -> anyhow::Result<()> {
             "fresh": fresh,
             "duplicates": duplicates,
             "conflicts": conflicts,
-            "delivered": deliveries.delivered.load(Ordering::Relaxed),
+            "delivered": delivered,
             "failed": failed,
             "seconds": elapsed,
             "events_per_second": sent as f64 / elapsed.max(1e-9),

@@ -12,9 +12,10 @@ use txflow::dlq::{DeadLetter, Filter, Stats};
 use txflow::limits::pacing;
 use txflow::pipeline::failures::dead_letter_topic;
 use txflow::pipeline::now_ms;
-use txflow::ports::{Log, LogError};
+use txflow::ports::{Log, LogError, OutputRecord};
 
 use crate::cli::print_line;
+use crate::dev_access::DevClient;
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
@@ -93,10 +94,18 @@ impl TopicArg {
     }
 }
 
-async fn read_letters(config: &Config, topic: &str) -> anyhow::Result<Vec<DeadLetter>> {
+/// Every committed dead letter of `topic`, from Kafka or a running `txflow dev`.
+async fn read_letters(
+    config: &Config,
+    topic: &str,
+    dev: Option<&DevClient>,
+) -> anyhow::Result<Vec<DeadLetter>> {
     let codec = crate::schema_commands::codec(config).await?;
-    let records = tokio::task::block_in_place(|| kafka::read_to_end(&config.kafka, topic))
-        .with_context(|| format!("reading {topic} on {}", config.kafka.bootstrap_servers))?;
+    let records = match dev {
+        Some(dev) => dev.records(topic).await?,
+        None => tokio::task::block_in_place(|| kafka::read_to_end(&config.kafka, topic))
+            .with_context(|| format!("reading {topic} on {}", config.kafka.bootstrap_servers))?,
+    };
     codec
         .learn(records.iter().map(|r| r.value.as_deref()))
         .await?;
@@ -110,17 +119,21 @@ fn selected(letter: &DeadLetter, filters: &[Filter]) -> bool {
     filters.iter().all(|f| f.matches(letter))
 }
 
-pub async fn dlq(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
+pub async fn dlq(
+    config: &Config,
+    command: DlqCommand,
+    dev: Option<&DevClient>,
+) -> anyhow::Result<()> {
     match command {
         DlqCommand::Stats(selection) => {
-            let letters = read_letters(config, &selection.topic.resolve(config)).await?;
+            let letters = read_letters(config, &selection.topic.resolve(config), dev).await?;
             let chosen = letters.iter().filter(|l| selected(l, &selection.filters));
             print!("{}", Stats::of(chosen, now_ms()));
             Ok(())
         }
         DlqCommand::List(selection) => {
             let now = now_ms();
-            for letter in read_letters(config, &selection.topic.resolve(config)).await? {
+            for letter in read_letters(config, &selection.topic.resolve(config), dev).await? {
                 if selected(&letter, &selection.filters) {
                     print_line(&letter.summary(now))?;
                 }
@@ -133,7 +146,7 @@ pub async fn dlq(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
             offset,
         } => {
             let topic = topic.resolve(config);
-            let letters = read_letters(config, &topic).await?;
+            let letters = read_letters(config, &topic, dev).await?;
             match letters
                 .iter()
                 .find(|l| l.record.partition == partition && l.record.offset == offset)
@@ -144,30 +157,87 @@ pub async fn dlq(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
                 ),
             }
         }
-        DlqCommand::Redrive(args) => redrive(config, args).await,
+        DlqCommand::Redrive(args) => match dev {
+            Some(dev) => redrive_on_dev(config, args, dev).await,
+            None => redrive(config, args).await,
+        },
     }
+}
+
+/// What a redrive would write, one JSON line a dead letter; writes nothing.
+async fn dry_run(
+    config: &Config,
+    args: &RedriveArgs,
+    topic: &str,
+    dev: Option<&DevClient>,
+) -> anyhow::Result<()> {
+    let mut count = 0u64;
+    for letter in read_letters(config, topic, dev).await? {
+        if args.limit.is_some_and(|limit| count >= limit) {
+            break;
+        }
+        if selected(&letter, &args.selection.filters) {
+            let out = letter
+                .redriven(args.to.as_deref())
+                .map_err(anyhow::Error::msg)?;
+            let mut line = letter.summary(now_ms());
+            line["to"] = out.topic.into();
+            print_line(&line)?;
+            count += 1;
+        }
+    }
+    eprintln!("dry run: {count} dead letters would be redriven from {topic}");
+    Ok(())
+}
+
+/// A redrive under `txflow dev`: the chosen dead letters written back, each once per run, in
+/// writes of up to 500 per target topic. Run again, it writes them again: the ledger knows
+/// each event by its id, so a second redrive changes nothing but what the first left undone.
+async fn redrive_on_dev(config: &Config, args: RedriveArgs, dev: &DevClient) -> anyhow::Result<()> {
+    let topic = args.selection.topic.resolve(config);
+    if args.dry_run {
+        return dry_run(config, &args, &topic, Some(dev)).await;
+    }
+    if args.run_id.is_some() {
+        bail!("--run-id resumes a redrive on Kafka; under txflow dev a redrive is not resumed but run again (the ledger ignores what it already applied)");
+    }
+    let limiter = NonZeroU32::new(args.rate).map(pacing);
+    let mut by_target: std::collections::BTreeMap<String, Vec<OutputRecord>> = Default::default();
+    let (mut chosen, mut skipped) = (0u64, 0u64);
+    for letter in read_letters(config, &topic, Some(dev)).await? {
+        if args.limit.is_some_and(|limit| chosen >= limit) {
+            break;
+        }
+        if !selected(&letter, &args.selection.filters) {
+            skipped += 1;
+            continue;
+        }
+        if let Some(limiter) = &limiter {
+            limiter.until_ready().await;
+        }
+        let out = letter
+            .redriven(args.to.as_deref())
+            .map_err(anyhow::Error::msg)?;
+        let target = out.topic.clone();
+        let pending = by_target.entry(target.clone()).or_default();
+        pending.push(out);
+        chosen += 1;
+        if pending.len() >= 500 {
+            dev.publish(&target, pending).await?;
+            pending.clear();
+        }
+    }
+    for (target, records) in by_target.iter().filter(|(_, r)| !r.is_empty()) {
+        dev.publish(target, records).await?;
+    }
+    eprintln!("redriven {chosen} dead letters from {topic} (skipped {skipped} not matching)");
+    Ok(())
 }
 
 async fn redrive(config: &Config, args: RedriveArgs) -> anyhow::Result<()> {
     let topic = args.selection.topic.resolve(config);
     if args.dry_run {
-        let mut count = 0u64;
-        for letter in read_letters(config, &topic).await? {
-            if args.limit.is_some_and(|limit| count >= limit) {
-                break;
-            }
-            if selected(&letter, &args.selection.filters) {
-                let out = letter
-                    .redriven(args.to.as_deref())
-                    .map_err(anyhow::Error::msg)?;
-                let mut line = letter.summary(now_ms());
-                line["to"] = out.topic.into();
-                print_line(&line)?;
-                count += 1;
-            }
-        }
-        eprintln!("dry run: {count} dead letters would be redriven from {topic}");
-        return Ok(());
+        return dry_run(config, &args, &topic, None).await;
     }
     let run_id = args
         .run_id

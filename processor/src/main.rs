@@ -2,6 +2,7 @@
 
 mod bench;
 mod cli;
+mod dev_access;
 mod dlq_commands;
 mod run;
 mod schema_commands;

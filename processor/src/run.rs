@@ -193,6 +193,7 @@ async fn serve_telemetry(
     config: &Config,
     metrics: &Arc<Metrics>,
     stages: &[StageTelemetry],
+    more: axum::Router,
 ) -> anyhow::Result<std::net::SocketAddr> {
     let admin = Admin {
         metrics: metrics.clone(),
@@ -202,7 +203,7 @@ async fn serve_telemetry(
             .collect(),
     };
     let listen = &config.admin.listen;
-    let bound = serve_admin(listen, admin)
+    let bound = serve_admin(listen, admin, more)
         .await
         .with_context(|| format!("serving the admin endpoints on {listen} (admin.listen)"))?;
     tracing::info!(%bound, "admin endpoints: /metrics /healthz /readyz");
@@ -222,7 +223,13 @@ pub async fn run(config: &Config, stage: StageName, delivery: Delivery) -> anyho
     let shutdown = shutdown_signal()?;
     let metrics = Arc::new(Metrics::new());
     let telemetry = stage_telemetry(stage, &metrics);
-    serve_telemetry(config, &metrics, std::slice::from_ref(&telemetry)).await?;
+    serve_telemetry(
+        config,
+        &metrics,
+        std::slice::from_ref(&telemetry),
+        axum::Router::new(),
+    )
+    .await?;
     run_stage(stage, &Services, config, delivery, telemetry, shutdown).await
 }
 
@@ -578,7 +585,7 @@ async fn run_gateway<B: Backend>(
 /// The dev API key of a data directory: made on the first start, kept in the directory so
 /// that clients keep working across restarts.
 fn dev_key(data_dir: &Path) -> anyhow::Result<String> {
-    let path = data_dir.join("dev-api-key");
+    let path = data_dir.join(crate::dev_access::KEY_FILE);
     match std::fs::read_to_string(&path) {
         Ok(key) if !key.trim().is_empty() => Ok(key.trim().to_owned()),
         _ => {
@@ -608,7 +615,16 @@ pub async fn dev(config: &Config, data_dir: &Path) -> anyhow::Result<()> {
         .map(|stage| (stage, stage_telemetry(stage, &metrics)))
         .collect();
     let telemetries: Vec<StageTelemetry> = stages.iter().map(|(_, t)| t.clone()).collect();
-    let admin = serve_telemetry(&config, &metrics, &telemetries).await?;
+    let admin = serve_telemetry(
+        &config,
+        &metrics,
+        &telemetries,
+        crate::dev_access::routes(embedded.clone(), &key),
+    )
+    .await?;
+    let address_file = data_dir.join(crate::dev_access::ADDRESS_FILE);
+    std::fs::write(&address_file, admin.to_string())
+        .with_context(|| format!("writing {}", address_file.display()))?;
     let (stop, stopped) = watch::channel(false);
     let mut running = tokio::task::JoinSet::new();
     for (stage, telemetry) in stages {

@@ -246,16 +246,17 @@ pub struct Admin {
     pub readiness: Vec<(&'static str, Arc<Readiness>)>,
 }
 
-/// Binds the admin address and serves it in the background; returns the bound address (the
-/// port is chosen by the system when the configured one is 0).
-pub async fn serve_admin(listen: &str, admin: Admin) -> std::io::Result<SocketAddr> {
+/// Binds the admin address and serves it, with the routes of `more`, in the background;
+/// returns the bound address (the port is chosen by the system when the configured one is 0).
+pub async fn serve_admin(listen: &str, admin: Admin, more: Router) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let bound = listener.local_addr()?;
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(admin);
+        .with_state(admin)
+        .merge(more);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("the admin endpoints stopped: {e}");

@@ -5,12 +5,14 @@
 use std::future::Future;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 /// On a delayed topic (a retry tier), the time before which a record must not be handed out,
 /// in milliseconds since the Unix epoch.
 pub const DUE_HEADER: &str = "txflow.retry.due";
 
 /// A record read from the log.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InputRecord {
     pub topic: String,
     pub partition: i32,
@@ -33,7 +35,7 @@ impl InputRecord {
 }
 
 /// A record to write.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutputRecord {
     pub topic: String,
     pub key: Option<Vec<u8>>,
@@ -97,7 +99,7 @@ pub trait Log: Send {
 }
 
 /// Where a published record landed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Published {
     pub topic: String,
     pub partition: i32,

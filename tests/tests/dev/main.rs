@@ -276,3 +276,108 @@ fn an_event_posted_to_dev_is_read_back_over_http() {
     process.terminate();
     let _ = std::fs::remove_dir_all(dev.dir.parent().unwrap_or(Path::new("/nonexistent")));
 }
+
+/// `txflow ARGS --dev-dir DIR`: its stdout, and stderr when it failed.
+fn against(dir: &str, args: &[&str]) -> Result<String, String> {
+    let output = txflow_command(args)
+        .args(["--dev-dir", dir])
+        .output()
+        .expect("running txflow");
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+#[test]
+fn accounts_dlq_and_produce_work_against_a_running_dev() {
+    let dev = Dev::new();
+    let dir = dev.dir.to_str().unwrap().to_owned();
+    let refused = against(&dir, &["accounts", "export"]).unwrap_err();
+    assert!(refused.contains("no running txflow dev found"), "{refused}");
+    let (mut process, _) = dev.start();
+    let ok = |args: &[&str]| against(&dir, args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+
+    let produced: serde_json::Value = serde_json::from_str(&ok(&[
+        "produce",
+        "--count",
+        "400",
+        "--accounts",
+        "10",
+        "--conflicts",
+        "0.1",
+        "--seed",
+        "7",
+    ]))
+    .unwrap();
+    assert_eq!(produced["delivered"], 400, "{produced}");
+    let conflicts = produced["conflicts"].as_u64().unwrap();
+    assert!(conflicts > 0, "{produced}");
+
+    // Every conflicting re-send ends in the dead letters, and the CLI reads them there.
+    let count = |args: &[&str]| ok(args).lines().count() as u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&["dlq", "list", "--where", "kind=idempotency_conflict"]) < conflicts {
+        assert!(
+            Instant::now() < deadline,
+            "the conflicts were not all dead-lettered"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let stats = ok(&["dlq", "stats"]);
+    assert!(stats.contains("idempotency_conflict"), "{stats}");
+    let first: serde_json::Value =
+        serde_json::from_str(ok(&["dlq", "list"]).lines().next().unwrap()).unwrap();
+    let shown = ok(&[
+        "dlq",
+        "show",
+        "--partition",
+        &first["partition"].to_string(),
+        "--offset",
+        &first["offset"].to_string(),
+    ]);
+    assert!(shown.contains("txflow.error.kind"), "{shown}");
+
+    // Balances read through the dev process agree with each other.
+    let exported = ok(&["accounts", "export"]);
+    let accounts: Vec<serde_json::Value> = exported
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!accounts.is_empty());
+    let one = &accounts[0];
+    let got: serde_json::Value = serde_json::from_str(&ok(&[
+        "accounts",
+        "get",
+        one["account_id"].as_str().unwrap(),
+    ]))
+    .unwrap();
+    assert_eq!(&got, one);
+
+    // A redrive writes them back; each conflicts again and returns to the dead letters, and
+    // no balance moves.
+    assert_eq!(count(&["dlq", "redrive", "--dry-run"]), conflicts);
+    ok(&["dlq", "redrive"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&["dlq", "list"]) < 2 * conflicts {
+        assert!(
+            Instant::now() < deadline,
+            "the redriven conflicts did not come back"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(ok(&["accounts", "export"]), exported);
+
+    // The routes behind it take the dev API key.
+    let admin = std::fs::read_to_string(dev.dir.join("dev-admin")).unwrap();
+    let anonymous = try_http(admin.trim(), "GET", "/dev/accounts", &[], b"").unwrap();
+    assert_eq!(anonymous.status, 401, "{}", anonymous.body);
+
+    let bench = against(&dir, &["bench"]).unwrap_err();
+    assert!(
+        bench.contains("--dev-dir works with accounts, dlq and produce"),
+        "{bench}"
+    );
+    process.terminate();
+}
