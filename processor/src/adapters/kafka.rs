@@ -770,13 +770,30 @@ fn passing(error: &KafkaError) -> bool {
     )
 }
 
+/// A reader's context: the end of a partition is what it reads to, not an error to log
+/// (librdkafka reports it through the error callback too, which logs it as an ERROR).
+struct ReadsToTheEnd;
+
+impl ClientContext for ReadsToTheEnd {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for ReadsToTheEnd {}
+
 /// The committed records of one topic's partitions, from the offsets in `start` to each
 /// partition's end as of now.
 fn read_until_end(
     kafka: &KafkaConfig,
     start: &TopicPartitionList,
 ) -> Result<Vec<InputRecord>, KafkaError> {
-    let reader: BaseConsumer = client_config(kafka)
+    let reader: BaseConsumer<ReadsToTheEnd> = client_config(kafka)
         // It reads without joining a group: the group member's limits are not its own.
         .remove("max.poll.interval.ms")
         .remove("session.timeout.ms")
@@ -784,7 +801,7 @@ fn read_until_end(
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
-        .create()?;
+        .create_with_context(ReadsToTheEnd)?;
     reader.assign(start)?;
     let mut open: HashSet<i32> = start.elements().iter().map(|e| e.partition()).collect();
     let mut records = Vec::new();

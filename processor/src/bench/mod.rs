@@ -261,6 +261,7 @@ async fn observe(
     sent: &Mutex<Sent>,
     total_events: u64,
     limit: Duration,
+    mut caught_up: Option<(u64, tokio::sync::oneshot::Sender<()>)>,
 ) -> anyhow::Result<Observed> {
     let codec = crate::schema_commands::codec(config).await?;
     let consumer: StreamConsumer = kafka::client_config(&config.kafka)
@@ -281,6 +282,14 @@ async fn observe(
     let deadline = Instant::now() + limit;
     let mut stream = consumer.stream();
     while observed.results < observed.expected {
+        if caught_up
+            .as_ref()
+            .is_some_and(|(at, _)| observed.results >= *at)
+        {
+            if let Some((_, tell)) = caught_up.take() {
+                let _ = tell.send(());
+            }
+        }
         let remaining = deadline.saturating_duration_since(Instant::now());
         let Ok(message) = tokio::time::timeout(remaining, stream.next()).await else {
             bail!(
@@ -362,8 +371,15 @@ async fn throughput(
         let mut workload = workload(args, run);
         let measured = async {
             let opened = warm_up(&lane, &workload, &sent).await?;
+            let observer = spawn_observer(
+                &lane,
+                &sent,
+                events + opened,
+                opened,
+                Duration::from_secs(1800),
+            )
+            .await?;
             let started = Instant::now();
-            let observer = spawn_observer(&lane, &sent, events + opened, Duration::from_secs(1800));
             let generated = (0..events).map(|_| workload.next_event().0);
             produce(&lane, generated, None, &sent).await?;
             let observed = observer.await??;
@@ -415,7 +431,14 @@ async fn latency(
         let mut workload = workload(args, run);
         let opened = warm_up(&lane, &workload, &sent).await?;
         let count = u64::from(rate) * args.latency_seconds;
-        let observer = spawn_observer(&lane, &sent, count + opened, Duration::from_secs(600));
+        let observer = spawn_observer(
+            &lane,
+            &sent,
+            count + opened,
+            opened,
+            Duration::from_secs(600),
+        )
+        .await?;
         let generated = (0..count).map(|_| workload.next_event().0);
         produce(&lane, generated, NonZeroU32::new(rate), &sent).await?;
         let observed = observer.await??;
@@ -448,21 +471,34 @@ async fn warm_up(lane: &Lane, workload: &Workload, sent: &Mutex<Sent>) -> anyhow
     let openings = workload.openings();
     let count = openings.len() as u64;
     produce(lane, openings.into_iter(), None, sent).await?;
-    observe(&lane.config, sent, count, Duration::from_secs(300)).await?;
+    observe(&lane.config, sent, count, Duration::from_secs(300), None).await?;
     sent.lock().await.events.clear();
     Ok(count)
 }
 
-/// Reads the lane's results in the background until `total_events` have theirs.
-fn spawn_observer(
+/// Reads the lane's results in the background until `total_events` have theirs; returns
+/// once the reader has read the `opened` results already there, so that the clock of the
+/// events produced next does not include the reader's own start (a second, seen as the p99).
+async fn spawn_observer(
     lane: &Lane,
     sent: &Arc<Mutex<Sent>>,
     total_events: u64,
+    opened: u64,
     limit: Duration,
-) -> tokio::task::JoinHandle<anyhow::Result<Observed>> {
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<Observed>>> {
     let config = lane.config.clone();
     let sent = sent.clone();
-    tokio::spawn(async move { observe(&config, &sent, total_events, limit).await })
+    let (tell, caught_up) = tokio::sync::oneshot::channel();
+    let observer = tokio::spawn(async move {
+        observe(&config, &sent, total_events, limit, Some((opened, tell))).await
+    });
+    if caught_up.await.is_err() {
+        return match observer.await? {
+            Err(e) => Err(e.context("reading the results the warm-up left")),
+            Ok(_) => bail!("the results reader stopped before it read the warm-up's results"),
+        };
+    }
+    Ok(observer)
 }
 
 fn workload(args: &BenchArgs, run: &str) -> Workload {
