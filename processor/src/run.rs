@@ -623,7 +623,9 @@ pub async fn dev(config: &Config, data_dir: &Path) -> anyhow::Result<()> {
     )
     .await?;
     let address_file = data_dir.join(crate::dev_access::ADDRESS_FILE);
-    std::fs::write(&address_file, admin.to_string())
+    // Where a client on this machine reaches it, even when it listens on every address.
+    let reachable = admin.to_string().replace("0.0.0.0", "127.0.0.1");
+    std::fs::write(&address_file, reachable)
         .with_context(|| format!("writing {}", address_file.display()))?;
     let (stop, stopped) = watch::channel(false);
     let mut running = tokio::task::JoinSet::new();
@@ -708,6 +710,7 @@ fn print_banner(
         "\ntxflow dev: {} in one process, data in {} (durable; restart to continue)\n\
          \n  gateway   http://{gateway}   Authorization: Bearer {key}\n\
          \x20 admin     http://{admin}/metrics  /healthz  /readyz\n\
+         \x20 cli       txflow accounts export --dev-dir {}   (accounts, dlq, produce)\n\
          \x20 topics    {} → {} → {}\n\
          \n  curl -X POST http://{gateway}/v1/events -H 'Authorization: Bearer {key}' \\\n\
          \x20   -H 'Content-Type: application/json' -d '{{\"event_id\": \"e-1\", \"event_type\": \"DEPOSIT\",\n\
@@ -715,6 +718,7 @@ fn print_banner(
          \x20   \"occurred_at\": 1764244800000, \"source\": \"curl\"}}'\n\
          \x20 curl http://{gateway}/v1/accounts/acct-1 -H 'Authorization: Bearer {key}'\n",
         stages.join(", "),
+        data_dir.display(),
         data_dir.display(),
         config.topics.events,
         config.topics.ledger,
