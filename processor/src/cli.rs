@@ -357,13 +357,18 @@ enum Destination<'a> {
     Dev {
         client: &'a DevClient,
         pending: Vec<OutputRecord>,
+        /// When the oldest pending record was made.
+        since: Instant,
         delivered: u64,
     },
 }
 
 impl Destination<'_> {
-    /// Records a `txflow dev` is sent at once.
+    /// Records a `txflow dev` is sent at once, at most.
     const DEV_BATCH: usize = 500;
+    /// How long a record waits for others to go with it to a `txflow dev`, at most: a
+    /// slow `--rate` still arrives at its pace.
+    const DEV_WAIT: Duration = Duration::from_millis(100);
 
     async fn send(&mut self, topic: &str, key: &[u8], value: Vec<u8>) -> anyhow::Result<()> {
         match self {
@@ -373,14 +378,17 @@ impl Destination<'_> {
                     .await
                     .with_context(|| format!("producing to {topic}"))
             }
-            Destination::Dev { pending, .. } => {
+            Destination::Dev { pending, since, .. } => {
+                if pending.is_empty() {
+                    *since = Instant::now();
+                }
                 pending.push(OutputRecord {
                     topic: topic.to_owned(),
                     key: Some(key.to_vec()),
                     value: Some(value),
                     headers: Vec::new(),
                 });
-                if pending.len() >= Self::DEV_BATCH {
+                if pending.len() >= Self::DEV_BATCH || since.elapsed() >= Self::DEV_WAIT {
                     self.flush_dev(topic).await?;
                 }
                 Ok(())
@@ -393,6 +401,7 @@ impl Destination<'_> {
             client,
             pending,
             delivered,
+            ..
         } = self
         {
             if !pending.is_empty() {
@@ -446,6 +455,7 @@ async fn produce(
         Some(client) => Destination::Dev {
             client,
             pending: Vec::new(),
+            since: Instant::now(),
             delivered: 0,
         },
         None => Destination::Kafka(kafka::idempotent_producer(&config.kafka)?),
