@@ -85,6 +85,9 @@ impl CodecError {
     }
 }
 
+/// A schema id's record, and a reader of its datums into that record's current schema.
+type Reader = (Record, GenericDatumReader<'static>);
+
 /// Reads and writes txflow's records against one catalog.
 pub struct Codec {
     /// The id new records of each kind are written with: the newest schema of its name.
@@ -92,12 +95,10 @@ pub struct Codec {
     /// The schema of each current id.
     schemas: HashMap<Record, &'static apache_avro::Schema>,
     writers: HashMap<u32, GenericDatumWriter<'static>>,
-    /// A reader for every schema id, resolving to the current schema of its record; grows
-    /// as the registry teaches the codec new ids.
-    readers: RwLock<HashMap<u32, (Record, GenericDatumReader<'static>)>>,
-    /// Ids the registry does not have or whose schema is no version of a txflow record, with
-    /// why: asked once, not on every record that carries them.
-    unreadable: RwLock<HashMap<u32, String>>,
+    /// Every schema id the codec knows: a reader resolving to the current schema of its
+    /// record, or why it cannot be read (the registry does not have it, or its schema is no
+    /// version of a txflow record). Grows as the registry is asked about new ids, each once.
+    readers: RwLock<HashMap<u32, Result<Reader, String>>>,
     registry: Option<Arc<dyn SchemaLookup>>,
 }
 
@@ -144,14 +145,13 @@ impl Codec {
                     .reader_schema(reader_schema)
                     .build()
             };
-            readers.insert(id, (record, reader.map_err(invalid)?));
+            readers.insert(id, Ok((record, reader.map_err(invalid)?)));
         }
         Ok(Codec {
             current,
             schemas,
             writers,
             readers: RwLock::new(readers),
-            unreadable: RwLock::new(HashMap::new()),
             registry: None,
         })
     }
@@ -178,11 +178,10 @@ impl Codec {
         };
         let unknown: BTreeSet<u32> = {
             let readers = read(&self.readers);
-            let unreadable = read(&self.unreadable);
             values
                 .into_iter()
                 .filter_map(|value| schema_id(value?).ok())
-                .filter(|id| !readers.contains_key(id) && !unreadable.contains_key(id))
+                .filter(|id| !readers.contains_key(id))
                 .collect()
         };
         for id in unknown {
@@ -193,26 +192,23 @@ impl Codec {
                 }
                 Err(e) => return Err(e),
             };
-            match learnt {
-                Ok(reader) => {
+            match &learnt {
+                Ok((record, _)) => {
                     tracing::info!(
                         id,
-                        record = reader.0.full_name(),
+                        record = record.full_name(),
                         "learnt a schema id from the registry"
-                    );
-                    write(&self.readers).insert(id, reader);
+                    )
                 }
-                Err(why) => {
-                    tracing::warn!(id, "schema id cannot be read: {why}");
-                    write(&self.unreadable).insert(id, why);
-                }
+                Err(why) => tracing::warn!(id, "schema id cannot be read: {why}"),
             }
+            write(&self.readers).insert(id, learnt);
         }
         Ok(())
     }
 
     /// A reader from the writer schema `text` into the current schema of its record.
-    fn reader_for(&self, text: &str) -> Result<(Record, GenericDatumReader<'static>), String> {
+    fn reader_for(&self, text: &str) -> Result<Reader, String> {
         let schema = apache_avro::Schema::parse_str(text)
             .map_err(|e| format!("its schema is not valid Avro: {e}"))?;
         let name = schema.name().map(|n| n.fullname(None));
@@ -304,14 +300,15 @@ impl Codec {
     ) -> Result<T, CodecError> {
         let id = schema_id(bytes)?;
         let readers = read(&self.readers);
-        let Some((found, reader)) = readers.get(&id) else {
-            return Err(match read(&self.unreadable).get(&id) {
-                Some(why) => CodecError::Unreadable {
+        let (found, reader) = match readers.get(&id) {
+            Some(Ok(reader)) => reader,
+            Some(Err(why)) => {
+                return Err(CodecError::Unreadable {
                     id,
                     why: why.clone(),
-                },
-                None => CodecError::UnknownSchema(id),
-            });
+                })
+            }
+            None => return Err(CodecError::UnknownSchema(id)),
         };
         if *found != record {
             return Err(CodecError::WrongRecord {
