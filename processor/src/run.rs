@@ -17,6 +17,7 @@ use txflow::adapters::embedded::{Embedded, EmbeddedLedgerStore, EmbeddedLog, Emb
 use txflow::adapters::http::HttpWebhooks;
 use txflow::adapters::kafka::{Delivery, GroupMember, KafkaLog, KafkaPublisher};
 use txflow::adapters::scylla;
+use txflow::codec::Codec;
 use txflow::config::Config;
 use txflow::domain::RetryPolicy;
 use txflow::limits::{pacing, KeyedRateLimit};
@@ -230,23 +231,35 @@ pub async fn run(config: &Config, stage: StageName, delivery: Delivery) -> anyho
         axum::Router::new(),
     )
     .await?;
-    run_stage(stage, &Services, config, delivery, telemetry, shutdown).await
+    let codec = crate::schema_commands::codec(config).await?;
+    run_stage(
+        stage, &Services, config, codec, delivery, telemetry, shutdown,
+    )
+    .await
 }
 
-/// Runs `stage` on `backend` until `shutdown` turns true.
+/// Runs `stage` on `backend`, reading and writing records with `codec`, until `shutdown`
+/// turns true.
 pub async fn run_stage<B: Backend>(
     stage: StageName,
     backend: &B,
     config: &Config,
+    codec: Arc<Codec>,
     delivery: Delivery,
     telemetry: StageTelemetry,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     match stage {
-        StageName::Gateway => run_gateway(backend, config, telemetry, shutdown).await,
-        StageName::Router => run_router(backend, config, delivery, telemetry, shutdown).await,
-        StageName::Ledger => run_ledger(backend, config, delivery, telemetry, shutdown).await,
-        StageName::Notifier => run_notifier(backend, config, delivery, telemetry, shutdown).await,
+        StageName::Gateway => run_gateway(backend, config, codec, telemetry, shutdown).await,
+        StageName::Router => {
+            run_router(backend, config, codec, delivery, telemetry, shutdown).await
+        }
+        StageName::Ledger => {
+            run_ledger(backend, config, codec, delivery, telemetry, shutdown).await
+        }
+        StageName::Notifier => {
+            run_notifier(backend, config, codec, delivery, telemetry, shutdown).await
+        }
     }?;
     tracing::info!("{} stopped", stage.as_str());
     Ok(())
@@ -301,6 +314,7 @@ fn breaker(
 async fn run_router<B: Backend>(
     backend: &B,
     config: &Config,
+    codec: Arc<Codec>,
     delivery: Delivery,
     telemetry: StageTelemetry,
     shutdown: watch::Receiver<bool>,
@@ -331,7 +345,7 @@ async fn run_router<B: Backend>(
     tracing::info!(rules = rules.rules().len(), %default_target, "router running");
     let router = Arc::new(Router::new(
         rules,
-        crate::schema_commands::codec(config).await?,
+        codec,
         default_target,
         failures,
         telemetry.metrics.routed.clone(),
@@ -396,6 +410,7 @@ async fn reload_rules(path: PathBuf, every: Duration, router: Arc<Router>, metri
 async fn run_ledger<B: Backend>(
     backend: &B,
     config: &Config,
+    codec: Arc<Codec>,
     delivery: Delivery,
     telemetry: StageTelemetry,
     shutdown: watch::Receiver<bool>,
@@ -425,7 +440,7 @@ async fn run_ledger<B: Backend>(
     let write_limit = NonZeroU32::new(ledger_config.max_store_writes_per_second).map(pacing);
     let ledger = Ledger::new(
         store,
-        crate::schema_commands::codec(config).await?,
+        codec,
         LedgerTopics {
             input: input.clone(),
             results: config.topics.results.clone(),
@@ -453,6 +468,7 @@ async fn run_ledger<B: Backend>(
 async fn run_notifier<B: Backend>(
     backend: &B,
     config: &Config,
+    codec: Arc<Codec>,
     delivery: Delivery,
     telemetry: StageTelemetry,
     shutdown: watch::Receiver<bool>,
@@ -496,7 +512,7 @@ async fn run_notifier<B: Backend>(
     let notifier = Notifier::new(
         HttpWebhooks::new(timeout).context("building the HTTP client")?,
         endpoints,
-        crate::schema_commands::codec(config).await?,
+        codec,
         failures,
         NotifierSettings {
             timeout,
@@ -522,6 +538,7 @@ async fn run_notifier<B: Backend>(
 async fn run_gateway<B: Backend>(
     backend: &B,
     config: &Config,
+    codec: Arc<Codec>,
     telemetry: StageTelemetry,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -536,7 +553,7 @@ async fn run_gateway<B: Backend>(
     let gateway = Arc::new(Gateway {
         publisher: backend.publisher(config)?,
         store: backend.store(config).await?,
-        codec: crate::schema_commands::codec(config).await?,
+        codec,
         keys,
         limit: KeyedRateLimit::new(per_second, burst),
         settings: GatewaySettings {
@@ -629,13 +646,17 @@ pub async fn dev(config: &Config, data_dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", address_file.display()))?;
     let (stop, stopped) = watch::channel(false);
     let mut running = tokio::task::JoinSet::new();
+    // One codec for every stage: the schemas registered once, each new id learnt once.
+    let codec = crate::schema_commands::codec(&config).await?;
     for (stage, telemetry) in stages {
         let (embedded, config, stopped) = (embedded.clone(), config.clone(), stopped.clone());
+        let codec = codec.clone();
         running.spawn(async move {
             let outcome = run_stage(
                 stage,
                 &embedded,
                 &config,
+                codec,
                 Delivery::ExactlyOnce,
                 telemetry,
                 stopped,

@@ -28,7 +28,9 @@ pub async fn schemas(config: &Config, command: SchemasCommand) -> anyhow::Result
     };
     match command {
         SchemasCommand::Register => {
-            for (record, subject, id) in registered(config, &registry, true).await? {
+            for (record, subject, id) in
+                registered(config, &registry, &Catalog::builtin(), true).await?
+            {
                 crate::cli::print_line(&format!("{subject}\t{id}\t{}", record.full_name()))?;
             }
         }
@@ -57,14 +59,11 @@ pub async fn codec(config: &Config) -> anyhow::Result<Arc<Codec>> {
         return Ok(Arc::new(Codec::builtin()));
     };
     let local = Catalog::builtin();
-    let entries = registered(config, &registry, config.schemas.auto_register)
+    let entries = registered(config, &registry, &local, config.schemas.auto_register)
         .await?
         .into_iter()
         .map(|(record, subject, id)| {
-            let text = local
-                .newest(record.full_name())
-                .and_then(|local_id| local.text(local_id))
-                .expect("the built-in catalog has every record");
+            let text = newest_text(&local, record);
             (
                 id,
                 format!("{} under subject {subject}", record.full_name()),
@@ -100,21 +99,26 @@ fn subjects(config: &Config) -> [(Record, String); 2] {
     ]
 }
 
-/// The registry's id of the newest built-in schema of each record, registering it first when
-/// `register`.
+/// The newest built-in schema of `record`, as written.
+fn newest_text(local: &Catalog, record: Record) -> &str {
+    local
+        .newest(record.full_name())
+        .and_then(|id| local.text(id))
+        .expect("the built-in catalog has every record")
+}
+
+/// The registry's id of the newest schema of each record in `local`, registering it first
+/// when `register`.
 async fn registered(
     config: &Config,
     registry: &SchemaRegistry,
+    local: &Catalog,
     register: bool,
 ) -> anyhow::Result<Vec<(Record, String, u32)>> {
-    let local = Catalog::builtin();
     let url = &config.schemas.registry_url;
     let mut ids = Vec::new();
     for (record, subject) in subjects(config) {
-        let text = local
-            .newest(record.full_name())
-            .and_then(|id| local.text(id))
-            .expect("the built-in catalog has every record");
+        let text = newest_text(local, record);
         let id = if register {
             registry.register(&subject, text).await.with_context(|| {
                 format!(
