@@ -14,7 +14,7 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{Database, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition, TableHandle};
 use tokio::sync::Notify;
 
 pub use self::log::{EmbeddedLog, EmbeddedPublisher};
@@ -30,10 +30,15 @@ const ENDS: TableDefinition<(&str, u32), u64> = TableDefinition::new("ends");
 const POSITIONS: TableDefinition<(&str, &str, u32), u64> = TableDefinition::new("positions");
 /// Accounts: balance, currency, version.
 const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
-/// Recorded results by account and event id.
-const RESULTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("results");
-/// The accounts each event has a result on.
-const BY_EVENT: TableDefinition<(&str, &str), ()> = TableDefinition::new("results_by_event");
+/// Recorded results by event id and account: one insert per result, and an event's results
+/// (a transfer has two) side by side for `GET /v1/events/{id}`. Producers that number or
+/// time-order their event ids get inserts that land next to each other.
+const RESULTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("event_results");
+/// Results as an earlier build kept them: by account and event id, with a second table of
+/// the accounts each event has a result on. Moved into [`RESULTS`] when a data directory
+/// made by that build is opened.
+const ACCOUNT_RESULTS_V1: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("results");
+const BY_EVENT_V1: TableDefinition<(&str, &str), ()> = TableDefinition::new("results_by_event");
 
 /// The database file in a data directory.
 pub const DATABASE_FILE: &str = "txflow.redb";
@@ -93,7 +98,35 @@ impl Embedded {
             appended: Arc::new(Notify::new()),
         };
         embedded.create_tables()?;
+        embedded.move_account_results()?;
         Ok(embedded)
+    }
+
+    /// Moves the results of a data directory made by an earlier build into [`RESULTS`], in
+    /// one transaction: the ledger's idempotency rests on them, so none may be left behind.
+    fn move_account_results(&self) -> Result<(), EmbeddedError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        let names: Vec<String> = txn
+            .list_tables()
+            .map_err(storage)?
+            .map(|table| table.name().to_owned())
+            .collect();
+        if !names.iter().any(|n| n == ACCOUNT_RESULTS_V1.name()) {
+            return Ok(());
+        }
+        {
+            let old = txn.open_table(ACCOUNT_RESULTS_V1).map_err(storage)?;
+            let mut new = txn.open_table(RESULTS).map_err(storage)?;
+            for entry in old.iter().map_err(storage)? {
+                let (key, value) = entry.map_err(storage)?;
+                let (account_id, event_id) = key.value();
+                new.insert((event_id, account_id), value.value())
+                    .map_err(storage)?;
+            }
+        }
+        txn.delete_table(ACCOUNT_RESULTS_V1).map_err(storage)?;
+        txn.delete_table(BY_EVENT_V1).map_err(storage)?;
+        txn.commit().map_err(storage)
     }
 
     /// Creates every table, so that readers never meet a missing one.
@@ -104,7 +137,6 @@ impl Embedded {
         txn.open_table(POSITIONS).map_err(storage)?;
         txn.open_table(ACCOUNTS).map_err(storage)?;
         txn.open_table(RESULTS).map_err(storage)?;
-        txn.open_table(BY_EVENT).map_err(storage)?;
         txn.commit().map_err(storage)
     }
 

@@ -10,7 +10,7 @@ use redb::{Database, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use super::writer::Writer;
-use super::{blocking, storage, EmbeddedError, ACCOUNTS, BY_EVENT, RESULTS};
+use super::{blocking, storage, EmbeddedError, ACCOUNTS, RESULTS};
 use crate::domain::{
     Account, Entry, Fingerprint, Origin, Prior, Settlement, Status, TransactionResult,
 };
@@ -55,7 +55,7 @@ fn conditions_hold(
         }
     }
     for prior in &settlement.recorded {
-        let key = (account_id, prior.result.event_id.as_str());
+        let key = (prior.result.event_id.as_str(), account_id);
         if results.get(key).map_err(storage)?.is_some() {
             return Ok(None);
         }
@@ -66,7 +66,6 @@ fn conditions_hold(
 fn write_settlement(
     accounts: &mut redb::Table<&'static str, &'static [u8]>,
     results: &mut redb::Table<(&'static str, &'static str), &'static [u8]>,
-    by_event: &mut redb::Table<(&'static str, &'static str), ()>,
     write: &Write,
     current: Account,
 ) -> Result<(), EmbeddedError> {
@@ -79,7 +78,7 @@ fn write_settlement(
             stored.origin_offset = claim.to.offset;
             results
                 .insert(
-                    (account_id, claim.event_id.as_str()),
+                    (claim.event_id.as_str(), account_id),
                     encode(&stored)?.as_slice(),
                 )
                 .map_err(storage)?;
@@ -89,12 +88,9 @@ fn write_settlement(
         let event_id = prior.result.event_id.as_str();
         results
             .insert(
-                (account_id, event_id),
+                (event_id, account_id),
                 encode(&StoredResult::of(prior))?.as_slice(),
             )
-            .map_err(storage)?;
-        by_event
-            .insert((event_id, account_id), ())
             .map_err(storage)?;
     }
     if let Some(last) = settlement.recorded.last() {
@@ -227,7 +223,7 @@ fn result_in(
     account_id: &str,
     event_id: &str,
 ) -> Result<Option<StoredResult>, EmbeddedError> {
-    match table.get((account_id, event_id)).map_err(storage)? {
+    match table.get((event_id, account_id)).map_err(storage)? {
         Some(bytes) => Ok(Some(decode(event_id, bytes.value())?)),
         None => Ok(None),
     }
@@ -313,16 +309,9 @@ impl LedgerStore for EmbeddedLedgerStore {
             .write(false, move |txn| {
                 let mut accounts = txn.open_table(ACCOUNTS).map_err(storage)?;
                 let mut results = txn.open_table(RESULTS).map_err(storage)?;
-                let mut by_event = txn.open_table(BY_EVENT).map_err(storage)?;
                 match conditions_hold(&accounts, &results, &write)? {
                     Some(current) => {
-                        write_settlement(
-                            &mut accounts,
-                            &mut results,
-                            &mut by_event,
-                            &write,
-                            current,
-                        )?;
+                        write_settlement(&mut accounts, &mut results, &write, current)?;
                         Ok(true)
                     }
                     None => Ok(false),
@@ -366,18 +355,15 @@ impl LedgerStore for EmbeddedLedgerStore {
 
     async fn outcomes(&self, event_id: &str) -> Result<Vec<TransactionResult>, StoreError> {
         self.read(|txn| {
-            let by_event = txn.open_table(BY_EVENT).map_err(storage)?;
             let results = txn.open_table(RESULTS).map_err(storage)?;
             let mut outcomes = Vec::new();
-            for entry in by_event.range((event_id, "")..).map_err(storage)? {
-                let (key, _) = entry.map_err(storage)?;
-                let (event, account_id) = key.value();
-                if event != event_id {
+            for entry in results.range((event_id, "")..).map_err(storage)? {
+                let (key, value) = entry.map_err(storage)?;
+                if key.value().0 != event_id {
                     break;
                 }
-                if let Some(stored) = result_in(&results, account_id, event_id)? {
-                    outcomes.push(stored.result);
-                }
+                let stored: StoredResult = decode(event_id, value.value())?;
+                outcomes.push(stored.result);
             }
             Ok(outcomes)
         })

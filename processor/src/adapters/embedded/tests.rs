@@ -230,3 +230,86 @@ async fn a_write_applies_only_on_the_version_it_was_computed_from_and_only_once(
         "EUR"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn results_of_a_data_directory_from_an_earlier_build_are_kept() {
+    let dir = TempDir::new("results-v1");
+    {
+        let embedded = Embedded::open(&dir.0).unwrap();
+        let store = embedded.store();
+        let written = settlement(vec![prior("e-1", 1, 100), prior("e-10", 2, 200)]);
+        assert!(store
+            .record("acct-1", &Account::default(), &written)
+            .await
+            .unwrap());
+        // Lay them out as the earlier build did: by account, and a table by event.
+        let txn = embedded.db.begin_write().unwrap();
+        {
+            let mut new = txn.open_table(RESULTS).unwrap();
+            let mut old = txn.open_table(ACCOUNT_RESULTS_V1).unwrap();
+            let mut by_event = txn.open_table(BY_EVENT_V1).unwrap();
+            for event_id in ["e-1", "e-10"] {
+                let value = new.remove((event_id, "acct-1")).unwrap().unwrap();
+                old.insert(("acct-1", event_id), value.value()).unwrap();
+                by_event.insert((event_id, "acct-1"), ()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+    let embedded = Embedded::open(&dir.0).unwrap();
+    let store = embedded.store();
+    let outcomes = store.outcomes("e-1").await.unwrap();
+    assert_eq!(outcomes, [prior("e-1", 1, 100).result]);
+    let loaded = store
+        .load("acct-1", &["e-1".to_owned(), "e-10".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(loaded.prior.len(), 2, "both results moved: {loaded:?}");
+    let replay = settlement(vec![prior("e-10", 3, 300)]);
+    assert!(
+        !store
+            .record("acct-1", &loaded.account, &replay)
+            .await
+            .unwrap(),
+        "a moved result still refuses its replay"
+    );
+    let txn = embedded.db.begin_read().unwrap();
+    let names: Vec<String> = txn
+        .list_tables()
+        .unwrap()
+        .map(|t| t.name().to_owned())
+        .collect();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n == "results" || n == "results_by_event"),
+        "the old tables are gone: {names:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_events_outcomes_are_its_results_on_every_account_and_no_others() {
+    let dir = TempDir::new("outcomes");
+    let embedded = Embedded::open(&dir.0).unwrap();
+    let store = embedded.store();
+    let on = |account: &str, event_id: &str| {
+        let mut p = prior(event_id, 1, 100);
+        p.result.account_id = account.to_owned();
+        settlement(vec![p])
+    };
+    for (account, event_id) in [("acct-1", "e-1"), ("acct-2", "e-1"), ("acct-3", "e-10")] {
+        assert!(store
+            .record(account, &Account::default(), &on(account, event_id))
+            .await
+            .unwrap());
+    }
+    let mut accounts: Vec<String> = store
+        .outcomes("e-1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.account_id)
+        .collect();
+    accounts.sort();
+    assert_eq!(accounts, ["acct-1", "acct-2"]);
+}
