@@ -72,12 +72,11 @@ pub async fn bench(
         let sampler = {
             let memory = memory.clone();
             tokio::spawn(async move {
-                let started = sampling;
                 while let Some(rss) = rss_mib(pid) {
                     memory
                         .lock()
                         .expect("the samples")
-                        .push((started.elapsed(), rss));
+                        .push((sampling.elapsed(), rss));
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             })

@@ -385,26 +385,11 @@ async fn throughput(
     let outcome = async {
         let log = logs.join(format!("ledger-{}.log", mode.name()));
         let mut child = lane.start_ledger(mode, &log)?;
-        let sent = Arc::new(Mutex::new(Sent::default()));
-        let mut workload = workload(args, run);
         let measured = async {
-            let feed = Feed::new(&lane).await?;
-            let opened = warm_up(&lane, &feed, &workload, &sent).await?;
-            let observer = spawn_observer(
-                &lane,
-                &sent,
-                events + opened,
-                opened,
-                Duration::from_secs(1800),
-            )
-            .await?;
-            let started = Instant::now();
-            let generated = (0..events).map(|_| workload.next_event().0);
-            feed.produce(generated, None, &sent).await?;
-            let observed = observer.await??;
+            let (observed, started) =
+                feed_workload(&lane, args, run, events, None, Duration::from_secs(1800)).await?;
             let last = observed.last.context("no results")?;
-            let results = observed.results - opened;
-            Ok::<_, anyhow::Error>((results, (last - started).as_secs_f64()))
+            Ok::<_, anyhow::Error>((observed.results, (last - started).as_secs_f64()))
         }
         .await;
         let rss = peak_rss_mib(child.id());
@@ -446,25 +431,20 @@ async fn latency(
     let outcome = async {
         let log = logs.join("ledger-latency.log");
         let mut child = lane.start_ledger(Mode::ExactlyOnce, &log)?;
-        let sent = Arc::new(Mutex::new(Sent::default()));
-        let mut workload = workload(args, run);
-        let feed = Feed::new(&lane).await?;
-        let opened = warm_up(&lane, &feed, &workload, &sent).await?;
         let count = u64::from(rate) * args.latency_seconds;
-        let observer = spawn_observer(
+        let measured = feed_workload(
             &lane,
-            &sent,
-            count + opened,
-            opened,
+            args,
+            run,
+            count,
+            NonZeroU32::new(rate),
             Duration::from_secs(600),
         )
-        .await?;
-        let generated = (0..count).map(|_| workload.next_event().0);
-        feed.produce(generated, NonZeroU32::new(rate), &sent)
-            .await?;
-        let observed = observer.await??;
+        .await;
         let rss = peak_rss_mib(child.id());
         terminate(&mut child);
+        let (observed, _) =
+            measured.with_context(|| format!("the latency run; ledger log: {}", log.display()))?;
         let mut latencies = observed.latencies;
         latencies.sort();
         if latencies.is_empty() {
@@ -483,6 +463,30 @@ async fn latency(
     .await;
     lane.clean_up().await;
     outcome
+}
+
+/// Warms the lane's ledger up, then hands it `events` of the workload (at `rate` a second if
+/// given) and reads their results: what the reader saw of the measured events (the warm-up's
+/// results not counted), and when the first of them was handed to the producer.
+async fn feed_workload(
+    lane: &Lane,
+    args: &BenchArgs,
+    run: &str,
+    events: u64,
+    rate: Option<NonZeroU32>,
+    limit: Duration,
+) -> anyhow::Result<(Observed, Instant)> {
+    let sent = Arc::new(Mutex::new(Sent::default()));
+    let mut workload = workload(args, run);
+    let feed = Feed::new(lane).await?;
+    let opened = warm_up(lane, &feed, &workload, &sent).await?;
+    let observer = spawn_observer(lane, &sent, events + opened, opened, limit).await?;
+    let started = Instant::now();
+    let generated = (0..events).map(|_| workload.next_event().0);
+    feed.produce(generated, rate, &sent).await?;
+    let mut observed = observer.await??;
+    observed.results -= opened;
+    Ok((observed, started))
 }
 
 /// Opens every account of the workload with a deposit, through a freshly started ledger:
