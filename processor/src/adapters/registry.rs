@@ -1,10 +1,9 @@
 //! A Confluent-compatible schema registry over HTTP (Confluent Schema Registry, Apicurio
 //! Registry's `/apis/ccompat/v7`, Karapace, Redpanda): register a schema under a subject,
-//! look one up, read a schema by id, list a subject's versions. Schemas by id never change,
-//! so each id is fetched once per process.
+//! look one up, read a schema by id, list a subject's versions. Schemas by id never change:
+//! the codec remembers each id it learnt ([`crate::codec::Codec::learn`]), so the client keeps
+//! no cache of its own.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode, Url};
@@ -25,12 +24,11 @@ pub struct SubjectVersion {
     pub schema: String,
 }
 
-/// A registry client: connections kept alive, schemas by id cached.
+/// A registry client, its connections kept alive.
 pub struct SchemaRegistry {
     client: reqwest::Client,
     base: Url,
     credentials: Option<(String, String)>,
-    by_id: Mutex<HashMap<u32, String>>,
 }
 
 impl SchemaRegistry {
@@ -49,7 +47,6 @@ impl SchemaRegistry {
             client,
             base,
             credentials,
-            by_id: Mutex::new(HashMap::new()),
         })
     }
 
@@ -112,9 +109,6 @@ impl SchemaRegistry {
 
     /// The schema registered under `id`.
     pub async fn schema_by_id(&self, id: u32) -> Result<String, RegistryError> {
-        if let Some(schema) = self.cached(id) {
-            return Ok(schema);
-        }
         #[derive(Deserialize)]
         struct ById {
             schema: String,
@@ -127,19 +121,7 @@ impl SchemaRegistry {
                 &format!("schema id {id}"),
             )
             .await?;
-        self.by_id
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id, found.schema.clone());
         Ok(found.schema)
-    }
-
-    fn cached(&self, id: u32) -> Option<String> {
-        self.by_id
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&id)
-            .cloned()
     }
 
     async fn call<T: serde::de::DeserializeOwned>(

@@ -45,6 +45,13 @@ impl Record {
     }
 
     const ALL: [Record; 2] = [Record::TransactionEvent, Record::TransactionResult];
+
+    /// The record whose schemas have the full name `name`, if it is one of txflow's.
+    fn named(name: Option<&str>) -> Option<Record> {
+        Record::ALL
+            .into_iter()
+            .find(|r| Some(r.full_name()) == name)
+    }
 }
 
 /// Why bytes could not become a record. Every variant is poison: the bytes will not change.
@@ -128,10 +135,7 @@ impl Codec {
                     .build()
                     .map_err(invalid)?,
             );
-            let Some(record) = Record::ALL
-                .into_iter()
-                .find(|r| Some(r.full_name()) == catalog.full_name(id))
-            else {
+            let Some(record) = Record::named(catalog.full_name(id)) else {
                 continue;
             };
             let reader_id = current[&record];
@@ -212,15 +216,12 @@ impl Codec {
         let schema = apache_avro::Schema::parse_str(text)
             .map_err(|e| format!("its schema is not valid Avro: {e}"))?;
         let name = schema.name().map(|n| n.fullname(None));
-        let record = Record::ALL
-            .into_iter()
-            .find(|r| Some(r.full_name()) == name.as_deref())
-            .ok_or_else(|| {
-                format!(
-                    "its schema is {}, not a txflow record",
-                    name.as_deref().unwrap_or("unnamed")
-                )
-            })?;
+        let record = Record::named(name.as_deref()).ok_or_else(|| {
+            format!(
+                "its schema is {}, not a txflow record",
+                name.as_deref().unwrap_or("unnamed")
+            )
+        })?;
         let reader_schema = self
             .schemas
             .get(&record)
