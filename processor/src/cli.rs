@@ -364,8 +364,6 @@ enum Destination<'a> {
 }
 
 impl Destination<'_> {
-    /// Records a `txflow dev` is sent at once, at most.
-    const DEV_BATCH: usize = 500;
     /// How long a record waits for others to go with it to a `txflow dev`, at most: a
     /// slow `--rate` still arrives at its pace.
     const DEV_WAIT: Duration = Duration::from_millis(100);
@@ -388,7 +386,9 @@ impl Destination<'_> {
                     value: Some(value),
                     headers: Vec::new(),
                 });
-                if pending.len() >= Self::DEV_BATCH || since.elapsed() >= Self::DEV_WAIT {
+                if pending.len() >= crate::dev_access::WRITE_RECORDS
+                    || since.elapsed() >= Self::DEV_WAIT
+                {
                     self.flush_dev(topic).await?;
                 }
                 Ok(())

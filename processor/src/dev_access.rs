@@ -24,6 +24,8 @@ use txflow::stages::gateway::keys::hash;
 pub const ADDRESS_FILE: &str = "dev-admin";
 /// The file in a data directory that holds the dev API key.
 pub const KEY_FILE: &str = "dev-api-key";
+/// Records a command sends a running dev in one write, at most.
+pub const WRITE_RECORDS: usize = 500;
 
 #[derive(Clone)]
 struct Served {
@@ -156,14 +158,17 @@ impl DevClient {
     }
 
     async fn get(&self, path: &str) -> anyhow::Result<reqwest::Response> {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base))
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    /// Sends `request` with the dev API key.
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        request
             .bearer_auth(&self.key)
             .send()
             .await
-            .with_context(|| self.unreachable())?;
-        Ok(response)
+            .with_context(|| self.unreachable())
     }
 
     fn unreachable(&self) -> String {
@@ -201,18 +206,8 @@ impl DevClient {
         topic: &str,
         records: &[OutputRecord],
     ) -> anyhow::Result<Vec<Published>> {
-        let response = self
-            .http
-            .post(format!(
-                "{}/dev/topics/{}/records",
-                self.base,
-                segment(topic)
-            ))
-            .bearer_auth(&self.key)
-            .json(records)
-            .send()
-            .await
-            .with_context(|| self.unreachable())?;
+        let url = format!("{}/dev/topics/{}/records", self.base, segment(topic));
+        let response = self.send(self.http.post(url).json(records)).await?;
         Ok(ok(response).await?.json().await?)
     }
 }

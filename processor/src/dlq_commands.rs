@@ -191,8 +191,9 @@ async fn dry_run(
 }
 
 /// A redrive under `txflow dev`: the chosen dead letters written back, each once per run, in
-/// writes of up to 500 per target topic. Run again, it writes them again: the ledger knows
-/// each event by its id, so a second redrive changes nothing but what the first left undone.
+/// writes of up to [`crate::dev_access::WRITE_RECORDS`] per target topic. Run again, it
+/// writes them again: the ledger knows each event by its id, so a second redrive changes
+/// nothing but what the first left undone.
 async fn redrive_on_dev(config: &Config, args: RedriveArgs, dev: &DevClient) -> anyhow::Result<()> {
     let topic = args.selection.topic.resolve(config);
     if args.dry_run {
@@ -222,7 +223,7 @@ async fn redrive_on_dev(config: &Config, args: RedriveArgs, dev: &DevClient) -> 
         let pending = by_target.entry(target.clone()).or_default();
         pending.push(out);
         chosen += 1;
-        if pending.len() >= 500 {
+        if pending.len() >= crate::dev_access::WRITE_RECORDS {
             dev.publish(&target, pending).await?;
             pending.clear();
         }

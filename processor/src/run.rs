@@ -640,9 +640,7 @@ pub async fn dev(config: &Config, data_dir: &Path) -> anyhow::Result<()> {
     )
     .await?;
     let address_file = data_dir.join(crate::dev_access::ADDRESS_FILE);
-    // Where a client on this machine reaches it, even when it listens on every address.
-    let reachable = admin.to_string().replace("0.0.0.0", "127.0.0.1");
-    std::fs::write(&address_file, reachable)
+    std::fs::write(&address_file, local_address(admin).to_string())
         .with_context(|| format!("writing {}", address_file.display()))?;
     let (stop, stopped) = watch::channel(false);
     let mut running = tokio::task::JoinSet::new();
@@ -717,6 +715,18 @@ fn stages_readiness(telemetries: &[StageTelemetry], stage: StageName) -> Option<
         .map(|t| t.readiness.clone())
 }
 
+/// Where a client on this machine reaches a server bound to `bound`: the loopback address
+/// when it listens on every address.
+fn local_address(bound: std::net::SocketAddr) -> std::net::SocketAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let ip = match bound.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    std::net::SocketAddr::new(ip, bound.port())
+}
+
 fn print_banner(
     config: &Config,
     data_dir: &Path,
@@ -724,8 +734,7 @@ fn print_banner(
     gateway: std::net::SocketAddr,
     admin: std::net::SocketAddr,
 ) {
-    let gateway = gateway.to_string().replace("0.0.0.0", "127.0.0.1");
-    let admin = admin.to_string().replace("0.0.0.0", "127.0.0.1");
+    let (gateway, admin) = (local_address(gateway), local_address(admin));
     let stages: Vec<&str> = StageName::ALL.iter().map(|s| s.as_str()).collect();
     eprintln!(
         "\ntxflow dev: {} in one process, data in {} (durable; restart to continue)\n\
