@@ -2,11 +2,15 @@
 //! producer (exactly-once v2: consumed offsets are sent with the consumer's group metadata,
 //! so a zombie of a revoked partition is fenced by the group, not by its transactional id).
 //!
-//! librdkafka's transaction calls block; they run on the runtime's blocking section
-//! (`block_in_place`), never on an async worker as plain calls.
+//! librdkafka's calls block; they never run on an async worker as plain calls: a batch's
+//! transaction runs on a blocking thread (`spawn_blocking`), where it commits while the next
+//! batch is read and processed, and the other calls on the runtime's blocking section
+//! (`block_in_place`).
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
@@ -221,9 +225,8 @@ impl ConsumerContext for GroupEvents {
 
 /// A group member and its transactional producer.
 pub struct KafkaLog {
-    consumer: StreamConsumer<GroupEvents>,
-    producer: ReportingProducer,
-    delivery: Delivery,
+    consumer: Arc<StreamConsumer<GroupEvents>>,
+    committer: Arc<Committer>,
     kafka: KafkaConfig,
     /// Topics whose records wait for their due time (the retry tiers).
     delayed: HashSet<String>,
@@ -263,9 +266,11 @@ impl KafkaLog {
         if !kafka.properties.contains_key("fetch.wait.max.ms") {
             consumer_config.set("fetch.wait.max.ms", "10");
         }
-        let consumer: StreamConsumer<GroupEvents> = consumer_config
-            .create_with_context(GroupEvents::default())
-            .map_err(|e| fatal("creating the consumer", e))?;
+        let consumer: Arc<StreamConsumer<GroupEvents>> = Arc::new(
+            consumer_config
+                .create_with_context(GroupEvents::default())
+                .map_err(|e| fatal("creating the consumer", e))?,
+        );
         let producer = match delivery {
             Delivery::AtLeastOnce => {
                 idempotent_producer(kafka).map_err(|e| fatal("creating the producer", e))?
@@ -304,9 +309,12 @@ impl KafkaLog {
             .subscribe(&subscription)
             .map_err(|e| fatal("subscribing", e))?;
         Ok(KafkaLog {
-            consumer,
-            producer,
-            delivery,
+            consumer: Arc::clone(&consumer),
+            committer: Arc::new(Committer {
+                consumer,
+                producer,
+                delivery,
+            }),
             kafka: kafka.clone(),
             delayed: delayed.iter().cloned().collect(),
             waiting: BTreeMap::new(),
@@ -417,6 +425,45 @@ impl KafkaLog {
         }
         Ok(records)
     }
+}
+
+/// The writing half of a [`KafkaLog`]: a batch's transaction runs on its own thread with
+/// it, while the log reads on.
+struct Committer {
+    /// For the group's metadata (exactly-once) or the offset commit (at-least-once).
+    consumer: Arc<StreamConsumer<GroupEvents>>,
+    producer: ReportingProducer,
+    delivery: Delivery,
+}
+
+impl Committer {
+    /// Commits one batch, given its next offsets; an aborted transaction is rolled back
+    /// before this returns.
+    fn commit(
+        &self,
+        offsets: &TopicPartitionList,
+        outputs: Vec<OutputRecord>,
+    ) -> Result<(), LogError> {
+        let error = match self.transact(offsets, outputs) {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        let fatal = match &error {
+            KafkaError::Transaction(e) => e.is_fatal(),
+            _ => false,
+        };
+        if fatal {
+            return Err(LogError::Fatal(format!(
+                "the producer was fenced or failed: {error}"
+            )));
+        }
+        if self.delivery == Delivery::ExactlyOnce {
+            self.producer
+                .abort_transaction(CALL_TIMEOUT)
+                .map_err(|e| LogError::Fatal(format!("aborting after {error}: {e}")))?;
+        }
+        Err(LogError::Aborted(error.to_string()))
+    }
 
     fn send(&self, output: OutputRecord) -> Result<(), KafkaError> {
         let mut record = BaseRecord::to(&output.topic).headers(owned_headers(&output.headers));
@@ -439,14 +486,14 @@ impl KafkaLog {
         }
     }
 
-    /// The transaction of one batch; runs on the blocking section.
+    /// The transaction of one batch; runs on a blocking thread.
     fn transact(
         &self,
-        batch: &[InputRecord],
+        offsets: &TopicPartitionList,
         outputs: Vec<OutputRecord>,
     ) -> Result<(), KafkaError> {
         if self.delivery == Delivery::AtLeastOnce {
-            return self.flush_then_commit(batch, outputs);
+            return self.flush_then_commit(offsets, outputs);
         }
         self.producer.begin_transaction()?;
         for output in outputs {
@@ -456,11 +503,8 @@ impl KafkaLog {
             .consumer
             .group_metadata()
             .ok_or_else(|| KafkaError::ConsumerCommit(RDKafkaErrorCode::InvalidGroupId))?;
-        self.producer.send_offsets_to_transaction(
-            &next_offsets(batch)?,
-            &metadata,
-            CALL_TIMEOUT,
-        )?;
+        self.producer
+            .send_offsets_to_transaction(offsets, &metadata, CALL_TIMEOUT)?;
         self.await_deliveries()?;
         self.producer.commit_transaction(CALL_TIMEOUT)
     }
@@ -482,7 +526,7 @@ impl KafkaLog {
     /// At-least-once: every output acknowledged, then the offsets committed.
     fn flush_then_commit(
         &self,
-        batch: &[InputRecord],
+        offsets: &TopicPartitionList,
         outputs: Vec<OutputRecord>,
     ) -> Result<(), KafkaError> {
         let failed_before = self.producer.context().failed.load(Ordering::Relaxed);
@@ -493,8 +537,7 @@ impl KafkaLog {
         if self.producer.context().failed.load(Ordering::Relaxed) != failed_before {
             return Err(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut));
         }
-        self.consumer
-            .commit(&next_offsets(batch)?, CommitMode::Sync)
+        self.consumer.commit(offsets, CommitMode::Sync)
     }
 }
 
@@ -634,6 +677,11 @@ impl Log for KafkaLog {
         Ok(())
     }
 
+    fn reassignment_pending(&self) -> bool {
+        let assignments = self.consumer.context().assignments.load(Ordering::SeqCst);
+        self.assignments_seen != Some(assignments)
+    }
+
     async fn reassigned(&mut self) -> Result<Option<Vec<InputRecord>>, LogError> {
         let assignments = self.consumer.context().assignments.load(Ordering::SeqCst);
         if self.assignments_seen == Some(assignments) {
@@ -661,30 +709,20 @@ impl Log for KafkaLog {
         Ok(Some(unconsumed))
     }
 
-    async fn commit(
+    fn commit(
         &mut self,
         batch: &[InputRecord],
         outputs: Vec<OutputRecord>,
-    ) -> Result<(), LogError> {
-        let outcome = tokio::task::block_in_place(|| self.transact(batch, outputs));
-        let error = match outcome {
-            Ok(()) => return Ok(()),
-            Err(error) => error,
-        };
-        let fatal = match &error {
-            KafkaError::Transaction(e) => e.is_fatal(),
-            _ => false,
-        };
-        if fatal {
-            return Err(LogError::Fatal(format!(
-                "the producer was fenced or failed: {error}"
-            )));
+    ) -> impl Future<Output = Result<(), LogError>> + Send + 'static {
+        let committer = Arc::clone(&self.committer);
+        let offsets = next_offsets(batch)
+            .map_err(|e| LogError::Fatal(format!("the batch's offsets to commit: {e}")));
+        async move {
+            let offsets = offsets?;
+            tokio::task::spawn_blocking(move || committer.commit(&offsets, outputs))
+                .await
+                .map_err(|e| LogError::Fatal(format!("the commit's thread failed: {e}")))?
         }
-        if self.delivery == Delivery::ExactlyOnce {
-            tokio::task::block_in_place(|| self.producer.abort_transaction(CALL_TIMEOUT))
-                .map_err(|e| LogError::Fatal(format!("aborting after {error}: {e}")))?;
-        }
-        Err(LogError::Aborted(error.to_string()))
     }
 
     async fn rewind(&mut self, batch: &[InputRecord]) -> Result<(), LogError> {
@@ -716,8 +754,8 @@ impl Log for KafkaLog {
         // than after the session timeout.
         tokio::task::block_in_place(|| {
             self.consumer.unsubscribe();
+            drop(self.committer);
             drop(self.consumer);
-            drop(self.producer);
         });
     }
 }

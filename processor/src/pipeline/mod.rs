@@ -5,6 +5,12 @@
 //! transaction. When the stage fails transiently, or the transaction does not commit, the
 //! batch is read again after a pause: the stage's store writes are conditional and its
 //! outcomes deterministic, so doing a batch twice has the effect of doing it once.
+//!
+//! A batch's transaction commits while the next batch is read and processed, so that the
+//! log's round trips are not added to the store's on every batch. The next batch's own
+//! commit begins only once the one before it is known to have committed; when that one
+//! aborts, both are read again. The store is thus ahead of the log by up to two batches
+//! (never behind), which a replay makes good.
 
 pub mod breaker;
 pub mod failures;
@@ -88,15 +94,19 @@ pub trait Stage: Send + Sync {
     type Counts: Debug + Send + Tally;
 
     /// The outputs of `batch`, processed at `now_ms`. Must be safe to call again with the
-    /// same batch after a failure or an aborted commit.
+    /// same batch after a failure or an aborted commit. It may be called while the previous
+    /// batch's outputs are still committing: it must take them as committed.
     fn process(
         &self,
         batch: &[InputRecord],
         now_ms: i64,
     ) -> impl Future<Output = Result<BatchOutput<Self::Counts>, StageError>> + Send;
 
-    /// The outputs of the last `process` committed.
+    /// The outputs of the oldest successful `process` not committed yet have committed.
     fn committed(&self) {}
+
+    /// Every successful `process` not committed yet will not be: its batch comes again.
+    fn aborted(&self) {}
 
     /// This process's partitions changed; `unconsumed` are the records of its retry tiers
     /// that the group has not consumed yet.
@@ -168,122 +178,484 @@ pub struct StageTelemetry {
 /// commit. Returns the first fatal error. The process is ready while batches go through, and
 /// not ready while a transient failure keeps re-reading a batch.
 pub async fn run<L: Log, S: Stage>(
-    mut log: L,
+    log: L,
     stage: &S,
     config: &LoopConfig,
     telemetry: &StageTelemetry,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(), StageError> {
-    let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
-    let name = telemetry.stage;
-    let metrics = &telemetry.metrics;
     telemetry.readiness.set_ready();
-    let outcome = loop {
-        if *shutdown.borrow() {
-            break Ok(());
-        }
-        let batch = tokio::select! {
-            batch = log.next_batch(config.max_records, config.max_wait) => batch,
-            _ = shutdown.changed() => continue,
-        };
-        let batch = match batch {
-            Ok(batch) if batch.is_empty() => continue,
-            Ok(batch) => batch,
-            Err(e) => break Err(StageError::Fatal(e.to_string())),
-        };
-        match log.reassigned().await {
-            Ok(Some(unconsumed)) => stage.reassigned(&unconsumed),
-            Ok(None) => {}
-            Err(e) => break Err(StageError::Fatal(e.to_string())),
-        }
-        let started = Instant::now();
-        let mut pause = None;
-        let failure = match stage.process(&batch, now_ms()).await {
-            Ok(output) => {
-                let processed = started.elapsed();
-                fault::before_commit().await;
-                match log.commit(&batch, output.outputs).await {
-                    Ok(()) => {
-                        stage.committed();
-                        telemetry.readiness.set_ready();
-                        metrics
-                            .batches
-                            .with_label_values(&[name, "committed"])
-                            .inc();
-                        metrics
-                            .records
-                            .with_label_values(&[name])
-                            .inc_by(batch.len() as u64);
-                        for (kind, count) in output.counts.tally() {
-                            metrics
-                                .outputs
-                                .with_label_values(&[name, kind])
-                                .inc_by(count);
-                        }
-                        metrics
-                            .batch_seconds
-                            .with_label_values(&[name])
-                            .observe(started.elapsed().as_secs_f64());
-                        tracing::debug!(
-                            records = batch.len(),
-                            counts = ?output.counts,
-                            process_ms = processed.as_millis() as u64,
-                            total_ms = started.elapsed().as_millis() as u64,
-                            "batch committed"
-                        );
-                        backoff.reset();
-                        continue;
-                    }
-                    Err(LogError::Aborted(message)) => {
-                        format!("the transaction aborted: {message}")
-                    }
-                    Err(fatal @ LogError::Fatal(_)) => {
-                        break Err(StageError::Fatal(fatal.to_string()))
-                    }
+    let mut runner = Runner {
+        log,
+        stage,
+        config,
+        telemetry,
+        shutdown,
+        backoff: Backoff::new(config.backoff_initial, config.backoff_max),
+        in_flight: None,
+    };
+    let outcome = runner.run().await;
+    // The last transaction decides before the log closes, whatever stopped the loop.
+    let last = runner.conclude().await;
+    runner.log.close().await;
+    outcome?;
+    if let Concluded::Aborted { batch, failure } = last? {
+        tracing::warn!(
+            records = batch.len(),
+            "the last batch did not commit; the group reads it again: {failure}"
+        );
+    }
+    Ok(())
+}
+
+/// A batch whose transaction is under way.
+struct InFlight<C> {
+    batch: Vec<InputRecord>,
+    counts: C,
+    started: Instant,
+    /// How long the stage took over it.
+    processed: Duration,
+    commit: tokio::task::JoinHandle<Result<(), LogError>>,
+}
+
+/// What became of the transaction under way.
+enum Concluded {
+    /// It committed, or none was under way.
+    Committed,
+    /// It did not commit: its records come again.
+    Aborted {
+        batch: Vec<InputRecord>,
+        failure: String,
+    },
+}
+
+/// The loop's state: one batch processing while the one before it commits.
+struct Runner<'a, L, S: Stage> {
+    log: L,
+    stage: &'a S,
+    config: &'a LoopConfig,
+    telemetry: &'a StageTelemetry,
+    shutdown: watch::Receiver<bool>,
+    backoff: Backoff,
+    in_flight: Option<InFlight<S::Counts>>,
+}
+
+fn fatal(error: LogError) -> StageError {
+    StageError::Fatal(error.to_string())
+}
+
+impl<L: Log, S: Stage> Runner<'_, L, S> {
+    async fn run(&mut self) -> Result<(), StageError> {
+        loop {
+            if *self.shutdown.borrow() {
+                return Ok(());
+            }
+            let batch = tokio::select! {
+                batch = self.log.next_batch(self.config.max_records, self.config.max_wait) => batch,
+                _ = self.shutdown.changed() => continue,
+            };
+            let mut batch = batch.map_err(fatal)?;
+            if batch.is_empty() {
+                // Nothing new: the transaction under way decides meanwhile.
+                if let Concluded::Aborted { batch, failure } = self.conclude().await? {
+                    self.read_again(&batch, &failure, None).await?;
+                }
+                continue;
+            }
+            if self.log.reassignment_pending() {
+                // The retry records a new assignment leaves are read once the transaction
+                // under way (which may consume or add some) has decided.
+                let concluded = self.conclude().await?;
+                if let Some(unconsumed) = self.log.reassigned().await.map_err(fatal)? {
+                    self.stage.reassigned(&unconsumed);
+                }
+                if let Concluded::Aborted {
+                    batch: mut again,
+                    failure,
+                } = concluded
+                {
+                    again.append(&mut batch);
+                    self.read_again(&again, &failure, None).await?;
+                    continue;
                 }
             }
-            Err(StageError::Transient { kind, message }) => format!("{kind}: {message}"),
-            Err(StageError::Paused { reason, resume_in }) => {
-                pause = Some(resume_in.max(Duration::from_millis(10)));
-                reason
-            }
-            Err(fatal) => break Err(fatal),
+            let started = Instant::now();
+            let processed = self.stage.process(&batch, now_ms()).await;
+            // This batch's transaction begins once the one before it has decided.
+            let concluded = self.conclude().await?;
+            let (failure, pause) = match (processed, concluded) {
+                (Err(fatal @ StageError::Fatal(_)), _) => return Err(fatal),
+                (
+                    _,
+                    Concluded::Aborted {
+                        batch: again,
+                        failure,
+                    },
+                ) => {
+                    batch.splice(0..0, again);
+                    (failure, None)
+                }
+                (Ok(output), Concluded::Committed) => {
+                    let processed = started.elapsed();
+                    fault::before_commit().await;
+                    let commit = tokio::spawn(self.log.commit(&batch, output.outputs));
+                    self.in_flight = Some(InFlight {
+                        batch,
+                        counts: output.counts,
+                        started,
+                        processed,
+                        commit,
+                    });
+                    continue;
+                }
+                (Err(StageError::Transient { kind, message }), Concluded::Committed) => {
+                    (format!("{kind}: {message}"), None)
+                }
+                (Err(StageError::Paused { reason, resume_in }), Concluded::Committed) => {
+                    (reason, Some(resume_in.max(Duration::from_millis(10))))
+                }
+            };
+            self.read_again(&batch, &failure, pause).await?;
+        }
+    }
+
+    /// Waits for the transaction under way, and tells the stage what became of it.
+    async fn conclude(&mut self) -> Result<Concluded, StageError> {
+        let Some(mut in_flight) = self.in_flight.take() else {
+            return Ok(Concluded::Committed);
         };
-        telemetry.readiness.set_not_ready(&failure);
-        if pause.is_none() {
-            metrics.batches.with_label_values(&[name, "retried"]).inc();
+        let outcome = (&mut in_flight.commit)
+            .await
+            .unwrap_or_else(|e| Err(LogError::Fatal(format!("the commit's task failed: {e}"))));
+        match outcome {
+            Ok(()) => {
+                self.stage.committed();
+                self.record_commit(&in_flight);
+                self.backoff.reset();
+                Ok(Concluded::Committed)
+            }
+            Err(LogError::Aborted(message)) => {
+                self.stage.aborted();
+                Ok(Concluded::Aborted {
+                    batch: in_flight.batch,
+                    failure: format!("the transaction aborted: {message}"),
+                })
+            }
+            Err(error) => Err(fatal(error)),
         }
-        if let Err(e) = log.rewind(&batch).await {
-            break Err(StageError::Fatal(e.to_string()));
+    }
+
+    fn record_commit(&self, committed: &InFlight<S::Counts>) {
+        let name = self.telemetry.stage;
+        let metrics = &self.telemetry.metrics;
+        self.telemetry.readiness.set_ready();
+        metrics
+            .batches
+            .with_label_values(&[name, "committed"])
+            .inc();
+        metrics
+            .records
+            .with_label_values(&[name])
+            .inc_by(committed.batch.len() as u64);
+        for (kind, count) in committed.counts.tally() {
+            metrics
+                .outputs
+                .with_label_values(&[name, kind])
+                .inc_by(count);
         }
+        metrics
+            .batch_seconds
+            .with_label_values(&[name])
+            .observe(committed.started.elapsed().as_secs_f64());
+        tracing::debug!(
+            records = committed.batch.len(),
+            counts = ?committed.counts,
+            process_ms = committed.processed.as_millis() as u64,
+            total_ms = committed.started.elapsed().as_millis() as u64,
+            "batch committed"
+        );
+    }
+
+    /// Reads `batch` again after a pause: `pause` when a dependency said how long, else the
+    /// next backoff.
+    async fn read_again(
+        &mut self,
+        batch: &[InputRecord],
+        failure: &str,
+        pause: Option<Duration>,
+    ) -> Result<(), StageError> {
+        let name = self.telemetry.stage;
+        let metrics = &self.telemetry.metrics;
+        self.telemetry.readiness.set_not_ready(failure);
+        self.log.rewind(batch).await.map_err(fatal)?;
         let pause = match pause {
             Some(pause) => {
                 metrics.batches.with_label_values(&[name, "paused"]).inc();
                 pause
             }
-            None => backoff.next_pause(&mut rand::rng()),
+            None => {
+                metrics.batches.with_label_values(&[name, "retried"]).inc();
+                self.backoff.next_pause(&mut rand::rng())
+            }
         };
         tracing::warn!(
             records = batch.len(),
             ?pause,
             "batch will be read again: {failure}"
         );
-        let held = tokio::select! {
-            held = log.hold(pause) => held,
-            _ = shutdown.changed() => Ok(()),
-        };
-        if let Err(e) = held {
-            break Err(StageError::Fatal(e.to_string()));
+        tokio::select! {
+            held = self.log.hold(pause) => held.map_err(fatal),
+            _ = self.shutdown.changed() => Ok(()),
         }
-    };
-    log.close().await;
-    outcome
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::SeedableRng;
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    fn record(offset: i64) -> InputRecord {
+        InputRecord {
+            topic: "in".to_owned(),
+            partition: 0,
+            offset,
+            timestamp: None,
+            key: None,
+            value: None,
+            headers: Vec::new(),
+        }
+    }
+
+    fn offsets(batch: &[InputRecord]) -> Vec<i64> {
+        batch.iter().map(|r| r.offset).collect()
+    }
+
+    /// What the loop asked of the log and the stage, in order.
+    #[derive(Default)]
+    struct Trace {
+        events: Mutex<Vec<String>>,
+        /// Batches the stage processed.
+        processed: AtomicUsize,
+    }
+
+    impl Trace {
+        fn push(&self, event: String) {
+            self.events.lock().unwrap().push(event);
+        }
+    }
+
+    /// A log of one partition handing out scripted batches; each commit answers with the
+    /// next scripted outcome, only once a batch after it was processed (so that the loop
+    /// stalls unless it processes while a commit is under way).
+    struct ScriptedLog {
+        queued: VecDeque<Vec<InputRecord>>,
+        outcomes: VecDeque<Result<(), String>>,
+        trace: Arc<Trace>,
+        announced: bool,
+    }
+
+    impl Log for ScriptedLog {
+        async fn next_batch(
+            &mut self,
+            _max_records: usize,
+            max_wait: Duration,
+        ) -> Result<Vec<InputRecord>, LogError> {
+            match self.queued.pop_front() {
+                Some(batch) => Ok(batch),
+                None => {
+                    tokio::time::sleep(max_wait).await;
+                    Ok(Vec::new())
+                }
+            }
+        }
+
+        fn commit(
+            &mut self,
+            batch: &[InputRecord],
+            _outputs: Vec<OutputRecord>,
+        ) -> impl Future<Output = Result<(), LogError>> + Send + 'static {
+            let outcome = self.outcomes.pop_front().unwrap_or(Ok(()));
+            let trace = Arc::clone(&self.trace);
+            let committing = offsets(batch);
+            let more_to_read = !self.queued.is_empty();
+            let processed = trace.processed.load(Ordering::SeqCst);
+            trace.push(format!("commit {committing:?}"));
+            async move {
+                while more_to_read && trace.processed.load(Ordering::SeqCst) == processed {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                trace.push(format!(
+                    "{} {committing:?}",
+                    if outcome.is_ok() {
+                        "committed"
+                    } else {
+                        "aborted"
+                    }
+                ));
+                outcome.map_err(LogError::Aborted)
+            }
+        }
+
+        fn reassignment_pending(&self) -> bool {
+            !self.announced
+        }
+
+        async fn reassigned(&mut self) -> Result<Option<Vec<InputRecord>>, LogError> {
+            self.announced = true;
+            Ok(Some(Vec::new()))
+        }
+
+        async fn hold(&mut self, _pause: Duration) -> Result<(), LogError> {
+            Ok(())
+        }
+
+        async fn rewind(&mut self, batch: &[InputRecord]) -> Result<(), LogError> {
+            self.trace.push(format!("rewind {:?}", offsets(batch)));
+            self.queued.push_front(batch.to_vec());
+            Ok(())
+        }
+
+        async fn close(self) {}
+    }
+
+    #[derive(Debug, Default)]
+    struct NoCounts;
+
+    impl Tally for NoCounts {
+        fn tally(&self) -> Vec<(&'static str, u64)> {
+            Vec::new()
+        }
+    }
+
+    struct TracedStage(Arc<Trace>);
+
+    impl Stage for TracedStage {
+        type Counts = NoCounts;
+
+        async fn process(
+            &self,
+            batch: &[InputRecord],
+            _now_ms: i64,
+        ) -> Result<BatchOutput<NoCounts>, StageError> {
+            self.0.push(format!("process {:?}", offsets(batch)));
+            self.0.processed.fetch_add(1, Ordering::SeqCst);
+            Ok(BatchOutput {
+                outputs: Vec::new(),
+                counts: NoCounts,
+            })
+        }
+
+        fn committed(&self) {
+            self.0.push("stage committed".to_owned());
+        }
+
+        fn aborted(&self) {
+            self.0.push("stage aborted".to_owned());
+        }
+    }
+
+    async fn run_script(
+        batches: Vec<Vec<i64>>,
+        outcomes: Vec<Result<(), String>>,
+        expected_commits: usize,
+    ) -> Vec<String> {
+        let trace = Arc::new(Trace::default());
+        let log = ScriptedLog {
+            queued: batches
+                .into_iter()
+                .map(|b| b.into_iter().map(record).collect())
+                .collect(),
+            outcomes: outcomes.into(),
+            trace: Arc::clone(&trace),
+            announced: false,
+        };
+        let stage = TracedStage(Arc::clone(&trace));
+        let config = LoopConfig {
+            max_records: 10,
+            max_wait: Duration::from_millis(5),
+            backoff_initial: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(1),
+        };
+        let telemetry = StageTelemetry {
+            stage: "test",
+            metrics: Arc::new(Metrics::new()),
+            readiness: Arc::new(Readiness::default()),
+        };
+        let (stop, shutdown) = watch::channel(false);
+        let watcher = {
+            let trace = Arc::clone(&trace);
+            async move {
+                while trace
+                    .events
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|e| *e == "stage committed")
+                    .count()
+                    < expected_commits
+                {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                stop.send(true).unwrap();
+            }
+        };
+        let (outcome, ()) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(run(log, &stage, &config, &telemetry, shutdown), watcher)
+        })
+        .await
+        .expect("the loop stalled: it must process a batch while the one before it commits");
+        outcome.unwrap();
+        let events = trace.events.lock().unwrap().clone();
+        events
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_processed_while_the_one_before_it_commits_and_committed_after_it() {
+        let events = run_script(vec![vec![0, 1], vec![2, 3]], vec![Ok(()), Ok(())], 2).await;
+        assert_eq!(
+            events,
+            [
+                "process [0, 1]",
+                "commit [0, 1]",
+                "process [2, 3]",
+                "committed [0, 1]",
+                "stage committed",
+                "commit [2, 3]",
+                "committed [2, 3]",
+                "stage committed",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn when_a_commit_aborts_the_batch_processed_meanwhile_is_read_again_with_it() {
+        let events = run_script(
+            vec![vec![0, 1], vec![2, 3]],
+            vec![Err("fenced".to_owned()), Ok(())],
+            1,
+        )
+        .await;
+        assert_eq!(
+            events,
+            [
+                "process [0, 1]",
+                "commit [0, 1]",
+                "process [2, 3]",
+                "aborted [0, 1]",
+                "stage aborted",
+                "rewind [0, 1, 2, 3]",
+                "process [0, 1, 2, 3]",
+                "commit [0, 1, 2, 3]",
+                "committed [0, 1, 2, 3]",
+                "stage committed",
+            ],
+            "[2, 3] is never committed on its own after [0, 1] aborted"
+        );
+    }
 
     #[test]
     fn backoff_doubles_up_to_its_ceiling_with_full_jitter() {

@@ -70,11 +70,19 @@ pub trait Log: Send {
 
     /// Writes `outputs` and commits the consumption of `batch`, in one transaction. On
     /// `Err(Aborted)` nothing of it is visible and the batch's records come again.
+    ///
+    /// The transaction is the returned future's alone (it borrows nothing from the log), so
+    /// that it can run while the next batch is read and processed; the log takes no other
+    /// call but `next_batch` until it is done.
     fn commit(
         &mut self,
         batch: &[InputRecord],
         outputs: Vec<OutputRecord>,
-    ) -> impl Future<Output = Result<(), LogError>> + Send;
+    ) -> impl Future<Output = Result<(), LogError>> + Send + 'static;
+
+    /// Whether this member's partitions changed since the last `reassigned` (or it was never
+    /// called): a look at the log's own state, no IO.
+    fn reassignment_pending(&self) -> bool;
 
     /// When this member's partitions changed since the last call (or on the first call): the
     /// records of its delayed topics' partitions that the group has not consumed yet, which is

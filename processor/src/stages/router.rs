@@ -4,7 +4,7 @@
 //! goes to the default target (`txflow.ledger`), poison to `txflow.events.dlq`. The rules
 //! can be replaced while it runs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
 use prometheus::IntCounterVec;
@@ -50,8 +50,9 @@ pub struct Router {
     failures: FailureRoutes,
     /// `txflow_routed_total`, by rule.
     routed: IntCounterVec,
-    /// Records per rule of the batch in flight, counted once it commits.
-    staged: Mutex<HashMap<String, u64>>,
+    /// Records per rule of each batch processed but not committed yet, oldest first, counted
+    /// once it commits.
+    staged: Mutex<VecDeque<HashMap<String, u64>>>,
 }
 
 impl Router {
@@ -68,7 +69,7 @@ impl Router {
             default_target,
             failures,
             routed,
-            staged: Mutex::new(HashMap::new()),
+            staged: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -150,14 +151,25 @@ impl Stage for Router {
                 });
             }
         }
-        *self.staged.lock().expect("the routed counts lock") = by_rule;
+        self.staged
+            .lock()
+            .expect("the routed counts lock")
+            .push_back(by_rule);
         Ok(BatchOutput { outputs, counts })
     }
 
     fn committed(&self) {
-        let by_rule = std::mem::take(&mut *self.staged.lock().expect("the routed counts lock"));
-        for (rule, count) in by_rule {
+        let by_rule = self
+            .staged
+            .lock()
+            .expect("the routed counts lock")
+            .pop_front();
+        for (rule, count) in by_rule.into_iter().flatten() {
             self.routed.with_label_values(&[&rule]).inc_by(count);
         }
+    }
+
+    fn aborted(&self) {
+        self.staged.lock().expect("the routed counts lock").clear();
     }
 }

@@ -3,6 +3,7 @@
 //! and consumed positions moved in one write transaction.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::time::Duration;
 
 use redb::{Database, ReadTransaction, ReadableTable};
@@ -257,11 +258,11 @@ impl Log for EmbeddedLog {
         }
     }
 
-    async fn commit(
+    fn commit(
         &mut self,
         batch: &[InputRecord],
         outputs: Vec<OutputRecord>,
-    ) -> Result<(), LogError> {
+    ) -> impl Future<Output = Result<(), LogError>> + Send + 'static {
         let mut consumed: HashMap<String, u64> = HashMap::new();
         for record in batch {
             let next = record.offset as u64 + 1;
@@ -269,25 +270,32 @@ impl Log for EmbeddedLog {
             *at = (*at).max(next);
         }
         let group = self.group.clone();
-        let appended = !outputs.is_empty();
-        self.embedded
-            .writer
-            .write(true, move |txn| {
-                append(txn, &outputs)?;
-                let mut positions = txn.open_table(POSITIONS).map_err(storage)?;
-                for (topic, next) in &consumed {
-                    positions
-                        .insert((group.as_str(), topic.as_str(), PARTITION), *next)
-                        .map_err(storage)?;
-                }
-                Ok(())
-            })
-            .await
-            .map_err(log_error)?;
-        if appended {
-            self.embedded.appended.notify_waiters();
+        let embedded = self.embedded.clone();
+        async move {
+            let appended = !outputs.is_empty();
+            embedded
+                .writer
+                .write(true, move |txn| {
+                    append(txn, &outputs)?;
+                    let mut positions = txn.open_table(POSITIONS).map_err(storage)?;
+                    for (topic, next) in &consumed {
+                        positions
+                            .insert((group.as_str(), topic.as_str(), PARTITION), *next)
+                            .map_err(storage)?;
+                    }
+                    Ok(())
+                })
+                .await
+                .map_err(log_error)?;
+            if appended {
+                embedded.appended.notify_waiters();
+            }
+            Ok(())
         }
-        Ok(())
+    }
+
+    fn reassignment_pending(&self) -> bool {
+        !self.announced
     }
 
     async fn reassigned(&mut self) -> Result<Option<Vec<InputRecord>>, LogError> {

@@ -15,7 +15,7 @@
 //! consumed yet), so it survives a crash or a rebalance. When the store's circuit breaker
 //! opens, nothing goes to the tiers: the batch waits and is read again.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use futures::stream::{self, StreamExt};
@@ -74,8 +74,9 @@ pub struct Ledger<S> {
     currencies: Mutex<HashMap<String, String>>,
     /// Accounts with records on the retry tiers.
     parked: Mutex<ParkedAccounts>,
-    /// What the batch in flight changes in them.
-    staged: Mutex<parked::Changes>,
+    /// What the batches processed but not committed yet change in them, oldest first: a
+    /// batch is processed while the one before it commits, and must see what that one parked.
+    staged: Mutex<VecDeque<parked::Changes>>,
 }
 
 /// How the ledger settles a batch.
@@ -144,7 +145,7 @@ impl<S: LedgerStore> Ledger<S> {
             accounts: Mutex::new(HashMap::new()),
             currencies: Mutex::new(HashMap::new()),
             parked: Mutex::new(ParkedAccounts::default()),
-            staged: Mutex::new(parked::Changes::default()),
+            staged: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -412,9 +413,18 @@ impl<S: LedgerStore> Stage for Ledger<S> {
         }
         let no_retries = BTreeSet::new();
         let mut pending = Vec::with_capacity(batch.len());
-        // The parked accounts, locked once for the batch (no await while held).
+        // The parked accounts, locked once for the batch (no await while held), as they stand
+        // once the batches before it commit.
         {
-            let parked = self.parked.lock().expect("the parking lock");
+            let committed = self.parked.lock().expect("the parking lock");
+            let uncommitted = self.staged.lock().expect("the parking lock");
+            let provisional;
+            let parked = if uncommitted.iter().all(parked::Changes::is_empty) {
+                &*committed
+            } else {
+                provisional = committed.with(uncommitted.iter());
+                &provisional
+            };
             for (index, record) in batch.iter().enumerate() {
                 let parking = parking_of(record);
                 let original_offset = self.failures.original_offset(record);
@@ -573,13 +583,25 @@ impl<S: LedgerStore> Stage for Ledger<S> {
                 Emission::Duplicate { .. } => counts.duplicates += 1,
             }
         }
-        *self.staged.lock().expect("the parking lock") = changes;
+        self.staged
+            .lock()
+            .expect("the parking lock")
+            .push_back(changes);
         Ok(BatchOutput { outputs, counts })
     }
 
     fn committed(&self) {
-        let changes = std::mem::take(&mut *self.staged.lock().expect("the parking lock"));
-        self.parked.lock().expect("the parking lock").apply(changes);
+        let changes = self.staged.lock().expect("the parking lock").pop_front();
+        if let Some(changes) = changes {
+            self.parked
+                .lock()
+                .expect("the parking lock")
+                .apply(&changes);
+        }
+    }
+
+    fn aborted(&self) {
+        self.staged.lock().expect("the parking lock").clear();
     }
 
     fn reassigned(&self, unconsumed: &[InputRecord]) {

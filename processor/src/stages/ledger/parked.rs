@@ -12,7 +12,7 @@ use crate::pipeline::failures::Retry;
 pub type Key = (i32, Vec<u8>);
 
 /// The records of one key on the retry tiers.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Waiting {
     /// Their original offsets on the input topic.
     offsets: BTreeSet<i64>,
@@ -38,8 +38,14 @@ pub struct Changes {
     pub parked: Vec<(Key, i64, Retry)>,
 }
 
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.consumed.is_empty() && self.parked.is_empty()
+    }
+}
+
 /// Where an account's records wait.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ParkedAccounts {
     keys: HashMap<Key, Waiting>,
 }
@@ -76,18 +82,30 @@ impl ParkedAccounts {
     }
 
     /// Applies what a committed batch changed.
-    pub fn apply(&mut self, changes: Changes) {
-        for (key, offset) in changes.consumed {
-            if let Some(waiting) = self.keys.get_mut(&key) {
-                waiting.offsets.remove(&offset);
+    pub fn apply(&mut self, changes: &Changes) {
+        for (key, offset) in &changes.consumed {
+            if let Some(waiting) = self.keys.get_mut(key) {
+                waiting.offsets.remove(offset);
                 if waiting.offsets.is_empty() {
-                    self.keys.remove(&key);
+                    self.keys.remove(key);
                 }
             }
         }
-        for (key, offset, retry) in changes.parked {
-            self.keys.entry(key).or_default().add(offset, retry);
+        for (key, offset, retry) in &changes.parked {
+            self.keys
+                .entry(key.clone())
+                .or_default()
+                .add(*offset, *retry);
         }
+    }
+
+    /// These accounts as they will stand once batches not committed yet commit.
+    pub fn with<'a>(&self, uncommitted: impl IntoIterator<Item = &'a Changes>) -> Self {
+        let mut provisional = self.clone();
+        for changes in uncommitted {
+            provisional.apply(changes);
+        }
+        provisional
     }
 }
 
@@ -106,7 +124,7 @@ mod tests {
     #[test]
     fn a_later_record_waits_behind_the_latest_retry_of_its_account() {
         let mut parked = ParkedAccounts::default();
-        parked.apply(Changes {
+        parked.apply(&Changes {
             consumed: vec![],
             parked: vec![(key("a"), 5, retry(1, 100)), (key("a"), 6, retry(1, 90))],
         });
@@ -144,7 +162,7 @@ mod tests {
         let mut parked = ParkedAccounts::default();
         parked.rebuild([(key("a"), 5, retry(1, 100))]);
         assert_eq!(parked.len(), 1);
-        parked.apply(Changes {
+        parked.apply(&Changes {
             consumed: vec![(key("a"), 5)],
             parked: vec![],
         });
@@ -153,10 +171,39 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_processed_while_the_one_before_commits_sees_what_that_one_parked() {
+        let mut committed = ParkedAccounts::default();
+        committed.rebuild([(key("a"), 5, retry(1, 100))]);
+        let uncommitted = [
+            Changes {
+                consumed: vec![(key("a"), 5)],
+                parked: vec![],
+            },
+            Changes {
+                consumed: vec![],
+                parked: vec![(key("b"), 7, retry(1, 300))],
+            },
+        ];
+        let provisional = committed.with(uncommitted.iter());
+        let none = BTreeSet::new();
+        assert_eq!(provisional.blocked(&key("a"), 9, &none), None, "a consumed");
+        assert_eq!(
+            provisional.blocked(&key("b"), 9, &none),
+            Some(retry(1, 300))
+        );
+        assert_eq!(
+            committed.blocked(&key("a"), 9, &none),
+            Some(retry(1, 100)),
+            "until they commit, the committed state is as it was"
+        );
+        assert_eq!(committed.blocked(&key("b"), 9, &none), None);
+    }
+
+    #[test]
     fn a_record_retried_again_keeps_its_account_parked_further_on() {
         let mut parked = ParkedAccounts::default();
         parked.rebuild([(key("a"), 5, retry(1, 100))]);
-        parked.apply(Changes {
+        parked.apply(&Changes {
             consumed: vec![(key("a"), 5)],
             parked: vec![(key("a"), 5, retry(2, 900))],
         });
