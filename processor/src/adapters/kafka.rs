@@ -295,6 +295,10 @@ impl KafkaLog {
                     // after retry.backoff.ms: librdkafka's 100 ms default would be added to
                     // nearly every batch.
                     .set("retry.backoff.ms", "5")
+                    // ...and backs off exponentially up to retry.backoff.max.ms (1 s): the next
+                    // batch's transaction begins right after the one before it commits, and must
+                    // not sleep out a grown backoff while the markers are written.
+                    .set("retry.backoff.max.ms", "10")
                     .create_with_context(DeliveryReport::default())
                     .map_err(|e| fatal("creating the transactional producer", e))?;
                 tokio::task::block_in_place(|| producer.init_transactions(CALL_TIMEOUT))
