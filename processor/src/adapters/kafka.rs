@@ -205,6 +205,33 @@ pub struct GroupMember<'a> {
     pub session_timeout_ms: u64,
 }
 
+/// A stage consumer's config: read_committed, offsets committed by the stage, partitions
+/// assigned by range; fetch settings for latency unless `kafka.properties` sets them.
+fn stage_consumer_config(kafka: &KafkaConfig, group: &GroupMember<'_>) -> ClientConfig {
+    let mut config = client_config(kafka);
+    config
+        .set("group.id", group.group_id)
+        .set("session.timeout.ms", group.session_timeout_ms.to_string())
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("partition.assignment.strategy", "range");
+    // A read_committed fetch waiting on the broker is not woken by a transaction's commit
+    // marker: it sleeps out fetch.wait.max.ms (librdkafka's default, 500 ms), which
+    // would be the pipeline's latency floor.
+    if !kafka.properties.contains_key("fetch.wait.max.ms") {
+        config.set("fetch.wait.max.ms", "10");
+    }
+    // With the default of one byte, a fetch returns as soon as any record arrives: under
+    // a steady stream that is a fetch every few milliseconds, broker CPU that the store
+    // and the transactions compete for. 64 KiB holds a fetch for at most the 10 ms above.
+    if !kafka.properties.contains_key("fetch.min.bytes") {
+        config.set("fetch.min.bytes", "65536");
+    }
+    config
+}
+
 /// Counts the partition assignments this member received, so that the log can tell a stage
 /// its partitions changed even when a rebalance gave back the same ones.
 #[derive(Default)]
@@ -251,21 +278,7 @@ impl KafkaLog {
         delivery: Delivery,
     ) -> Result<Self, LogError> {
         let fatal = |what: &str, e: KafkaError| LogError::Fatal(format!("{what}: {e}"));
-        let mut consumer_config = client_config(kafka);
-        consumer_config
-            .set("group.id", group.group_id)
-            .set("session.timeout.ms", group.session_timeout_ms.to_string())
-            .set("isolation.level", "read_committed")
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            .set("partition.assignment.strategy", "range");
-        // A read_committed fetch waiting on the broker is not woken by a transaction's commit
-        // marker: it sleeps out fetch.wait.max.ms (librdkafka's default, 500 ms), which
-        // would be the pipeline's latency floor.
-        if !kafka.properties.contains_key("fetch.wait.max.ms") {
-            consumer_config.set("fetch.wait.max.ms", "10");
-        }
+        let consumer_config = stage_consumer_config(kafka, group);
         let consumer: Arc<StreamConsumer<GroupEvents>> = Arc::new(
             consumer_config
                 .create_with_context(GroupEvents::default())
@@ -1017,4 +1030,37 @@ pub async fn delete_topics(kafka: &KafkaConfig, names: &[String]) -> Result<(), 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MEMBER: GroupMember<'static> = GroupMember {
+        group_id: "txflow-ledger",
+        transactional_id: "txflow-ledger-0",
+        session_timeout_ms: 10_000,
+    };
+
+    #[test]
+    fn a_stage_consumer_fetches_in_bulk_for_at_most_ten_milliseconds() {
+        let config = stage_consumer_config(&KafkaConfig::default(), &MEMBER);
+        assert_eq!(config.get("fetch.wait.max.ms"), Some("10"));
+        assert_eq!(config.get("fetch.min.bytes"), Some("65536"));
+        assert_eq!(config.get("isolation.level"), Some("read_committed"));
+    }
+
+    #[test]
+    fn configured_fetch_properties_win_over_the_stage_defaults() {
+        let mut kafka = KafkaConfig::default();
+        kafka
+            .properties
+            .insert("fetch.min.bytes".to_owned(), "1".to_owned());
+        kafka
+            .properties
+            .insert("fetch.wait.max.ms".to_owned(), "100".to_owned());
+        let config = stage_consumer_config(&kafka, &MEMBER);
+        assert_eq!(config.get("fetch.min.bytes"), Some("1"));
+        assert_eq!(config.get("fetch.wait.max.ms"), Some("100"));
+    }
 }
