@@ -206,7 +206,8 @@ pub struct GroupMember<'a> {
 }
 
 /// A stage consumer's config: read_committed, offsets committed by the stage, partitions
-/// assigned by range; fetch settings for latency unless `kafka.properties` sets them.
+/// assigned by range; how long and for how much a fetch waits, unless `kafka.properties`
+/// sets them.
 fn stage_consumer_config(kafka: &KafkaConfig, group: &GroupMember<'_>) -> ClientConfig {
     let mut config = client_config(kafka);
     config
