@@ -15,6 +15,7 @@
 pub mod breaker;
 pub mod failures;
 mod fault;
+pub mod uncommitted;
 
 use std::fmt::Debug;
 use std::future::Future;

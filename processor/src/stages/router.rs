@@ -4,13 +4,14 @@
 //! goes to the default target (`txflow.ledger`), poison to `txflow.events.dlq`. The rules
 //! can be replaced while it runs.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use prometheus::IntCounterVec;
 
 use crate::codec::Codec;
 use crate::pipeline::failures::FailureRoutes;
+use crate::pipeline::uncommitted::Uncommitted;
 use crate::pipeline::{BatchOutput, Stage, StageError, Tally};
 use crate::ports::{InputRecord, OutputRecord};
 use crate::routing::Rules;
@@ -52,7 +53,7 @@ pub struct Router {
     routed: IntCounterVec,
     /// Records per rule of each batch processed but not committed yet, oldest first, counted
     /// once it commits.
-    staged: Mutex<VecDeque<HashMap<String, u64>>>,
+    staged: Uncommitted<HashMap<String, u64>>,
 }
 
 impl Router {
@@ -69,7 +70,7 @@ impl Router {
             default_target,
             failures,
             routed,
-            staged: Mutex::new(VecDeque::new()),
+            staged: Uncommitted::default(),
         }
     }
 
@@ -151,25 +152,17 @@ impl Stage for Router {
                 });
             }
         }
-        self.staged
-            .lock()
-            .expect("the routed counts lock")
-            .push_back(by_rule);
+        self.staged.processed(by_rule);
         Ok(BatchOutput { outputs, counts })
     }
 
     fn committed(&self) {
-        let by_rule = self
-            .staged
-            .lock()
-            .expect("the routed counts lock")
-            .pop_front();
-        for (rule, count) in by_rule.into_iter().flatten() {
+        for (rule, count) in self.staged.committed().into_iter().flatten() {
             self.routed.with_label_values(&[&rule]).inc_by(count);
         }
     }
 
     fn aborted(&self) {
-        self.staged.lock().expect("the routed counts lock").clear();
+        self.staged.aborted();
     }
 }

@@ -15,7 +15,7 @@
 //! consumed yet), so it survives a crash or a rebalance. When the store's circuit breaker
 //! opens, nothing goes to the tiers: the batch waits and is read again.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use futures::stream::{self, StreamExt};
@@ -27,6 +27,7 @@ use crate::domain::ledger::settle;
 use crate::domain::{Account, Emission, Facts, FailureKind, LedgerEntry, Leg, Origin, Poison};
 use crate::pipeline::breaker::{Breaker, CircuitState};
 use crate::pipeline::failures::{redriven_from, FailureRoutes, Retry};
+use crate::pipeline::uncommitted::Uncommitted;
 use crate::pipeline::{BatchOutput, Stage, StageError, Tally};
 use crate::ports::{InputRecord, LedgerStore, OutputRecord, StoreError};
 
@@ -76,7 +77,7 @@ pub struct Ledger<S> {
     parked: Mutex<ParkedAccounts>,
     /// What the batches processed but not committed yet change in them, oldest first: a
     /// batch is processed while the one before it commits, and must see what that one parked.
-    staged: Mutex<VecDeque<parked::Changes>>,
+    staged: Uncommitted<parked::Changes>,
 }
 
 /// How the ledger settles a batch.
@@ -145,7 +146,7 @@ impl<S: LedgerStore> Ledger<S> {
             accounts: Mutex::new(HashMap::new()),
             currencies: Mutex::new(HashMap::new()),
             parked: Mutex::new(ParkedAccounts::default()),
-            staged: Mutex::new(VecDeque::new()),
+            staged: Uncommitted::default(),
         }
     }
 
@@ -417,7 +418,7 @@ impl<S: LedgerStore> Stage for Ledger<S> {
         // once the batches before it commit.
         {
             let committed = self.parked.lock().expect("the parking lock");
-            let uncommitted = self.staged.lock().expect("the parking lock");
+            let uncommitted = self.staged.lock();
             let provisional;
             let parked = if uncommitted.iter().all(parked::Changes::is_empty) {
                 &*committed
@@ -583,16 +584,12 @@ impl<S: LedgerStore> Stage for Ledger<S> {
                 Emission::Duplicate { .. } => counts.duplicates += 1,
             }
         }
-        self.staged
-            .lock()
-            .expect("the parking lock")
-            .push_back(changes);
+        self.staged.processed(changes);
         Ok(BatchOutput { outputs, counts })
     }
 
     fn committed(&self) {
-        let changes = self.staged.lock().expect("the parking lock").pop_front();
-        if let Some(changes) = changes {
+        if let Some(changes) = self.staged.committed() {
             self.parked
                 .lock()
                 .expect("the parking lock")
@@ -601,7 +598,7 @@ impl<S: LedgerStore> Stage for Ledger<S> {
     }
 
     fn aborted(&self) {
-        self.staged.lock().expect("the parking lock").clear();
+        self.staged.aborted();
     }
 
     fn reassigned(&self, unconsumed: &[InputRecord]) {
