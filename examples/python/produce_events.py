@@ -15,6 +15,10 @@ under the subject <topic>-value (as txflow does with schemas.registry_url set). 
 writes with another version of TransactionEvent (say, a newer one with a field added), which
 txflow then reads by looking its id up in the registry.
 
+--events FILE sends the events of a file instead, one JSON object per line with the fields of
+TransactionEvent (as `txflow` writes them), in order, each keyed by its account_id; --rate N
+paces the sending to N events a second.
+
 Prints one JSON line per event written (event_id, account_id, amount_minor) and exits
 non-zero if any write failed.
 """
@@ -66,6 +70,21 @@ def registry_serializer(url: str, schema_file, topic: str):
     return lambda event: serializer(event, context)
 
 
+def generated(rng: random.Random, accounts: int) -> dict:
+    """A deposit to one of the accounts."""
+    return {
+        "event_id": str(uuid.UUID(int=rng.getrandbits(128))),
+        "event_type": "DEPOSIT",
+        "account_id": f"py-acct-{rng.randrange(accounts)}",
+        "counterparty_account_id": None,
+        "amount_minor": rng.randrange(1, 100_000),
+        "currency": "EUR",
+        "occurred_at": int(time.time() * 1000),
+        "source": "python-example",
+        "attributes": {"producer": "confluent-kafka"},
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
@@ -78,6 +97,10 @@ def main() -> int:
                         help="a Confluent-compatible schema registry to take the schema id from")
     parser.add_argument("--schema", type=pathlib.Path, metavar="FILE",
                         help="with --schema-registry: the TransactionEvent schema to write with")
+    parser.add_argument("--events", type=pathlib.Path, metavar="FILE",
+                        help="send the events of FILE (JSON lines) instead of generated ones")
+    parser.add_argument("--rate", type=float, metavar="N",
+                        help="events a second at most (default: as fast as Kafka takes them)")
     args = parser.parse_args()
 
     if args.schema_registry:
@@ -102,20 +125,18 @@ def main() -> int:
         if error is not None:
             failed.append(str(error))
 
-    for _ in range(args.count):
-        account = f"py-acct-{rng.randrange(args.accounts)}"
-        event = {
-            "event_id": str(uuid.UUID(int=rng.getrandbits(128))),
-            "event_type": "DEPOSIT",
-            "account_id": account,
-            "counterparty_account_id": None,
-            "amount_minor": rng.randrange(1, 100_000),
-            "currency": "EUR",
-            "occurred_at": int(time.time() * 1000),
-            "source": "python-example",
-            "attributes": {"producer": "confluent-kafka"},
-        }
-        producer.produce(args.topic, key=account.encode(), value=encode(event),
+    if args.events:
+        lines = args.events.read_text().splitlines()
+        events = (json.loads(line) for line in lines if line.strip())
+    else:
+        events = (generated(rng, args.accounts) for _ in range(args.count))
+    started = time.monotonic()
+    for n, event in enumerate(events):
+        if args.rate:
+            ahead = n / args.rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+        producer.produce(args.topic, key=event["account_id"].encode(), value=encode(event),
                          on_delivery=delivered)
         producer.poll(0)
         print(json.dumps({k: event[k] for k in ("event_id", "account_id", "amount_minor")}))

@@ -16,6 +16,7 @@ use txflow::codec::Record;
 use txflow::config::Config;
 use txflow::domain::TransactionEvent;
 use txflow::limits::pacing;
+use txflow::loadgen::hostile::{HostileConfig, HostileWorkload};
 use txflow::loadgen::{Sent, Workload, WorkloadConfig};
 use txflow::ports::{LedgerStore, OutputRecord};
 use txflow::routing::Rules;
@@ -193,6 +194,13 @@ struct ProduceArgs {
     /// Share (0..1) of events that re-send an earlier event id with another amount.
     #[arg(long, default_value_t = 0.0)]
     conflicts: f64,
+    /// Write the hostile workload instead: every event valid, event ids re-used across
+    /// accounts, types and amounts, amounts of 1 and at the largest balance and the 64-bit
+    /// limit, transfers into accounts opened a moment before, a second currency. For trying
+    /// a deployment's guarantees; --accounts, --zipf, --currency, --duplicates and
+    /// --conflicts do not apply.
+    #[arg(long, conflicts_with_all = ["accounts", "zipf", "currency", "duplicates", "conflicts"])]
+    hostile: bool,
 }
 
 impl Cli {
@@ -250,13 +258,26 @@ impl Cli {
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {
     let session = scylla::connect(&config.store).await?;
-    scylla::migrate(&session, &config.store).await?;
+    let migration = scylla::migrate(&session, &config.store).await?;
+    let keyspace = &config.store.keyspace;
     println!(
-        "keyspace {} and table {}.{} are in place",
-        config.store.keyspace,
-        config.store.keyspace,
-        scylla::LEDGER_TABLE
+        "keyspace {keyspace} and tables {keyspace}.{} and {keyspace}.{} are in place",
+        scylla::LEDGER_TABLE,
+        scylla::EVENT_IDS_TABLE
     );
+    if migration.dropped_legacy_index {
+        println!(
+            "claimed {} event ids of results recorded before ids were claimed, and dropped the index they were found by",
+            migration.claimed
+        );
+    }
+    if !migration.conflicts.is_empty() {
+        println!(
+            "{} event ids were recorded for two different events before ids were claimed; the first claimed holds each: {}",
+            migration.conflicts.len(),
+            migration.conflicts.join(", ")
+        );
+    }
     Ok(())
 }
 
@@ -430,6 +451,21 @@ impl Destination<'_> {
     }
 }
 
+/// The workload `txflow produce` writes.
+enum Events {
+    Zipf(Workload),
+    Hostile(HostileWorkload),
+}
+
+impl Events {
+    fn next_event(&mut self) -> (TransactionEvent, Sent) {
+        match self {
+            Events::Zipf(workload) => workload.next_event(),
+            Events::Hostile(workload) => workload.next_event(),
+        }
+    }
+}
+
 async fn produce(
     config: &Config,
     args: ProduceArgs,
@@ -460,19 +496,27 @@ async fn produce(
         },
         None => Destination::Kafka(kafka::idempotent_producer(&config.kafka)?),
     };
-    let mut workload = Workload::new(WorkloadConfig {
-        accounts: args.accounts,
-        zipf_exponent: args.zipf,
-        seed: args.seed,
-        id_prefix: args
-            .id_prefix
-            .clone()
-            .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>())),
-        currency: args.currency.clone(),
-        duplicate_share: args.duplicates,
-        conflict_share: args.conflicts,
-        ..WorkloadConfig::default()
-    });
+    let id_prefix = args
+        .id_prefix
+        .clone()
+        .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
+    let mut workload = if args.hostile {
+        Events::Hostile(HostileWorkload::new(HostileConfig {
+            seed: args.seed,
+            prefix: id_prefix,
+        }))
+    } else {
+        Events::Zipf(Workload::new(WorkloadConfig {
+            accounts: args.accounts,
+            zipf_exponent: args.zipf,
+            seed: args.seed,
+            id_prefix,
+            currency: args.currency.clone(),
+            duplicate_share: args.duplicates,
+            conflict_share: args.conflicts,
+            ..WorkloadConfig::default()
+        }))
+    };
     let limiter = NonZeroU32::new(args.rate).map(pacing);
     let deadline = args
         .duration

@@ -197,6 +197,22 @@ impl ReadRecord {
     }
 }
 
+/// The results of a results topic's records; fails the test on one that is not a result.
+pub fn results_of(records: &[ReadRecord]) -> Vec<txflow::domain::TransactionResult> {
+    let codec = txflow::codec::Codec::builtin();
+    records
+        .iter()
+        .map(|r| {
+            codec
+                .decode(
+                    txflow::codec::Record::TransactionResult,
+                    r.value.as_deref().unwrap_or_default(),
+                )
+                .expect("a result record")
+        })
+        .collect()
+}
+
 /// Everything a consumer with the given isolation level (`read_committed` or
 /// `read_uncommitted`) can read from `topic`, from the beginning to the end of each
 /// partition, in partition and offset order.

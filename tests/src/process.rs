@@ -203,7 +203,8 @@ impl Pipeline {
         self.start(self.command(args), name)
     }
 
-    fn start(&self, command: Command, name: &str) -> StageProcess {
+    /// Starts `command` as a process of this pipeline, its output logged as `name`.
+    pub fn start(&self, command: Command, name: &str) -> StageProcess {
         start_process(command, &self.logs, name)
     }
 }

@@ -8,7 +8,7 @@ use futures::stream::BoxStream;
 use rand::Rng;
 
 use crate::config::FaultsConfig;
-use crate::domain::{Account, Fingerprint, Settlement, TransactionResult};
+use crate::domain::{Account, IdClaim, Recorded, Settlement, TransactionResult};
 use crate::ports::{LedgerStore, LoadedAccount, StoreError};
 
 /// `S`, with the faults of `config`.
@@ -52,13 +52,9 @@ impl<S> FaultyStore<S> {
 }
 
 impl<S: LedgerStore> LedgerStore for FaultyStore<S> {
-    async fn load(
-        &self,
-        account_id: &str,
-        event_ids: &[String],
-    ) -> Result<LoadedAccount, StoreError> {
+    async fn load(&self, account_id: &str, keys: &[String]) -> Result<LoadedAccount, StoreError> {
         self.fault(&[account_id]).await?;
-        self.inner.load(account_id, event_ids).await
+        self.inner.load(account_id, keys).await
     }
 
     async fn currencies(
@@ -69,12 +65,20 @@ impl<S: LedgerStore> LedgerStore for FaultyStore<S> {
         self.inner.currencies(account_ids).await
     }
 
-    async fn applied_debits(
+    async fn claim_event_ids(
         &self,
-        debits: &[(String, String)],
-    ) -> Result<HashMap<String, Fingerprint>, StoreError> {
+        claims: &[IdClaim],
+    ) -> Result<HashMap<String, IdClaim>, StoreError> {
         self.fault(&[]).await?;
-        self.inner.applied_debits(debits).await
+        self.inner.claim_event_ids(claims).await
+    }
+
+    async fn recorded(
+        &self,
+        postings: &[(String, String)],
+    ) -> Result<HashMap<(String, String), Recorded>, StoreError> {
+        self.fault(&[]).await?;
+        self.inner.recorded(postings).await
     }
 
     async fn record(

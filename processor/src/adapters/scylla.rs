@@ -1,14 +1,16 @@
-//! The ledger store on ScyllaDB (or Apache Cassandra): one table, one partition per account.
+//! The ledger store on ScyllaDB (or Apache Cassandra): the ledger table, one partition per
+//! account, and the event ids table, one partition per event id.
 //!
 //! The account's balance, currency and version are static columns of its partition and each
 //! recorded result is a clustering row, so that one conditional batch on one partition —
 //! `UPDATE … IF version = ?` plus the new result rows — records everything a batch did to the
-//! account with a single Paxos round.
+//! account with a single Paxos round. An event id is claimed with `INSERT … IF NOT EXISTS` on
+//! its own partition, which also names the accounts its results are on.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -21,13 +23,23 @@ use scylla::statement::Consistency;
 use scylla::value::{CqlTimestamp, CqlValue, Row};
 
 use crate::config::StoreConfig;
+use crate::domain::result::{event_of_posting_key, posting_key};
 use crate::domain::{
-    Account, Entry, Fingerprint, Origin, Prior, Settlement, Status, TransactionResult,
+    Account, Entry, Fingerprint, IdClaim, Origin, Prior, Recorded, Settlement, Status,
+    TransactionResult,
 };
 use crate::ports::{LedgerStore, LoadedAccount, StoreError};
 
 /// The table every ledger write goes to.
 pub const LEDGER_TABLE: &str = "ledger";
+/// The table of event ids and the claim that holds each.
+pub const EVENT_IDS_TABLE: &str = "event_ids";
+/// The secondary index on the ledger table's event ids that found an event's results before
+/// event ids had a table of their own; `txflow migrate` claims the ids of the results it
+/// indexed, then drops it.
+const LEGACY_EVENT_INDEX: &str = "ledger_by_event";
+/// Claims written at once, by `txflow migrate` and by the ledger.
+const CLAIM_CONCURRENCY: usize = 256;
 
 /// Connects to the store's nodes with the configured timeouts and consistency.
 pub async fn connect(config: &StoreConfig) -> Result<Session, StoreError> {
@@ -47,8 +59,22 @@ pub async fn connect(config: &StoreConfig) -> Result<Session, StoreError> {
         })
 }
 
-/// Creates the keyspace and table if they are missing; safe to run again.
-pub async fn migrate(session: &Session, config: &StoreConfig) -> Result<Vec<String>, StoreError> {
+/// What `txflow migrate` did.
+#[derive(Debug, Default)]
+pub struct Migration {
+    /// Event ids claimed for results recorded before ids were claimed.
+    pub claimed: u64,
+    /// Event ids recorded for two events before ids were claimed: the first claimed holds it.
+    pub conflicts: Vec<String>,
+    /// Whether it dropped the legacy index on the ledger table's event ids.
+    pub dropped_legacy_index: bool,
+}
+
+/// Creates the keyspace and tables if they are missing; safe to run again. A keyspace made
+/// before event ids had their table gets the ids of its recorded results claimed, then loses
+/// the index that found them (stop the ledgers of the old version first: an event they apply
+/// after the claims are read is not claimed).
+pub async fn migrate(session: &Session, config: &StoreConfig) -> Result<Migration, StoreError> {
     let keyspace = &config.keyspace;
     let statements = vec![
         format!(
@@ -76,9 +102,12 @@ pub async fn migrate(session: &Session, config: &StoreConfig) -> Result<Vec<Stri
                 PRIMARY KEY (account_id, event_id)
             )"
         ),
-        // The accounts an event touched, for the gateway's GET /v1/events/{event_id}.
         format!(
-            "CREATE INDEX IF NOT EXISTS {LEDGER_TABLE}_by_event ON {keyspace}.{LEDGER_TABLE} (event_id)"
+            "CREATE TABLE IF NOT EXISTS {keyspace}.{EVENT_IDS_TABLE} (
+                event_id text PRIMARY KEY,
+                fingerprint blob,
+                accounts set<text>
+            )"
         ),
     ];
     for statement in &statements {
@@ -87,11 +116,126 @@ pub async fn migrate(session: &Session, config: &StoreConfig) -> Result<Vec<Stri
             .await
             .map_err(classify)?;
     }
+    await_schema(session).await?;
+    let mut migration = Migration::default();
+    if legacy_index_exists(session, keyspace).await? {
+        claim_recorded_event_ids(session, keyspace, &mut migration).await?;
+        session
+            .query_unpaged(
+                format!("DROP INDEX IF EXISTS {keyspace}.{LEGACY_EVENT_INDEX}"),
+                (),
+            )
+            .await
+            .map_err(classify)?;
+        await_schema(session).await?;
+        migration.dropped_legacy_index = true;
+    }
+    Ok(migration)
+}
+
+async fn await_schema(session: &Session) -> Result<(), StoreError> {
     session
         .await_schema_agreement()
         .await
-        .map_err(|e| StoreError::Unavailable(format!("waiting for schema agreement: {e}")))?;
-    Ok(statements)
+        .map(|_| ())
+        .map_err(|e| StoreError::Unavailable(format!("waiting for schema agreement: {e}")))
+}
+
+async fn legacy_index_exists(session: &Session, keyspace: &str) -> Result<bool, StoreError> {
+    let row: Option<(String,)> = first_row(
+        session
+            .query_unpaged(
+                "SELECT index_name FROM system_schema.indexes \
+                 WHERE keyspace_name = ? AND table_name = ? AND index_name = ?",
+                (keyspace, LEDGER_TABLE, LEGACY_EVENT_INDEX),
+            )
+            .await
+            .map_err(classify)?,
+    )?;
+    Ok(row.is_some())
+}
+
+/// What claiming the event id of one recorded result did.
+enum Claimed {
+    Id,
+    Nothing,
+    HeldByAnother(String),
+}
+
+/// Claims the event id of every result recorded before ids were claimed: the first result
+/// read of an id claims it for its event, the others of the same event add their account.
+async fn claim_recorded_event_ids(
+    session: &Session,
+    keyspace: &str,
+    migration: &mut Migration,
+) -> Result<(), StoreError> {
+    let claim = session
+        .prepare(format!(
+            "INSERT INTO {keyspace}.{EVENT_IDS_TABLE} (event_id, fingerprint, accounts) \
+             VALUES (?, ?, ?) IF NOT EXISTS"
+        ))
+        .await
+        .map_err(|e| classify(e.into()))?;
+    let add_account = session
+        .prepare(format!(
+            "UPDATE {keyspace}.{EVENT_IDS_TABLE} SET accounts = accounts + ? \
+             WHERE event_id = ? IF fingerprint = ?"
+        ))
+        .await
+        .map_err(|e| classify(e.into()))?;
+    type Row = (String, Option<String>, Option<Vec<u8>>);
+    let rows = session
+        .query_iter(
+            format!("SELECT account_id, event_id, fingerprint FROM {keyspace}.{LEDGER_TABLE}"),
+            (),
+        )
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+        .rows_stream::<Row>()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let claim_one = |row: Result<Row, StoreError>| {
+        let (claim, add_account) = (&claim, &add_account);
+        async move {
+            let (account_id, key, fingerprint) = row?;
+            // A partition with no result, or a reversal (never recorded before ids were
+            // claimed).
+            let (Some(event_id), Some(fingerprint)) = (key, fingerprint) else {
+                return Ok(Claimed::Nothing);
+            };
+            if event_of_posting_key(&event_id).1 {
+                return Ok(Claimed::Nothing);
+            }
+            let accounts = vec![account_id];
+            let claimed = session
+                .execute_unpaged(claim, (&event_id, &fingerprint, &accounts))
+                .await
+                .map_err(classify)?;
+            if lwt_applied(claimed)? {
+                return Ok(Claimed::Id);
+            }
+            let added = session
+                .execute_unpaged(add_account, (&accounts, &event_id, &fingerprint))
+                .await
+                .map_err(classify)?;
+            Ok(if lwt_applied(added)? {
+                Claimed::Nothing
+            } else {
+                Claimed::HeldByAnother(event_id)
+            })
+        }
+    };
+    let mut claims = std::pin::pin!(rows
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
+        .map(claim_one)
+        .buffer_unordered(CLAIM_CONCURRENCY));
+    while let Some(claimed) = claims.next().await {
+        match claimed? {
+            Claimed::Id => migration.claimed += 1,
+            Claimed::HeldByAnother(event_id) => migration.conflicts.push(event_id),
+            Claimed::Nothing => {}
+        }
+    }
+    Ok(())
 }
 
 /// Whether a lightweight transaction applied, read from its `[applied]` column by name.
@@ -159,13 +303,14 @@ pub struct ScyllaLedgerStore {
     load_account: PreparedStatement,
     load_results: PreparedStatement,
     load_currency: PreparedStatement,
-    load_debit: PreparedStatement,
-    load_debit_serial: PreparedStatement,
+    load_posting: PreparedStatement,
+    load_posting_serial: PreparedStatement,
     advance: PreparedStatement,
     insert_result: PreparedStatement,
     claim: PreparedStatement,
+    claim_event_id: PreparedStatement,
+    load_event_id: PreparedStatement,
     all_accounts: PreparedStatement,
-    accounts_of_event: PreparedStatement,
 }
 
 type ResultRow = (
@@ -183,8 +328,11 @@ type ResultRow = (
     CqlTimestamp,
 );
 
+/// Fingerprint and accounts of a claimed event id.
+type IdClaimRow = (Option<Vec<u8>>, Option<Vec<String>>);
+
 /// Fingerprint, entry and status of a recorded result.
-type DebitRow = (Option<Vec<u8>>, Option<String>, Option<String>);
+type PostingRow = (Option<Vec<u8>>, Option<String>, Option<String>);
 
 const RESULT_COLUMNS: &str =
     "event_id, fingerprint, origin_topic, origin_partition, origin_offset, \
@@ -199,15 +347,22 @@ impl ScyllaLedgerStore {
             let session = &session;
             async move { session.prepare(cql).await.map_err(|e| classify(e.into())) }
         };
-        let debit = format!(
+        let posting = format!(
             "SELECT fingerprint, entry, status FROM {table} WHERE account_id = ? AND event_id = ?"
         );
-        let load_debit = prepare(debit.clone()).await?;
-        // A credit leg must see its debit, which an LWT committed before the credit leg became
-        // readable. A read at the write's consistency sees it; a debit it misses is read again
-        // serially, which sees every committed Paxos write, before the credit is refused.
-        let mut load_debit_serial = prepare(debit).await?;
-        load_debit_serial.set_consistency(Consistency::Serial);
+        let load_posting = prepare(posting.clone()).await?;
+        // A credit leg must see its debit, and a reversal the refusal of its credit, which an
+        // LWT committed before the leg became readable. A read at the write's consistency sees
+        // it; one it misses is read again serially, which sees every committed Paxos write,
+        // before the leg is refused.
+        let mut load_posting_serial = prepare(posting).await?;
+        load_posting_serial.set_consistency(Consistency::Serial);
+        let event_ids = format!("{}.{EVENT_IDS_TABLE}", config.keyspace);
+        let mut claim_event_id = prepare(format!(
+            "INSERT INTO {event_ids} (event_id, fingerprint, accounts) VALUES (?, ?, ?) IF NOT EXISTS"
+        ))
+        .await?;
+        claim_event_id.set_is_idempotent(false);
         let mut advance = prepare(format!(
             "UPDATE {table} SET balance_minor = ?, currency = ?, version = ? \
              WHERE account_id = ? IF version = ?"
@@ -224,16 +379,17 @@ impl ScyllaLedgerStore {
                 "SELECT {RESULT_COLUMNS} FROM {table} WHERE account_id = ? AND event_id IN ?"
             ))
             .await?,
-            accounts_of_event: prepare(format!(
-                "SELECT account_id FROM {table} WHERE event_id = ?"
+            load_event_id: prepare(format!(
+                "SELECT fingerprint, accounts FROM {event_ids} WHERE event_id = ?"
             ))
             .await?,
+            claim_event_id,
             load_currency: prepare(format!(
                 "SELECT currency FROM {table} WHERE account_id = ? LIMIT 1"
             ))
             .await?,
-            load_debit,
-            load_debit_serial,
+            load_posting,
+            load_posting_serial,
             advance,
             // IF NOT EXISTS: a result written on a guess that the event is new (the stage's
             // cached path) must refuse the whole batch when the guess was wrong.
@@ -271,6 +427,59 @@ impl ScyllaLedgerStore {
             version: version.unwrap_or(0),
         }))
     }
+
+    /// The claim that holds `event_id`, if any.
+    async fn event_id_holder(&self, event_id: &str) -> Result<Option<IdClaim>, StoreError> {
+        let row: Option<IdClaimRow> = first_row(
+            self.session
+                .execute_unpaged(&self.load_event_id, (event_id,))
+                .await
+                .map_err(classify)?,
+        )?;
+        row.map(|(fingerprint, accounts)| {
+            Ok(IdClaim {
+                event_id: event_id.to_owned(),
+                fingerprint: fingerprint_of(event_id, fingerprint.unwrap_or_default())?,
+                accounts: accounts.unwrap_or_default(),
+            })
+        })
+        .transpose()
+    }
+
+    /// Claims `claim.event_id` for its event unless a claim holds it; the claim that does.
+    async fn claim_one(&self, claim: &IdClaim) -> Result<IdClaim, StoreError> {
+        let answer = self
+            .session
+            .execute_unpaged(
+                &self.claim_event_id,
+                (
+                    &claim.event_id,
+                    claim.fingerprint.0.to_vec(),
+                    &claim.accounts,
+                ),
+            )
+            .await
+            .map_err(classify)?;
+        if lwt_applied(answer)? {
+            return Ok(claim.clone());
+        }
+        // Refused: the holder's row came back with the answer on some versions and not on
+        // others (ScyllaDB, Cassandra); it is read at the serial consistency, which sees it.
+        self.event_id_holder(&claim.event_id).await?.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "the claim of event id {:?} was refused, yet no claim holds it",
+                claim.event_id
+            ))
+        })
+    }
+}
+
+/// A stored fingerprint, which must be 32 bytes.
+fn fingerprint_of(what: &str, bytes: Vec<u8>) -> Result<Fingerprint, StoreError> {
+    let bytes: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("the fingerprint of {what:?} is not 32 bytes")))?;
+    Ok(Fingerprint(bytes))
 }
 
 impl ScyllaLedgerStore {
@@ -288,7 +497,7 @@ impl ScyllaLedgerStore {
                 claim.to.partition,
                 claim.to.offset,
                 account_id.to_owned(),
-                claim.event_id.clone(),
+                claim.key.clone(),
                 claim.from.topic.clone(),
                 claim.from.partition,
                 claim.from.offset,
@@ -296,31 +505,28 @@ impl ScyllaLedgerStore {
         }
     }
 
-    /// The event's fingerprint when `account_id` recorded it as an applied debit.
-    async fn debit(
+    /// What `account_id` recorded under `key`, read with `statement`.
+    async fn posting(
         &self,
         statement: &PreparedStatement,
         account_id: &str,
-        event_id: &str,
-    ) -> Result<Option<(String, Fingerprint)>, StoreError> {
-        let row: Option<DebitRow> = first_row(
+        key: &str,
+    ) -> Result<Option<Recorded>, StoreError> {
+        let row: Option<PostingRow> = first_row(
             self.session
-                .execute_unpaged(statement, (account_id, event_id))
+                .execute_unpaged(statement, (account_id, key))
                 .await
                 .map_err(classify)?,
         )?;
-        Ok(match row {
-            Some((Some(fingerprint), Some(entry), Some(status)))
-                if Entry::from_symbol(&entry) == Some(Entry::Debit)
-                    && Status::from_symbol(&status) == Some(Status::Applied) =>
-            {
-                let fingerprint: [u8; 32] = fingerprint.try_into().map_err(|_| {
-                    StoreError::Corrupt(format!("fingerprint of {event_id:?} is not 32 bytes"))
-                })?;
-                Some((event_id.to_owned(), Fingerprint(fingerprint)))
-            }
-            _ => None,
-        })
+        let Some((Some(fingerprint), Some(entry), Some(status))) = row else {
+            return Ok(None);
+        };
+        let corrupt = |what: &str| StoreError::Corrupt(format!("result of {key:?}: {what}"));
+        Ok(Some(Recorded {
+            fingerprint: fingerprint_of(key, fingerprint)?,
+            entry: Entry::from_symbol(&entry).ok_or_else(|| corrupt("unknown entry"))?,
+            status: Status::from_symbol(&status).ok_or_else(|| corrupt("unknown status"))?,
+        }))
     }
 }
 
@@ -340,13 +546,13 @@ fn prior_of(row: ResultRow) -> Result<Prior, StoreError> {
         at,
     ) = row;
     let corrupt = |what: &str| StoreError::Corrupt(format!("result of {event_id:?}: {what}"));
-    let fingerprint: [u8; 32] = fingerprint
-        .try_into()
-        .map_err(|_| corrupt("fingerprint is not 32 bytes"))?;
+    let fingerprint = fingerprint_of(&event_id, fingerprint)?;
     let entry = Entry::from_symbol(&entry).ok_or_else(|| corrupt("unknown entry"))?;
     let status = Status::from_symbol(&status).ok_or_else(|| corrupt("unknown status"))?;
+    // The row's key is the posting key: the event id, or the mark of a reversal beside it.
+    let event_id = event_of_posting_key(&event_id).0.to_owned();
     Ok(Prior {
-        fingerprint: Fingerprint(fingerprint),
+        fingerprint,
         origin: Origin {
             topic,
             partition,
@@ -369,18 +575,14 @@ fn prior_of(row: ResultRow) -> Result<Prior, StoreError> {
 type RowValues = Box<dyn SerializeRow + Send + Sync>;
 
 impl LedgerStore for ScyllaLedgerStore {
-    async fn load(
-        &self,
-        account_id: &str,
-        event_ids: &[String],
-    ) -> Result<LoadedAccount, StoreError> {
+    async fn load(&self, account_id: &str, keys: &[String]) -> Result<LoadedAccount, StoreError> {
         let results = async {
-            if event_ids.is_empty() {
+            if keys.is_empty() {
                 return Ok(Vec::new());
             }
             let rows = self
                 .session
-                .execute_unpaged(&self.load_results, (account_id, event_ids))
+                .execute_unpaged(&self.load_results, (account_id, keys))
                 .await
                 .map_err(classify)?
                 .into_rows_result()
@@ -395,7 +597,7 @@ impl LedgerStore for ScyllaLedgerStore {
         for row in results {
             let mut p = prior_of(row)?;
             p.result.account_id = account_id.to_owned();
-            prior.insert(p.result.event_id.clone(), p);
+            prior.insert(p.result.posting_key(), p);
         }
         Ok(LoadedAccount {
             account: account.unwrap_or_default(),
@@ -420,18 +622,39 @@ impl LedgerStore for ScyllaLedgerStore {
         Ok(found.into_iter().flatten().collect())
     }
 
-    async fn applied_debits(
+    async fn claim_event_ids(
         &self,
-        debits: &[(String, String)],
-    ) -> Result<HashMap<String, Fingerprint>, StoreError> {
-        let lookups = debits.iter().map(|(account_id, event_id)| async move {
-            match self.debit(&self.load_debit, account_id, event_id).await? {
-                Some(found) => Ok(Some(found)),
+        claims: &[IdClaim],
+    ) -> Result<HashMap<String, IdClaim>, StoreError> {
+        // Made first, then run: a lazy stream of borrowing futures is not `Send` for every
+        // lifetime, as the trait asks.
+        let claiming: Vec<_> = claims.iter().map(|claim| self.claim_one(claim)).collect();
+        let holders: Vec<IdClaim> = stream::iter(claiming)
+            .buffer_unordered(CLAIM_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(holders
+            .into_iter()
+            .map(|holder| (holder.event_id.clone(), holder))
+            .collect())
+    }
+
+    async fn recorded(
+        &self,
+        postings: &[(String, String)],
+    ) -> Result<HashMap<(String, String), Recorded>, StoreError> {
+        let lookups = postings.iter().map(|(account_id, event_id)| async move {
+            let found = match self
+                .posting(&self.load_posting, account_id, event_id)
+                .await?
+            {
+                Some(found) => Some(found),
                 None => {
-                    self.debit(&self.load_debit_serial, account_id, event_id)
-                        .await
+                    self.posting(&self.load_posting_serial, account_id, event_id)
+                        .await?
                 }
-            }
+            };
+            Ok::<_, StoreError>(found.map(|f| ((account_id.clone(), event_id.clone()), f)))
         });
         let found = futures::future::try_join_all(lookups).await?;
         Ok(found.into_iter().flatten().collect())
@@ -482,7 +705,7 @@ impl LedgerStore for ScyllaLedgerStore {
                 batch.append_statement(self.insert_result.clone());
                 values.push(Box::new((
                     account_id.to_owned(),
-                    r.event_id.clone(),
+                    r.posting_key(),
                     p.fingerprint.0.to_vec(),
                     p.origin.topic.clone(),
                     p.origin.partition,
@@ -514,27 +737,24 @@ impl LedgerStore for ScyllaLedgerStore {
     }
 
     async fn account(&self, account_id: &str) -> Result<Option<Account>, StoreError> {
-        self.one_account(account_id).await
+        Ok(self.one_account(account_id).await?.filter(exists))
     }
 
     async fn outcomes(&self, event_id: &str) -> Result<Vec<TransactionResult>, StoreError> {
-        let accounts: Vec<String> = self
-            .session
-            .execute_unpaged(&self.accounts_of_event, (event_id,))
-            .await
-            .map_err(classify)?
-            .into_rows_result()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?
-            .rows::<(String,)>()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?
-            .map(|row| row.map(|(account_id,)| account_id))
-            .collect::<Result<_, _>>()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let event_ids = [event_id.to_owned()];
-        let mut outcomes = Vec::with_capacity(accounts.len());
-        for account_id in accounts {
-            let loaded = self.load(&account_id, &event_ids).await?;
-            outcomes.extend(loaded.prior.into_values().map(|prior| prior.result));
+        let Some(holder) = self.event_id_holder(event_id).await? else {
+            return Ok(Vec::new());
+        };
+        let keys = [posting_key(event_id, false), posting_key(event_id, true)];
+        let mut outcomes = Vec::new();
+        for account_id in &holder.accounts {
+            let loaded = self.load(account_id, &keys).await?;
+            outcomes.extend(
+                loaded
+                    .prior
+                    .into_values()
+                    .filter(|prior| prior.fingerprint == holder.fingerprint)
+                    .map(|prior| prior.result),
+            );
         }
         Ok(outcomes)
     }
@@ -560,6 +780,13 @@ impl LedgerStore for ScyllaLedgerStore {
                 })
         })
         .try_flatten()
+        .try_filter(|(_, account)| futures::future::ready(exists(account)))
         .boxed()
     }
+}
+
+/// An account exists from its first applied event, which sets its currency: one whose
+/// events were all rejected has a row (its version counts them) but does not exist.
+fn exists(account: &Account) -> bool {
+    account.currency.is_some()
 }

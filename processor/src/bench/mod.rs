@@ -114,9 +114,9 @@ impl Mode {
 
     fn describe(self) -> &'static str {
         match self {
-            Mode::ExactlyOnce => "exactly-once: batches of up to 500, one LWT per account per batch, one transaction per batch",
+            Mode::ExactlyOnce => "exactly-once: batches of up to 500, one LWT per new event id and one per account per batch, one transaction per batch",
             Mode::AtLeastOnce => "at-least-once: the same, without Kafka transactions (outputs flushed, then offsets committed)",
-            Mode::Naive => "naive: one LWT and one Kafka transaction per event (batches of 1)",
+            Mode::Naive => "naive: batches of 1 (an event's id claim and account write, one Kafka transaction)",
         }
     }
 }

@@ -151,6 +151,49 @@ impl TransactionEvent {
     }
 }
 
+/// An event's claim on its id. An `event_id` names one event across all accounts and types:
+/// the first event to claim it holds it for good, and any other event sent under it is an
+/// idempotency conflict wherever it lands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdClaim {
+    pub event_id: String,
+    pub fingerprint: Fingerprint,
+    /// The accounts the event posts to: its own, and a transfer's counterparty.
+    pub accounts: Vec<String>,
+}
+
+impl IdClaim {
+    /// Whether the event of this claim may go on, given the claim that holds its id: only
+    /// the holder itself (re-sent, retried or replayed) may.
+    pub fn against(&self, holder: &IdClaim) -> Result<(), Poison> {
+        if holder.fingerprint == self.fingerprint {
+            return Ok(());
+        }
+        Err(Poison::new(
+            FailureKind::IdempotencyConflict,
+            format!(
+                "event_id {:?} belongs to another event, on {}; an event id names one event across all accounts",
+                self.event_id,
+                holder.accounts.join(" and ")
+            ),
+        ))
+    }
+}
+
+impl TransactionEvent {
+    /// This event's claim on its id.
+    pub fn id_claim(&self) -> IdClaim {
+        IdClaim {
+            event_id: self.event_id.clone(),
+            fingerprint: self.fingerprint(),
+            accounts: std::iter::once(&self.account_id)
+                .chain(&self.counterparty_account_id)
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
 impl EventType {
     /// The Avro enum symbol.
     pub fn as_str(self) -> &'static str {
@@ -177,6 +220,13 @@ fn id_problem(name: &str, value: &str) -> Option<String> {
         return Some(format!(
             "{name} is {} bytes long, at most {MAX_ID_LEN} are allowed",
             value.len()
+        ));
+    }
+    // The store keeps a transfer's reversal under its event id and a control character.
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Some(format!(
+            "{name} must not contain control characters, it has {:?}",
+            c
         ));
     }
     None
@@ -275,6 +325,11 @@ pub(crate) mod tests {
         })
         .contains("needs counterparty"));
         assert!(rejection(transfer("e", "a", "a", 1)).contains("own account"));
+        assert!(rejection(TransactionEvent {
+            event_id: "e\u{1f}reversal".into(),
+            ..deposit()
+        })
+        .contains("control characters"));
     }
 
     #[test]
@@ -325,6 +380,21 @@ pub(crate) mod tests {
             assert_ne!(variant.fingerprint(), base.fingerprint(), "{variant:?}");
         }
         assert_eq!(base.clone().fingerprint(), base.fingerprint());
+    }
+
+    #[test]
+    fn only_the_event_holding_an_id_may_go_on_under_it() {
+        let deposit = event("x", EventType::Deposit, "a", 5);
+        let holder = deposit.id_claim();
+        assert_eq!(holder.accounts, ["a"]);
+        deposit.id_claim().against(&holder).unwrap();
+        let elsewhere = event("x", EventType::Deposit, "c", 5);
+        let poison = elsewhere.id_claim().against(&holder).unwrap_err();
+        assert_eq!(poison.kind, FailureKind::IdempotencyConflict);
+        assert!(poison.message.contains("on a"), "{}", poison.message);
+        let t = transfer("x", "b", "a", 5);
+        assert_eq!(t.id_claim().accounts, ["b", "a"]);
+        assert!(t.id_claim().against(&holder).is_err());
     }
 
     #[test]

@@ -5,20 +5,30 @@
 //! [`settle`]. The returned [`Settlement`] is everything to write: the account's new state and
 //! new result rows (one conditional store write), and the records to publish, in input order.
 //!
-//! Exactly-once rests on three things decided here:
+//! Exactly-once rests on four things decided here (the fifth, that an event id is one event
+//! across all accounts, is the stage's claim of each id before it settles):
 //! - an event already recorded on this account is never applied again; its stored result is
 //!   published again only when the same log position is being replayed (an earlier attempt's
 //!   transaction was aborted), or when a redrive brings back a dead letter of that position
 //!   (its write applied in a batch that never committed, so the result was never published:
 //!   the redrive claims the result, once); a producer's re-send publishes nothing;
 //! - the same `event_id` with a different payload is a conflict and changes nothing;
-//! - a transfer's credit applies only against a debit the store holds as applied.
+//! - a transfer's credit applies only against a debit the store holds as applied;
+//! - a credit that cannot apply is recorded as a rejection and reverses its debit: the
+//!   reversal applies only against that debit and that rejection, once.
 
 use std::collections::HashMap;
 
 use super::event::{EventType, Fingerprint, TransactionEvent};
 use super::failure::{FailureKind, Poison};
-use super::result::{Entry, RejectReason, Status, TransactionResult};
+use super::result::{
+    posting_key, Entry, RejectReason, Status, TransactionResult, TRANSFER_REVERSED,
+};
+
+/// The largest balance a deposit or a transfer's credit may leave: 2^53 - 1, the largest
+/// integer a JSON number holds exactly. A credit past it is rejected. A reversal may pass it
+/// (it gives back what the account held before), up to the 64-bit range.
+pub const MAX_BALANCE_MINOR: i64 = (1 << 53) - 1;
 
 /// Which side of an event an entry on the ledger topic carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +38,9 @@ pub enum Leg {
     /// A transfer's credit on `counterparty_account_id`, published by the ledger in the same
     /// transaction as the applied debit.
     TransferCredit,
+    /// The credit that gives a transfer's debit back to `account_id` when its credit was
+    /// refused, published by the ledger in the same transaction as the refusal.
+    TransferReversal,
 }
 
 /// Where an entry was read: a log position, unique for the life of the topic.
@@ -56,6 +69,17 @@ impl LedgerEntry {
             _ => &self.event.account_id,
         }
     }
+
+    /// Where the account records this entry's result.
+    pub fn posting_key(&self) -> String {
+        posting_key(&self.event.event_id, self.leg == Leg::TransferReversal)
+    }
+
+    /// Whether `result` is this entry's result on its account.
+    fn posted_as(&self, result: &TransactionResult) -> bool {
+        result.event_id == self.event.event_id
+            && result.is_reversal() == (self.leg == Leg::TransferReversal)
+    }
 }
 
 /// An account as the store holds it. It exists from its first applied event, which fixes its
@@ -67,6 +91,30 @@ pub struct Account {
     pub currency: Option<String>,
     /// The count of results recorded on the account; the store's compare-and-set token.
     pub version: i64,
+}
+
+/// What the store recorded for an event on an account, as another leg of the event sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    pub fingerprint: Fingerprint,
+    pub entry: Entry,
+    pub status: Status,
+}
+
+impl Recorded {
+    /// An applied debit of the event with `fingerprint`: what its credit and its reversal
+    /// rest on.
+    fn is_applied_debit_of(&self, fingerprint: Fingerprint) -> bool {
+        self.fingerprint == fingerprint
+            && self.entry == Entry::Debit
+            && self.status == Status::Applied
+    }
+
+    /// A refusal of the credit of the event with `fingerprint`: its rejection, or another
+    /// event holding the id on that account, which no credit of this one can ever pass.
+    fn refuses_credit_of(&self, fingerprint: Fingerprint) -> bool {
+        self.fingerprint != fingerprint || self.status == Status::Rejected
+    }
 }
 
 /// What the store already holds for one event on this account.
@@ -82,9 +130,17 @@ pub struct Prior {
 pub struct Facts {
     /// The currency of each transfer counterparty that exists; an absent one is unknown.
     pub counterparty_currency: HashMap<String, String>,
-    /// Transfer debits the store holds as applied, by `event_id`, with their event's
-    /// fingerprint: the only debits a credit leg may be applied against.
-    pub applied_debits: HashMap<String, Fingerprint>,
+    /// What the store recorded on the other accounts of the batch's credit legs and
+    /// reversals, by (account, event id): the debit a credit or a reversal rests on, and the
+    /// refused credit a reversal rests on. Nothing else may apply them.
+    pub recorded: HashMap<(String, String), Recorded>,
+}
+
+impl Facts {
+    fn recorded(&self, account_id: &str, event_id: &str) -> Option<&Recorded> {
+        self.recorded
+            .get(&(account_id.to_owned(), event_id.to_owned()))
+    }
 }
 
 /// A record to publish.
@@ -94,6 +150,8 @@ pub enum Emission {
     Result(TransactionResult),
     /// A transfer's credit leg on the ledger topic, keyed by the counterparty.
     Credit(TransactionEvent),
+    /// A transfer's reversal on the ledger topic, keyed by the debited account.
+    Reversal(TransactionEvent),
     /// The entry at this index of the batch, unchanged, to the dead letters.
     DeadLetter { entry: usize, poison: Poison },
     /// The entry at this index re-sends an event already recorded: nothing is published.
@@ -104,7 +162,8 @@ pub enum Emission {
 /// `from` to `to` if it still is `from`, so that only one redrive publishes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Claim {
-    pub event_id: String,
+    /// The result's posting key on the account.
+    pub key: String,
     pub from: Origin,
     pub to: Origin,
 }
@@ -124,7 +183,7 @@ pub struct Settlement {
 
 /// Applies `entries`, all posting to `account_id`, in order, to `account`.
 ///
-/// `prior` holds what the store recorded for these entries' event ids on this account;
+/// `prior` holds what the store recorded under these entries' posting keys on this account;
 /// `now_ms` becomes the `processed_at` of new results.
 pub fn settle(
     account_id: &str,
@@ -145,16 +204,17 @@ pub fn settle(
     for (index, entry) in entries.iter().enumerate() {
         debug_assert_eq!(entry.account_id(), account_id);
         let fingerprint = entry.event.fingerprint();
+        let key = entry.posting_key();
         let claimed = book
             .claimed
             .iter()
-            .find(|c| c.event_id == entry.event.event_id)
+            .find(|c| c.key == key)
             .map(|c| c.to.clone());
         let earlier = book
             .recorded
             .iter()
-            .find(|p| p.result.event_id == entry.event.event_id)
-            .or_else(|| prior.get(&entry.event.event_id))
+            .find(|p| entry.posted_as(&p.result))
+            .or_else(|| prior.get(&key))
             .map(|p| match &claimed {
                 // Claimed earlier in this batch: it lives at its new origin now.
                 Some(to) => Prior {
@@ -165,7 +225,7 @@ pub fn settle(
             });
         match earlier {
             Some(earlier) => {
-                let (emissions, claim) = seen_before(&earlier, entry, index, fingerprint);
+                let (emissions, claim) = seen_before(&earlier, entry, index, fingerprint, key);
                 book.emissions.extend(emissions);
                 book.claimed.extend(claim);
             }
@@ -180,20 +240,27 @@ pub fn settle(
     }
 }
 
-/// An entry whose event this account already recorded: what to publish, and the claim
+/// An entry whose posting this account already recorded: what to publish, and the claim
 /// when a redrive publishes it.
 fn seen_before(
     earlier: &Prior,
     entry: &LedgerEntry,
     index: usize,
     fingerprint: Fingerprint,
+    key: String,
 ) -> (Vec<Emission>, Option<Claim>) {
     if earlier.fingerprint != fingerprint {
+        if entry.leg == Leg::TransferCredit {
+            // Another event holds the id on this account, recorded before ids were claimed
+            // across accounts: the credit can never be recorded here, so its debit goes back.
+            return (vec![Emission::Reversal(entry.event.clone())], None);
+        }
         let poison = Poison::new(
             FailureKind::IdempotencyConflict,
             format!(
                 "event_id {:?} was already recorded on account {:?} with a different payload",
-                entry.event.event_id, earlier.result.account_id
+                entry.event.event_id,
+                entry.account_id()
             ),
         );
         let dead = Emission::DeadLetter {
@@ -203,7 +270,7 @@ fn seen_before(
         return (vec![dead], None);
     }
     let claim = (entry.redriven_from.as_ref() == Some(&earlier.origin)).then(|| Claim {
-        event_id: entry.event.event_id.clone(),
+        key,
         from: earlier.origin.clone(),
         to: entry.origin.clone(),
     });
@@ -213,17 +280,22 @@ fn seen_before(
     // The same log position again (the transaction that first published this was aborted),
     // or the dead letter of that position redriven (it was never published).
     let mut emissions = vec![Emission::Result(earlier.result.clone())];
-    if let Some(credit) = credit_leg(entry, &earlier.result) {
-        emissions.push(credit);
-    }
+    emissions.extend(next_leg(entry, &earlier.result));
     (emissions, claim)
 }
 
-/// The credit leg an applied transfer debit publishes.
-fn credit_leg(entry: &LedgerEntry, result: &TransactionResult) -> Option<Emission> {
-    let applied_debit = result.status == Status::Applied && result.entry == Entry::Debit;
-    (entry.leg == Leg::Primary && entry.event.event_type == EventType::Transfer && applied_debit)
-        .then(|| Emission::Credit(entry.event.clone()))
+/// The leg a result sends on: the credit of an applied transfer debit, the reversal of a
+/// refused transfer credit.
+fn next_leg(entry: &LedgerEntry, result: &TransactionResult) -> Option<Emission> {
+    match (entry.leg, result.status, result.entry) {
+        (Leg::Primary, Status::Applied, Entry::Debit)
+            if entry.event.event_type == EventType::Transfer =>
+        {
+            Some(Emission::Credit(entry.event.clone()))
+        }
+        (Leg::TransferCredit, Status::Rejected, _) => Some(Emission::Reversal(entry.event.clone())),
+        _ => None,
+    }
 }
 
 /// The account being settled and what the batch has done to it so far.
@@ -236,9 +308,11 @@ struct Book<'a> {
     emissions: Vec<Emission>,
 }
 
-/// What the rules decide for one new entry.
+/// What the rules decide for one new entry. A credit or a reversal was checked to fit the
+/// balance.
 enum Decision {
     Credit,
+    Reverse,
     Debit,
     Reject(RejectReason),
     Refuse(Poison),
@@ -250,22 +324,22 @@ impl Book<'_> {
         let decision = match entry.leg {
             Leg::Primary => self.decide_primary(event, facts),
             Leg::TransferCredit => self.decide_credit(event, fingerprint, facts),
+            Leg::TransferReversal => self.decide_reversal(event, fingerprint, facts),
         };
         let balance = self.account.balance_minor;
         let (kind, status, reason, balance_after) = match decision {
-            Decision::Credit => match balance.checked_add(event.amount_minor) {
-                Some(after) => (Entry::Credit, Status::Applied, None, after),
-                None => {
-                    let poison = Poison::new(
-                        FailureKind::BalanceOverflow,
-                        format!(
-                            "crediting {} to account {:?} would exceed the largest balance",
-                            event.amount_minor, self.account_id
-                        ),
-                    );
-                    return self.refuse(index, poison);
-                }
-            },
+            Decision::Credit => (
+                Entry::Credit,
+                Status::Applied,
+                None,
+                balance + event.amount_minor,
+            ),
+            Decision::Reverse => (
+                Entry::Credit,
+                Status::Applied,
+                Some(TRANSFER_REVERSED.to_owned()),
+                balance + event.amount_minor,
+            ),
             // `debit` checked that the balance covers the amount.
             Decision::Debit => (
                 Entry::Debit,
@@ -298,9 +372,7 @@ impl Book<'_> {
             processed_at: self.now_ms,
         };
         self.emissions.push(Emission::Result(result.clone()));
-        if let Some(credit) = credit_leg(entry, &result) {
-            self.emissions.push(credit);
-        }
+        self.emissions.extend(next_leg(entry, &result));
         self.recorded.push(Prior {
             fingerprint,
             origin: entry.origin.clone(),
@@ -317,7 +389,7 @@ impl Book<'_> {
             return Decision::Reject(RejectReason::CurrencyMismatch);
         }
         match event.event_type {
-            EventType::Deposit => Decision::Credit,
+            EventType::Deposit => self.credit(event.amount_minor),
             EventType::Withdrawal => self.debit(event.amount_minor),
             EventType::Transfer => {
                 let counterparty = event.counterparty_account_id.as_deref().unwrap_or_default();
@@ -332,13 +404,18 @@ impl Book<'_> {
         }
     }
 
+    /// A transfer's credit: only against its applied debit. The debit side checked that this
+    /// account exists in the transfer's currency, and an account's currency never changes; a
+    /// credit refused here all the same (the balance limit, an altered store) is rejected,
+    /// and its rejection reverses the debit.
     fn decide_credit(
         &self,
         event: &TransactionEvent,
         fingerprint: Fingerprint,
         facts: &Facts,
     ) -> Decision {
-        if facts.applied_debits.get(&event.event_id) != Some(&fingerprint) {
+        let debit = facts.recorded(&event.account_id, &event.event_id);
+        if !debit.is_some_and(|d| d.is_applied_debit_of(fingerprint)) {
             return Decision::Refuse(Poison::new(
                 FailureKind::OrphanCredit,
                 format!(
@@ -347,18 +424,54 @@ impl Book<'_> {
                 ),
             ));
         }
-        // The debit side checked that this account exists in the transfer's currency, and an
-        // account's currency never changes; a mismatch here means the store was altered.
+        if self.account.currency.as_deref() != Some(event.currency.as_str()) {
+            return Decision::Reject(RejectReason::CurrencyMismatch);
+        }
+        self.credit(event.amount_minor)
+    }
+
+    /// A transfer's reversal: only against its applied debit on this account and the refusal
+    /// of its credit on the counterparty. It gives back what the debit took, so no balance
+    /// limit holds it back; only the 64-bit range does.
+    fn decide_reversal(
+        &self,
+        event: &TransactionEvent,
+        fingerprint: Fingerprint,
+        facts: &Facts,
+    ) -> Decision {
+        let counterparty = event.counterparty_account_id.as_deref().unwrap_or_default();
+        let debit = facts.recorded(self.account_id, &event.event_id);
+        let refusal = facts.recorded(counterparty, &event.event_id);
+        if !debit.is_some_and(|d| d.is_applied_debit_of(fingerprint))
+            || !refusal.is_some_and(|r| r.refuses_credit_of(fingerprint))
+        {
+            return Decision::Refuse(Poison::new(
+                FailureKind::OrphanCredit,
+                format!(
+                    "transfer {:?} is reversed on {:?}, but no applied debit of it there and refused credit on {counterparty:?} are recorded",
+                    event.event_id, self.account_id
+                ),
+            ));
+        }
         if self.account.currency.as_deref() != Some(event.currency.as_str()) {
             return Decision::Refuse(Poison::new(
                 FailureKind::InvalidEvent,
                 format!(
-                    "transfer {:?} credits {:?} in {}, but that account holds {:?}",
+                    "transfer {:?} is reversed on {:?} in {}, but that account holds {:?}",
                     event.event_id, self.account_id, event.currency, self.account.currency
                 ),
             ));
         }
-        Decision::Credit
+        match self.account.balance_minor.checked_add(event.amount_minor) {
+            Some(_) => Decision::Reverse,
+            None => Decision::Refuse(Poison::new(
+                FailureKind::BalanceOverflow,
+                format!(
+                    "reversing transfer {:?} would take {:?} past the 64-bit range; redrive it once the balance is lower",
+                    event.event_id, self.account_id
+                ),
+            )),
+        }
     }
 
     fn currency_differs(&self, currency: &str) -> bool {
@@ -366,6 +479,13 @@ impl Book<'_> {
             .currency
             .as_deref()
             .is_some_and(|held| held != currency)
+    }
+
+    fn credit(&self, amount: i64) -> Decision {
+        match self.account.balance_minor.checked_add(amount) {
+            Some(after) if after <= MAX_BALANCE_MINOR => Decision::Credit,
+            _ => Decision::Reject(RejectReason::BalanceLimitExceeded),
+        }
     }
 
     fn debit(&self, amount: i64) -> Decision {

@@ -3,12 +3,15 @@
 //! Everything here is a plain function over values: no IO, no async, no clock (the time of
 //! processing is an argument). The stages feed it what they read and write what it decides.
 
+pub mod audit;
 pub mod event;
 pub mod failure;
 pub mod ledger;
 pub mod result;
 
-pub use event::{EventType, Fingerprint, TransactionEvent};
+pub use event::{EventType, Fingerprint, IdClaim, TransactionEvent};
 pub use failure::{FailureClass, FailureKind, Move, Poison, RetryPolicy};
-pub use ledger::{Account, Claim, Emission, Facts, LedgerEntry, Leg, Origin, Prior, Settlement};
-pub use result::{Entry, RejectReason, Status, TransactionResult};
+pub use ledger::{
+    Account, Claim, Emission, Facts, LedgerEntry, Leg, Origin, Prior, Recorded, Settlement,
+};
+pub use result::{Entry, RejectReason, Status, TransactionResult, TRANSFER_REVERSED};

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// What an event did to the account.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Entry {
     Debit,
@@ -54,6 +54,33 @@ impl Status {
     }
 }
 
+/// The reason of the compensating credit that reverses a transfer's debit when its credit
+/// was refused.
+pub const TRANSFER_REVERSED: &str = "transfer_reversed";
+
+/// What separates a transfer's event id from the mark of its reversal in a posting key: a
+/// control character, which no event id may hold.
+const REVERSAL_MARK: &str = "\u{1f}reversal";
+
+/// The key of a result on its account: the event id, and for the credit that reverses a
+/// transfer's debit (a second result of the event on the same account) the event id and a
+/// mark no event id can hold.
+pub fn posting_key(event_id: &str, reversal: bool) -> String {
+    if reversal {
+        format!("{event_id}{REVERSAL_MARK}")
+    } else {
+        event_id.to_owned()
+    }
+}
+
+/// The event id of a posting key, and whether the posting is a reversal.
+pub fn event_of_posting_key(key: &str) -> (&str, bool) {
+    match key.strip_suffix(REVERSAL_MARK) {
+        Some(event_id) => (event_id, true),
+        None => (key, false),
+    }
+}
+
 /// Why the ledger refused an event: a business outcome, not a failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RejectReason {
@@ -63,6 +90,8 @@ pub enum RejectReason {
     CurrencyMismatch,
     /// A transfer's counterparty has no applied event yet.
     UnknownAccount,
+    /// The credit would take the balance past [`MAX_BALANCE_MINOR`](super::ledger::MAX_BALANCE_MINOR).
+    BalanceLimitExceeded,
 }
 
 impl RejectReason {
@@ -71,6 +100,7 @@ impl RejectReason {
             RejectReason::InsufficientFunds => "insufficient_funds",
             RejectReason::CurrencyMismatch => "currency_mismatch",
             RejectReason::UnknownAccount => "unknown_account",
+            RejectReason::BalanceLimitExceeded => "balance_limit_exceeded",
         }
     }
 }
@@ -93,6 +123,16 @@ pub struct TransactionResult {
 }
 
 impl TransactionResult {
+    /// Whether this is the credit that reverses a transfer's debit.
+    pub fn is_reversal(&self) -> bool {
+        self.reason.as_deref() == Some(TRANSFER_REVERSED)
+    }
+
+    /// Where the store keeps this result on its account: [`posting_key`] of its event.
+    pub fn posting_key(&self) -> String {
+        posting_key(&self.event_id, self.is_reversal())
+    }
+
     /// The signed change this result made to its account's balance.
     pub fn balance_change(&self) -> i64 {
         match (self.status, self.entry) {

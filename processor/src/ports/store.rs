@@ -7,7 +7,9 @@ use std::future::Future;
 
 use futures::stream::BoxStream;
 
-use crate::domain::{Account, FailureKind, Fingerprint, Prior, Settlement, TransactionResult};
+use crate::domain::{
+    Account, FailureKind, IdClaim, Prior, Recorded, Settlement, TransactionResult,
+};
 
 /// Why the store could not do what was asked.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -47,21 +49,22 @@ impl StoreError {
     }
 }
 
-/// An account and what it already recorded for the event ids asked about.
+/// An account and what it already recorded under the posting keys asked about.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LoadedAccount {
     pub account: Account,
-    /// By event id.
+    /// By posting key.
     pub prior: HashMap<String, Prior>,
 }
 
 /// The ledger's store.
 pub trait LedgerStore: Send + Sync + 'static {
-    /// The account (default when it has no row yet) and its results for `event_ids`.
+    /// The account (default when it has no row yet) and its results under `keys` (posting
+    /// keys: an event id, or a transfer's reversal beside its debit).
     fn load(
         &self,
         account_id: &str,
-        event_ids: &[String],
+        keys: &[String],
     ) -> impl Future<Output = Result<LoadedAccount, StoreError>> + Send;
 
     /// The currency of each of these accounts that exists.
@@ -70,12 +73,20 @@ pub trait LedgerStore: Send + Sync + 'static {
         account_ids: &[String],
     ) -> impl Future<Output = Result<HashMap<String, String>, StoreError>> + Send;
 
-    /// Of these (debited account, event id) pairs, the ones recorded as applied debits, by
-    /// event id, with the fingerprint of the event that was applied.
-    fn applied_debits(
+    /// Claims each event id for its event, unless another claim holds it already; the claim
+    /// that holds each id afterwards, by event id. Conditional, so that of two events
+    /// claiming one id at once exactly one holds it; a claim is never given up.
+    fn claim_event_ids(
         &self,
-        debits: &[(String, String)],
-    ) -> impl Future<Output = Result<HashMap<String, Fingerprint>, StoreError>> + Send;
+        claims: &[IdClaim],
+    ) -> impl Future<Output = Result<HashMap<String, IdClaim>, StoreError>> + Send;
+
+    /// Of these (account, event id) pairs, what each recorded, when it did: read so that a
+    /// result another writer recorded before the asker could know of it is seen.
+    fn recorded(
+        &self,
+        postings: &[(String, String)],
+    ) -> impl Future<Output = Result<HashMap<(String, String), Recorded>, StoreError>> + Send;
 
     /// Writes what `settlement` recorded if the account is still as `before` says and none
     /// of the recorded events is recorded yet. `Ok(false)` means one of the two did not hold
@@ -92,17 +103,17 @@ pub trait LedgerStore: Send + Sync + 'static {
     /// breaker's probe, independent of any account's own trouble.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// One account, if it has any row.
+    /// One account, if it exists: from its first applied event.
     fn account(
         &self,
         account_id: &str,
     ) -> impl Future<Output = Result<Option<Account>, StoreError>> + Send;
 
-    /// Every account, in no particular order.
+    /// Every account that exists, in no particular order.
     fn accounts(&self) -> BoxStream<'_, Result<(String, Account), StoreError>>;
 
-    /// The results recorded for `event_id`, on every account it touched (a transfer has
-    /// two), in no particular order; empty while it has none.
+    /// The results recorded for `event_id`, on every account it touched (a transfer has two,
+    /// or three when it was reversed), in no particular order; empty while it has none.
     fn outcomes(
         &self,
         event_id: &str,

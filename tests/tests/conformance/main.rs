@@ -1,14 +1,18 @@
 //! The conformance suite of `txflow_tests::conformance`, run against each backend: Kafka and
 //! Cassandra, and the embedded database of `txflow dev`.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use txflow::adapters::embedded::Embedded;
+use txflow::adapters::embedded::{Embedded, EmbeddedLedgerStore, EmbeddedLog, EmbeddedPublisher};
 use txflow::adapters::kafka::{Delivery, GroupMember, KafkaLog, KafkaPublisher};
 use txflow::adapters::scylla::{self, ScyllaLedgerStore};
 use txflow::config::Config;
-use txflow_tests::conformance::{the_ledger_settles_retries_and_dead_letters, Topics};
+use txflow_tests::conformance::{
+    a_hostile_workload_keeps_every_invariant, reused_ids_and_balance_limits_move_no_money, seed,
+    the_ledger_settles_retries_and_dead_letters, Backend, Topics,
+};
 use txflow_tests::process::Pipeline;
 use txflow_tests::{cql_contact_points, kafka_bootstrap, read_topic, ReadRecord};
 
@@ -16,9 +20,9 @@ fn tiers(ledger: &str) -> Vec<String> {
     (1..=3).map(|n| format!("{ledger}.retry.{n}")).collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn on_kafka_and_cassandra() {
-    // Topics (with their tiers) and keyspace made as `txflow topics apply` and `migrate` make them.
+/// Fresh topics (with their tiers) and keyspace, made as `txflow topics apply` and `migrate`
+/// make them, on the local stack.
+async fn kafka_and_cassandra() -> Backend<ScyllaLedgerStore, KafkaPublisher, KafkaLog> {
     let pipeline = tokio::task::spawn_blocking(|| Pipeline::new(2))
         .await
         .unwrap();
@@ -48,13 +52,14 @@ async fn on_kafka_and_cassandra() {
     let publisher = KafkaPublisher::new(&config.kafka, Duration::from_secs(10)).unwrap();
     let kafka = config.kafka.clone();
     let ledger = pipeline.ledger_topic.clone();
-    let new_log = |group: &str, tiers: &[String]| {
-        let transactional_id = format!("{group}-{}", pipeline.keyspace);
+    let keyspace = pipeline.keyspace.clone();
+    let new_log = move |group: &str, tiers: &[String]| {
+        let group_id = format!("{group}-{keyspace}");
         KafkaLog::new(
             &kafka,
             &GroupMember {
-                group_id: &format!("{group}-{}", pipeline.keyspace),
-                transactional_id: &transactional_id,
+                group_id: &group_id,
+                transactional_id: &group_id,
                 session_timeout_ms: 6000,
             },
             &[&ledger],
@@ -63,46 +68,92 @@ async fn on_kafka_and_cassandra() {
         )
         .expect("a Kafka log")
     };
-    the_ledger_settles_retries_and_dead_letters(
-        Topics {
+    Backend {
+        topics: Topics {
             ledger: pipeline.ledger_topic.clone(),
             results: pipeline.results_topic.clone(),
             dead_letters: pipeline.dlq_topic.clone(),
             tiers: tiers(&pipeline.ledger_topic),
         },
-        new_log,
+        new_log: Box::new(new_log),
         store,
         publisher,
-        |topic| read_topic(topic, "read_committed"),
-    )
-    .await;
+        read: Box::new(|topic: &str| read_topic(topic, "read_committed")),
+    }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn on_the_embedded_database() {
-    let dir = std::env::temp_dir().join(txflow_tests::unique_name("conformance"));
-    let embedded = Embedded::open(&dir).unwrap();
+/// A data directory of its own, removed when the test ends.
+struct DataDir(PathBuf);
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh embedded database, as `txflow dev` opens it.
+fn embedded(dir: &DataDir) -> Backend<EmbeddedLedgerStore, EmbeddedPublisher, EmbeddedLog> {
+    let embedded = Embedded::open(&dir.0).unwrap();
     let reader = embedded.clone();
     let logs = embedded.clone();
-    the_ledger_settles_retries_and_dead_letters(
-        Topics {
+    Backend {
+        topics: Topics {
             ledger: "txflow.ledger".into(),
             results: "txflow.results".into(),
             dead_letters: "txflow.ledger.dlq".into(),
             tiers: tiers("txflow.ledger"),
         },
-        move |group: &str, tiers: &[String]| logs.log(group, &["txflow.ledger"], tiers),
-        Arc::new(embedded.store()),
-        embedded.publisher(),
-        move |topic| {
+        new_log: Box::new(move |group: &str, tiers: &[String]| {
+            logs.log(group, &["txflow.ledger"], tiers)
+        }),
+        store: Arc::new(embedded.store()),
+        publisher: embedded.publisher(),
+        read: Box::new(move |topic: &str| {
             reader
                 .read_to_end(topic)
                 .unwrap()
                 .into_iter()
                 .map(ReadRecord::from)
                 .collect()
-        },
-    )
-    .await;
-    let _ = std::fs::remove_dir_all(&dir);
+        }),
+    }
+}
+
+fn data_dir(test: &str) -> DataDir {
+    DataDir(std::env::temp_dir().join(txflow_tests::unique_name(test)))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn settles_retries_and_dead_letters_on_kafka_and_cassandra() {
+    the_ledger_settles_retries_and_dead_letters(kafka_and_cassandra().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn settles_retries_and_dead_letters_on_the_embedded_database() {
+    let dir = data_dir("conformance");
+    the_ledger_settles_retries_and_dead_letters(embedded(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reused_ids_and_balance_limits_move_no_money_on_kafka_and_cassandra() {
+    reused_ids_and_balance_limits_move_no_money(kafka_and_cassandra().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reused_ids_and_balance_limits_move_no_money_on_the_embedded_database() {
+    let dir = data_dir("reproductions");
+    reused_ids_and_balance_limits_move_no_money(embedded(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hostile_workload_keeps_every_invariant_on_kafka_and_cassandra() {
+    let seed = seed("hostile on kafka and cassandra");
+    a_hostile_workload_keeps_every_invariant(kafka_and_cassandra().await, seed).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hostile_workload_keeps_every_invariant_on_the_embedded_database() {
+    let dir = data_dir("hostile");
+    let seed = seed("hostile on the embedded database");
+    a_hostile_workload_keeps_every_invariant(embedded(&dir), seed).await;
 }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use txflow::adapters::embedded::Embedded;
+use txflow::domain::ledger::MAX_BALANCE_MINOR;
 use txflow::loadgen::{Workload, WorkloadConfig};
-use txflow::ports::LedgerStore;
 use txflow_tests::invariants::{observe_from, verify_stored, Observed, Source, StoredResult};
 use txflow_tests::process::{start_process, try_http, txflow_command, StageProcess};
 use txflow_tests::{unique_name, ReadRecord};
@@ -70,24 +70,15 @@ impl Dev {
             dlq_topic: "txflow.ledger.dlq",
             read: &read,
         });
-        let store = embedded.store();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let rows = store
+        let rows = embedded
+            .store()
             .recorded()
             .unwrap()
             .into_iter()
-            .map(|result| {
-                let account = runtime
-                    .block_on(store.account(&result.account_id))
-                    .unwrap()
-                    .expect("an account with results");
-                StoredResult {
-                    result,
-                    balance: account.balance_minor,
-                    version: account.version,
-                }
+            .map(|(result, account)| StoredResult {
+                result,
+                balance: account.balance_minor,
+                version: account.version,
             })
             .collect();
         (observed, rows)
@@ -219,23 +210,7 @@ fn an_event_posted_to_dev_is_read_back_over_http() {
         ("authorization", auth.as_str()),
         ("content-type", "application/json"),
     ];
-    let mut transfer = serde_json::json!({
-        "event_id": "dev-http-2", "event_type": "TRANSFER", "account_id": "acct-a",
-        "counterparty_account_id": "acct-b", "amount_minor": 400, "currency": "EUR",
-        "occurred_at": 1_764_000_000_000_i64, "source": "dev-test"
-    });
-    let deposit = serde_json::json!({
-        "event_id": "dev-http-1", "event_type": "DEPOSIT", "account_id": "acct-a",
-        "amount_minor": 1000, "currency": "EUR", "occurred_at": 1_764_000_000_000_i64,
-        "source": "dev-test"
-    });
-    // The counterparty of a transfer must exist: it has an applied event of its own.
-    let opening = serde_json::json!({
-        "event_id": "dev-http-0", "event_type": "DEPOSIT", "account_id": "acct-b",
-        "amount_minor": 1, "currency": "EUR", "occurred_at": 1_764_000_000_000_i64,
-        "source": "dev-test"
-    });
-    for event in [&opening, &deposit, &transfer] {
+    let post = |event: &serde_json::Value| {
         let answer = try_http(
             &address,
             "POST",
@@ -245,7 +220,19 @@ fn an_event_posted_to_dev_is_read_back_over_http() {
         )
         .expect("the gateway answers");
         assert_eq!(answer.status, 202, "{}", answer.body);
-    }
+    };
+    let body = |id: &str, kind: &str, account: &str, to: Option<&str>, amount: i64| {
+        serde_json::json!({
+            "event_id": id, "event_type": kind, "account_id": account,
+            "counterparty_account_id": to, "amount_minor": amount, "currency": "EUR",
+            "occurred_at": 1_764_000_000_000_i64, "source": "dev-test"
+        })
+    };
+    // The counterparty of a transfer must exist: it has an applied event of its own.
+    post(&body("dev-http-0", "DEPOSIT", "acct-b", None, 1));
+    post(&body("dev-http-1", "DEPOSIT", "acct-a", None, 1000));
+    let mut transfer = body("dev-http-2", "TRANSFER", "acct-a", Some("acct-b"), 400);
+    post(&transfer);
     let get = |path: &str| try_http(&address, "GET", path, &headers[..1], b"").expect("an answer");
     let legs = txflow_tests::eventually(
         Duration::from_secs(30),
@@ -263,6 +250,66 @@ fn an_event_posted_to_dev_is_read_back_over_http() {
     );
     assert_eq!(get("/v1/accounts/acct-a").json()["balance_minor"], 600);
     assert_eq!(get("/v1/accounts/acct-b").json()["balance_minor"], 401);
+
+    // An account whose only event was rejected does not exist; a transfer whose credit would
+    // pass the largest balance is debited, refused and reversed, and its outcomes say so.
+    post(&body("dev-http-3", "WITHDRAWAL", "acct-ghost", None, 5));
+    post(&body(
+        "dev-http-4",
+        "DEPOSIT",
+        "acct-full",
+        None,
+        MAX_BALANCE_MINOR,
+    ));
+    post(&body(
+        "dev-http-5",
+        "TRANSFER",
+        "acct-a",
+        Some("acct-full"),
+        100,
+    ));
+    let reversal = txflow_tests::eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let outcomes = get("/v1/events/dev-http-5").json()["outcomes"]
+                .as_array()
+                .cloned()?;
+            (outcomes.len() == 3).then_some(outcomes)
+        },
+        || process.log_text(),
+    );
+    let summary: Vec<(&str, &str, &str, &str)> = reversal
+        .iter()
+        .map(|o| {
+            (
+                o["account_id"].as_str().unwrap(),
+                o["entry"].as_str().unwrap(),
+                o["status"].as_str().unwrap(),
+                o["reason"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("acct-a", "DEBIT", "APPLIED", ""),
+            ("acct-a", "CREDIT", "APPLIED", "transfer_reversed"),
+            ("acct-full", "NONE", "REJECTED", "balance_limit_exceeded"),
+        ]
+    );
+    assert_eq!(get("/v1/accounts/acct-a").json()["balance_minor"], 600);
+    let ghost = get("/v1/accounts/acct-ghost");
+    assert_eq!(
+        (ghost.status, ghost.json()["error"]["code"].as_str()),
+        (404, Some("account_not_found")),
+        "{}",
+        ghost.body
+    );
+    assert_eq!(
+        get("/v1/events/dev-http-3").json()["outcomes"][0]["reason"],
+        "insufficient_funds"
+    );
     transfer["amount_minor"] = serde_json::json!(0);
     let refused = try_http(
         &address,

@@ -78,7 +78,7 @@ fn exhausted_retries_are_dead_lettered_then_redriven_exactly_once() {
         observed
             .given_up
             .iter()
-            .all(|(_, account, _)| account == "acct-7"),
+            .all(|given| given.account == "acct-7"),
         "only the failing account is given up on: {:?}",
         observed.given_up
     );

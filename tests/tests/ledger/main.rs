@@ -4,4 +4,6 @@
 
 mod crashes;
 mod failures;
+mod hostile;
 mod resends;
+mod upgrade;

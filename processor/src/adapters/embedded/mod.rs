@@ -30,10 +30,13 @@ const ENDS: TableDefinition<(&str, u32), u64> = TableDefinition::new("ends");
 const POSITIONS: TableDefinition<(&str, &str, u32), u64> = TableDefinition::new("positions");
 /// Accounts: balance, currency, version.
 const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
-/// Recorded results by event id and account: one insert per result, and an event's results
-/// (a transfer has two) side by side for `GET /v1/events/{id}`. Producers that number or
-/// time-order their event ids get inserts that land next to each other.
+/// Recorded results by posting key (the event id, or a transfer's reversal beside it) and
+/// account: one insert per result, and an event's results (a transfer has two) side by side
+/// for `GET /v1/events/{id}`. Producers that number or time-order their event ids get inserts
+/// that land next to each other.
 const RESULTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("event_results");
+/// The claim that holds each event id: the first event to claim it.
+const EVENT_IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("event_ids");
 /// Results as an earlier build kept them: by account and event id, with a second table of
 /// the accounts each event has a result on. Moved into [`RESULTS`] when a data directory
 /// made by that build is opened.
@@ -97,23 +100,31 @@ impl Embedded {
             db,
             appended: Arc::new(Notify::new()),
         };
+        let existing = embedded.table_names()?;
         embedded.create_tables()?;
-        embedded.move_account_results()?;
+        if existing.iter().any(|n| n == ACCOUNT_RESULTS_V1.name()) {
+            embedded.move_account_results()?;
+        }
+        if !existing.iter().any(|n| n == EVENT_IDS.name()) {
+            store::claim_recorded_event_ids(&embedded.db)?;
+        }
         Ok(embedded)
+    }
+
+    fn table_names(&self) -> Result<Vec<String>, EmbeddedError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let names = txn
+            .list_tables()
+            .map_err(storage)?
+            .map(|table| table.name().to_owned())
+            .collect();
+        Ok(names)
     }
 
     /// Moves the results of a data directory made by an earlier build into [`RESULTS`], in
     /// one transaction: the ledger's idempotency rests on them, so none may be left behind.
     fn move_account_results(&self) -> Result<(), EmbeddedError> {
         let txn = self.db.begin_write().map_err(storage)?;
-        let names: Vec<String> = txn
-            .list_tables()
-            .map_err(storage)?
-            .map(|table| table.name().to_owned())
-            .collect();
-        if !names.iter().any(|n| n == ACCOUNT_RESULTS_V1.name()) {
-            return Ok(());
-        }
         {
             let old = txn.open_table(ACCOUNT_RESULTS_V1).map_err(storage)?;
             let mut new = txn.open_table(RESULTS).map_err(storage)?;
@@ -137,6 +148,7 @@ impl Embedded {
         txn.open_table(POSITIONS).map_err(storage)?;
         txn.open_table(ACCOUNTS).map_err(storage)?;
         txn.open_table(RESULTS).map_err(storage)?;
+        txn.open_table(EVENT_IDS).map_err(storage)?;
         txn.commit().map_err(storage)
     }
 

@@ -10,9 +10,10 @@ use redb::{Database, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use super::writer::Writer;
-use super::{blocking, storage, EmbeddedError, ACCOUNTS, RESULTS};
+use super::{blocking, storage, EmbeddedError, ACCOUNTS, EVENT_IDS, RESULTS};
+use crate::domain::result::{event_of_posting_key, posting_key};
 use crate::domain::{
-    Account, Entry, Fingerprint, Origin, Prior, Settlement, Status, TransactionResult,
+    Account, Fingerprint, IdClaim, Origin, Prior, Recorded, Settlement, Status, TransactionResult,
 };
 use crate::ports::{LedgerStore, LoadedAccount, StoreError};
 
@@ -45,7 +46,7 @@ fn conditions_hold(
         return Ok(None);
     }
     for claim in &settlement.claimed {
-        let origin = result_in(results, account_id, &claim.event_id)?.map(|stored| Origin {
+        let origin = result_in(results, account_id, &claim.key)?.map(|stored| Origin {
             topic: stored.origin_topic,
             partition: stored.origin_partition,
             offset: stored.origin_offset,
@@ -55,8 +56,12 @@ fn conditions_hold(
         }
     }
     for prior in &settlement.recorded {
-        let key = (prior.result.event_id.as_str(), account_id);
-        if results.get(key).map_err(storage)?.is_some() {
+        let key = prior.result.posting_key();
+        if results
+            .get((key.as_str(), account_id))
+            .map_err(storage)?
+            .is_some()
+        {
             return Ok(None);
         }
     }
@@ -72,23 +77,23 @@ fn write_settlement(
     let account_id = write.account_id.as_str();
     let settlement = &write.settlement;
     for claim in &settlement.claimed {
-        if let Some(mut stored) = result_in(results, account_id, &claim.event_id)? {
+        if let Some(mut stored) = result_in(results, account_id, &claim.key)? {
             stored.origin_topic = claim.to.topic.clone();
             stored.origin_partition = claim.to.partition;
             stored.origin_offset = claim.to.offset;
             results
                 .insert(
-                    (claim.event_id.as_str(), account_id),
+                    (claim.key.as_str(), account_id),
                     encode(&stored)?.as_slice(),
                 )
                 .map_err(storage)?;
         }
     }
     for prior in &settlement.recorded {
-        let event_id = prior.result.event_id.as_str();
+        let key = prior.result.posting_key();
         results
             .insert(
-                (event_id, account_id),
+                (key.as_str(), account_id),
                 encode(&StoredResult::of(prior))?.as_slice(),
             )
             .map_err(storage)?;
@@ -153,6 +158,68 @@ impl StoredResult {
     }
 }
 
+/// The claim that holds an event id.
+#[derive(Serialize, Deserialize)]
+struct StoredIdClaim {
+    fingerprint: [u8; 32],
+    accounts: Vec<String>,
+}
+
+impl StoredIdClaim {
+    fn claim(self, event_id: &str) -> IdClaim {
+        IdClaim {
+            event_id: event_id.to_owned(),
+            fingerprint: Fingerprint(self.fingerprint),
+            accounts: self.accounts,
+        }
+    }
+}
+
+/// Claims the event ids of the results a data directory made before ids were claimed holds,
+/// in one transaction: the event of an id's first result (in key order) holds it. Opening
+/// such a directory runs it once.
+pub(super) fn claim_recorded_event_ids(db: &Database) -> Result<(), EmbeddedError> {
+    let txn = db.begin_write().map_err(storage)?;
+    {
+        let results = txn.open_table(RESULTS).map_err(storage)?;
+        let mut ids = txn.open_table(EVENT_IDS).map_err(storage)?;
+        for entry in results.iter().map_err(storage)? {
+            let (key, value) = entry.map_err(storage)?;
+            let (posting, account_id) = key.value();
+            let (event_id, reversal) = event_of_posting_key(posting);
+            if reversal {
+                continue;
+            }
+            let stored: StoredResult = decode(posting, value.value())?;
+            let held = match ids.get(event_id).map_err(storage)? {
+                Some(bytes) => Some(decode::<StoredIdClaim>(event_id, bytes.value())?),
+                None => None,
+            };
+            let claim = match held {
+                None => StoredIdClaim {
+                    fingerprint: stored.fingerprint,
+                    accounts: vec![account_id.to_owned()],
+                },
+                Some(mut held) if held.fingerprint == stored.fingerprint => {
+                    held.accounts.push(account_id.to_owned());
+                    held
+                }
+                Some(_) => {
+                    tracing::warn!(
+                        event_id,
+                        account_id,
+                        "two events were recorded under one event id before ids were claimed; the first holds it"
+                    );
+                    continue;
+                }
+            };
+            ids.insert(event_id, encode(&claim)?.as_slice())
+                .map_err(storage)?;
+        }
+    }
+    txn.commit().map_err(storage)
+}
+
 fn store_error(error: EmbeddedError) -> StoreError {
     match error {
         EmbeddedError::Corrupt(message) => StoreError::Corrupt(message),
@@ -181,16 +248,19 @@ impl EmbeddedLedgerStore {
         EmbeddedLedgerStore { db, writer }
     }
 
-    /// Every recorded result, by account: for audits (and the tests' invariants), which
-    /// check the store against the results topic.
-    pub fn recorded(&self) -> Result<Vec<TransactionResult>, StoreError> {
+    /// Every recorded result with its account's row as stored (an account whose events
+    /// were all rejected included): for audits, and the tests' invariants, which check the
+    /// store against the results topic.
+    pub fn recorded(&self) -> Result<Vec<(TransactionResult, Account)>, StoreError> {
         self.read(|txn| {
             let results = txn.open_table(RESULTS).map_err(storage)?;
+            let accounts = txn.open_table(ACCOUNTS).map_err(storage)?;
             let mut all = Vec::new();
             for entry in results.iter().map_err(storage)? {
                 let (_, value) = entry.map_err(storage)?;
                 let stored: StoredResult = decode("a result", value.value())?;
-                all.push(stored.result);
+                let account = account_in(&accounts, &stored.result.account_id)?.unwrap_or_default();
+                all.push((stored.result, account));
             }
             Ok(all)
         })
@@ -218,30 +288,27 @@ fn account_in(
     }
 }
 
+/// The result `account_id` recorded under posting `key`.
 fn result_in(
     table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
     account_id: &str,
-    event_id: &str,
+    key: &str,
 ) -> Result<Option<StoredResult>, EmbeddedError> {
-    match table.get((event_id, account_id)).map_err(storage)? {
-        Some(bytes) => Ok(Some(decode(event_id, bytes.value())?)),
+    match table.get((key, account_id)).map_err(storage)? {
+        Some(bytes) => Ok(Some(decode(key, bytes.value())?)),
         None => Ok(None),
     }
 }
 
 impl LedgerStore for EmbeddedLedgerStore {
-    async fn load(
-        &self,
-        account_id: &str,
-        event_ids: &[String],
-    ) -> Result<LoadedAccount, StoreError> {
+    async fn load(&self, account_id: &str, keys: &[String]) -> Result<LoadedAccount, StoreError> {
         self.read(|txn| {
             let accounts = txn.open_table(ACCOUNTS).map_err(storage)?;
             let results = txn.open_table(RESULTS).map_err(storage)?;
             let mut prior = HashMap::new();
-            for event_id in event_ids {
-                if let Some(stored) = result_in(&results, account_id, event_id)? {
-                    prior.insert(event_id.clone(), stored.prior());
+            for key in keys {
+                if let Some(stored) = result_in(&results, account_id, key)? {
+                    prior.insert(key.clone(), stored.prior());
                 }
             }
             Ok(LoadedAccount {
@@ -268,23 +335,64 @@ impl LedgerStore for EmbeddedLedgerStore {
         })
     }
 
-    async fn applied_debits(
+    async fn claim_event_ids(
         &self,
-        debits: &[(String, String)],
-    ) -> Result<HashMap<String, Fingerprint>, StoreError> {
+        claims: &[IdClaim],
+    ) -> Result<HashMap<String, IdClaim>, StoreError> {
+        let claims = claims.to_vec();
+        // Not flushed on its own, like the writes it comes before: a claim lost in a crash
+        // takes every later write with it, and its batch is read again.
+        self.writer
+            .write(false, move |txn| {
+                let mut ids = txn.open_table(EVENT_IDS).map_err(storage)?;
+                let mut holders = HashMap::with_capacity(claims.len());
+                for claim in claims {
+                    let held = match ids.get(claim.event_id.as_str()).map_err(storage)? {
+                        Some(bytes) => {
+                            Some(decode::<StoredIdClaim>(&claim.event_id, bytes.value())?)
+                        }
+                        None => None,
+                    };
+                    let holder = match held {
+                        Some(held) => held.claim(&claim.event_id),
+                        None => {
+                            let stored = StoredIdClaim {
+                                fingerprint: claim.fingerprint.0,
+                                accounts: claim.accounts.clone(),
+                            };
+                            ids.insert(claim.event_id.as_str(), encode(&stored)?.as_slice())
+                                .map_err(storage)?;
+                            claim
+                        }
+                    };
+                    holders.insert(holder.event_id.clone(), holder);
+                }
+                Ok(holders)
+            })
+            .await
+            .map_err(store_error)
+    }
+
+    async fn recorded(
+        &self,
+        postings: &[(String, String)],
+    ) -> Result<HashMap<(String, String), Recorded>, StoreError> {
         self.read(|txn| {
             let results = txn.open_table(RESULTS).map_err(storage)?;
-            let mut applied = HashMap::new();
-            for (account_id, event_id) in debits {
+            let mut recorded = HashMap::new();
+            for (account_id, event_id) in postings {
                 if let Some(stored) = result_in(&results, account_id, event_id)? {
-                    if stored.result.entry == Entry::Debit
-                        && stored.result.status == Status::Applied
-                    {
-                        applied.insert(event_id.clone(), Fingerprint(stored.fingerprint));
-                    }
+                    recorded.insert(
+                        (account_id.clone(), event_id.clone()),
+                        Recorded {
+                            fingerprint: Fingerprint(stored.fingerprint),
+                            entry: stored.result.entry,
+                            status: stored.result.status,
+                        },
+                    );
                 }
             }
-            Ok(applied)
+            Ok(recorded)
         })
     }
 
@@ -331,7 +439,7 @@ impl LedgerStore for EmbeddedLedgerStore {
     async fn account(&self, account_id: &str) -> Result<Option<Account>, StoreError> {
         self.read(|txn| {
             let accounts = txn.open_table(ACCOUNTS).map_err(storage)?;
-            account_in(&accounts, account_id)
+            Ok(account_in(&accounts, account_id)?.filter(exists))
         })
     }
 
@@ -343,7 +451,9 @@ impl LedgerStore for EmbeddedLedgerStore {
                 let (key, value) = entry.map_err(storage)?;
                 let account_id = key.value().to_owned();
                 let account = account_of(decode(&account_id, value.value())?);
-                all.push((account_id, account));
+                if exists(&account) {
+                    all.push((account_id, account));
+                }
             }
             Ok(all)
         });
@@ -355,17 +465,34 @@ impl LedgerStore for EmbeddedLedgerStore {
 
     async fn outcomes(&self, event_id: &str) -> Result<Vec<TransactionResult>, StoreError> {
         self.read(|txn| {
+            let ids = txn.open_table(EVENT_IDS).map_err(storage)?;
+            let Some(holder) = ids.get(event_id).map_err(storage)? else {
+                return Ok(Vec::new());
+            };
+            // Only the results of the event that holds the id: an earlier build may have
+            // recorded another event under it.
+            let holder: StoredIdClaim = decode(event_id, holder.value())?;
             let results = txn.open_table(RESULTS).map_err(storage)?;
             let mut outcomes = Vec::new();
-            for entry in results.range((event_id, "")..).map_err(storage)? {
-                let (key, value) = entry.map_err(storage)?;
-                if key.value().0 != event_id {
-                    break;
+            for key in [posting_key(event_id, false), posting_key(event_id, true)] {
+                for entry in results.range((key.as_str(), "")..).map_err(storage)? {
+                    let (stored_key, value) = entry.map_err(storage)?;
+                    if stored_key.value().0 != key {
+                        break;
+                    }
+                    let stored: StoredResult = decode(event_id, value.value())?;
+                    if stored.fingerprint == holder.fingerprint {
+                        outcomes.push(stored.result);
+                    }
                 }
-                let stored: StoredResult = decode(event_id, value.value())?;
-                outcomes.push(stored.result);
             }
             Ok(outcomes)
         })
     }
+}
+
+/// An account exists from its first applied event, which sets its currency: one whose
+/// events were all rejected has a row (its version counts them) but does not exist.
+fn exists(account: &Account) -> bool {
+    account.currency.is_some()
 }

@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use super::*;
+use crate::adapters::embedded::EmbeddedLedgerStore;
 use crate::domain::{
-    Account, Entry, Fingerprint, Origin, Prior, Settlement, Status, TransactionResult,
+    Account, Entry, Fingerprint, IdClaim, Origin, Prior, Settlement, Status, TransactionResult,
 };
 use crate::pipeline::now_ms;
 use crate::ports::{LedgerStore, Log, OutputRecord, Publisher};
@@ -173,6 +174,19 @@ fn prior(event_id: &str, version: i64, balance: i64) -> Prior {
     }
 }
 
+/// Claims each event id for the event of `prior`, as the ledger does before it records.
+async fn claim(store: &EmbeddedLedgerStore, priors: &[&Prior]) {
+    let claims: Vec<IdClaim> = priors
+        .iter()
+        .map(|p| IdClaim {
+            event_id: p.result.event_id.clone(),
+            fingerprint: p.fingerprint,
+            accounts: vec![p.result.account_id.clone()],
+        })
+        .collect();
+    store.claim_event_ids(&claims).await.unwrap();
+}
+
 fn settlement(priors: Vec<Prior>) -> Settlement {
     let last = priors.last().unwrap().result.clone();
     Settlement {
@@ -194,6 +208,7 @@ async fn a_write_applies_only_on_the_version_it_was_computed_from_and_only_once(
     let store = embedded.store();
     let fresh = Account::default();
     let first = settlement(vec![prior("e-1", 1, 100), prior("e-2", 2, 200)]);
+    claim(&store, &first.recorded.iter().collect::<Vec<_>>()).await;
     assert!(store.record("acct-1", &fresh, &first).await.unwrap());
     assert!(
         !store.record("acct-1", &fresh, &first).await.unwrap(),
@@ -254,6 +269,7 @@ async fn results_of_a_data_directory_from_an_earlier_build_are_kept() {
                 by_event.insert((event_id, "acct-1"), ()).unwrap();
             }
         }
+        txn.delete_table(EVENT_IDS).unwrap();
         txn.commit().unwrap();
     }
     let embedded = Embedded::open(&dir.0).unwrap();
@@ -298,6 +314,7 @@ async fn an_events_outcomes_are_its_results_on_every_account_and_no_others() {
         settlement(vec![p])
     };
     for (account, event_id) in [("acct-1", "e-1"), ("acct-2", "e-1"), ("acct-3", "e-10")] {
+        claim(&store, &[&on(account, event_id).recorded[0]]).await;
         assert!(store
             .record(account, &Account::default(), &on(account, event_id))
             .await
@@ -312,4 +329,89 @@ async fn an_events_outcomes_are_its_results_on_every_account_and_no_others() {
         .collect();
     accounts.sort();
     assert_eq!(accounts, ["acct-1", "acct-2"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_directory_from_before_event_ids_were_claimed_has_them_claimed_at_open() {
+    let dir = TempDir::new("claims");
+    let on = |account: &str, event_id: &str, fingerprint: u8| {
+        let mut p = prior(event_id, 1, 100);
+        p.result.account_id = account.to_owned();
+        p.fingerprint = Fingerprint([fingerprint; 32]);
+        settlement(vec![p])
+    };
+    {
+        let embedded = Embedded::open(&dir.0).unwrap();
+        let store = embedded.store();
+        // A transfer's two legs, and an id an earlier build recorded for two events.
+        for (account, event_id, fingerprint) in [
+            ("acct-1", "t-1", 7),
+            ("acct-2", "t-1", 7),
+            ("acct-3", "e-9", 8),
+            ("acct-4", "e-9", 9),
+        ] {
+            assert!(store
+                .record(
+                    account,
+                    &Account::default(),
+                    &on(account, event_id, fingerprint)
+                )
+                .await
+                .unwrap());
+        }
+        let txn = embedded.db.begin_write().unwrap();
+        txn.delete_table(EVENT_IDS).unwrap();
+        txn.commit().unwrap();
+    }
+    let store = Embedded::open(&dir.0).unwrap().store();
+    let claim = |event_id: &str, fingerprint: u8| IdClaim {
+        event_id: event_id.to_owned(),
+        fingerprint: Fingerprint([fingerprint; 32]),
+        accounts: vec!["acct-5".to_owned()],
+    };
+    let holders = store
+        .claim_event_ids(&[claim("t-1", 1), claim("e-9", 1), claim("new", 1)])
+        .await
+        .unwrap();
+    assert_eq!(holders["t-1"].fingerprint, Fingerprint([7; 32]));
+    assert_eq!(holders["t-1"].accounts, ["acct-1", "acct-2"]);
+    assert_eq!(
+        holders["e-9"].fingerprint,
+        Fingerprint([8; 32]),
+        "the first recorded holds it"
+    );
+    assert_eq!(holders["new"], claim("new", 1), "a new id is claimed");
+    let again = store.claim_event_ids(&[claim("new", 2)]).await.unwrap();
+    assert_eq!(again["new"].fingerprint, Fingerprint([1; 32]), "for good");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_account_exists_from_its_first_applied_event() {
+    let dir = TempDir::new("exists");
+    let store = Embedded::open(&dir.0).unwrap().store();
+    let mut rejected = prior("e-1", 1, 0);
+    rejected.result.status = Status::Rejected;
+    rejected.result.entry = Entry::None;
+    rejected.result.reason = Some("insufficient_funds".into());
+    let mut only_rejected = settlement(vec![rejected]);
+    only_rejected.account.currency = None;
+    assert!(store
+        .record("acct-1", &Account::default(), &only_rejected)
+        .await
+        .unwrap());
+    assert_eq!(store.account("acct-1").await.unwrap(), None);
+    assert!(store
+        .currencies(&["acct-1".into()])
+        .await
+        .unwrap()
+        .is_empty());
+    let applied = settlement(vec![prior("e-2", 2, 100)]);
+    let before = store.load("acct-1", &[]).await.unwrap().account;
+    assert_eq!(before.version, 1, "the rejection still counts");
+    assert!(store.record("acct-1", &before, &applied).await.unwrap());
+    let now = store.account("acct-1").await.unwrap().unwrap();
+    assert_eq!((now.balance_minor, now.version), (100, 2));
+    use futures::StreamExt;
+    let listed: Vec<_> = store.accounts().collect().await;
+    assert_eq!(listed.len(), 1);
 }

@@ -201,7 +201,7 @@ fn a_redriven_dead_letter_claims_its_unpublished_result_once() {
     assert_eq!(
         claimed.claimed,
         vec![Claim {
-            event_id: "e1".to_owned(),
+            key: "e1".to_owned(),
             from: origin(3),
             to: origin(90),
         }]
@@ -238,6 +238,20 @@ fn a_redriven_dead_letter_claims_its_unpublished_result_once() {
     assert!(other.claimed.is_empty());
 }
 
+/// Facts in which `transfer`'s debit is recorded as applied.
+fn debited(transfer: &TransactionEvent) -> Facts {
+    let mut facts = Facts::default();
+    facts.recorded.insert(
+        (transfer.account_id.clone(), transfer.event_id.clone()),
+        Recorded {
+            fingerprint: transfer.fingerprint(),
+            entry: Entry::Debit,
+            status: Status::Applied,
+        },
+    );
+    facts
+}
+
 #[test]
 fn a_credit_leg_applies_only_against_a_recorded_applied_debit() {
     let t = transfer("t", "a", "b", 40);
@@ -255,21 +269,14 @@ fn a_credit_leg_applies_only_against_a_recorded_applied_debit() {
 
     let mut tampered = t.clone();
     tampered.amount_minor = 4000;
-    let facts = Facts {
-        applied_debits: HashMap::from([("t".to_owned(), tampered.fingerprint())]),
-        ..Facts::default()
-    };
+    let facts = debited(&tampered);
     let s = settle_one(eur_account(5, 1), credit.clone(), &facts);
     assert!(
         matches!(&s.emissions[..], [Emission::DeadLetter { .. }]),
         "a credit must match its debit's payload"
     );
 
-    let facts = Facts {
-        applied_debits: HashMap::from([("t".to_owned(), t.fingerprint())]),
-        ..Facts::default()
-    };
-    let s = settle_one(eur_account(5, 1), credit, &facts);
+    let s = settle_one(eur_account(5, 1), credit, &debited(&t));
     let r = one_result(&s);
     assert_eq!(
         (r.account_id.as_str(), r.entry, r.balance_after_minor),
@@ -368,16 +375,213 @@ fn duplicates_inside_one_batch_are_caught_too() {
 }
 
 #[test]
-fn a_credit_past_the_largest_balance_is_dead_lettered_not_wrapped() {
+fn a_deposit_past_the_largest_balance_is_rejected_with_a_result() {
+    for (balance, amount) in [
+        (MAX_BALANCE_MINOR - 5, 6),
+        (0, MAX_BALANCE_MINOR + 1),
+        (MAX_BALANCE_MINOR, i64::MAX),
+    ] {
+        let s = settle_one(
+            eur_account(balance, 1),
+            primary(event("e", EventType::Deposit, "a", amount), 0),
+            &Facts::default(),
+        );
+        let r = one_result(&s);
+        assert_eq!(
+            (r.status, r.reason.as_deref(), r.balance_after_minor),
+            (Status::Rejected, Some("balance_limit_exceeded"), balance)
+        );
+        assert_eq!(s.account, eur_account(balance, 2));
+    }
     let s = settle_one(
-        eur_account(i64::MAX - 5, 1),
-        primary(event("e", EventType::Deposit, "a", 6), 0),
+        eur_account(MAX_BALANCE_MINOR - 5, 1),
+        primary(event("e", EventType::Deposit, "a", 5), 0),
         &Facts::default(),
+    );
+    assert_eq!(one_result(&s).balance_after_minor, MAX_BALANCE_MINOR);
+}
+
+/// What a result posted where: account, entry, status, reason.
+fn posting(r: &TransactionResult) -> (&str, Entry, Status, Option<&str>) {
+    (
+        r.account_id.as_str(),
+        r.entry,
+        r.status,
+        r.reason.as_deref(),
+    )
+}
+
+fn credit_leg(transfer: &TransactionEvent, offset: i64) -> LedgerEntry {
+    LedgerEntry {
+        leg: Leg::TransferCredit,
+        ..primary(transfer.clone(), offset)
+    }
+}
+
+fn reversal_leg(transfer: &TransactionEvent, offset: i64) -> LedgerEntry {
+    LedgerEntry {
+        leg: Leg::TransferReversal,
+        ..primary(transfer.clone(), offset)
+    }
+}
+
+#[test]
+fn a_credit_past_the_largest_balance_is_rejected_and_sends_the_reversal() {
+    let t = transfer("t", "a", "b", 10);
+    let s = settle_one(
+        eur_account(MAX_BALANCE_MINOR - 9, 4),
+        credit_leg(&t, 5),
+        &debited(&t),
+    );
+    assert_eq!(s.emissions.len(), 2, "{:?}", s.emissions);
+    assert_eq!(
+        posting(one_result(&s)),
+        (
+            "b",
+            Entry::None,
+            Status::Rejected,
+            Some("balance_limit_exceeded")
+        )
+    );
+    assert_eq!(s.emissions[1], Emission::Reversal(t.clone()));
+    assert_eq!(s.account, eur_account(MAX_BALANCE_MINOR - 9, 5));
+
+    // Replayed at the same position: the same rejection and the same reversal again.
+    let prior = HashMap::from([("t".to_owned(), s.recorded[0].clone())]);
+    let replay = settle(
+        "b",
+        s.account.clone(),
+        &prior,
+        &[credit_leg(&t, 5)],
+        &debited(&t),
+        NOW + 1,
+    );
+    assert_eq!(replay.emissions, s.emissions);
+    assert!(replay.recorded.is_empty());
+}
+
+#[test]
+fn a_credit_on_an_account_whose_currency_changed_is_rejected_and_sends_the_reversal() {
+    let t = transfer("t", "a", "b", 10);
+    let usd = Account {
+        currency: Some("USD".to_owned()),
+        ..eur_account(0, 1)
+    };
+    let s = settle_one(usd, credit_leg(&t, 5), &debited(&t));
+    assert_eq!(one_result(&s).reason.as_deref(), Some("currency_mismatch"));
+    assert_eq!(s.emissions[1], Emission::Reversal(t));
+}
+
+#[test]
+fn a_credit_whose_id_another_event_holds_on_the_account_sends_the_reversal() {
+    let t = transfer("t", "a", "b", 10);
+    let other = event("t", EventType::Deposit, "b", 3);
+    let held = settle_one(Account::default(), primary(other, 1), &Facts::default());
+    let prior = HashMap::from([("t".to_owned(), held.recorded[0].clone())]);
+    let s = settle(
+        "b",
+        held.account.clone(),
+        &prior,
+        &[credit_leg(&t, 5)],
+        &debited(&t),
+        NOW,
+    );
+    assert_eq!(s.emissions, vec![Emission::Reversal(t)]);
+    assert!(s.recorded.is_empty());
+    assert_eq!(s.account, held.account);
+}
+
+/// Facts in which `transfer` is debited on its account and its credit refused.
+fn refused(transfer: &TransactionEvent) -> Facts {
+    let mut facts = debited(transfer);
+    facts.recorded.insert(
+        (
+            transfer.counterparty_account_id.clone().unwrap(),
+            transfer.event_id.clone(),
+        ),
+        Recorded {
+            fingerprint: transfer.fingerprint(),
+            entry: Entry::None,
+            status: Status::Rejected,
+        },
+    );
+    facts
+}
+
+#[test]
+fn a_reversal_gives_the_debit_back_once_beyond_the_limit_if_need_be() {
+    let t = transfer("t", "a", "b", 10);
+    let s = settle_one(
+        eur_account(MAX_BALANCE_MINOR, 7),
+        reversal_leg(&t, 9),
+        &refused(&t),
+    );
+    let r = one_result(&s);
+    assert_eq!(
+        posting(r),
+        ("a", Entry::Credit, Status::Applied, Some(TRANSFER_REVERSED))
+    );
+    assert_eq!(r.balance_after_minor, MAX_BALANCE_MINOR + 10);
+    assert_eq!(s.recorded[0].result.posting_key(), "t\u{1f}reversal");
+
+    // The debit is recorded under the event id, the reversal beside it: a second reversal
+    // from another position is a re-send.
+    let prior = HashMap::from([(s.recorded[0].result.posting_key(), s.recorded[0].clone())]);
+    let again = settle(
+        "a",
+        s.account.clone(),
+        &prior,
+        &[reversal_leg(&t, 11)],
+        &refused(&t),
+        NOW,
+    );
+    assert_eq!(again.emissions, vec![Emission::Duplicate { entry: 0 }]);
+    assert_eq!(again.account, s.account);
+}
+
+#[test]
+fn a_reversal_applies_only_against_its_debit_and_the_refusal_of_its_credit() {
+    let t = transfer("t", "a", "b", 10);
+    let orphan = |facts: &Facts| {
+        let s = settle_one(eur_account(5, 1), reversal_leg(&t, 9), facts);
+        assert!(
+            matches!(&s.emissions[..], [Emission::DeadLetter { poison, .. }] if poison.kind == FailureKind::OrphanCredit),
+            "{:?}",
+            s.emissions
+        );
+        assert_eq!(s.account, eur_account(5, 1));
+    };
+    orphan(&Facts::default());
+    orphan(&debited(&t));
+    let mut credited = debited(&t);
+    credited.recorded.insert(
+        ("b".to_owned(), "t".to_owned()),
+        Recorded {
+            fingerprint: t.fingerprint(),
+            entry: Entry::Credit,
+            status: Status::Applied,
+        },
+    );
+    orphan(&credited);
+    let mut not_debited = refused(&t);
+    not_debited
+        .recorded
+        .remove(&("a".to_owned(), "t".to_owned()));
+    orphan(&not_debited);
+}
+
+#[test]
+fn a_reversal_past_the_64_bit_range_waits_in_the_dead_letters() {
+    let t = transfer("t", "a", "b", 10);
+    let s = settle_one(
+        eur_account(i64::MAX - 9, 3),
+        reversal_leg(&t, 9),
+        &refused(&t),
     );
     assert!(
         matches!(&s.emissions[..], [Emission::DeadLetter { poison, .. }] if poison.kind == FailureKind::BalanceOverflow)
     );
-    assert_eq!(s.account, eur_account(i64::MAX - 5, 1));
+    assert_eq!(s.account, eur_account(i64::MAX - 9, 3));
 }
 
 // ------------------------------------------------------------------ the whole ledger, simulated
@@ -420,25 +624,29 @@ impl World {
         let mut facts = Facts::default();
         for entry in &entries {
             let e = &entry.event;
-            if let Some(counterparty) = &e.counterparty_account_id {
-                if let Some(currency) = self
-                    .accounts
-                    .get(counterparty)
-                    .and_then(|a| a.currency.clone())
-                {
-                    facts
-                        .counterparty_currency
-                        .insert(counterparty.clone(), currency);
-                }
-                if let Some(p) = self
-                    .recorded
-                    .get(&(e.account_id.clone(), e.event_id.clone()))
-                {
-                    if p.result.status == Status::Applied && p.result.entry == Entry::Debit {
-                        facts
-                            .applied_debits
-                            .insert(e.event_id.clone(), p.fingerprint);
-                    }
+            let Some(counterparty) = &e.counterparty_account_id else {
+                continue;
+            };
+            if let Some(currency) = self
+                .accounts
+                .get(counterparty)
+                .and_then(|a| a.currency.clone())
+            {
+                facts
+                    .counterparty_currency
+                    .insert(counterparty.clone(), currency);
+            }
+            for account in [&e.account_id, counterparty] {
+                let key = (account.clone(), e.event_id.clone());
+                if let Some(p) = self.recorded.get(&key) {
+                    facts.recorded.insert(
+                        key,
+                        Recorded {
+                            fingerprint: p.fingerprint,
+                            entry: p.result.entry,
+                            status: p.result.status,
+                        },
+                    );
                 }
             }
         }
@@ -448,17 +656,14 @@ impl World {
             let account = self.accounts.get(&account_id).cloned().unwrap_or_default();
             let prior: HashMap<String, Prior> = entries
                 .iter()
-                .filter_map(|e| {
-                    self.recorded
-                        .get(&(account_id.clone(), e.event.event_id.clone()))
-                })
-                .map(|p| (p.result.event_id.clone(), p.clone()))
+                .filter_map(|e| self.recorded.get(&(account_id.clone(), e.posting_key())))
+                .map(|p| (p.result.posting_key(), p.clone()))
                 .collect();
             let s = settle(&account_id, account, &prior, &entries, &facts, NOW);
             self.accounts.insert(account_id.clone(), s.account);
             for p in s.recorded {
                 self.recorded
-                    .insert((account_id.clone(), p.result.event_id.clone()), p);
+                    .insert((account_id.clone(), p.result.posting_key()), p);
             }
             for emission in s.emissions {
                 if let Emission::DeadLetter { entry, poison } = &emission {
@@ -474,6 +679,7 @@ impl World {
             match output {
                 Emission::Result(r) => self.published.push(r),
                 Emission::Credit(e) => self.append(e, Leg::TransferCredit),
+                Emission::Reversal(e) => self.append(e, Leg::TransferReversal),
                 Emission::DeadLetter { .. } | Emission::Duplicate { .. } => {}
             }
         }

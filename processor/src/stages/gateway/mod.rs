@@ -234,7 +234,11 @@ async fn get_event<P: Publisher, S: LedgerStore>(
                     format!("no outcome is recorded for event {event_id:?} (yet: an accepted event has one once the ledger applied or rejected it)"),
                 ));
             }
-            outcomes.sort_by(|a, b| a.account_id.cmp(&b.account_id));
+            // By account, and on an account in the order they were recorded: a transfer's
+            // debit before its reversal.
+            outcomes.sort_by(|a, b| {
+                (&a.account_id, a.account_version).cmp(&(&b.account_id, b.account_version))
+            });
             Ok(Json(json!({"event_id": event_id, "outcomes": outcomes})).into_response())
         })
         .await

@@ -1,9 +1,12 @@
 //! The ledger stage: `txflow.ledger` → balances in the store, results on `txflow.results`,
-//! transfer credits back on `txflow.ledger` keyed by the counterparty; failures to the retry
-//! tiers `txflow.ledger.retry.<n>` or the dead letters `txflow.ledger.dlq`.
+//! transfer credits back on `txflow.ledger` keyed by the counterparty (and reversals keyed by
+//! the debited account); failures to the retry tiers `txflow.ledger.retry.<n>` or the dead
+//! letters `txflow.ledger.dlq`.
 //!
-//! A batch is decoded and validated, grouped by account, and each account is settled by the
-//! pure [`settle`] against what the store holds, then recorded with one conditional write.
+//! A batch is decoded and validated, its event ids claimed (an id names one event across all
+//! accounts: any other event under a claimed id is a conflict), grouped by account, and each
+//! account is settled by the pure [`settle`] against what the store holds, then recorded with
+//! one conditional write.
 //! When another writer (a zombie of this stage, or a concurrent owner during a rebalance)
 //! moved the account on first, the account is loaded and settled again: the results it
 //! already recorded come back as replays, identical to the first.
@@ -15,16 +18,19 @@
 //! consumed yet), so it survives a crash or a rebalance. When the store's circuit breaker
 //! opens, nothing goes to the tiers: the batch waits and is read again.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use futures::stream::{self, StreamExt};
 use governor::DefaultDirectRateLimiter;
+use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::codec::{Codec, Record};
 use crate::domain::ledger::settle;
-use crate::domain::{Account, Emission, Facts, FailureKind, LedgerEntry, Leg, Origin, Poison};
+use crate::domain::{
+    Account, Emission, Facts, FailureKind, LedgerEntry, Leg, Origin, Poison, Settlement,
+};
 use crate::pipeline::breaker::{Breaker, CircuitState};
 use crate::pipeline::failures::{redriven_from, FailureRoutes, Retry};
 use crate::pipeline::uncommitted::Uncommitted;
@@ -35,15 +41,17 @@ mod parked;
 
 use parked::ParkedAccounts;
 
-/// The header that marks a transfer's credit leg on the ledger topic.
+/// The header that marks the legs of a transfer the ledger writes back to the ledger topic.
 pub const LEG_HEADER: &str = "txflow.leg";
 /// Its value on a credit leg; a record without the header is a primary entry.
 pub const TRANSFER_CREDIT: &[u8] = b"transfer-credit";
+/// Its value on a reversal.
+pub const TRANSFER_REVERSAL: &[u8] = b"transfer-reversal";
 
 /// Where the ledger reads and writes.
 #[derive(Clone, Debug)]
 pub struct LedgerTopics {
-    /// `txflow.ledger`: events, and the credit legs this stage writes.
+    /// `txflow.ledger`: events, and the credit legs and reversals this stage writes.
     pub input: String,
     pub results: String,
 }
@@ -96,6 +104,7 @@ pub struct LedgerSettings {
 pub struct LedgerCounts {
     pub results: usize,
     pub credits: usize,
+    pub reversals: usize,
     pub dead_letters: usize,
     pub duplicates: usize,
     /// Records sent to a retry tier after a transient failure.
@@ -109,6 +118,7 @@ impl Tally for LedgerCounts {
         vec![
             ("result", self.results as u64),
             ("credit", self.credits as u64),
+            ("reversal", self.reversals as u64),
             ("dead_letter", self.dead_letters as u64),
             ("duplicate", self.duplicates as u64),
             ("retry", self.retries as u64),
@@ -176,16 +186,19 @@ impl<S: LedgerStore> Ledger<S> {
     /// A record of the ledger topic (or of its retry tiers) as an entry, or why it is poison.
     fn decode(&self, record: &InputRecord) -> Result<LedgerEntry, Poison> {
         let event = self.codec.valid_event(record.value.as_deref())?;
+        let transfer = event.counterparty_account_id.is_some();
         let leg = match record.header(LEG_HEADER) {
             None => Leg::Primary,
-            Some(TRANSFER_CREDIT) if event.counterparty_account_id.is_some() => Leg::TransferCredit,
+            Some(TRANSFER_CREDIT) if transfer => Leg::TransferCredit,
+            Some(TRANSFER_REVERSAL) if transfer => Leg::TransferReversal,
             Some(other) => {
                 return Err(Poison::new(
                     FailureKind::InvalidEvent,
                     format!(
-                        "header {LEG_HEADER} is {:?}; only {:?} on a TRANSFER is known",
+                        "header {LEG_HEADER} is {:?}; only {:?} or {:?} on a TRANSFER is known",
                         String::from_utf8_lossy(other),
-                        String::from_utf8_lossy(TRANSFER_CREDIT)
+                        String::from_utf8_lossy(TRANSFER_CREDIT),
+                        String::from_utf8_lossy(TRANSFER_REVERSAL)
                     ),
                 ));
             }
@@ -215,19 +228,115 @@ impl<S: LedgerStore> Ledger<S> {
         Ok(entry)
     }
 
-    /// What the batch needs to know beyond each account: counterparties of transfers, and
-    /// the debits behind credit legs.
-    async fn facts(&self, entries: &[&LedgerEntry]) -> Result<Facts, StoreError> {
+    /// Records parked behind their account's retries go to wait on the tiers, poison to the
+    /// dead letters; the rest, decoded, are what the batch settles.
+    fn triage(&self, out: &mut Outcome<'_>) -> Vec<Pending> {
+        let batch = out.batch;
+        let mut in_batch: HashMap<parked::Key, BTreeSet<i64>> = HashMap::new();
+        for record in batch {
+            if self.failures.tier_of(&record.topic).is_some() {
+                let key = parking_of(record);
+                let offset = self.failures.original_offset(record);
+                in_batch.entry(key.clone()).or_default().insert(offset);
+                out.changes.consumed.push((key, offset));
+            }
+        }
+        let no_retries = BTreeSet::new();
+        let mut pending = Vec::with_capacity(batch.len());
+        // The parked accounts, locked once for the batch (no await while held), as they stand
+        // once the batches before it commit.
+        let committed = self.parked.lock().expect("the parking lock");
+        let uncommitted = self.staged.lock();
+        let provisional;
+        let parked = if uncommitted.iter().all(parked::Changes::is_empty) {
+            &*committed
+        } else {
+            provisional = committed.with(uncommitted.iter());
+            &provisional
+        };
+        for (index, record) in batch.iter().enumerate() {
+            let parking = parking_of(record);
+            let original_offset = self.failures.original_offset(record);
+            let blocked = parked.blocked(
+                &parking,
+                original_offset,
+                in_batch.get(&parking).unwrap_or(&no_retries),
+            );
+            if let Some(latest) = blocked {
+                // It waits as long as the latest of its account; a later retry record of the
+                // account may push that further.
+                let behind = match self.failures.retry_of(record) {
+                    Some(own) if own.due > latest.due => own,
+                    _ => latest,
+                };
+                out.counts.parked += 1;
+                out.outputs.push(self.failures.parked(record, behind));
+                out.changes.parked.push((parking, original_offset, behind));
+                continue;
+            }
+            match self.decode(record) {
+                Ok(entry) => pending.push(Pending {
+                    index,
+                    entry,
+                    parking,
+                    original_offset,
+                }),
+                Err(poison) => self.dead_letter(out, index, &poison),
+            }
+        }
+        pending
+    }
+
+    /// Claims the event id of every new event of the batch (the first of the batch's events
+    /// under each id claims it); the events whose id another event holds, by batch index,
+    /// with why: conflicts. Credit legs and reversals are the legs of an event whose debit
+    /// claimed its id.
+    async fn claim_ids(&self, pending: &[Pending]) -> Result<Vec<(usize, Poison)>, StoreError> {
+        let mut ids = HashSet::new();
+        let claims: Vec<_> = pending
+            .iter()
+            .filter(|p| p.entry.leg == Leg::Primary && ids.insert(&p.entry.event.event_id))
+            .map(|p| p.entry.event.id_claim())
+            .collect();
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        let holders = self
+            .breaker
+            .guard(None, self.store.claim_event_ids(&claims))
+            .await?;
+        let mut conflicts = Vec::new();
+        for p in pending.iter().filter(|p| p.entry.leg == Leg::Primary) {
+            let id = &p.entry.event.event_id;
+            let holder = holders.get(id).ok_or_else(|| {
+                StoreError::Corrupt(format!("the claim of event id {id:?} came back without it"))
+            })?;
+            if let Err(poison) = p.entry.event.id_claim().against(holder) {
+                conflicts.push((p.index, poison));
+            }
+        }
+        Ok(conflicts)
+    }
+
+    /// What the batch needs to know beyond each account: counterparties of transfers, the
+    /// debits behind credit legs, and the debits and refused credits behind reversals.
+    async fn facts(&self, pending: &[Pending]) -> Result<Facts, StoreError> {
         let mut counterparties = Vec::new();
-        let mut debits = Vec::new();
-        for entry in entries {
+        let mut postings = Vec::new();
+        for entry in pending.iter().map(|p| &p.entry) {
             let event = &entry.event;
-            match (entry.leg, &event.counterparty_account_id) {
-                (Leg::Primary, Some(counterparty)) => counterparties.push(counterparty.clone()),
-                (Leg::TransferCredit, _) => {
-                    debits.push((event.account_id.clone(), event.event_id.clone()))
+            let Some(counterparty) = &event.counterparty_account_id else {
+                continue;
+            };
+            match entry.leg {
+                Leg::Primary => counterparties.push(counterparty.clone()),
+                Leg::TransferCredit => {
+                    postings.push((event.account_id.clone(), event.event_id.clone()));
                 }
-                _ => {}
+                Leg::TransferReversal => {
+                    postings.push((event.account_id.clone(), event.event_id.clone()));
+                    postings.push((counterparty.clone(), event.event_id.clone()));
+                }
             }
         }
         counterparties.sort();
@@ -250,18 +359,18 @@ impl<S: LedgerStore> Ledger<S> {
                 .guard(None, self.store.currencies(&counterparties))
                 .await?
         };
-        let applied_debits = if debits.is_empty() {
+        let recorded = if postings.is_empty() {
             HashMap::new()
         } else {
             self.breaker
-                .guard(None, self.store.applied_debits(&debits))
+                .guard(None, self.store.recorded(&postings))
                 .await?
         };
         self.remember_currencies(&looked_up);
         counterparty_currency.extend(looked_up);
         Ok(Facts {
             counterparty_currency,
-            applied_debits,
+            recorded,
         })
     }
 
@@ -279,7 +388,7 @@ impl<S: LedgerStore> Ledger<S> {
         &self,
         account_id: &str,
         before: &Account,
-        settlement: &crate::domain::Settlement,
+        settlement: &Settlement,
     ) -> Result<bool, StoreError> {
         if let Some(limit) = &self.write_limit {
             limit.until_ready().await;
@@ -301,14 +410,11 @@ impl<S: LedgerStore> Ledger<S> {
         facts: &Facts,
         now_ms: i64,
     ) -> Result<Settled, StoreError> {
-        let event_ids: Vec<String> = entries
-            .iter()
-            .map(|(_, e)| e.event.event_id.clone())
-            .collect();
+        let keys: Vec<String> = entries.iter().map(|(_, e)| e.posting_key()).collect();
         let indices: Vec<usize> = entries.iter().map(|(i, _)| *i).collect();
         let entries: Vec<LedgerEntry> = entries.iter().map(|(_, e)| e.clone()).collect();
         // Emissions index the account's entries; the batch needs its own indices.
-        let settled = |settlement: crate::domain::Settlement| {
+        let settled = |settlement: Settlement| {
             let emissions = settlement
                 .emissions
                 .into_iter()
@@ -356,7 +462,7 @@ impl<S: LedgerStore> Ledger<S> {
         for _ in 0..self.settings.max_attempts {
             let loaded = self
                 .breaker
-                .guard(Some(account_id), self.store.load(account_id, &event_ids))
+                .guard(Some(account_id), self.store.load(account_id, &keys))
                 .await?;
             let settlement = settle(
                 account_id,
@@ -399,193 +505,25 @@ impl<S: LedgerStore> Stage for Ledger<S> {
         if let Err(e) = self.breaker.probe(self.store.ping()).await {
             return Err(self.halt(e));
         }
-        let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
-        let mut outputs = Vec::with_capacity(batch.len() * 2);
-        let mut counts = LedgerCounts::default();
-        let mut changes = parked::Changes::default();
-        let mut in_batch: HashMap<parked::Key, BTreeSet<i64>> = HashMap::new();
-        for record in batch {
-            if self.failures.tier_of(&record.topic).is_some() {
-                let key = parking_of(record);
-                let offset = self.failures.original_offset(record);
-                in_batch.entry(key.clone()).or_default().insert(offset);
-                changes.consumed.push((key, offset));
-            }
+        let mut out = Outcome::new(batch, now_ms);
+        let mut pending = self.triage(&mut out);
+        // The facts of a conflict are looked up for nothing, rarely; the claims' round trip
+        // is not waited for twice.
+        let (conflicts, facts) = tokio::try_join!(self.claim_ids(&pending), self.facts(&pending))
+            .map_err(|e| self.halt(e))?;
+        for (index, poison) in &conflicts {
+            self.dead_letter(&mut out, *index, poison);
         }
-        let no_retries = BTreeSet::new();
-        let mut pending = Vec::with_capacity(batch.len());
-        // The parked accounts, locked once for the batch (no await while held), as they stand
-        // once the batches before it commit.
-        {
-            let committed = self.parked.lock().expect("the parking lock");
-            let uncommitted = self.staged.lock();
-            let provisional;
-            let parked = if uncommitted.iter().all(parked::Changes::is_empty) {
-                &*committed
-            } else {
-                provisional = committed.with(uncommitted.iter());
-                &provisional
-            };
-            for (index, record) in batch.iter().enumerate() {
-                let parking = parking_of(record);
-                let original_offset = self.failures.original_offset(record);
-                let blocked = parked.blocked(
-                    &parking,
-                    original_offset,
-                    in_batch.get(&parking).unwrap_or(&no_retries),
-                );
-                if let Some(latest) = blocked {
-                    // It waits as long as the latest of its account; a later retry record of the
-                    // account may push that further.
-                    let behind = match self.failures.retry_of(record) {
-                        Some(own) if own.due > latest.due => own,
-                        _ => latest,
-                    };
-                    counts.parked += 1;
-                    outputs.push(self.failures.parked(record, behind));
-                    changes.parked.push((parking, original_offset, behind));
-                    continue;
-                }
-                match self.decode(record) {
-                    Ok(entry) => pending.push(Pending {
-                        index,
-                        entry,
-                        parking,
-                        original_offset,
-                    }),
-                    Err(poison) => {
-                        counts.dead_letters += 1;
-                        let routed = self.failures.failed(
-                            record,
-                            poison.kind,
-                            &poison.message,
-                            now_ms,
-                            &mut rng,
-                        );
-                        outputs.push(routed.record);
-                    }
-                }
-            }
-        }
-        // Retried records go before later ones of their account: partition order.
-        pending.sort_by_key(|p| (p.parking.clone(), p.original_offset, p.index));
-        let entries: Vec<&LedgerEntry> = pending.iter().map(|p| &p.entry).collect();
-        let mut facts = match self.facts(&entries).await {
-            Ok(facts) => facts,
-            Err(e) => return Err(self.halt(e)),
-        };
-        let mut by_account: BTreeMap<String, Vec<(usize, LedgerEntry)>> = BTreeMap::new();
-        for p in pending {
-            by_account
-                .entry(p.entry.account_id().to_owned())
-                .or_default()
-                .push((p.index, p.entry));
-        }
-        let mut settled: Vec<Vec<Emission>> = Vec::with_capacity(by_account.len());
-        let mut failed: Vec<(Vec<usize>, StoreError)> = Vec::new();
-        while !by_account.is_empty() {
-            let wave = next_wave(&mut by_account, &facts);
-            let outcomes: Vec<(Vec<usize>, Result<Settled, StoreError>)> = stream::iter(wave)
-                .map(|(account_id, entries)| {
-                    let facts = &facts;
-                    async move {
-                        let outcome = self
-                            .settle_account(&account_id, &entries, facts, now_ms)
-                            .await;
-                        (entries.iter().map(|(i, _)| *i).collect(), outcome)
-                    }
-                })
-                .buffer_unordered(self.settings.concurrency)
-                .collect()
-                .await;
-            for (indices, outcome) in outcomes {
-                match outcome {
-                    Ok(outcome) => {
-                        facts.counterparty_currency.extend(outcome.opened);
-                        settled.push(outcome.emissions);
-                    }
-                    Err(e) if e.is_transient() => failed.push((indices, e)),
-                    Err(e) => return Err(StageError::from(e)),
-                }
-            }
-        }
-        // An outage is not a string of event failures: while the breaker is not closed, the
-        // whole batch waits and is read again, and nothing goes to the retry tiers.
-        if let Some((_, error)) = failed.iter().find(|(_, e)| {
-            matches!(e, StoreError::CircuitOpen { .. })
-                || self.breaker.state() != CircuitState::Closed
-        }) {
-            return Err(self.halt(error.clone()));
-        }
-        // Is it these accounts, or the store? At the start of an outage the breaker has not
-        // seen enough failures yet: a store that does not answer a probe either is down, and
-        // the batch waits rather than sending its accounts through the retry tiers.
-        if !failed.is_empty() {
-            if let Err(e) = self.breaker.guard(None, self.store.ping()).await {
-                return Err(self.halt(e));
-            }
-        }
-        for (indices, error) in failed {
-            for index in indices {
-                let record = &batch[index];
-                let routed = self.failures.failed(
-                    record,
-                    error.kind(),
-                    &error.to_string(),
-                    now_ms,
-                    &mut rng,
-                );
-                match (routed.tier, routed.due) {
-                    (Some(tier), Some(due)) => {
-                        counts.retries += 1;
-                        changes.parked.push((
-                            parking_of(record),
-                            self.failures.original_offset(record),
-                            Retry { tier, due },
-                        ));
-                    }
-                    _ => counts.dead_letters += 1,
-                }
-                outputs.push(routed.record);
-            }
-        }
-        for emission in settled.into_iter().flatten() {
-            match emission {
-                Emission::Result(result) => {
-                    counts.results += 1;
-                    outputs.push(OutputRecord {
-                        topic: self.topics.results.clone(),
-                        key: Some(result.account_id.clone().into_bytes()),
-                        value: Some(self.codec.encode(Record::TransactionResult, &result)?),
-                        headers: Vec::new(),
-                    });
-                }
-                Emission::Credit(event) => {
-                    counts.credits += 1;
-                    let counterparty = event.counterparty_account_id.clone().unwrap_or_default();
-                    outputs.push(OutputRecord {
-                        topic: self.topics.input.clone(),
-                        key: Some(counterparty.into_bytes()),
-                        value: Some(self.codec.encode(Record::TransactionEvent, &event)?),
-                        headers: vec![(LEG_HEADER.to_owned(), TRANSFER_CREDIT.to_vec())],
-                    });
-                }
-                Emission::DeadLetter { entry, poison } => {
-                    counts.dead_letters += 1;
-                    let routed = self.failures.failed(
-                        &batch[entry],
-                        poison.kind,
-                        &poison.message,
-                        now_ms,
-                        &mut rng,
-                    );
-                    outputs.push(routed.record);
-                }
-                Emission::Duplicate { .. } => counts.duplicates += 1,
-            }
-        }
-        self.staged.processed(changes);
-        Ok(BatchOutput { outputs, counts })
+        let conflicted: HashSet<usize> = conflicts.iter().map(|(index, _)| *index).collect();
+        pending.retain(|p| !conflicted.contains(&p.index));
+        let (settled, failed) = self.settle_in_waves(pending, facts, now_ms).await?;
+        self.retry_failed(failed, &mut out).await?;
+        self.emit(settled, &mut out)?;
+        self.staged.processed(out.changes);
+        Ok(BatchOutput {
+            outputs: out.outputs,
+            counts: out.counts,
+        })
     }
 
     fn committed(&self) {
@@ -618,6 +556,32 @@ impl<S: LedgerStore> Stage for Ledger<S> {
     }
 }
 
+/// What one batch sends on, as it is worked out.
+struct Outcome<'a> {
+    batch: &'a [InputRecord],
+    now_ms: i64,
+    rng: StdRng,
+    outputs: Vec<OutputRecord>,
+    counts: LedgerCounts,
+    changes: parked::Changes,
+}
+
+impl<'a> Outcome<'a> {
+    fn new(batch: &'a [InputRecord], now_ms: i64) -> Self {
+        Outcome {
+            batch,
+            now_ms,
+            rng: StdRng::from_rng(&mut rand::rng()),
+            outputs: Vec::with_capacity(batch.len() * 2),
+            counts: LedgerCounts::default(),
+            changes: parked::Changes::default(),
+        }
+    }
+}
+
+/// Accounts settled, and the batch indices of those whose writes failed transiently.
+type Waves = (Vec<Vec<Emission>>, Vec<(Vec<usize>, StoreError)>);
+
 impl<S: LedgerStore> Ledger<S> {
     /// The batch cannot go on: wait for the breaker when it is open, else back off.
     fn halt(&self, error: StoreError) -> StageError {
@@ -635,6 +599,164 @@ impl<S: LedgerStore> Ledger<S> {
             },
             None => StageError::from(error),
         }
+    }
+
+    fn dead_letter(&self, out: &mut Outcome<'_>, index: usize, poison: &Poison) {
+        out.counts.dead_letters += 1;
+        let routed = self.failures.failed(
+            &out.batch[index],
+            poison.kind,
+            &poison.message,
+            out.now_ms,
+            &mut out.rng,
+        );
+        out.outputs.push(routed.record);
+    }
+
+    /// Settles every account of the batch, a wave of accounts at a time (see [`next_wave`]),
+    /// up to `concurrency` at once.
+    async fn settle_in_waves(
+        &self,
+        mut pending: Vec<Pending>,
+        mut facts: Facts,
+        now_ms: i64,
+    ) -> Result<Waves, StageError> {
+        // Retried records go before later ones of their account: partition order.
+        pending.sort_by_key(|p| (p.parking.clone(), p.original_offset, p.index));
+        let mut by_account: BTreeMap<String, Vec<(usize, LedgerEntry)>> = BTreeMap::new();
+        for p in pending {
+            by_account
+                .entry(p.entry.account_id().to_owned())
+                .or_default()
+                .push((p.index, p.entry));
+        }
+        let mut settled = Vec::with_capacity(by_account.len());
+        let mut failed = Vec::new();
+        while !by_account.is_empty() {
+            let wave = next_wave(&mut by_account, &facts);
+            let outcomes: Vec<(Vec<usize>, Result<Settled, StoreError>)> = stream::iter(wave)
+                .map(|(account_id, entries)| {
+                    let facts = &facts;
+                    async move {
+                        let outcome = self
+                            .settle_account(&account_id, &entries, facts, now_ms)
+                            .await;
+                        (entries.iter().map(|(i, _)| *i).collect(), outcome)
+                    }
+                })
+                .buffer_unordered(self.settings.concurrency)
+                .collect()
+                .await;
+            for (indices, outcome) in outcomes {
+                match outcome {
+                    Ok(outcome) => {
+                        facts.counterparty_currency.extend(outcome.opened);
+                        settled.push(outcome.emissions);
+                    }
+                    Err(e) if e.is_transient() => failed.push((indices, e)),
+                    Err(e) => return Err(StageError::from(e)),
+                }
+            }
+        }
+        Ok((settled, failed))
+    }
+
+    /// Accounts whose writes failed go to the retry tiers, and park their later records;
+    /// unless the store itself is down, when the whole batch waits instead.
+    async fn retry_failed(
+        &self,
+        failed: Vec<(Vec<usize>, StoreError)>,
+        out: &mut Outcome<'_>,
+    ) -> Result<(), StageError> {
+        // An outage is not a string of event failures: while the breaker is not closed, the
+        // whole batch waits and is read again, and nothing goes to the retry tiers.
+        if let Some((_, error)) = failed.iter().find(|(_, e)| {
+            matches!(e, StoreError::CircuitOpen { .. })
+                || self.breaker.state() != CircuitState::Closed
+        }) {
+            return Err(self.halt(error.clone()));
+        }
+        // Is it these accounts, or the store? At the start of an outage the breaker has not
+        // seen enough failures yet: a store that does not answer a probe either is down, and
+        // the batch waits rather than sending its accounts through the retry tiers.
+        if !failed.is_empty() {
+            if let Err(e) = self.breaker.guard(None, self.store.ping()).await {
+                return Err(self.halt(e));
+            }
+        }
+        for (indices, error) in failed {
+            for index in indices {
+                let record = &out.batch[index];
+                let routed = self.failures.failed(
+                    record,
+                    error.kind(),
+                    &error.to_string(),
+                    out.now_ms,
+                    &mut out.rng,
+                );
+                match (routed.tier, routed.due) {
+                    (Some(tier), Some(due)) => {
+                        out.counts.retries += 1;
+                        out.changes.parked.push((
+                            parking_of(record),
+                            self.failures.original_offset(record),
+                            Retry { tier, due },
+                        ));
+                    }
+                    _ => out.counts.dead_letters += 1,
+                }
+                out.outputs.push(routed.record);
+            }
+        }
+        Ok(())
+    }
+
+    /// The records the settled accounts publish: results, the legs transfers send on, dead
+    /// letters.
+    fn emit(&self, settled: Vec<Vec<Emission>>, out: &mut Outcome<'_>) -> Result<(), StageError> {
+        for emission in settled.into_iter().flatten() {
+            match emission {
+                Emission::Result(result) => {
+                    out.counts.results += 1;
+                    out.outputs.push(OutputRecord {
+                        topic: self.topics.results.clone(),
+                        key: Some(result.account_id.clone().into_bytes()),
+                        value: Some(self.codec.encode(Record::TransactionResult, &result)?),
+                        headers: Vec::new(),
+                    });
+                }
+                Emission::Credit(event) => {
+                    out.counts.credits += 1;
+                    let counterparty = event.counterparty_account_id.clone().unwrap_or_default();
+                    out.outputs
+                        .push(self.leg(counterparty, &event, TRANSFER_CREDIT)?);
+                }
+                Emission::Reversal(event) => {
+                    out.counts.reversals += 1;
+                    let debited = event.account_id.clone();
+                    out.outputs
+                        .push(self.leg(debited, &event, TRANSFER_REVERSAL)?);
+                }
+                Emission::DeadLetter { entry, poison } => self.dead_letter(out, entry, &poison),
+                Emission::Duplicate { .. } => out.counts.duplicates += 1,
+            }
+        }
+        Ok(())
+    }
+
+    /// A leg of a transfer on the ledger topic, keyed by the account it posts to.
+    fn leg(
+        &self,
+        account_id: String,
+        event: &crate::domain::TransactionEvent,
+        leg: &[u8],
+    ) -> Result<OutputRecord, StageError> {
+        Ok(OutputRecord {
+            topic: self.topics.input.clone(),
+            key: Some(account_id.into_bytes()),
+            value: Some(self.codec.encode(Record::TransactionEvent, event)?),
+            headers: vec![(LEG_HEADER.to_owned(), leg.to_vec())],
+        })
     }
 }
 
@@ -679,110 +801,4 @@ fn next_wave(
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap as Map;
-
-    use super::*;
-    use crate::domain::{EventType, TransactionEvent};
-
-    fn entry(account: &str, event_type: EventType, to: Option<&str>) -> (usize, LedgerEntry) {
-        let event = TransactionEvent {
-            event_id: format!("{account}-{event_type:?}"),
-            event_type,
-            account_id: account.to_owned(),
-            counterparty_account_id: to.map(str::to_owned),
-            amount_minor: 1,
-            currency: "EUR".to_owned(),
-            occurred_at: 0,
-            source: "test".to_owned(),
-            attributes: Map::new(),
-        };
-        let origin = Origin {
-            topic: "t".to_owned(),
-            partition: 0,
-            offset: 0,
-        };
-        (
-            0,
-            LedgerEntry {
-                event,
-                leg: Leg::Primary,
-                origin,
-                redriven_from: None,
-            },
-        )
-    }
-
-    fn waves(
-        mut pending: BTreeMap<String, Vec<(usize, LedgerEntry)>>,
-        facts: &mut Facts,
-    ) -> Vec<Vec<String>> {
-        let mut waves = Vec::new();
-        while !pending.is_empty() {
-            let wave: Vec<String> = next_wave(&mut pending, facts)
-                .into_iter()
-                .map(|(id, _)| id)
-                .collect();
-            for id in &wave {
-                facts
-                    .counterparty_currency
-                    .insert(id.clone(), "EUR".to_owned());
-            }
-            waves.push(wave);
-        }
-        waves
-    }
-
-    #[test]
-    fn an_account_opened_in_the_batch_is_settled_before_transfers_to_it() {
-        let pending = BTreeMap::from([
-            (
-                "a".to_owned(),
-                vec![entry("a", EventType::Transfer, Some("b"))],
-            ),
-            ("b".to_owned(), vec![entry("b", EventType::Deposit, None)]),
-            (
-                "c".to_owned(),
-                vec![entry("c", EventType::Transfer, Some("known"))],
-            ),
-        ]);
-        let mut facts = Facts::default();
-        facts
-            .counterparty_currency
-            .insert("known".to_owned(), "EUR".to_owned());
-        assert_eq!(
-            waves(pending, &mut facts),
-            vec![vec!["b".to_owned(), "c".to_owned()], vec!["a".to_owned()]]
-        );
-    }
-
-    #[test]
-    fn transfers_to_accounts_outside_the_batch_do_not_wait() {
-        let pending = BTreeMap::from([(
-            "a".to_owned(),
-            vec![entry("a", EventType::Transfer, Some("elsewhere"))],
-        )]);
-        assert_eq!(
-            waves(pending, &mut Facts::default()),
-            vec![vec!["a".to_owned()]]
-        );
-    }
-
-    #[test]
-    fn accounts_paying_each_other_are_settled_together() {
-        let pending = BTreeMap::from([
-            (
-                "a".to_owned(),
-                vec![entry("a", EventType::Transfer, Some("b"))],
-            ),
-            (
-                "b".to_owned(),
-                vec![entry("b", EventType::Transfer, Some("a"))],
-            ),
-        ]);
-        assert_eq!(
-            waves(pending, &mut Facts::default()),
-            vec![vec!["a".to_owned(), "b".to_owned()]]
-        );
-    }
-}
+mod tests;

@@ -10,6 +10,8 @@ use rand::{Rng, SeedableRng};
 
 use crate::domain::{EventType, TransactionEvent};
 
+pub mod hostile;
+
 /// How many earlier events a re-send may pick from.
 const RESEND_WINDOW: usize = 1024;
 
