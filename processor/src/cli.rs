@@ -18,9 +18,10 @@ use txflow::domain::TransactionEvent;
 use txflow::limits::pacing;
 use txflow::loadgen::hostile::{HostileConfig, HostileWorkload};
 use txflow::loadgen::{Sent, Workload, WorkloadConfig};
-use txflow::ports::{LedgerStore, OutputRecord};
+use txflow::ports::LedgerStore;
 use txflow::routing::Rules;
 use txflow::stages::gateway::account_json;
+use txflow::wire::OutputRecord;
 
 use crate::dev_access::DevClient;
 use crate::run::{Backend, Services};

@@ -16,9 +16,10 @@ use axum::{Json, Router};
 use futures::TryStreamExt;
 
 use txflow::adapters::embedded::{Embedded, EmbeddedLedgerStore};
-use txflow::ports::{InputRecord, LedgerStore, OutputRecord, Published, Publisher};
+use txflow::ports::{LedgerStore, Published, Publisher};
 use txflow::stages::gateway::account_json;
 use txflow::stages::gateway::keys::hash;
+use txflow::wire::{InputRecord, OutputRecord};
 
 /// The file in a data directory that holds the running dev process's admin address.
 pub const ADDRESS_FILE: &str = "dev-admin";

@@ -10,12 +10,11 @@ use serde_json::{json, Value};
 
 use crate::codec::{Codec, Record};
 use crate::domain::TransactionEvent;
-use crate::pipeline::failures::{
-    header_number, is_failure_header, position_in_headers, ATTEMPTS, ERROR_KIND, ERROR_MESSAGE,
-    FIRST_FAILURE, LAST_FAILURE, ORIGINAL_OFFSET, ORIGINAL_PARTITION, ORIGINAL_TOPIC,
-    REDRIVEN_FROM, STAGE,
+use crate::wire::{
+    is_failure_header, ATTEMPTS, ERROR_KIND, ERROR_MESSAGE, FIRST_FAILURE, LAST_FAILURE,
+    ORIGINAL_OFFSET, ORIGINAL_PARTITION, ORIGINAL_TOPIC, REDRIVEN_FROM, STAGE,
 };
-use crate::ports::{InputRecord, OutputRecord};
+use crate::wire::{InputRecord, OutputRecord};
 
 /// A condition on a dead letter, written `NAME=VALUE` on the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,7 +111,9 @@ impl DeadLetter {
 
     /// Milliseconds from its last failure to `now_ms`.
     pub fn age_ms(&self, now_ms: i64) -> Option<i64> {
-        header_number(&self.record, LAST_FAILURE).map(|at| now_ms - at)
+        self.record
+            .header_number(LAST_FAILURE)
+            .map(|at| now_ms - at)
     }
 
     /// One line for `txflow dlq list`.
@@ -122,7 +123,7 @@ impl DeadLetter {
             "offset": self.record.offset,
             "kind": self.header(ERROR_KIND),
             "stage": self.header(STAGE),
-            "attempts": header_number(&self.record, ATTEMPTS),
+            "attempts": self.record.header_number(ATTEMPTS),
             "original": format!(
                 "{}/{}/{}",
                 self.header(ORIGINAL_TOPIC).unwrap_or_default(),
@@ -181,11 +182,8 @@ impl DeadLetter {
             .filter(|(name, _)| !is_failure_header(name) && name != REDRIVEN_FROM)
             .cloned()
             .collect();
-        if let Some((topic, partition, offset)) = position_in_headers(&self.record) {
-            headers.push((
-                REDRIVEN_FROM.to_owned(),
-                format!("{topic}/{partition}/{offset}").into_bytes(),
-            ));
+        if let Some(original) = self.record.original_position() {
+            headers.push((REDRIVEN_FROM.to_owned(), original.to_string().into_bytes()));
         }
         Ok(OutputRecord {
             topic,
@@ -232,8 +230,8 @@ impl Stats {
                 Some(_) => ">7d",
             };
             *stats.by_age.entry(bucket).or_default() += 1;
-            let first = header_number(&letter.record, FIRST_FAILURE);
-            let last = header_number(&letter.record, LAST_FAILURE);
+            let first = letter.record.header_number(FIRST_FAILURE);
+            let last = letter.record.header_number(LAST_FAILURE);
             stats.oldest_failure_ms = min_some(stats.oldest_failure_ms, first.or(last));
             stats.newest_failure_ms = stats.newest_failure_ms.max(last);
         }

@@ -12,7 +12,8 @@ use txflow::dlq::{DeadLetter, Filter, Stats};
 use txflow::limits::pacing;
 use txflow::pipeline::failures::dead_letter_topic;
 use txflow::pipeline::now_ms;
-use txflow::ports::{Log, LogError, OutputRecord};
+use txflow::ports::{Log, LogError};
+use txflow::wire::OutputRecord;
 
 use crate::cli::print_line;
 use crate::dev_access::DevClient;

@@ -15,3 +15,4 @@ pub mod ports;
 pub mod routing;
 pub mod stages;
 pub mod telemetry;
+pub mod wire;

@@ -16,15 +16,16 @@ use txflow::domain::{
 use txflow::pipeline::breaker::{Breaker, BreakerConfig};
 use txflow::pipeline::failures::FailureRoutes;
 use txflow::pipeline::{self, LoopConfig, StageTelemetry};
-use txflow::ports::{LedgerStore, LoadedAccount, Log, OutputRecord, Publisher, StoreError};
+use txflow::ports::{LedgerStore, LoadedAccount, Log, Publisher, StoreError};
 use txflow::stages::ledger::{Ledger, LedgerSettings, LedgerTopics};
 use txflow::telemetry::{Metrics, Readiness};
+use txflow::wire::OutputRecord;
 
 use crate::invariants::{observe_from, Source};
 use crate::{results_of, ReadRecord};
 use txflow::domain::ledger::MAX_BALANCE_MINOR;
 use txflow::loadgen::hostile::{HostileConfig, HostileWorkload};
-use txflow::pipeline::failures::ERROR_KIND;
+use txflow::wire::ERROR_KIND;
 
 /// The topics of one run.
 pub struct Topics {

@@ -14,8 +14,8 @@ use txflow::codec::{Codec, Record};
 use txflow::domain::audit::{audit, Report};
 use txflow::domain::result::event_of_posting_key;
 use txflow::domain::{Entry, Status, TransactionEvent, TransactionResult};
-use txflow::pipeline::failures::ERROR_KIND;
-use txflow::stages::ledger::{LEG_HEADER, TRANSFER_REVERSAL};
+use txflow::wire::ERROR_KIND;
+use txflow::wire::{LEG, TRANSFER_REVERSAL};
 
 /// An entry dead-lettered after a transient failure used up the retry tiers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,7 +87,7 @@ pub fn observe_from(source: &Source<'_>) -> Observed {
     let (mut sent, mut fresh) = (Vec::new(), Vec::new());
     let (mut duplicates, mut conflicts, mut poison) = (0, 0, 0);
     for record in read(source.ledger_topic) {
-        if record.header(LEG_HEADER).is_some() {
+        if record.header(LEG).is_some() {
             continue;
         }
         let valid = event_of(&codec, &record).filter(|e| {
@@ -115,7 +115,7 @@ pub fn observe_from(source: &Source<'_>) -> Observed {
         .map(|d| {
             let event = event_of(&codec, d)
                 .expect("a dead letter after transient failures holds a valid event");
-            let leg = d.header(LEG_HEADER);
+            let leg = d.header(LEG);
             let reversal = leg.as_deref().map(str::as_bytes) == Some(TRANSFER_REVERSAL);
             let account = match leg {
                 Some(_) if !reversal => {

@@ -175,8 +175,8 @@ pub struct ReadRecord {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
-impl From<txflow::ports::InputRecord> for ReadRecord {
-    fn from(record: txflow::ports::InputRecord) -> Self {
+impl From<txflow::wire::InputRecord> for ReadRecord {
+    fn from(record: txflow::wire::InputRecord) -> Self {
         ReadRecord {
             partition: record.partition,
             offset: record.offset,

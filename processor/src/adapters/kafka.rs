@@ -29,8 +29,8 @@ use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{KafkaConfig, TopicsConfig};
-use crate::ports::log::DUE_HEADER;
-use crate::ports::{InputRecord, Log, LogError, OutputRecord, PublishError, Published, Publisher};
+use crate::ports::{Log, LogError, PublishError, Published, Publisher};
+use crate::wire::{InputRecord, OutputRecord};
 
 /// How long a blocking client call may take before it counts as failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -347,11 +347,7 @@ impl KafkaLog {
         if !self.delayed.contains(&record.topic) {
             return Ok(false);
         }
-        let due = record
-            .header(DUE_HEADER)
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|v| v.parse::<i64>().ok())
-            .unwrap_or(0);
+        let due = record.retry_due_ms();
         let wait = due - crate::pipeline::now_ms();
         if wait <= 0 {
             return Ok(false);

@@ -21,6 +21,7 @@ use std::collections::HashMap;
 
 use super::event::{EventType, Fingerprint, TransactionEvent};
 use super::failure::{FailureKind, Poison};
+use super::origin::Origin;
 use super::result::{
     posting_key, Entry, RejectReason, Status, TransactionResult, TRANSFER_REVERSED,
 };
@@ -41,14 +42,6 @@ pub enum Leg {
     /// The credit that gives a transfer's debit back to `account_id` when its credit was
     /// refused, published by the ledger in the same transaction as the refusal.
     TransferReversal,
-}
-
-/// Where an entry was read: a log position, unique for the life of the topic.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Origin {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
 }
 
 /// One record of the ledger topic, decoded and validated.

@@ -7,11 +7,11 @@ pub mod audit;
 pub mod event;
 pub mod failure;
 pub mod ledger;
+pub mod origin;
 pub mod result;
 
 pub use event::{EventType, Fingerprint, IdClaim, TransactionEvent};
 pub use failure::{FailureClass, FailureKind, Move, Poison, RetryPolicy};
-pub use ledger::{
-    Account, Claim, Emission, Facts, LedgerEntry, Leg, Origin, Prior, Recorded, Settlement,
-};
+pub use ledger::{Account, Claim, Emission, Facts, LedgerEntry, Leg, Prior, Recorded, Settlement};
+pub use origin::Origin;
 pub use result::{Entry, RejectReason, Status, TransactionResult, TRANSFER_REVERSED};

@@ -7,72 +7,12 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::domain::{FailureKind, Move, RetryPolicy};
-use crate::ports::{InputRecord, OutputRecord};
-
-pub const ORIGINAL_TOPIC: &str = "txflow.original.topic";
-pub const ORIGINAL_PARTITION: &str = "txflow.original.partition";
-pub const ORIGINAL_OFFSET: &str = "txflow.original.offset";
-pub const ORIGINAL_TIMESTAMP: &str = "txflow.original.timestamp";
-pub const STAGE: &str = "txflow.stage";
-pub const GROUP: &str = "txflow.group";
-pub const ERROR_KIND: &str = "txflow.error.kind";
-pub const ERROR_MESSAGE: &str = "txflow.error.message";
-pub const ATTEMPTS: &str = "txflow.attempts";
-pub const FIRST_FAILURE: &str = "txflow.failure.first";
-pub const LAST_FAILURE: &str = "txflow.failure.last";
-/// When a retry record may be processed, in milliseconds since the Unix epoch.
-pub const RETRY_DUE: &str = crate::ports::log::DUE_HEADER;
-/// The retry tier a record is on.
-pub const RETRY_TIER: &str = "txflow.retry.tier";
-
-/// Headers a failure sets; a record moving on carries the new ones only.
-const FAILURE_HEADERS: [&str; 9] = [
-    STAGE,
-    GROUP,
-    ERROR_KIND,
-    ERROR_MESSAGE,
-    ATTEMPTS,
-    FIRST_FAILURE,
-    LAST_FAILURE,
-    RETRY_DUE,
-    RETRY_TIER,
-];
-
-/// Headers that say where a record was first read.
-const ORIGINAL_HEADERS: [&str; 4] = [
-    ORIGINAL_TOPIC,
-    ORIGINAL_PARTITION,
-    ORIGINAL_OFFSET,
-    ORIGINAL_TIMESTAMP,
-];
-
-/// Every header txflow sets on a failed record: what a redrive takes off again.
-pub fn is_failure_header(name: &str) -> bool {
-    FAILURE_HEADERS.contains(&name) || ORIGINAL_HEADERS.contains(&name)
-}
-
-/// On a redriven dead letter: where the event was read before it was dead-lettered, as
-/// `topic/partition/offset`. The stage publishes a result recorded at that position but
-/// never published, once.
-pub const REDRIVEN_FROM: &str = "txflow.redriven.from";
-
-/// The original position a failed record's headers carry.
-pub fn position_in_headers(record: &InputRecord) -> Option<(String, i32, i64)> {
-    let topic = std::str::from_utf8(record.header(ORIGINAL_TOPIC)?).ok()?;
-    let partition = header_number(record, ORIGINAL_PARTITION)?;
-    let offset = header_number(record, ORIGINAL_OFFSET)?;
-    Some((topic.to_owned(), i32::try_from(partition).ok()?, offset))
-}
-
-/// The position a [`REDRIVEN_FROM`] header names.
-pub fn redriven_from(record: &InputRecord) -> Option<(String, i32, i64)> {
-    let text = std::str::from_utf8(record.header(REDRIVEN_FROM)?).ok()?;
-    let mut parts = text.rsplitn(3, '/');
-    let offset = parts.next()?.parse().ok()?;
-    let partition = parts.next()?.parse().ok()?;
-    Some((parts.next()?.to_owned(), partition, offset))
-}
+use crate::domain::{FailureKind, Move, Origin, RetryPolicy};
+use crate::wire::{
+    InputRecord, OutputRecord, ATTEMPTS, ERROR_KIND, ERROR_MESSAGE, FAILURE_HEADERS, FIRST_FAILURE,
+    GROUP, LAST_FAILURE, ORIGINAL_HEADERS, ORIGINAL_OFFSET, ORIGINAL_PARTITION, ORIGINAL_TIMESTAMP,
+    ORIGINAL_TOPIC, RETRY_DUE, RETRY_TIER, STAGE,
+};
 
 /// The retry tier topic `n` (1-based) of `input`.
 pub fn retry_topic(input: &str, tier: usize) -> String {
@@ -135,19 +75,20 @@ impl FailureRoutes {
     /// The input offset of `record`: its own for a record of the input topic, the one its
     /// headers carry for a retry record. Per-account order is the order of these.
     pub fn original_offset(&self, record: &InputRecord) -> i64 {
-        self.origin(record).2
+        self.origin(record).offset
     }
 
     /// Where `record` was first read: its own position on the input topic, the one its
     /// headers carry on a retry tier. A retry of an event is the same event at the same
     /// origin, so that its result is published if an earlier attempt recorded it after all
     /// (a write that applied in a batch that never committed).
-    pub fn origin(&self, record: &InputRecord) -> (String, i32, i64) {
-        let own = (record.topic.clone(), record.partition, record.offset);
-        if self.tier_of(&record.topic).is_none() {
-            return own;
+    pub fn origin(&self, record: &InputRecord) -> Origin {
+        if self.tier_of(&record.topic).is_some() {
+            if let Some(original) = record.original_position() {
+                return original;
+            }
         }
-        position_in_headers(record).unwrap_or(own)
+        record.position()
     }
 
     /// The record sent on after failing with `kind` on its next attempt at `now_ms`: to the
@@ -175,8 +116,8 @@ impl FailureRoutes {
         not_before_ms: i64,
         rng: &mut impl Rng,
     ) -> Routed {
-        let attempts = header_number(record, ATTEMPTS).unwrap_or(0) as u32 + 1;
-        let first = header_number(record, FIRST_FAILURE).unwrap_or(now_ms);
+        let attempts = record.header_number(ATTEMPTS).unwrap_or(0) as u32 + 1;
+        let first = record.header_number(FIRST_FAILURE).unwrap_or(now_ms);
         let failure = [
             (ERROR_KIND, kind.as_str().to_owned()),
             (ERROR_MESSAGE, message.to_owned()),
@@ -227,7 +168,7 @@ impl FailureRoutes {
     pub fn retry_of(&self, record: &InputRecord) -> Option<Retry> {
         Some(Retry {
             tier: self.tier_of(&record.topic)?,
-            due: header_number(record, RETRY_DUE).unwrap_or(0),
+            due: record.retry_due_ms(),
         })
     }
 
@@ -245,7 +186,7 @@ impl FailureRoutes {
             .filter(|(name, _)| !FAILURE_HEADERS.contains(&name.as_str()))
             .cloned()
             .collect();
-        if self.tier_of(&record.topic).is_none() || position_in_headers(record).is_none() {
+        if self.tier_of(&record.topic).is_none() || record.original_position().is_none() {
             headers.retain(|(name, _)| !ORIGINAL_HEADERS.contains(&name.as_str()));
             let mut original = vec![
                 (ORIGINAL_TOPIC, record.topic.clone()),
@@ -283,11 +224,6 @@ fn jitter(ceiling: Duration, rng: &mut impl Rng) -> Duration {
 
 fn push(record: &mut OutputRecord, name: &str, value: String) {
     record.headers.push((name.to_owned(), value.into_bytes()));
-}
-
-/// A header holding a decimal number.
-pub fn header_number(record: &InputRecord, name: &str) -> Option<i64> {
-    std::str::from_utf8(record.header(name)?).ok()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -451,22 +387,5 @@ mod tests {
         assert_eq!(routes.tier_of("txflow.ledger.retry.3"), None);
         assert_eq!(routes.tier_of("txflow.ledger.retry.2"), Some(2));
         assert_eq!(routes.tier_of("txflow.ledger"), None);
-    }
-
-    #[test]
-    fn a_redriven_position_reads_back() {
-        let mut record = input();
-        record
-            .headers
-            .push((REDRIVEN_FROM.into(), b"txflow.ledger/3/42".to_vec()));
-        assert_eq!(
-            redriven_from(&record),
-            Some(("txflow.ledger".to_owned(), 3, 42))
-        );
-        record.headers.pop();
-        record
-            .headers
-            .push((REDRIVEN_FROM.into(), b"3/42".to_vec()));
-        assert_eq!(redriven_from(&record), None);
     }
 }

@@ -27,8 +27,9 @@ use tokio::sync::watch;
 
 use crate::codec::CodecError;
 use crate::domain::FailureKind;
-use crate::ports::{InputRecord, Log, LogError, OutputRecord, RegistryError, StoreError};
+use crate::ports::{Log, LogError, RegistryError, StoreError};
 use crate::telemetry::{Metrics, Readiness};
+use crate::wire::{InputRecord, OutputRecord};
 
 /// Why a stage could not process a batch.
 #[derive(Debug, thiserror::Error)]

@@ -7,41 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// On a delayed topic (a retry tier), the time before which a record must not be handed out,
-/// in milliseconds since the Unix epoch.
-pub const DUE_HEADER: &str = "txflow.retry.due";
-
-/// A record read from the log.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InputRecord {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    /// Milliseconds since the Unix epoch, as the log stamped it.
-    pub timestamp: Option<i64>,
-    pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
-    pub headers: Vec<(String, Vec<u8>)>,
-}
-
-impl InputRecord {
-    /// The value of the first header with this name.
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
-    }
-}
-
-/// A record to write.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OutputRecord {
-    pub topic: String,
-    pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
-    pub headers: Vec<(String, Vec<u8>)>,
-}
+use crate::wire::{InputRecord, OutputRecord};
 
 /// Why the log could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +26,7 @@ pub enum LogError {
 pub trait Log: Send {
     /// Up to `max_records` records, waiting at most `max_wait` for the first and then taking
     /// only what has already arrived. Empty when nothing came. A record of a delayed topic
-    /// comes no earlier than its [`DUE_HEADER`]; until then its partition waits (paused, not
+    /// comes no earlier than its due time ([`InputRecord::retry_due_ms`]); until then its partition waits (paused, not
     /// polled in a loop), and records behind it wait with it.
     fn next_batch(
         &mut self,

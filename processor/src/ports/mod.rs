@@ -7,7 +7,7 @@ pub mod schemas;
 pub mod store;
 pub mod webhook;
 
-pub use log::{InputRecord, Log, LogError, OutputRecord, PublishError, Published, Publisher};
+pub use log::{Log, LogError, PublishError, Published, Publisher};
 pub use schemas::{RegistryError, SchemaLookup};
 pub use store::{LedgerStore, LoadedAccount, StoreError};
 pub use webhook::{DeliveryError, WebhookRequest, Webhooks};

@@ -13,12 +13,8 @@ use crate::codec::Codec;
 use crate::pipeline::failures::FailureRoutes;
 use crate::pipeline::uncommitted::Uncommitted;
 use crate::pipeline::{BatchOutput, Stage, StageError, Tally};
-use crate::ports::{InputRecord, OutputRecord};
 use crate::routing::Rules;
-use crate::stages::notifier::WEBHOOK_HEADER;
-
-/// The header naming the rule that sent a record.
-pub const RULE_HEADER: &str = "txflow.rule";
+use crate::wire::{InputRecord, OutputRecord, RULE, WEBHOOK};
 
 /// What one batch did, for logs and metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -133,9 +129,9 @@ impl Stage for Router {
                 counts.routed += 1;
                 *by_rule.entry(delivery.rule.to_owned()).or_default() += 1;
                 let mut headers = record.headers.clone();
-                headers.push((RULE_HEADER.to_owned(), delivery.rule.as_bytes().to_vec()));
+                headers.push((RULE.to_owned(), delivery.rule.as_bytes().to_vec()));
                 if let Some(webhook) = &delivery.target.webhook {
-                    headers.push((WEBHOOK_HEADER.to_owned(), webhook.as_bytes().to_vec()));
+                    headers.push((WEBHOOK.to_owned(), webhook.as_bytes().to_vec()));
                 }
                 let value = match delivery.transformed {
                     Some(input) => {

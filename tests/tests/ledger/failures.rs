@@ -4,9 +4,7 @@
 
 use std::time::Duration;
 
-use txflow::pipeline::failures::{
-    ATTEMPTS, ERROR_KIND, GROUP, ORIGINAL_OFFSET, ORIGINAL_TOPIC, STAGE,
-};
+use txflow::wire::{ATTEMPTS, ERROR_KIND, GROUP, ORIGINAL_OFFSET, ORIGINAL_TOPIC, STAGE};
 use txflow_tests::invariants::{observe, verify, wait_until_drained, Observed};
 use txflow_tests::process::{Pipeline, StageProcess};
 use txflow_tests::{eventually, read_topic};

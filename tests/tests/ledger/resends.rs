@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use txflow::codec::{Codec, Record};
 use txflow::domain::{Entry, EventType, Status, TransactionEvent};
-use txflow::pipeline::failures::{
+use txflow::wire::{
     ATTEMPTS, ERROR_KIND, ERROR_MESSAGE, FIRST_FAILURE, GROUP, LAST_FAILURE, ORIGINAL_OFFSET,
     ORIGINAL_PARTITION, ORIGINAL_TIMESTAMP, ORIGINAL_TOPIC, STAGE,
 };

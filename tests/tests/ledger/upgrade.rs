@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use scylla::value::CqlTimestamp;
 use txflow::codec::{Codec, Record};
 use txflow::domain::{EventType, TransactionEvent};
-use txflow::pipeline::failures::ERROR_KIND;
+use txflow::wire::ERROR_KIND;
 use txflow_tests::process::Pipeline;
 use txflow_tests::{cql_session, produce_committed, read_topic, results_of};
 

@@ -12,8 +12,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use txflow::stages::notifier::signature::{verify, SIGNATURE_HEADER};
-use txflow::stages::notifier::{ATTEMPT_HEADER, ID_HEADER, WEBHOOK_HEADER};
-use txflow::stages::router::RULE_HEADER;
+use txflow::stages::notifier::{ATTEMPT_HEADER, ID_HEADER};
+use txflow::wire::{RULE, WEBHOOK};
 use txflow_tests::process::{Pipeline, StageProcess};
 use txflow_tests::{eventually, produce_committed_with_headers, read_topic, ReadRecord};
 
@@ -141,8 +141,8 @@ fn notify(pipeline: &Pipeline, webhook: &str, numbers: impl Iterator<Item = i64>
                 body.as_slice(),
                 vec![
                     ("content-type", b"application/json".as_slice()),
-                    (WEBHOOK_HEADER, webhook.as_bytes()),
-                    (RULE_HEADER, b"test-rule".as_slice()),
+                    (WEBHOOK, webhook.as_bytes()),
+                    (RULE, b"test-rule".as_slice()),
                 ],
             )
         })

@@ -9,8 +9,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use txflow::codec::{Codec, Record};
 use txflow::domain::{EventType, TransactionEvent};
-use txflow::stages::notifier::WEBHOOK_HEADER;
-use txflow::stages::router::RULE_HEADER;
+use txflow::wire::{RULE, WEBHOOK};
 use txflow_tests::process::{Pipeline, StageProcess};
 use txflow_tests::{eventually, read_topic, ReadRecord};
 
@@ -123,7 +122,7 @@ fn events_fan_out_to_their_targets_exactly_once_across_crashes() {
     assert_eq!(got, expected, "the ledger topic holds each event once");
     for (record, event) in ledger_again.iter().zip(&on_ledger) {
         assert_eq!(record.key.as_deref(), Some(event.account_id.as_bytes()));
-        let rule = record.header(RULE_HEADER);
+        let rule = record.header(RULE);
         let expected_rule = match event.event_type {
             EventType::Transfer => Some("transfers"),
             EventType::Deposit if event.amount_minor >= 5000 => Some("big-deposits"),
@@ -148,7 +147,7 @@ fn events_fan_out_to_their_targets_exactly_once_across_crashes() {
             record.header("content-type").as_deref(),
             Some("application/json")
         );
-        assert_eq!(record.header(WEBHOOK_HEADER).as_deref(), Some("alerts"));
+        assert_eq!(record.header(WEBHOOK).as_deref(), Some("alerts"));
     }
     let expected: BTreeMap<String, i64> = big
         .iter()
@@ -205,7 +204,7 @@ fn a_bad_rules_file_keeps_the_rules_in_force_and_a_good_one_replaces_them() {
     let ledger = wait_for(&pipeline.ledger_topic, 200, &router);
     let routed_by_old = ledger
         .iter()
-        .filter(|r| r.header(RULE_HEADER).as_deref() == Some("transfers"))
+        .filter(|r| r.header(RULE).as_deref() == Some("transfers"))
         .count();
     assert!(routed_by_old > 0, "the old rules still route");
 
@@ -224,7 +223,7 @@ fn a_bad_rules_file_keeps_the_rules_in_force_and_a_good_one_replaces_them() {
     let by_rule_all = || -> Vec<ReadRecord> {
         read_topic(&pipeline.notifications_topic, "read_committed")
             .into_iter()
-            .filter(|r| r.header(RULE_HEADER).as_deref() == Some("all"))
+            .filter(|r| r.header(RULE).as_deref() == Some("all"))
             .collect()
     };
     let by_new_rule = eventually(

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{blocking, storage, Embedded, EmbeddedError, ENDS, POSITIONS, RECORDS};
 use crate::pipeline::now_ms;
-use crate::ports::log::DUE_HEADER;
-use crate::ports::{InputRecord, Log, LogError, OutputRecord, PublishError, Published, Publisher};
+use crate::ports::{Log, LogError, PublishError, Published, Publisher};
+use crate::wire::{InputRecord, OutputRecord};
 
 /// The one partition of every embedded topic.
 const PARTITION: u32 = 0;
@@ -130,10 +130,7 @@ fn read_due(
                 headers: stored.headers,
             };
             if let Some(now) = due_by {
-                let due = record
-                    .header(DUE_HEADER)
-                    .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
-                    .unwrap_or(0);
+                let due = record.retry_due_ms();
                 if due > now {
                     return Ok((records, Some(due)));
                 }

@@ -166,10 +166,7 @@ impl Embedded {
     }
 
     /// Every record of `topic`, in offset order.
-    pub fn read_to_end(
-        &self,
-        topic: &str,
-    ) -> Result<Vec<crate::ports::InputRecord>, EmbeddedError> {
+    pub fn read_to_end(&self, topic: &str) -> Result<Vec<crate::wire::InputRecord>, EmbeddedError> {
         log::read_from(&self.db, topic, 0)
     }
 }

@@ -8,7 +8,8 @@ use crate::domain::{
     Account, Entry, Fingerprint, IdClaim, Origin, Prior, Settlement, Status, TransactionResult,
 };
 use crate::pipeline::now_ms;
-use crate::ports::{LedgerStore, Log, OutputRecord, Publisher};
+use crate::ports::{LedgerStore, Log, Publisher};
+use crate::wire::OutputRecord;
 
 struct TempDir(PathBuf);
 
@@ -38,7 +39,7 @@ fn record(topic: &str, key: &str, value: &str) -> OutputRecord {
     }
 }
 
-fn values(records: &[crate::ports::InputRecord]) -> Vec<String> {
+fn values(records: &[crate::wire::InputRecord]) -> Vec<String> {
     records
         .iter()
         .map(|r| String::from_utf8(r.value.clone().unwrap()).unwrap())
@@ -105,7 +106,7 @@ async fn a_delayed_record_comes_when_due_and_holds_back_those_behind_it() {
     let due = |in_ms: i64| {
         let mut r = record("in.retry.1", "a", &format!("due+{in_ms}"));
         r.headers.push((
-            crate::ports::log::DUE_HEADER.to_owned(),
+            crate::wire::RETRY_DUE.to_owned(),
             (now_ms() + in_ms).to_string().into_bytes(),
         ));
         r

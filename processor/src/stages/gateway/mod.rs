@@ -28,7 +28,8 @@ use self::keys::ApiKeys;
 use crate::codec::{Codec, Record};
 use crate::domain::{Account, TransactionEvent};
 use crate::limits::KeyedRateLimit;
-use crate::ports::{LedgerStore, OutputRecord, Publisher};
+use crate::ports::{LedgerStore, Publisher};
+use crate::wire::{OutputRecord, TRACEPARENT};
 
 /// The OpenAPI document of these routes, served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
@@ -373,8 +374,8 @@ impl<P: Publisher, S: LedgerStore> Gateway<P, S> {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
             })?;
         let trace = headers
-            .get("traceparent")
-            .map(|v| ("traceparent".to_owned(), v.as_bytes().to_vec()));
+            .get(TRACEPARENT)
+            .map(|v| (TRACEPARENT.to_owned(), v.as_bytes().to_vec()));
         Ok(OutputRecord {
             topic: self.topic.clone(),
             key: Some(event.account_id.as_bytes().to_vec()),

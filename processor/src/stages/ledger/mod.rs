@@ -28,25 +28,17 @@ use rand::SeedableRng;
 
 use crate::codec::{Codec, Record};
 use crate::domain::ledger::settle;
-use crate::domain::{
-    Account, Emission, Facts, FailureKind, LedgerEntry, Leg, Origin, Poison, Settlement,
-};
+use crate::domain::{Account, Emission, Facts, FailureKind, LedgerEntry, Leg, Poison, Settlement};
 use crate::pipeline::breaker::{Breaker, CircuitState};
-use crate::pipeline::failures::{redriven_from, FailureRoutes, Retry};
+use crate::pipeline::failures::{FailureRoutes, Retry};
 use crate::pipeline::uncommitted::Uncommitted;
 use crate::pipeline::{BatchOutput, Stage, StageError, Tally};
-use crate::ports::{InputRecord, LedgerStore, OutputRecord, StoreError};
+use crate::ports::{LedgerStore, StoreError};
+use crate::wire::{InputRecord, OutputRecord, LEG, TRANSFER_CREDIT, TRANSFER_REVERSAL};
 
 mod parked;
 
 use parked::ParkedAccounts;
-
-/// The header that marks the legs of a transfer the ledger writes back to the ledger topic.
-pub const LEG_HEADER: &str = "txflow.leg";
-/// Its value on a credit leg; a record without the header is a primary entry.
-pub const TRANSFER_CREDIT: &[u8] = b"transfer-credit";
-/// Its value on a reversal.
-pub const TRANSFER_REVERSAL: &[u8] = b"transfer-reversal";
 
 /// Where the ledger reads and writes.
 #[derive(Clone, Debug)]
@@ -187,7 +179,7 @@ impl<S: LedgerStore> Ledger<S> {
     fn decode(&self, record: &InputRecord) -> Result<LedgerEntry, Poison> {
         let event = self.codec.valid_event(record.value.as_deref())?;
         let transfer = event.counterparty_account_id.is_some();
-        let leg = match record.header(LEG_HEADER) {
+        let leg = match record.header(LEG) {
             None => Leg::Primary,
             Some(TRANSFER_CREDIT) if transfer => Leg::TransferCredit,
             Some(TRANSFER_REVERSAL) if transfer => Leg::TransferReversal,
@@ -195,7 +187,7 @@ impl<S: LedgerStore> Ledger<S> {
                 return Err(Poison::new(
                     FailureKind::InvalidEvent,
                     format!(
-                        "header {LEG_HEADER} is {:?}; only {:?} or {:?} on a TRANSFER is known",
+                        "header {LEG} is {:?}; only {:?} or {:?} on a TRANSFER is known",
                         String::from_utf8_lossy(other),
                         String::from_utf8_lossy(TRANSFER_CREDIT),
                         String::from_utf8_lossy(TRANSFER_REVERSAL)
@@ -203,16 +195,11 @@ impl<S: LedgerStore> Ledger<S> {
                 ));
             }
         };
-        let origin = |(topic, partition, offset)| Origin {
-            topic,
-            partition,
-            offset,
-        };
         let entry = LedgerEntry {
             event,
             leg,
-            origin: origin(self.failures.origin(record)),
-            redriven_from: redriven_from(record).map(origin),
+            origin: self.failures.origin(record),
+            redriven_from: record.redriven_from(),
         };
         // Per-account order holds only if every record of an account is on its partition.
         if record.key.as_deref() != Some(entry.account_id().as_bytes()) {
@@ -755,7 +742,7 @@ impl<S: LedgerStore> Ledger<S> {
             topic: self.topics.input.clone(),
             key: Some(account_id.into_bytes()),
             value: Some(self.codec.encode(Record::TransactionEvent, event)?),
-            headers: vec![(LEG_HEADER.to_owned(), leg.to_vec())],
+            headers: vec![(LEG.to_owned(), leg.to_vec())],
         })
     }
 }

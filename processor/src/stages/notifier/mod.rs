@@ -27,13 +27,11 @@ use prometheus::{HistogramVec, IntCounterVec};
 use crate::codec::Codec;
 use crate::domain::{FailureKind, Poison};
 use crate::pipeline::breaker::Breaker;
-use crate::pipeline::failures::{header_number, redriven_from, FailureRoutes, ATTEMPTS};
+use crate::pipeline::failures::FailureRoutes;
 use crate::pipeline::{BatchOutput, Stage, StageError, Tally};
-use crate::ports::{DeliveryError, InputRecord, WebhookRequest, Webhooks};
-use crate::stages::router::RULE_HEADER;
+use crate::ports::{DeliveryError, WebhookRequest, Webhooks};
+use crate::wire::{InputRecord, ATTEMPTS, RULE, TRACEPARENT, WEBHOOK};
 
-/// On a notification: the name of the endpoint it goes to.
-pub const WEBHOOK_HEADER: &str = "txflow.webhook";
 /// The same for every attempt of one notification: `<topic>/<partition>/<offset>` where it
 /// was first read.
 pub const ID_HEADER: &str = "txflow-webhook-id";
@@ -135,10 +133,10 @@ impl<W: Webhooks> Notifier<W> {
                 .header(name)
                 .map(|v| String::from_utf8_lossy(v).into_owned())
         };
-        let name = text(WEBHOOK_HEADER).ok_or_else(|| {
+        let name = text(WEBHOOK).ok_or_else(|| {
             Poison::new(
                 FailureKind::NoEndpoint,
-                format!("the notification names no endpoint (header {WEBHOOK_HEADER}): give its rule target a `webhook`"),
+                format!("the notification names no endpoint (header {WEBHOOK}): give its rule target a `webhook`"),
             )
         })?;
         let endpoint = self.endpoints.get(&name).ok_or_else(|| {
@@ -163,15 +161,16 @@ impl<W: Webhooks> Notifier<W> {
                 serde_json::to_vec(&event).expect("an event serializes")
             }
         };
-        let (topic, partition, offset) =
-            redriven_from(record).unwrap_or_else(|| self.failures.origin(record));
+        let origin = record
+            .redriven_from()
+            .unwrap_or_else(|| self.failures.origin(record));
         Ok(Delivery {
             index,
             endpoint,
-            id: format!("{topic}/{partition}/{offset}"),
-            rule: text(RULE_HEADER),
-            attempt: header_number(record, ATTEMPTS).unwrap_or(0) as u32 + 1,
-            traceparent: text("traceparent"),
+            id: origin.to_string(),
+            rule: text(RULE),
+            attempt: record.header_number(ATTEMPTS).unwrap_or(0) as u32 + 1,
+            traceparent: text(TRACEPARENT),
             body,
         })
     }
@@ -192,7 +191,7 @@ impl<W: Webhooks> Notifier<W> {
             headers.push((HTTP_RULE_HEADER.to_owned(), rule.clone()));
         }
         if let Some(traceparent) = &delivery.traceparent {
-            headers.push(("traceparent".to_owned(), traceparent.clone()));
+            headers.push((TRACEPARENT.to_owned(), traceparent.clone()));
         }
         WebhookRequest {
             url: endpoint.url.clone(),

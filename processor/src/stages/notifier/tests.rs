@@ -8,8 +8,7 @@ use super::*;
 use crate::codec::Record;
 use crate::domain::{EventType, RetryPolicy, TransactionEvent};
 use crate::pipeline::breaker::{BreakerConfig, CircuitState};
-use crate::pipeline::failures::{ERROR_KIND, RETRY_DUE, RETRY_TIER};
-use crate::ports::OutputRecord;
+use crate::wire::{OutputRecord, ERROR_KIND, RETRY_DUE, RETRY_TIER, RULE, WEBHOOK};
 
 /// Endpoints that answer each request with the status their script says, in turn (the last
 /// one again once the script is spent), and remember what they were sent.
@@ -101,11 +100,11 @@ fn notifier(receiver: &Receiver, open_for: Duration) -> Notifier<&Receiver> {
 /// A notification of the router: a transformed JSON body for `webhook`.
 fn notification(offset: i64, webhook: Option<&str>, body: &str) -> InputRecord {
     let mut headers = vec![
-        (RULE_HEADER.to_owned(), b"large-deposits".to_vec()),
+        (RULE.to_owned(), b"large-deposits".to_vec()),
         ("content-type".to_owned(), b"application/json".to_vec()),
     ];
     if let Some(webhook) = webhook {
-        headers.push((WEBHOOK_HEADER.to_owned(), webhook.as_bytes().to_vec()));
+        headers.push((WEBHOOK.to_owned(), webhook.as_bytes().to_vec()));
     }
     InputRecord {
         topic: "txflow.notifications".into(),

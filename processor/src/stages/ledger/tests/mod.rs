@@ -6,7 +6,7 @@ mod simulation;
 use std::collections::BTreeMap as Map;
 
 use super::*;
-use crate::domain::{EventType, TransactionEvent};
+use crate::domain::{EventType, Origin, TransactionEvent};
 
 fn entry(account: &str, event_type: EventType, to: Option<&str>) -> (usize, LedgerEntry) {
     let event = TransactionEvent {

@@ -20,10 +20,12 @@ use crate::domain::audit::audit;
 use crate::domain::{RetryPolicy, TransactionEvent, TransactionResult};
 use crate::loadgen::hostile::{HostileConfig, HostileWorkload};
 use crate::pipeline::breaker::{Breaker, BreakerConfig};
-use crate::pipeline::failures::{FailureRoutes, ERROR_KIND};
+use crate::pipeline::failures::FailureRoutes;
 use crate::pipeline::Stage;
-use crate::ports::{InputRecord, LedgerStore, OutputRecord};
+use crate::ports::LedgerStore;
 use crate::stages::ledger::{Ledger, LedgerSettings, LedgerTopics};
+use crate::wire::ERROR_KIND;
+use crate::wire::{InputRecord, OutputRecord};
 
 const LEDGER: &str = "txflow.ledger";
 const RESULTS: &str = "txflow.results";

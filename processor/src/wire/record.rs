@@ -1,0 +1,134 @@
+//! A record as a stage reads it and as it writes one.
+
+use serde::{Deserialize, Serialize};
+
+use super::headers::{
+    ORIGINAL_OFFSET, ORIGINAL_PARTITION, ORIGINAL_TOPIC, REDRIVEN_FROM, RETRY_DUE,
+};
+use crate::domain::Origin;
+
+/// A record read from the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// Milliseconds since the Unix epoch, as the log stamped it.
+    pub timestamp: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// A record to write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputRecord {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl InputRecord {
+    /// The value of the first header with this name.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// A header holding a decimal number.
+    pub fn header_number(&self, name: &str) -> Option<i64> {
+        std::str::from_utf8(self.header(name)?).ok()?.parse().ok()
+    }
+
+    /// Where the record was read: its own position.
+    pub fn position(&self) -> Origin {
+        Origin {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: self.offset,
+        }
+    }
+
+    /// On a failed record (a retry or a dead letter): where it was first read, as its
+    /// `txflow.original.*` headers say.
+    pub fn original_position(&self) -> Option<Origin> {
+        let topic = std::str::from_utf8(self.header(ORIGINAL_TOPIC)?).ok()?;
+        Some(Origin {
+            topic: topic.to_owned(),
+            partition: i32::try_from(self.header_number(ORIGINAL_PARTITION)?).ok()?,
+            offset: self.header_number(ORIGINAL_OFFSET)?,
+        })
+    }
+
+    /// On a redriven dead letter: where the event was read before it was dead-lettered.
+    pub fn redriven_from(&self) -> Option<Origin> {
+        let text = std::str::from_utf8(self.header(REDRIVEN_FROM)?).ok()?;
+        let mut parts = text.rsplitn(3, '/');
+        let offset = parts.next()?.parse().ok()?;
+        let partition = parts.next()?.parse().ok()?;
+        Some(Origin {
+            topic: parts.next()?.to_owned(),
+            partition,
+            offset,
+        })
+    }
+
+    /// On a delayed topic (a retry tier): when the record may be handed out, in
+    /// milliseconds since the Unix epoch; a record without a readable due time is due at
+    /// once.
+    pub fn retry_due_ms(&self) -> i64 {
+        self.header_number(RETRY_DUE).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(headers: &[(&str, &str)]) -> InputRecord {
+        InputRecord {
+            topic: "t.retry.1".into(),
+            partition: 2,
+            offset: 9,
+            timestamp: None,
+            key: None,
+            value: None,
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn positions_in_headers_read_back_as_written() {
+        let origin = Origin {
+            topic: "txflow.ledger/x".into(),
+            partition: 3,
+            offset: 41,
+        };
+        let redriven = with(&[(REDRIVEN_FROM, &origin.to_string())]);
+        assert_eq!(redriven.redriven_from(), Some(origin));
+        let retried = with(&[
+            (ORIGINAL_TOPIC, "txflow.ledger"),
+            (ORIGINAL_PARTITION, "1"),
+            (ORIGINAL_OFFSET, "7"),
+        ]);
+        assert_eq!(
+            retried.original_position().map(|o| (o.partition, o.offset)),
+            Some((1, 7))
+        );
+        assert_eq!(with(&[(ORIGINAL_PARTITION, "x")]).original_position(), None);
+        assert_eq!(retried.position().offset, 9);
+    }
+
+    #[test]
+    fn a_due_time_is_read_once_and_missing_means_now() {
+        assert_eq!(with(&[(RETRY_DUE, "1700")]).retry_due_ms(), 1700);
+        assert_eq!(with(&[(RETRY_DUE, "soon")]).retry_due_ms(), 0);
+        assert_eq!(with(&[]).retry_due_ms(), 0);
+    }
+}
