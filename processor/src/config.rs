@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::pipeline::failures::{dead_letter_topic, retry_topic};
+use crate::failures::{dead_letter_topic, retry_topic};
 
 /// Environment variables with this prefix and a `__` override config keys.
 pub const ENV_PREFIX: &str = "TXFLOW_";

@@ -11,11 +11,13 @@ use anyhow::{bail, Context};
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::TryStreamExt;
 
 use txflow::adapters::embedded::{Embedded, EmbeddedLedgerStore};
+use txflow::codec::Codec;
+use txflow::failures::redrive::{self, RedriveRequest, Redriven};
 use txflow::ports::{LedgerStore, Published, Publisher};
 use txflow::stages::gateway::account_json;
 use txflow::stages::gateway::keys::hash;
@@ -32,16 +34,18 @@ pub const WRITE_RECORDS: usize = 500;
 struct Served {
     embedded: Embedded,
     store: Arc<EmbeddedLedgerStore>,
+    codec: Arc<Codec>,
 }
 
 /// The `/dev/` routes of a dev process's admin endpoint, for callers with `key`.
-pub fn routes(embedded: Embedded, key: &str) -> Router {
+pub fn routes(embedded: Embedded, codec: Arc<Codec>, key: &str) -> Router {
     let store = Arc::new(embedded.store());
     let expected = hash(key);
     Router::new()
         .route("/dev/accounts", get(accounts))
         .route("/dev/accounts/{account_id}", get(account))
         .route("/dev/topics/{topic}/records", get(records).post(publish))
+        .route("/dev/dlq/redrive", post(redrive))
         .route_layer(axum::middleware::from_fn(
             move |request: axum::extract::Request, next: axum::middleware::Next| async move {
                 let given = request
@@ -59,7 +63,11 @@ pub fn routes(embedded: Embedded, key: &str) -> Router {
                 }
             },
         ))
-        .with_state(Served { embedded, store })
+        .with_state(Served {
+            embedded,
+            store,
+            codec,
+        })
 }
 
 fn failed(status: StatusCode, message: impl std::fmt::Display) -> Response {
@@ -124,6 +132,22 @@ async fn publish(
     match published {
         Ok(published) => Json(published).into_response(),
         Err(e) => failed(StatusCode::SERVICE_UNAVAILABLE, e.message),
+    }
+}
+
+/// Runs a redrive on the dev process's own log, in the group the request names, until the
+/// dead letters run out; answers what it did.
+async fn redrive(State(served): State<Served>, Json(request): Json<RedriveRequest>) -> Response {
+    let plan = match request.plan() {
+        Ok(plan) => plan,
+        Err(e) => return failed(StatusCode::BAD_REQUEST, e),
+    };
+    let log = served
+        .embedded
+        .log(&request.group(), &[request.topic.as_str()], &[]);
+    match redrive::redrive(log, &served.codec, &plan).await {
+        Ok(done) => Json(done).into_response(),
+        Err(e) => failed(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
 
@@ -209,6 +233,15 @@ impl DevClient {
     ) -> anyhow::Result<Vec<Published>> {
         let url = format!("{}/dev/topics/{}/records", self.base, segment(topic));
         let response = self.send(self.http.post(url).json(records)).await?;
+        Ok(ok(response).await?.json().await?)
+    }
+}
+
+impl DevClient {
+    /// Runs `request` in the dev process; what it redrove.
+    pub async fn redrive(&self, request: &RedriveRequest) -> anyhow::Result<Redriven> {
+        let url = format!("{}/dev/dlq/redrive", self.base);
+        let response = self.send(self.http.post(url).json(request)).await?;
         Ok(ok(response).await?.json().await?)
     }
 }

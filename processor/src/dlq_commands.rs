@@ -1,19 +1,13 @@
 //! `txflow dlq`: inspect and redrive dead letters.
 
-use std::num::NonZeroU32;
-use std::time::{Duration, Instant};
-
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
 use txflow::adapters::kafka::{self, Delivery, GroupMember, KafkaLog};
 use txflow::config::Config;
-use txflow::dlq::{DeadLetter, Filter, Stats};
-use txflow::limits::pacing;
-use txflow::pipeline::failures::dead_letter_topic;
+use txflow::failures::redrive::{self, RedriveRequest};
+use txflow::failures::{dead_letter_topic, DeadLetter, Filter, Stats};
 use txflow::pipeline::now_ms;
-use txflow::ports::{Log, LogError};
-use txflow::wire::OutputRecord;
 
 use crate::cli::print_line;
 use crate::dev_access::DevClient;
@@ -158,10 +152,7 @@ pub async fn dlq(
                 ),
             }
         }
-        DlqCommand::Redrive(args) => match dev {
-            Some(dev) => redrive_on_dev(config, args, dev).await,
-            None => redrive(config, args).await,
-        },
+        DlqCommand::Redrive(args) => redrive(config, args, dev).await,
     }
 }
 
@@ -178,11 +169,11 @@ async fn dry_run(
             break;
         }
         if selected(&letter, &args.selection.filters) {
-            let out = letter
-                .redriven(args.to.as_deref())
+            let to = letter
+                .destination(args.to.as_deref())
                 .map_err(anyhow::Error::msg)?;
             let mut line = letter.summary(now_ms());
-            line["to"] = out.topic.into();
+            line["to"] = to.into();
             print_line(&line)?;
             count += 1;
         }
@@ -191,129 +182,59 @@ async fn dry_run(
     Ok(())
 }
 
-/// A redrive under `txflow dev`: the chosen dead letters written back, each once per run, in
-/// writes of up to [`crate::dev_access::WRITE_RECORDS`] per target topic. Run again, it
-/// writes them again: the ledger knows each event by its id, so a second redrive changes
-/// nothing but what the first left undone.
-async fn redrive_on_dev(config: &Config, args: RedriveArgs, dev: &DevClient) -> anyhow::Result<()> {
+/// The redrive of the dead letters of the selection's topic, in the consumer group of
+/// `--run-id`, on Kafka or in a running `txflow dev` (the same implementation runs there).
+async fn redrive(
+    config: &Config,
+    args: RedriveArgs,
+    dev: Option<&DevClient>,
+) -> anyhow::Result<()> {
     let topic = args.selection.topic.resolve(config);
     if args.dry_run {
-        return dry_run(config, &args, &topic, Some(dev)).await;
-    }
-    if args.run_id.is_some() {
-        bail!("--run-id resumes a redrive on Kafka; under txflow dev a redrive is not resumed but run again (the ledger ignores what it already applied)");
-    }
-    let limiter = NonZeroU32::new(args.rate).map(pacing);
-    let mut by_target: std::collections::BTreeMap<String, Vec<OutputRecord>> = Default::default();
-    let (mut chosen, mut skipped) = (0u64, 0u64);
-    for letter in read_letters(config, &topic, Some(dev)).await? {
-        if args.limit.is_some_and(|limit| chosen >= limit) {
-            break;
-        }
-        if !selected(&letter, &args.selection.filters) {
-            skipped += 1;
-            continue;
-        }
-        if let Some(limiter) = &limiter {
-            limiter.until_ready().await;
-        }
-        let out = letter
-            .redriven(args.to.as_deref())
-            .map_err(anyhow::Error::msg)?;
-        let target = out.topic.clone();
-        let pending = by_target.entry(target.clone()).or_default();
-        pending.push(out);
-        chosen += 1;
-        if pending.len() >= crate::dev_access::WRITE_RECORDS {
-            dev.publish(&target, pending).await?;
-            pending.clear();
-        }
-    }
-    for (target, records) in by_target.iter().filter(|(_, r)| !r.is_empty()) {
-        dev.publish(target, records).await?;
-    }
-    eprintln!("redriven {chosen} dead letters from {topic} (skipped {skipped} not matching)");
-    Ok(())
-}
-
-async fn redrive(config: &Config, args: RedriveArgs) -> anyhow::Result<()> {
-    let topic = args.selection.topic.resolve(config);
-    if args.dry_run {
-        return dry_run(config, &args, &topic, None).await;
+        return dry_run(config, &args, &topic, dev).await;
     }
     let run_id = args
         .run_id
         .clone()
         .unwrap_or_else(|| format!("{}", now_ms()));
-    let group_id = format!("txflow-dlq-redrive-{run_id}");
-    let member = GroupMember {
-        group_id: &group_id,
-        transactional_id: &group_id,
-        session_timeout_ms: 10_000,
+    let request = RedriveRequest {
+        topic: topic.clone(),
+        run_id: run_id.clone(),
+        filters: args
+            .selection
+            .filters
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        to: args.to.clone(),
+        rate: args.rate,
+        limit: args.limit,
+        idle_ms: args.idle_ms,
     };
-    let mut log = KafkaLog::new(
-        &config.kafka,
-        &member,
-        &[&topic],
-        &[],
-        Delivery::ExactlyOnce,
-    )?;
-    let codec = crate::schema_commands::codec(config).await?;
-    let limiter = NonZeroU32::new(args.rate).map(pacing);
-    let (mut redriven, mut skipped) = (0u64, 0u64);
-    let joined_by = Instant::now() + Duration::from_secs(60);
-    let mut idle_since = Instant::now();
-    loop {
-        let room = args.limit.map_or(500, |limit| (limit - redriven).min(500)) as usize;
-        if room == 0 {
-            break;
+    let done = match dev {
+        Some(dev) => dev.redrive(&request).await?,
+        None => {
+            let group = request.group();
+            let member = GroupMember {
+                group_id: &group,
+                transactional_id: &group,
+                session_timeout_ms: 10_000,
+            };
+            let log = KafkaLog::new(
+                &config.kafka,
+                &member,
+                &[&topic],
+                &[],
+                Delivery::ExactlyOnce,
+            )?;
+            let codec = crate::schema_commands::codec(config).await?;
+            let plan = request.plan().map_err(anyhow::Error::msg)?;
+            redrive::redrive(log, &codec, &plan).await?
         }
-        let batch = log.next_batch(room, Duration::from_millis(200)).await?;
-        if batch.is_empty() {
-            // Until the group hands out the partitions, silence means nothing.
-            if log.assigned_partitions() == 0 {
-                if Instant::now() > joined_by {
-                    bail!("no partition of {topic} was assigned to group {group_id} within 60 s");
-                }
-                idle_since = Instant::now();
-            } else if idle_since.elapsed() >= Duration::from_millis(args.idle_ms) {
-                break;
-            }
-            continue;
-        }
-        idle_since = Instant::now();
-        codec
-            .learn(batch.iter().map(|r| r.value.as_deref()))
-            .await?;
-        let mut outputs = Vec::new();
-        for record in &batch {
-            let letter = DeadLetter::new(record.clone(), &codec);
-            if !selected(&letter, &args.selection.filters) {
-                skipped += 1;
-                continue;
-            }
-            if let Some(limiter) = &limiter {
-                limiter.until_ready().await;
-            }
-            outputs.push(
-                letter
-                    .redriven(args.to.as_deref())
-                    .map_err(anyhow::Error::msg)?,
-            );
-        }
-        let count = outputs.len() as u64;
-        match log.commit(&batch, outputs).await {
-            Ok(()) => redriven += count,
-            Err(LogError::Aborted(message)) => {
-                tracing::warn!("a redrive batch aborted, reading it again: {message}");
-                log.rewind(&batch).await?;
-            }
-            Err(fatal) => return Err(fatal.into()),
-        }
-    }
-    log.close().await;
+    };
     eprintln!(
-        "redriven {redriven} dead letters from {topic} (skipped {skipped} not matching); run id {run_id}"
+        "redriven {} dead letters from {topic} (skipped {} not matching, {} that failed again in this run); run id {run_id}",
+        done.redriven, done.skipped, done.returned
     );
     Ok(())
 }

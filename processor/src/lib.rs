@@ -6,8 +6,8 @@
 pub mod adapters;
 pub mod codec;
 pub mod config;
-pub mod dlq;
 pub mod domain;
+pub mod failures;
 pub mod limits;
 pub mod loadgen;
 pub mod pipeline;

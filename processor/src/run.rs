@@ -20,9 +20,9 @@ use txflow::adapters::scylla;
 use txflow::codec::Codec;
 use txflow::config::Config;
 use txflow::domain::RetryPolicy;
+use txflow::failures::FailureRoutes;
 use txflow::limits::{pacing, KeyedRateLimit};
 use txflow::pipeline::breaker::{Breaker, BreakerConfig, BreakerMetrics};
-use txflow::pipeline::failures::FailureRoutes;
 use txflow::pipeline::{self, LoopConfig, StageTelemetry};
 use txflow::ports::{LedgerStore, Log, Publisher};
 use txflow::routing::Rules;
@@ -632,11 +632,13 @@ pub async fn dev(config: &Config, data_dir: &Path) -> anyhow::Result<()> {
         .map(|stage| (stage, stage_telemetry(stage, &metrics)))
         .collect();
     let telemetries: Vec<StageTelemetry> = stages.iter().map(|(_, t)| t.clone()).collect();
+    // One codec for every stage: the schemas registered once, each new id learnt once.
+    let codec = crate::schema_commands::codec(&config).await?;
     let admin = serve_telemetry(
         &config,
         &metrics,
         &telemetries,
-        crate::dev_access::routes(embedded.clone(), &key),
+        crate::dev_access::routes(embedded.clone(), codec.clone(), &key),
     )
     .await?;
     let address_file = data_dir.join(crate::dev_access::ADDRESS_FILE);
@@ -644,8 +646,6 @@ pub async fn dev(config: &Config, data_dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", address_file.display()))?;
     let (stop, stopped) = watch::channel(false);
     let mut running = tokio::task::JoinSet::new();
-    // One codec for every stage: the schemas registered once, each new id learnt once.
-    let codec = crate::schema_commands::codec(&config).await?;
     for (stage, telemetry) in stages {
         let (embedded, config, stopped) = (embedded.clone(), config.clone(), stopped.clone());
         let codec = codec.clone();

@@ -13,8 +13,8 @@ use txflow::domain::{
     Account, EventType, IdClaim, Recorded, RetryPolicy, Settlement, TransactionEvent,
     TransactionResult,
 };
+use txflow::failures::FailureRoutes;
 use txflow::pipeline::breaker::{Breaker, BreakerConfig};
-use txflow::pipeline::failures::FailureRoutes;
 use txflow::pipeline::{self, LoopConfig, StageTelemetry};
 use txflow::ports::{LedgerStore, LoadedAccount, Log, Publisher, StoreError};
 use txflow::stages::ledger::{Ledger, LedgerSettings, LedgerTopics};

@@ -368,11 +368,6 @@ impl KafkaLog {
         Ok(true)
     }
 
-    /// How many partitions the group gave this member.
-    pub fn assigned_partitions(&self) -> usize {
-        self.consumer.assignment().map(|a| a.count()).unwrap_or(0)
-    }
-
     /// A record of a partition paused meanwhile: fetched before the pause, it comes again on
     /// resume from the offset the pause wound back to.
     fn is_waiting(&self, record: &InputRecord) -> bool {
@@ -694,6 +689,10 @@ impl Log for KafkaLog {
     fn reassignment_pending(&self) -> bool {
         let assignments = self.consumer.context().assignments.load(Ordering::SeqCst);
         self.assignments_seen != Some(assignments)
+    }
+
+    fn assigned_partitions(&self) -> usize {
+        self.consumer.assignment().map(|a| a.count()).unwrap_or(0)
     }
 
     async fn reassigned(&mut self) -> Result<Option<Vec<InputRecord>>, LogError> {

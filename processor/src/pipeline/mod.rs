@@ -13,7 +13,6 @@
 //! (never behind), which a replay makes good.
 
 pub mod breaker;
-pub mod failures;
 mod fault;
 pub mod uncommitted;
 
@@ -504,6 +503,10 @@ mod tests {
 
         fn reassignment_pending(&self) -> bool {
             !self.announced
+        }
+
+        fn assigned_partitions(&self) -> usize {
+            1
         }
 
         async fn reassigned(&mut self) -> Result<Option<Vec<InputRecord>>, LogError> {

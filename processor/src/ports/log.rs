@@ -50,6 +50,9 @@ pub trait Log: Send {
     /// called): a look at the log's own state, no IO.
     fn reassignment_pending(&self) -> bool;
 
+    /// How many partitions this member reads now (none until its group assigned them).
+    fn assigned_partitions(&self) -> usize;
+
     /// When this member's partitions changed since the last call (or on the first call): the
     /// records of its delayed topics' partitions that the group has not consumed yet, which is
     /// what a stage keeping track of its retries must start again from.

@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use prometheus::IntCounterVec;
 
 use crate::codec::Codec;
-use crate::pipeline::failures::FailureRoutes;
+use crate::failures::FailureRoutes;
 use crate::pipeline::uncommitted::Uncommitted;
 use crate::pipeline::{BatchOutput, Stage, StageError, Tally};
 use crate::routing::Rules;

@@ -39,6 +39,9 @@ pub const RETRY_TIER: &str = "txflow.retry.tier";
 /// `topic/partition/offset`. The stage publishes a result recorded at that position but
 /// never published, once.
 pub const REDRIVEN_FROM: &str = "txflow.redriven.from";
+/// On a redriven record, and on the dead letter it becomes if it fails again: the redrive
+/// run that wrote it, so that the run does not redrive what it wrote itself.
+pub const REDRIVE_RUN: &str = "txflow.redrive.run";
 
 /// Headers a failure sets; a record moving on carries the new ones only.
 pub const FAILURE_HEADERS: [&str; 9] = [

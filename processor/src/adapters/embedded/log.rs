@@ -295,6 +295,11 @@ impl Log for EmbeddedLog {
         !self.announced
     }
 
+    /// A single process reads every embedded topic: all of its one partition each, always.
+    fn assigned_partitions(&self) -> usize {
+        self.topics.len()
+    }
+
     async fn reassigned(&mut self) -> Result<Option<Vec<InputRecord>>, LogError> {
         if self.announced {
             return Ok(None);

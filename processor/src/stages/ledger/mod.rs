@@ -29,16 +29,13 @@ use rand::SeedableRng;
 use crate::codec::{Codec, Record};
 use crate::domain::ledger::settle;
 use crate::domain::{Account, Emission, Facts, FailureKind, LedgerEntry, Leg, Poison, Settlement};
+use crate::failures::parking::{self, ParkedAccounts};
+use crate::failures::{FailureRoutes, Retry};
 use crate::pipeline::breaker::{Breaker, CircuitState};
-use crate::pipeline::failures::{FailureRoutes, Retry};
 use crate::pipeline::uncommitted::Uncommitted;
 use crate::pipeline::{BatchOutput, Stage, StageError, Tally};
 use crate::ports::{LedgerStore, StoreError};
 use crate::wire::{InputRecord, OutputRecord, LEG, TRANSFER_CREDIT, TRANSFER_REVERSAL};
-
-mod parked;
-
-use parked::ParkedAccounts;
 
 /// Where the ledger reads and writes.
 #[derive(Clone, Debug)]
@@ -77,7 +74,7 @@ pub struct Ledger<S> {
     parked: Mutex<ParkedAccounts>,
     /// What the batches processed but not committed yet change in them, oldest first: a
     /// batch is processed while the one before it commits, and must see what that one parked.
-    staged: Uncommitted<parked::Changes>,
+    staged: Uncommitted<parking::Changes>,
 }
 
 /// How the ledger settles a batch.
@@ -123,7 +120,7 @@ impl Tally for LedgerCounts {
 struct Pending {
     index: usize,
     entry: LedgerEntry,
-    parking: parked::Key,
+    parking: parking::Key,
     original_offset: i64,
 }
 
@@ -219,7 +216,7 @@ impl<S: LedgerStore> Ledger<S> {
     /// dead letters; the rest, decoded, are what the batch settles.
     fn triage(&self, out: &mut Outcome<'_>) -> Vec<Pending> {
         let batch = out.batch;
-        let mut in_batch: HashMap<parked::Key, BTreeSet<i64>> = HashMap::new();
+        let mut in_batch: HashMap<parking::Key, BTreeSet<i64>> = HashMap::new();
         for record in batch {
             if self.failures.tier_of(&record.topic).is_some() {
                 let key = parking_of(record);
@@ -235,7 +232,7 @@ impl<S: LedgerStore> Ledger<S> {
         let committed = self.parked.lock().expect("the parking lock");
         let uncommitted = self.staged.lock();
         let provisional;
-        let parked = if uncommitted.iter().all(parked::Changes::is_empty) {
+        let parked = if uncommitted.iter().all(parking::Changes::is_empty) {
             &*committed
         } else {
             provisional = committed.with(uncommitted.iter());
@@ -473,7 +470,7 @@ impl<S: LedgerStore> Ledger<S> {
     }
 }
 
-fn parking_of(record: &InputRecord) -> parked::Key {
+fn parking_of(record: &InputRecord) -> parking::Key {
     (record.partition, record.key.clone().unwrap_or_default())
 }
 
@@ -537,7 +534,7 @@ impl<S: LedgerStore> Stage for Ledger<S> {
             ))
         }));
         tracing::info!(
-            keys = parked.len(),
+            keys = parked.waiting(),
             "accounts with records on the retry tiers"
         );
     }
@@ -550,7 +547,7 @@ struct Outcome<'a> {
     rng: StdRng,
     outputs: Vec<OutputRecord>,
     counts: LedgerCounts,
-    changes: parked::Changes,
+    changes: parking::Changes,
 }
 
 impl<'a> Outcome<'a> {
@@ -561,7 +558,7 @@ impl<'a> Outcome<'a> {
             rng: StdRng::from_rng(&mut rand::rng()),
             outputs: Vec::with_capacity(batch.len() * 2),
             counts: LedgerCounts::default(),
-            changes: parked::Changes::default(),
+            changes: parking::Changes::default(),
         }
     }
 }

@@ -26,8 +26,8 @@ use prometheus::{HistogramVec, IntCounterVec};
 
 use crate::codec::Codec;
 use crate::domain::{FailureKind, Poison};
+use crate::failures::FailureRoutes;
 use crate::pipeline::breaker::Breaker;
-use crate::pipeline::failures::FailureRoutes;
 use crate::pipeline::{BatchOutput, Stage, StageError, Tally};
 use crate::ports::{DeliveryError, WebhookRequest, Webhooks};
 use crate::wire::{InputRecord, ATTEMPTS, RULE, TRACEPARENT, WEBHOOK};

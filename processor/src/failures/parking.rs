@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::pipeline::failures::Retry;
+use crate::failures::Retry;
 
 /// A record key on a partition: the unit of order.
 pub type Key = (i32, Vec<u8>);
@@ -59,7 +59,8 @@ impl ParkedAccounts {
         }
     }
 
-    pub fn len(&self) -> usize {
+    /// How many keys (accounts of a partition) have records waiting.
+    pub fn waiting(&self) -> usize {
         self.keys.len()
     }
 
@@ -161,12 +162,12 @@ mod tests {
     fn an_account_is_free_once_its_retries_are_consumed() {
         let mut parked = ParkedAccounts::default();
         parked.rebuild([(key("a"), 5, retry(1, 100))]);
-        assert_eq!(parked.len(), 1);
+        assert_eq!(parked.waiting(), 1);
         parked.apply(&Changes {
             consumed: vec![(key("a"), 5)],
             parked: vec![],
         });
-        assert_eq!(parked.len(), 0);
+        assert_eq!(parked.waiting(), 0);
         assert_eq!(parked.blocked(&key("a"), 9, &BTreeSet::new()), None);
     }
 

@@ -12,7 +12,7 @@ use crate::codec::{Codec, Record};
 use crate::domain::TransactionEvent;
 use crate::wire::{
     is_failure_header, ATTEMPTS, ERROR_KIND, ERROR_MESSAGE, FIRST_FAILURE, LAST_FAILURE,
-    ORIGINAL_OFFSET, ORIGINAL_PARTITION, ORIGINAL_TOPIC, REDRIVEN_FROM, STAGE,
+    ORIGINAL_OFFSET, ORIGINAL_PARTITION, ORIGINAL_TOPIC, REDRIVEN_FROM, REDRIVE_RUN, STAGE,
 };
 use crate::wire::{InputRecord, OutputRecord};
 
@@ -54,6 +54,18 @@ impl std::str::FromStr for Filter {
                     ))
                 }
             }
+        }
+    }
+}
+
+impl fmt::Display for Filter {
+    /// As written on the command line: `NAME=VALUE`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Filter::Kind(kind) => write!(f, "kind={kind}"),
+            Filter::Stage(stage) => write!(f, "stage={stage}"),
+            Filter::Header(name, value) => write!(f, "header.{name}={value}"),
+            Filter::Event(field, value) => write!(f, "event.{field}={value}"),
         }
     }
 }
@@ -161,36 +173,51 @@ impl DeadLetter {
         })
     }
 
-    /// The record a redrive writes: key and value untouched, to `to` or else to the topic it
-    /// was first read from, without the failure headers (it starts over as a new record),
-    /// saying in [`REDRIVEN_FROM`] where it was read before, so that the stage can publish
-    /// a result recorded there that never was.
-    pub fn redriven(&self, to: Option<&str>) -> Result<OutputRecord, String> {
-        let topic = match to {
-            Some(topic) => topic.to_owned(),
-            None => self.header(ORIGINAL_TOPIC).ok_or_else(|| {
-                format!(
-                    "dead letter at {}/{} has no {ORIGINAL_TOPIC} header; give --to",
-                    self.record.partition, self.record.offset
-                )
-            })?,
-        };
+    /// The record redrive run `run` writes: key and value untouched, to `to` or else to the
+    /// topic it was first read from, without the failure headers (it starts over as a new
+    /// record), saying in [`REDRIVEN_FROM`] where it was read before, so that the stage can
+    /// publish a result recorded there that never was, and in [`REDRIVE_RUN`] which run
+    /// wrote it.
+    pub fn redriven(&self, to: Option<&str>, run: &str) -> Result<OutputRecord, String> {
+        let topic = self.destination(to)?;
         let mut headers: Vec<(String, Vec<u8>)> = self
             .record
             .headers
             .iter()
-            .filter(|(name, _)| !is_failure_header(name) && name != REDRIVEN_FROM)
+            .filter(|(name, _)| {
+                !is_failure_header(name) && name != REDRIVEN_FROM && name != REDRIVE_RUN
+            })
             .cloned()
             .collect();
         if let Some(original) = self.record.original_position() {
             headers.push((REDRIVEN_FROM.to_owned(), original.to_string().into_bytes()));
         }
+        headers.push((REDRIVE_RUN.to_owned(), run.as_bytes().to_vec()));
         Ok(OutputRecord {
             topic,
             key: self.record.key.clone(),
             value: self.record.value.clone(),
             headers,
         })
+    }
+
+    /// Where a redrive writes it: `to`, or else the topic it was first read from.
+    pub fn destination(&self, to: Option<&str>) -> Result<String, String> {
+        match to {
+            Some(topic) => Ok(topic.to_owned()),
+            None => self.header(ORIGINAL_TOPIC).ok_or_else(|| {
+                format!(
+                    "dead letter at {}/{} has no {ORIGINAL_TOPIC} header; give --to",
+                    self.record.partition, self.record.offset
+                )
+            }),
+        }
+    }
+
+    /// Whether redrive run `run` wrote the record this dead letter came from: it failed
+    /// again in that run.
+    pub fn came_back_from(&self, run: &str) -> bool {
+        self.record.header(REDRIVE_RUN) == Some(run.as_bytes())
     }
 }
 
@@ -340,6 +367,18 @@ mod tests {
     }
 
     #[test]
+    fn a_filter_reads_back_as_written() {
+        for text in [
+            "kind=k",
+            "stage=ledger",
+            "header.x-a=1=2",
+            "event.attributes.c=web",
+        ] {
+            assert_eq!(text.parse::<Filter>().unwrap().to_string(), text);
+        }
+    }
+
+    #[test]
     fn bad_filters_are_explained() {
         assert!("kind".parse::<Filter>().unwrap_err().contains("NAME=VALUE"));
         assert!("colour=red"
@@ -362,17 +401,34 @@ mod tests {
             ],
             Some(&event),
         );
-        let out = l.redriven(None).unwrap();
+        let out = l.redriven(None, "run-1").unwrap();
         assert_eq!(out.topic, "txflow.ledger");
         assert_eq!((&out.key, &out.value), (&l.record.key, &l.record.value));
         assert_eq!(
             out.headers,
             vec![
                 ("traceparent".to_owned(), b"00-1-2-01".to_vec()),
-                (REDRIVEN_FROM.to_owned(), b"txflow.ledger/2/17".to_vec())
+                (REDRIVEN_FROM.to_owned(), b"txflow.ledger/2/17".to_vec()),
+                (REDRIVE_RUN.to_owned(), b"run-1".to_vec())
             ]
         );
-        assert_eq!(l.redriven(Some("elsewhere")).unwrap().topic, "elsewhere");
+        assert_eq!(
+            l.redriven(Some("elsewhere"), "run-1").unwrap().topic,
+            "elsewhere"
+        );
+        // Failed again in the same run, it carries the run's mark; another run redrives it,
+        // with its own.
+        let mut again = l.record.clone();
+        again.headers = out.headers.clone();
+        let again = DeadLetter::new(again, &Codec::builtin());
+        assert!(again.came_back_from("run-1") && !again.came_back_from("run-2"));
+        let twice = again.redriven(Some("txflow.ledger"), "run-2").unwrap();
+        let runs: Vec<_> = twice
+            .headers
+            .iter()
+            .filter(|(n, _)| n == REDRIVE_RUN)
+            .collect();
+        assert_eq!(runs, [&(REDRIVE_RUN.to_owned(), b"run-2".to_vec())]);
     }
 
     #[test]
