@@ -4,6 +4,7 @@
 //! `ports`, which `adapters` implement; `pipeline` runs a stage over a log.
 
 pub mod adapters;
+pub mod app;
 pub mod codec;
 pub mod config;
 pub mod domain;

@@ -8,6 +8,7 @@
 //! time opens a data directory.
 
 mod log;
+pub mod remote;
 mod store;
 mod writer;
 

@@ -1,37 +1,33 @@
-//! `txflow run --stage …` and `txflow dev`: each stage wired to a backend. A [`Backend`]
-//! gives a stage its log, its store and its way in: Kafka and ScyllaDB ([`Services`]) for
-//! `run`, the embedded database for `dev`. `dev` runs every stage of [`StageName::ALL`] in
-//! one process through the same [`run_stage`], so that a stage added there joins it unchanged.
+//! `txflow run --stage …`: each stage wired to a [`Backend`]. `txflow dev` runs every stage of
+//! [`StageName::ALL`] in one process through the same [`run_stage`], so that a stage added
+//! there joins it unchanged.
 
-use std::future::Future;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
 use clap::ValueEnum;
 use tokio::sync::watch;
 
-use txflow::adapters::embedded::{Embedded, EmbeddedLedgerStore, EmbeddedLog, EmbeddedPublisher};
-use txflow::adapters::http::HttpWebhooks;
-use txflow::adapters::kafka::{Delivery, GroupMember, KafkaLog, KafkaPublisher};
-use txflow::adapters::scylla;
-use txflow::codec::Codec;
-use txflow::config::Config;
-use txflow::domain::RetryPolicy;
-use txflow::failures::FailureRoutes;
-use txflow::limits::{pacing, KeyedRateLimit};
-use txflow::pipeline::breaker::{Breaker, BreakerConfig, BreakerMetrics};
-use txflow::pipeline::{self, LoopConfig, StageTelemetry};
-use txflow::ports::{LedgerStore, Log, Publisher};
-use txflow::routing::Rules;
-use txflow::stages::gateway::keys::{hash, ApiKeys};
-use txflow::stages::gateway::{self, Gateway, GatewayMetrics, GatewaySettings};
-use txflow::stages::ledger::{Ledger, LedgerSettings, LedgerTopics};
-use txflow::stages::notifier::{DeliveryMetrics, Endpoint, Notifier, NotifierSettings};
-use txflow::stages::router::Router;
-use txflow::telemetry::{serve_admin, Admin, Metrics, Readiness};
+use super::backend::{Backend, Membership, Services};
+use super::AppError;
+use crate::adapters::http::HttpWebhooks;
+use crate::adapters::kafka::Delivery;
+use crate::codec::Codec;
+use crate::config::Config;
+use crate::domain::RetryPolicy;
+use crate::failures::FailureRoutes;
+use crate::limits::{pacing, KeyedRateLimit};
+use crate::pipeline::breaker::{Breaker, BreakerConfig, BreakerMetrics};
+use crate::pipeline::{self, LoopConfig, StageTelemetry};
+use crate::routing::Rules;
+use crate::stages::gateway::keys::ApiKeys;
+use crate::stages::gateway::{self, Gateway, GatewayMetrics, GatewaySettings};
+use crate::stages::ledger::{Ledger, LedgerSettings, LedgerTopics};
+use crate::stages::notifier::{DeliveryMetrics, Endpoint, Notifier, NotifierSettings};
+use crate::stages::router::Router;
+use crate::telemetry::{serve_admin, Admin, Metrics, Readiness};
 
 /// The stages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -65,137 +61,13 @@ impl StageName {
     }
 }
 
-/// A stage's place in its consumer group.
-pub struct Membership<'a> {
-    pub stage: &'static str,
-    pub group_id: &'a str,
-    pub instance_id: String,
-    pub session_timeout_ms: u64,
-}
-
-/// Where the stages' log, store and way in come from.
-pub trait Backend: Sync {
-    type Log: Log + 'static;
-    type Store: LedgerStore;
-    type Publisher: Publisher + 'static;
-
-    /// A member of its group on `input` and the delayed topics `tiers`.
-    fn log(
-        &self,
-        config: &Config,
-        membership: &Membership<'_>,
-        input: &str,
-        tiers: &[String],
-        delivery: Delivery,
-    ) -> anyhow::Result<Self::Log>;
-
-    fn store(
-        &self,
-        config: &Config,
-    ) -> impl Future<Output = anyhow::Result<Arc<Self::Store>>> + Send;
-
-    fn publisher(&self, config: &Config) -> anyhow::Result<Self::Publisher>;
-}
-
-/// Kafka and ScyllaDB (or Cassandra), as configured.
-pub struct Services;
-
-#[cfg(not(feature = "fault-injection"))]
-type ServicesStore = scylla::ScyllaLedgerStore;
-/// A test build's store fails as `[faults]` says.
-#[cfg(feature = "fault-injection")]
-type ServicesStore = txflow::adapters::faulty::FaultyStore<scylla::ScyllaLedgerStore>;
-
-impl Backend for Services {
-    type Log = KafkaLog;
-    type Store = ServicesStore;
-    type Publisher = KafkaPublisher;
-
-    fn log(
-        &self,
-        config: &Config,
-        membership: &Membership<'_>,
-        input: &str,
-        tiers: &[String],
-        delivery: Delivery,
-    ) -> anyhow::Result<KafkaLog> {
-        let transactional_id = format!("{}-{}", membership.group_id, membership.instance_id);
-        let member = GroupMember {
-            group_id: membership.group_id,
-            transactional_id: &transactional_id,
-            session_timeout_ms: membership.session_timeout_ms,
-        };
-        tracing::info!(stage = membership.stage, %input, group = membership.group_id, %transactional_id, ?delivery, "joining the group");
-        Ok(KafkaLog::new(
-            &config.kafka,
-            &member,
-            &[input],
-            tiers,
-            delivery,
-        )?)
-    }
-
-    async fn store(&self, config: &Config) -> anyhow::Result<Arc<ServicesStore>> {
-        let session = scylla::connect(&config.store).await?;
-        let store = scylla::ScyllaLedgerStore::new(session, &config.store).await?;
-        #[cfg(feature = "fault-injection")]
-        let store = txflow::adapters::faulty::FaultyStore::new(store, config.faults.clone());
-        Ok(Arc::new(store))
-    }
-
-    fn publisher(&self, config: &Config) -> anyhow::Result<KafkaPublisher> {
-        let timeout = Duration::from_millis(config.gateway.request_timeout_ms);
-        KafkaPublisher::new(&config.kafka, timeout).context("creating the Kafka producer")
-    }
-}
-
-impl Backend for Embedded {
-    type Log = EmbeddedLog;
-    type Store = EmbeddedLedgerStore;
-    type Publisher = EmbeddedPublisher;
-
-    fn log(
-        &self,
-        _: &Config,
-        membership: &Membership<'_>,
-        input: &str,
-        tiers: &[String],
-        _: Delivery,
-    ) -> anyhow::Result<EmbeddedLog> {
-        Ok(Embedded::log(self, membership.group_id, &[input], tiers))
-    }
-
-    async fn store(&self, _: &Config) -> anyhow::Result<Arc<EmbeddedLedgerStore>> {
-        Ok(Arc::new(Embedded::store(self)))
-    }
-
-    fn publisher(&self, _: &Config) -> anyhow::Result<EmbeddedPublisher> {
-        Ok(Embedded::publisher(self))
-    }
-}
-
-/// A channel that turns true on SIGTERM or Ctrl-C.
-pub fn shutdown_signal() -> anyhow::Result<watch::Receiver<bool>> {
-    let (tx, rx) = watch::channel(false);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        tracing::info!("shutting down: finishing the open batches");
-        let _ = tx.send(true);
-    });
-    Ok(rx)
-}
-
 /// Serves the admin endpoints for these stages' readiness; returns the bound address.
-async fn serve_telemetry(
+pub(super) async fn serve_telemetry(
     config: &Config,
     metrics: &Arc<Metrics>,
     stages: &[StageTelemetry],
     more: axum::Router,
-) -> anyhow::Result<std::net::SocketAddr> {
+) -> Result<std::net::SocketAddr, AppError> {
     let admin = Admin {
         metrics: metrics.clone(),
         readiness: stages
@@ -206,12 +78,14 @@ async fn serve_telemetry(
     let listen = &config.admin.listen;
     let bound = serve_admin(listen, admin, more)
         .await
-        .with_context(|| format!("serving the admin endpoints on {listen} (admin.listen)"))?;
+        .map_err(AppError::io(format!(
+            "serving the admin endpoints on {listen} (admin.listen)"
+        )))?;
     tracing::info!(%bound, "admin endpoints: /metrics /healthz /readyz");
     Ok(bound)
 }
 
-fn stage_telemetry(stage: StageName, metrics: &Arc<Metrics>) -> StageTelemetry {
+pub(super) fn stage_telemetry(stage: StageName, metrics: &Arc<Metrics>) -> StageTelemetry {
     StageTelemetry {
         stage: stage.as_str(),
         metrics: metrics.clone(),
@@ -220,8 +94,8 @@ fn stage_telemetry(stage: StageName, metrics: &Arc<Metrics>) -> StageTelemetry {
 }
 
 /// `txflow run --stage STAGE`: one stage on Kafka and ScyllaDB, until SIGTERM.
-pub async fn run(config: &Config, stage: StageName, delivery: Delivery) -> anyhow::Result<()> {
-    let shutdown = shutdown_signal()?;
+pub async fn run(config: &Config, stage: StageName, delivery: Delivery) -> Result<(), AppError> {
+    let shutdown = super::shutdown::on_signal()?;
     let metrics = Arc::new(Metrics::new());
     let telemetry = stage_telemetry(stage, &metrics);
     serve_telemetry(
@@ -231,7 +105,7 @@ pub async fn run(config: &Config, stage: StageName, delivery: Delivery) -> anyho
         axum::Router::new(),
     )
     .await?;
-    let codec = crate::schema_commands::codec(config).await?;
+    let codec = super::codec::codec(config).await?;
     run_stage(
         stage, &Services, config, codec, delivery, telemetry, shutdown,
     )
@@ -248,7 +122,7 @@ pub async fn run_stage<B: Backend>(
     delivery: Delivery,
     telemetry: StageTelemetry,
     shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> Result<(), AppError> {
     match stage {
         StageName::Gateway => run_gateway(backend, config, codec, telemetry, shutdown).await,
         StageName::Router => {
@@ -273,7 +147,7 @@ fn stage_log<B: Backend>(
     input: &str,
     retry_delays_ms: &[u64],
     delivery: Delivery,
-) -> anyhow::Result<(B::Log, FailureRoutes)> {
+) -> Result<(B::Log, FailureRoutes), AppError> {
     let failures = FailureRoutes {
         input: input.to_owned(),
         stage: membership.stage,
@@ -283,7 +157,7 @@ fn stage_log<B: Backend>(
     let log = backend.log(
         config,
         &membership,
-        input,
+        &[input],
         &failures.tier_topics(),
         delivery,
     )?;
@@ -318,7 +192,7 @@ async fn run_router<B: Backend>(
     delivery: Delivery,
     telemetry: StageTelemetry,
     shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> Result<(), AppError> {
     let router_config = &config.router;
     let rules = match &router_config.rules_file {
         Some(path) => Rules::load(path)?,
@@ -414,7 +288,7 @@ async fn run_ledger<B: Backend>(
     delivery: Delivery,
     telemetry: StageTelemetry,
     shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> Result<(), AppError> {
     let store = backend.store(config).await?;
     let ledger_config = &config.ledger;
     let input = config.topics.ledger.clone();
@@ -472,7 +346,7 @@ async fn run_notifier<B: Backend>(
     delivery: Delivery,
     telemetry: StageTelemetry,
     shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> Result<(), AppError> {
     let notifier_config = &config.notifier;
     if notifier_config.endpoints.is_empty() {
         tracing::warn!(
@@ -510,7 +384,10 @@ async fn run_notifier<B: Backend>(
     }
     let timeout = Duration::from_millis(notifier_config.timeout_ms);
     let notifier = Notifier::new(
-        HttpWebhooks::new(timeout).context("building the HTTP client")?,
+        HttpWebhooks::new(timeout).map_err(|source| AppError::Http {
+            what: "building the notifier's HTTP client".to_owned(),
+            source,
+        })?,
         endpoints,
         codec,
         failures,
@@ -541,15 +418,16 @@ async fn run_gateway<B: Backend>(
     codec: Arc<Codec>,
     telemetry: StageTelemetry,
     shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> Result<(), AppError> {
     let gateway_config = &config.gateway;
     let keys = ApiKeys::new(gateway_config.key_hashes()?);
     if keys.is_empty() {
-        bail!("the gateway has no API keys: make one with `txflow api-key new NAME` and add its line to [gateway.api_keys] (or gateway.api_keys_file)");
+        return Err(AppError::Invalid("the gateway has no API keys: make one with `txflow api-key new NAME` and add its line to [gateway.api_keys] (or gateway.api_keys_file)".to_owned()));
     }
+    let invalid = |setting: &str| AppError::Invalid(format!("{setting} is 0: give it 1 or more"));
     let per_second = NonZeroU32::new(gateway_config.requests_per_second)
-        .context("gateway.requests_per_second is 0")?;
-    let burst = NonZeroU32::new(gateway_config.burst).context("gateway.burst is 0")?;
+        .ok_or_else(|| invalid("gateway.requests_per_second"))?;
+    let burst = NonZeroU32::new(gateway_config.burst).ok_or_else(|| invalid("gateway.burst"))?;
     let gateway = Arc::new(Gateway {
         publisher: backend.publisher(config)?,
         store: backend.store(config).await?,
@@ -579,8 +457,12 @@ async fn run_gateway<B: Backend>(
     let listen = &gateway_config.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("listening on {listen} (gateway.listen)"))?;
-    let bound = listener.local_addr()?;
+        .map_err(AppError::io(format!(
+            "listening on {listen} (gateway.listen)"
+        )))?;
+    let bound = listener
+        .local_addr()
+        .map_err(AppError::io("reading the gateway's address"))?;
     tracing::info!(%bound, topic = %config.topics.events, "gateway listening");
     telemetry.readiness.set_address(bound);
     telemetry.readiness.set_ready();
@@ -594,164 +476,7 @@ async fn run_gateway<B: Backend>(
             }
         })
         .await
-        .context("serving the gateway");
+        .map_err(AppError::io("serving the gateway"));
     limit_sweeper.abort();
     served
-}
-
-/// The dev API key of a data directory: made on the first start, kept in the directory so
-/// that clients keep working across restarts.
-fn dev_key(data_dir: &Path) -> anyhow::Result<String> {
-    let path = data_dir.join(crate::dev_access::KEY_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(key) if !key.trim().is_empty() => Ok(key.trim().to_owned()),
-        _ => {
-            let (key, _) = txflow::stages::gateway::keys::new_key();
-            std::fs::write(&path, format!("{key}\n"))
-                .with_context(|| format!("writing {}", path.display()))?;
-            Ok(key)
-        }
-    }
-}
-
-/// `txflow dev`: every stage in this process on the embedded database in `data_dir`, until
-/// SIGTERM or Ctrl-C.
-pub async fn dev(config: &Config, data_dir: &Path) -> anyhow::Result<()> {
-    let embedded = Embedded::open(data_dir)?;
-    let key = dev_key(data_dir)?;
-    let mut config = config.clone();
-    config.router.batch_max_records = config.dev.batch_max_records;
-    config.ledger.batch_max_records = config.dev.batch_max_records;
-    config.notifier.batch_max_records = config.dev.batch_max_records;
-    let hashed: String = hash(&key).iter().map(|b| format!("{b:02x}")).collect();
-    config.gateway.api_keys.insert("dev".to_owned(), hashed);
-    let shutdown = shutdown_signal()?;
-    let metrics = Arc::new(Metrics::new());
-    let stages: Vec<(StageName, StageTelemetry)> = StageName::ALL
-        .into_iter()
-        .map(|stage| (stage, stage_telemetry(stage, &metrics)))
-        .collect();
-    let telemetries: Vec<StageTelemetry> = stages.iter().map(|(_, t)| t.clone()).collect();
-    // One codec for every stage: the schemas registered once, each new id learnt once.
-    let codec = crate::schema_commands::codec(&config).await?;
-    let admin = serve_telemetry(
-        &config,
-        &metrics,
-        &telemetries,
-        crate::dev_access::routes(embedded.clone(), codec.clone(), &key),
-    )
-    .await?;
-    let address_file = data_dir.join(crate::dev_access::ADDRESS_FILE);
-    std::fs::write(&address_file, local_address(admin).to_string())
-        .with_context(|| format!("writing {}", address_file.display()))?;
-    let (stop, stopped) = watch::channel(false);
-    let mut running = tokio::task::JoinSet::new();
-    for (stage, telemetry) in stages {
-        let (embedded, config, stopped) = (embedded.clone(), config.clone(), stopped.clone());
-        let codec = codec.clone();
-        running.spawn(async move {
-            let outcome = run_stage(
-                stage,
-                &embedded,
-                &config,
-                codec,
-                Delivery::ExactlyOnce,
-                telemetry,
-                stopped,
-            )
-            .await;
-            (stage, outcome)
-        });
-    }
-    let gateway = stages_readiness(&telemetries, StageName::Gateway);
-    tokio::spawn({
-        let (config, data_dir) = (config.clone(), data_dir.to_owned());
-        async move {
-            // The banner once the gateway listens, with the address it got.
-            for _ in 0..200 {
-                if let Some(bound) = gateway.as_ref().and_then(|r| r.address()) {
-                    print_banner(&config, &data_dir, &key, bound, admin);
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    });
-    let mut first_failure = None;
-    let mut signal = shutdown;
-    loop {
-        tokio::select! {
-            _ = signal.changed(), if !*stop.borrow() => {
-                let _ = stop.send(true);
-            }
-            finished = running.join_next() => match finished {
-                None => break,
-                Some(Ok((stage, outcome))) => {
-                    if let Err(e) = outcome {
-                        tracing::error!("{} failed: {e:#}", stage.as_str());
-                        first_failure.get_or_insert(e.context(format!("the {} stage", stage.as_str())));
-                    }
-                    // One stage ending ends them all: dev is one pipeline.
-                    let _ = stop.send(true);
-                }
-                Some(Err(e)) => {
-                    first_failure.get_or_insert(anyhow::anyhow!("a stage panicked: {e}"));
-                    let _ = stop.send(true);
-                }
-            }
-        }
-    }
-    match first_failure {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
-}
-
-/// The readiness of `stage` among `telemetries`.
-fn stages_readiness(telemetries: &[StageTelemetry], stage: StageName) -> Option<Arc<Readiness>> {
-    telemetries
-        .iter()
-        .find(|t| t.stage == stage.as_str())
-        .map(|t| t.readiness.clone())
-}
-
-/// Where a client on this machine reaches a server bound to `bound`: the loopback address
-/// when it listens on every address.
-fn local_address(bound: std::net::SocketAddr) -> std::net::SocketAddr {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-    let ip = match bound.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    std::net::SocketAddr::new(ip, bound.port())
-}
-
-fn print_banner(
-    config: &Config,
-    data_dir: &Path,
-    key: &str,
-    gateway: std::net::SocketAddr,
-    admin: std::net::SocketAddr,
-) {
-    let (gateway, admin) = (local_address(gateway), local_address(admin));
-    let stages: Vec<&str> = StageName::ALL.iter().map(|s| s.as_str()).collect();
-    eprintln!(
-        "\ntxflow dev: {} in one process, data in {} (durable; restart to continue)\n\
-         \n  gateway   http://{gateway}   Authorization: Bearer {key}\n\
-         \x20 admin     http://{admin}/metrics  /healthz  /readyz\n\
-         \x20 cli       txflow accounts export --dev-dir {}   (accounts, dlq, produce)\n\
-         \x20 topics    {} → {} → {}\n\
-         \n  curl -X POST http://{gateway}/v1/events -H 'Authorization: Bearer {key}' \\\n\
-         \x20   -H 'Content-Type: application/json' -d '{{\"event_id\": \"e-1\", \"event_type\": \"DEPOSIT\",\n\
-         \x20   \"account_id\": \"acct-1\", \"amount_minor\": 2500, \"currency\": \"EUR\",\n\
-         \x20   \"occurred_at\": 1764244800000, \"source\": \"curl\"}}'\n\
-         \x20 curl http://{gateway}/v1/accounts/acct-1 -H 'Authorization: Bearer {key}'\n",
-        stages.join(", "),
-        data_dir.display(),
-        data_dir.display(),
-        config.topics.events,
-        config.topics.ledger,
-        config.topics.results,
-    );
 }

@@ -220,7 +220,7 @@ struct Feed {
 impl Feed {
     async fn new(lane: &Lane) -> anyhow::Result<Feed> {
         Ok(Feed {
-            codec: crate::schema_commands::codec(&lane.config).await?,
+            codec: txflow::app::codec::codec(&lane.config).await?,
             producer: kafka::idempotent_producer(&lane.config.kafka)?,
             topic: lane.config.topics.ledger.clone(),
         })
@@ -281,7 +281,7 @@ async fn observe(
     limit: Duration,
     mut caught_up: Option<(u64, tokio::sync::oneshot::Sender<()>)>,
 ) -> anyhow::Result<Observed> {
-    let codec = crate::schema_commands::codec(config).await?;
+    let codec = txflow::app::codec::codec(config).await?;
     let consumer: StreamConsumer = kafka::client_config(&config.kafka)
         .set("group.id", format!("{}-observer", config.ledger.group_id))
         .set("isolation.level", "read_committed")

@@ -9,8 +9,8 @@ use txflow::failures::redrive::{self, RedriveRequest};
 use txflow::failures::{dead_letter_topic, DeadLetter, Filter, Stats};
 use txflow::pipeline::now_ms;
 
-use crate::cli::print_line;
-use crate::dev_access::DevClient;
+use super::print_line;
+use txflow::adapters::embedded::remote::DevClient;
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
@@ -95,7 +95,7 @@ async fn read_letters(
     topic: &str,
     dev: Option<&DevClient>,
 ) -> anyhow::Result<Vec<DeadLetter>> {
-    let codec = crate::schema_commands::codec(config).await?;
+    let codec = txflow::app::codec::codec(config).await?;
     let records = match dev {
         Some(dev) => dev.records(topic).await?,
         None => tokio::task::block_in_place(|| kafka::read_to_end(&config.kafka, topic))
@@ -227,7 +227,7 @@ async fn redrive(
                 &[],
                 Delivery::ExactlyOnce,
             )?;
-            let codec = crate::schema_commands::codec(config).await?;
+            let codec = txflow::app::codec::codec(config).await?;
             let plan = request.plan().map_err(anyhow::Error::msg)?;
             redrive::redrive(log, &codec, &plan).await?
         }

@@ -143,7 +143,7 @@ pub async fn bench(
     terminate(&mut child);
     let (throughput, latency, samples, fixed) = outcome?;
     let embedded = Embedded::open(&data)?;
-    let codec = crate::schema_commands::codec(config).await?;
+    let codec = txflow::app::codec::codec(config).await?;
     let timings = Timings::read(
         &codec,
         &embedded,

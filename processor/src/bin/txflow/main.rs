@@ -2,10 +2,7 @@
 
 mod bench;
 mod cli;
-mod dev_access;
-mod dlq_commands;
-mod run;
-mod schema_commands;
+mod commands;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;

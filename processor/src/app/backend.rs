@@ -1,0 +1,122 @@
+//! Where the stages' log, store and way in come from: Kafka and ScyllaDB ([`Services`]) for
+//! `txflow run`, the embedded database ([`Embedded`]) for `txflow dev`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::AppError;
+use crate::adapters::embedded::{Embedded, EmbeddedLedgerStore, EmbeddedLog, EmbeddedPublisher};
+use crate::adapters::kafka::{Delivery, GroupMember, KafkaLog, KafkaPublisher};
+use crate::adapters::scylla;
+use crate::config::Config;
+use crate::ports::{LedgerStore, Log, Publisher};
+
+/// A stage's place in its consumer group.
+pub struct Membership<'a> {
+    pub stage: &'static str,
+    pub group_id: &'a str,
+    pub instance_id: String,
+    pub session_timeout_ms: u64,
+}
+
+/// Where the stages' log, store and way in come from.
+pub trait Backend: Sync {
+    type Log: Log + 'static;
+    type Store: LedgerStore;
+    type Publisher: Publisher + 'static;
+
+    /// A member of its group on `inputs` and the delayed topics `tiers`.
+    fn log(
+        &self,
+        config: &Config,
+        membership: &Membership<'_>,
+        inputs: &[&str],
+        tiers: &[String],
+        delivery: Delivery,
+    ) -> Result<Self::Log, AppError>;
+
+    fn store(
+        &self,
+        config: &Config,
+    ) -> impl Future<Output = Result<Arc<Self::Store>, AppError>> + Send;
+
+    fn publisher(&self, config: &Config) -> Result<Self::Publisher, AppError>;
+}
+
+/// Kafka and ScyllaDB (or Cassandra), as configured.
+pub struct Services;
+
+#[cfg(not(feature = "fault-injection"))]
+type ServicesStore = scylla::ScyllaLedgerStore;
+/// A test build's store fails as `[faults]` says.
+#[cfg(feature = "fault-injection")]
+type ServicesStore = crate::adapters::faulty::FaultyStore<scylla::ScyllaLedgerStore>;
+
+impl Backend for Services {
+    type Log = KafkaLog;
+    type Store = ServicesStore;
+    type Publisher = KafkaPublisher;
+
+    fn log(
+        &self,
+        config: &Config,
+        membership: &Membership<'_>,
+        inputs: &[&str],
+        tiers: &[String],
+        delivery: Delivery,
+    ) -> Result<KafkaLog, AppError> {
+        let transactional_id = format!("{}-{}", membership.group_id, membership.instance_id);
+        let member = GroupMember {
+            group_id: membership.group_id,
+            transactional_id: &transactional_id,
+            session_timeout_ms: membership.session_timeout_ms,
+        };
+        tracing::info!(stage = membership.stage, ?inputs, group = membership.group_id, %transactional_id, ?delivery, "joining the group");
+        Ok(KafkaLog::new(
+            &config.kafka,
+            &member,
+            inputs,
+            tiers,
+            delivery,
+        )?)
+    }
+
+    async fn store(&self, config: &Config) -> Result<Arc<ServicesStore>, AppError> {
+        let session = scylla::connect(&config.store).await?;
+        let store = scylla::ScyllaLedgerStore::new(session, &config.store).await?;
+        #[cfg(feature = "fault-injection")]
+        let store = crate::adapters::faulty::FaultyStore::new(store, config.faults.clone());
+        Ok(Arc::new(store))
+    }
+
+    fn publisher(&self, config: &Config) -> Result<KafkaPublisher, AppError> {
+        let timeout = Duration::from_millis(config.gateway.request_timeout_ms);
+        Ok(KafkaPublisher::new(&config.kafka, timeout)?)
+    }
+}
+
+impl Backend for Embedded {
+    type Log = EmbeddedLog;
+    type Store = EmbeddedLedgerStore;
+    type Publisher = EmbeddedPublisher;
+
+    fn log(
+        &self,
+        _: &Config,
+        membership: &Membership<'_>,
+        inputs: &[&str],
+        tiers: &[String],
+        _: Delivery,
+    ) -> Result<EmbeddedLog, AppError> {
+        Ok(Embedded::log(self, membership.group_id, inputs, tiers))
+    }
+
+    async fn store(&self, _: &Config) -> Result<Arc<EmbeddedLedgerStore>, AppError> {
+        Ok(Arc::new(Embedded::store(self)))
+    }
+
+    fn publisher(&self, _: &Config) -> Result<EmbeddedPublisher, AppError> {
+        Ok(Embedded::publisher(self))
+    }
+}

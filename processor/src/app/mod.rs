@@ -1,0 +1,16 @@
+//! The composition root: each stage wired to its backend, as `txflow run --stage …` and
+//! `txflow dev` run them; where the codec's schema ids come from; how a process stops. The
+//! `txflow` binary parses the command line and calls in here; the integration tests wire
+//! their stages through the same [`Backend`]s.
+
+mod backend;
+pub mod codec;
+mod dev;
+mod error;
+mod run;
+pub mod shutdown;
+
+pub use backend::{Backend, Membership, Services};
+pub use dev::dev;
+pub use error::AppError;
+pub use run::{run, run_stage, StageName};

@@ -1,0 +1,153 @@
+//! The `txflow` command line: the tree of commands, and which module runs each.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use txflow::adapters::embedded::remote::DevClient;
+use txflow::adapters::kafka::Delivery;
+use txflow::app::StageName;
+use txflow::config::Config;
+
+use crate::commands::accounts::{self, AccountsCommand};
+use crate::commands::api_key::{self, ApiKeyCommand};
+use crate::commands::dlq::{self, DlqCommand};
+use crate::commands::migrate;
+use crate::commands::produce::{self, ProduceArgs};
+use crate::commands::rules::{self, RulesCommand};
+use crate::commands::schemas::{self, SchemasCommand};
+use crate::commands::topics::{self, TopicsCommand};
+
+/// txflow: an exactly-once financial transaction stream processor on Kafka and ScyllaDB.
+///
+/// Configuration comes from the file given with --config (TOML), then from environment
+/// variables TXFLOW_<SECTION>__<KEY> (for example TXFLOW_KAFKA__BOOTSTRAP_SERVERS); without
+/// either, every setting points at the local stack (deploy/local/stack up).
+#[derive(Debug, Parser)]
+#[command(name = "txflow", version, propagate_version = true)]
+pub struct Cli {
+    /// The configuration file (TOML).
+    #[arg(long, short, global = true, env = "TXFLOW_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Work against the `txflow dev` running on this data directory instead of Kafka and
+    /// the store (for accounts, dlq and produce).
+    #[arg(long, global = true, env = "TXFLOW_DEV_DIR", value_name = "DIR")]
+    dev_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the store's keyspace and tables (idempotent); on a keyspace of an earlier
+    /// version, claim the event ids of its results first.
+    Migrate,
+    /// Manage Kafka topics.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+    /// Run every stage in this process on an embedded log and store in a local directory
+    /// (no Kafka, no database): the whole pipeline on one machine, with the same guarantees.
+    Dev(DevArgs),
+    /// Run a pipeline stage on Kafka and ScyllaDB until SIGTERM or Ctrl-C.
+    Run(RunArgs),
+    /// Read balances from the store.
+    #[command(subcommand)]
+    Accounts(AccountsCommand),
+    /// Write generated Avro transaction events to Kafka (or to a running txflow dev).
+    Produce(ProduceArgs),
+    /// Inspect and redrive dead letters.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Check routing rules.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+    /// Register txflow's schemas in the schema registry, list their versions.
+    #[command(subcommand)]
+    Schemas(SchemasCommand),
+    /// Make API keys for the gateway.
+    #[command(subcommand, name = "api-key")]
+    ApiKey(ApiKeyCommand),
+    /// Measure the ledger on the configured Kafka and store: throughput exactly-once,
+    /// at-least-once and naive, latency at a fixed rate, the store's raw LWT ceiling.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct DevArgs {
+    /// Where the log and the store live (default: dev.data_dir, ./txflow-data); made on the
+    /// first start, continued on the next.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The stage to run.
+    #[arg(long, value_enum)]
+    stage: StageName,
+    /// How outputs and consumed offsets reach Kafka. at-least-once is the benchmark's
+    /// baseline, not for production: after a crash, results can be published twice
+    /// (balances stay exactly-once, because the store refuses to apply an event twice).
+    #[arg(long, value_enum, default_value_t = DeliveryArg::ExactlyOnce)]
+    delivery: DeliveryArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DeliveryArg {
+    /// Outputs and offsets in one Kafka transaction.
+    ExactlyOnce,
+    /// Outputs flushed, then offsets committed.
+    AtLeastOnce,
+}
+
+impl From<DeliveryArg> for Delivery {
+    fn from(arg: DeliveryArg) -> Self {
+        match arg {
+            DeliveryArg::ExactlyOnce => Delivery::ExactlyOnce,
+            DeliveryArg::AtLeastOnce => Delivery::AtLeastOnce,
+        }
+    }
+}
+
+impl Cli {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let config = Config::load(self.config.as_deref(), std::env::vars())?;
+        let dev = self
+            .dev_dir
+            .as_deref()
+            .map(DevClient::connect)
+            .transpose()?;
+        if dev.is_some()
+            && !matches!(
+                self.command,
+                Command::Accounts(_) | Command::Dlq(_) | Command::Produce(_)
+            )
+        {
+            bail!("--dev-dir works with accounts, dlq and produce; `txflow bench --dev` measures a txflow dev of its own");
+        }
+        match self.command {
+            Command::Migrate => migrate::migrate(&config).await,
+            Command::Topics(command) => topics::topics(&config, command).await,
+            Command::Run(RunArgs { stage, delivery }) => {
+                Ok(txflow::app::run(&config, stage, delivery.into()).await?)
+            }
+            Command::Dev(DevArgs { data_dir }) => {
+                let data_dir = data_dir.unwrap_or_else(|| config.dev.data_dir.clone());
+                Ok(txflow::app::dev(&config, &data_dir).await?)
+            }
+            Command::ApiKey(command) => api_key::api_key(command),
+            Command::Accounts(command) => match &dev {
+                Some(dev) => accounts::dev_accounts(dev, command).await,
+                None => accounts::accounts(&config, command).await,
+            },
+            Command::Produce(args) => produce::produce(&config, args, dev.as_ref()).await,
+            Command::Dlq(command) => dlq::dlq(&config, command, dev.as_ref()).await,
+            Command::Schemas(command) => schemas::schemas(&config, command).await,
+            Command::Rules(command) => rules::rules(&config, command),
+            Command::Bench(args) => crate::bench::bench(&config, args).await,
+        }
+    }
+}
