@@ -1,6 +1,7 @@
 //! Ledger and failure-handling behaviour written once, run against every backend (Kafka and
 //! Cassandra; the embedded database of `txflow dev`): the ledger stage, in this process,
-//! through the same pipeline loop as `txflow run`, over whichever log and store it is given.
+//! through the same pipeline loop as `txflow run`, over the log, store, publisher and reader
+//! that the backend's `txflow::app::Backend` gives a stage.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -8,20 +9,25 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+use txflow::adapters::kafka::Delivery;
+use txflow::app::{Access, Backend, Membership};
 use txflow::codec::{Codec, Record};
+use txflow::config::Config;
 use txflow::domain::{
     Account, EventType, IdClaim, Recorded, RetryPolicy, Settlement, TransactionEvent,
     TransactionResult,
 };
-use txflow::failures::FailureRoutes;
+use txflow::failures::{dead_letter_topic, retry_topic, FailureRoutes};
 use txflow::pipeline::breaker::{Breaker, BreakerConfig};
 use txflow::pipeline::{self, LoopConfig, StageTelemetry};
-use txflow::ports::{LedgerStore, LoadedAccount, Log, Publisher, StoreError};
+use txflow::ports::{
+    Balances, LedgerStore, LoadedAccount, Log, Publisher, StoreError, TopicReader,
+};
 use txflow::stages::ledger::{Ledger, LedgerSettings, LedgerTopics};
 use txflow::telemetry::{Metrics, Readiness};
 use txflow::wire::OutputRecord;
 
-use crate::invariants::{observe_from, Source};
+use crate::invariants::observed_of;
 use crate::{results_of, ReadRecord};
 use txflow::domain::ledger::MAX_BALANCE_MINOR;
 use txflow::loadgen::hostile::{HostileConfig, HostileWorkload};
@@ -97,7 +103,9 @@ impl<S: LedgerStore> LedgerStore for Flaky<S> {
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }
+}
 
+impl<S: Balances> Balances for Flaky<S> {
     async fn account(&self, account_id: &str) -> Result<Option<Account>, StoreError> {
         self.inner.account(account_id).await
     }
@@ -138,21 +146,111 @@ fn record(topic: &str, event: &TransactionEvent) -> OutputRecord {
     }
 }
 
-/// Reads the committed records of a topic.
-pub type Reader = Box<dyn Fn(&str) -> Vec<ReadRecord> + Send + Sync>;
+/// One backend under test, as `txflow run` and `txflow dev` reach it: its [`Backend`] and the
+/// configuration of its stages (topics and the ledger's group and retry tiers).
+pub struct Subject<B> {
+    pub backend: B,
+    pub config: Config,
+}
 
-/// Joins the ledger's group: a group name and the retry tiers.
-pub type NewLog<L> = Box<dyn FnOnce(&str, &[String]) -> L + Send>;
+impl<B: Backend + Access> Subject<B> {
+    /// The configuration of a subject whose tiers are [`TIER_DELAYS`].
+    pub fn new(backend: B, mut config: Config) -> Self {
+        config.ledger.retry_delays_ms = TIER_DELAYS.to_vec();
+        Subject { backend, config }
+    }
 
-/// One backend under test: its topics, a way to join the ledger's group (a group name and
-/// the retry tiers), its store, a publisher for the test's events, and a reader of committed
-/// records.
-pub struct Backend<S, P, L> {
-    pub topics: Topics,
-    pub new_log: NewLog<L>,
-    pub store: Arc<S>,
-    pub publisher: P,
-    pub read: Reader,
+    fn topics(&self) -> Topics {
+        let ledger = &self.config.topics.ledger;
+        Topics {
+            ledger: ledger.clone(),
+            results: self.config.topics.results.clone(),
+            dead_letters: dead_letter_topic(ledger),
+            tiers: (1..=TIER_DELAYS.len())
+                .map(|n| retry_topic(ledger, n))
+                .collect(),
+        }
+    }
+
+    /// A member of the ledger's group (named after `group` within the configured one) on
+    /// the ledger topic and its tiers.
+    fn log(&self, group: &str) -> B::Log {
+        let topics = self.topics();
+        let group_id = format!("{}-{group}", self.config.ledger.group_id);
+        self.backend
+            .log(
+                &self.config,
+                &Membership {
+                    stage: "ledger",
+                    group_id: &group_id,
+                    instance_id: "conformance".to_owned(),
+                    session_timeout_ms: 6000,
+                },
+                &[topics.ledger.as_str()],
+                &topics.tiers,
+                Delivery::ExactlyOnce,
+            )
+            .expect("the ledger's log")
+    }
+
+    /// Every committed record of `topic`.
+    async fn read(&self, topic: &str) -> Vec<ReadRecord> {
+        Access::reader(&self.backend, &self.config)
+            .expect("a reader")
+            .read_to_end(topic)
+            .await
+            .unwrap_or_else(|e| panic!("reading {topic}: {e}"))
+            .into_iter()
+            .map(ReadRecord::from)
+            .collect()
+    }
+
+    /// The results on the results topic.
+    async fn results(&self) -> Vec<TransactionResult> {
+        results_of(&self.read(&self.config.topics.results).await)
+    }
+
+    /// Waits until `done` holds of the results and the dead letters, for at most 90 s.
+    async fn settle_until(
+        &self,
+        what: &str,
+        done: impl Fn(&[TransactionResult], &[ReadRecord]) -> bool,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let results = self.results().await;
+            let letters = self.read(&self.topics().dead_letters).await;
+            if done(&results, &letters) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not settled within 90 s: {} results, {} dead letters",
+                results.len(),
+                letters.len()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn publish(&self, events: &[TransactionEvent]) {
+        let topic = &self.config.topics.ledger;
+        self.publish_records(events.iter().map(|e| record(topic, e)).collect())
+            .await;
+    }
+
+    async fn publish_records(&self, records: Vec<OutputRecord>) {
+        let publisher = Backend::publisher(&self.backend, &self.config).expect("a publisher");
+        for published in publisher.publish(records).await {
+            published.expect("the records are written");
+        }
+    }
+
+    async fn store(&self) -> Arc<B::Store> {
+        Backend::store(&self.backend, &self.config)
+            .await
+            .expect("the store")
+    }
 }
 
 /// The ledger stage running in this process until [`Running::stop`].
@@ -226,58 +324,12 @@ where
     Running { stop, task }
 }
 
-/// The results on the results topic.
-fn results_on(read: &impl Fn(&str) -> Vec<ReadRecord>, topics: &Topics) -> Vec<TransactionResult> {
-    results_of(&read(&topics.results))
-}
-
-/// Waits until `done` holds of what the topics hold, for at most 90 s.
-async fn settle_until(
-    what: &str,
-    read: &impl Fn(&str) -> Vec<ReadRecord>,
-    topics: &Topics,
-    done: impl Fn(&[TransactionResult], &[ReadRecord]) -> bool,
-) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let results = results_on(read, topics);
-        let letters = read(&topics.dead_letters);
-        if done(&results, &letters) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not settled within 90 s: {} results, {} dead letters",
-            results.len(),
-            letters.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn publish_all(publisher: &impl Publisher, topic: &str, events: &[TransactionEvent]) {
-    let records = events.iter().map(|e| record(topic, e)).collect();
-    for published in publisher.publish(records).await {
-        published.expect("the events are written");
-    }
-}
-
 /// Deposits, a withdrawal, a rejection, a transfer, a re-send, a conflicting re-send, poison,
 /// and an account whose writes fail for a while: settled exactly, in each account's order,
 /// with the failures where they belong.
-pub async fn the_ledger_settles_retries_and_dead_letters<L, S, P>(backend: Backend<S, P, L>)
-where
-    L: Log + 'static,
-    S: LedgerStore,
-    P: Publisher,
-{
-    let Backend {
-        topics,
-        new_log,
-        store,
-        publisher,
-        read,
-    } = backend;
+pub async fn the_ledger_settles_retries_and_dead_letters<B: Backend + Access>(subject: Subject<B>) {
+    let topics = subject.topics();
+    let store = subject.store().await;
     let mut transfer = event("e5", EventType::Transfer, "acct-a", 200);
     transfer.counterparty_account_id = Some("acct-b".into());
     let first = event("e1", EventType::Deposit, "acct-a", 1000);
@@ -303,28 +355,27 @@ where
         value: Some(b"not avro".to_vec()),
         headers: Vec::new(),
     });
-    for published in publisher.publish(records).await {
-        published.expect("the events are written");
-    }
+    subject.publish_records(records).await;
 
-    let log = new_log("conformance", &topics.tiers);
+    let log = subject.log("conformance");
     let flaky = Arc::new(Flaky {
         inner: store.clone(),
         failures_left: AtomicU32::new(2),
     });
     let running = start_ledger(&topics, log, flaky);
 
-    settle_until("the first run", &read, &topics, |results, letters| {
-        results.len() >= 8 && letters.len() >= 2
-    })
-    .await;
-    let results = results_on(&read, &topics);
+    subject
+        .settle_until("the first run", |results, letters| {
+            results.len() >= 8 && letters.len() >= 2
+        })
+        .await;
+    let results = subject.results().await;
     // A little longer: nothing more may come (the re-send publishes nothing).
     tokio::time::sleep(Duration::from_millis(1500)).await;
     running.stop().await;
 
     let results = {
-        let again = results_on(&read, &topics);
+        let again = subject.results().await;
         assert_eq!(
             again.len(),
             results.len(),
@@ -382,7 +433,9 @@ where
     );
     assert_eq!(results.len(), 8, "{summary:?}");
 
-    let mut letters: Vec<(String, String)> = read(&topics.dead_letters)
+    let mut letters: Vec<(String, String)> = subject
+        .read(&topics.dead_letters)
+        .await
         .iter()
         .map(|r| {
             (
@@ -400,7 +453,7 @@ where
         ]
     );
     assert!(
-        !read(&topics.tiers[0]).is_empty(),
+        !subject.read(&topics.tiers[0]).await.is_empty(),
         "the failing account's events went through the first retry tier"
     );
 
@@ -459,24 +512,10 @@ fn expect(
 /// outcome: an id re-used by a transfer into the account it first credited; a transfer
 /// whose credit would pass the largest balance; a deposit that would; one id deposited on
 /// two accounts; an account whose only event was rejected.
-pub async fn reused_ids_and_balance_limits_move_no_money<L, S, P>(backend: Backend<S, P, L>)
-where
-    L: Log + 'static,
-    S: LedgerStore,
-    P: Publisher,
-{
-    let Backend {
-        topics,
-        new_log,
-        store,
-        publisher,
-        read,
-    } = backend;
-    let running = start_ledger(
-        &topics,
-        new_log("reproductions", &topics.tiers),
-        store.clone(),
-    );
+pub async fn reused_ids_and_balance_limits_move_no_money<B: Backend + Access>(subject: Subject<B>) {
+    let topics = subject.topics();
+    let store = subject.store().await;
+    let running = start_ledger(&topics, subject.log("reproductions"), store.clone());
     let transfer = |id: &str, from: &str, to: &str, amount: i64| TransactionEvent {
         counterparty_account_id: Some(to.to_owned()),
         ..event(id, EventType::Transfer, from, amount)
@@ -498,11 +537,10 @@ where
         event("r5-w", EventType::Withdrawal, "r5-e", 5),
         event("r5-fund", EventType::Deposit, "r5-payer", 50),
     ];
-    publish_all(&publisher, &topics.ledger, &opening).await;
-    settle_until("the openings", &read, &topics, |results, _| {
-        results.len() >= opening.len()
-    })
-    .await;
+    subject.publish(&opening).await;
+    subject
+        .settle_until("the openings", |results, _| results.len() >= opening.len())
+        .await;
     let attacks = [
         transfer("r1-x", "r1-b", "r1-a", 25),
         transfer("r2-t", "r2-payer", "r2-big", 25),
@@ -510,15 +548,16 @@ where
         event("r4-x", EventType::Deposit, "r4-c", 7),
         transfer("r5-t", "r5-payer", "r5-e", 10),
     ];
-    publish_all(&publisher, &topics.ledger, &attacks).await;
-    settle_until("the attacks", &read, &topics, |results, letters| {
-        results.len() >= opening.len() + 5 && letters.len() >= 2
-    })
-    .await;
+    subject.publish(&attacks).await;
+    subject
+        .settle_until("the attacks", |results, letters| {
+            results.len() >= opening.len() + 5 && letters.len() >= 2
+        })
+        .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     running.stop().await;
 
-    let results = results_on(&read, &topics);
+    let results = subject.results().await;
     let on = |account: &str| -> Vec<Line> {
         results
             .iter()
@@ -640,7 +679,9 @@ where
         let stored = store.account(account).await.unwrap();
         assert_eq!(stored.map(|a| a.balance_minor), balance, "{account}");
     }
-    let mut letters: Vec<(String, String)> = read(&topics.dead_letters)
+    let mut letters: Vec<(String, String)> = subject
+        .read(&topics.dead_letters)
+        .await
         .iter()
         .map(|r| {
             let event: TransactionEvent = Codec::builtin()
@@ -666,35 +707,26 @@ where
 /// limits, transfers into accounts opened a moment before. Every rule of the audit holds,
 /// nothing is left in flight, and the store answers for every account and event as the
 /// results say.
-pub async fn a_hostile_workload_keeps_every_invariant<L, S, P>(backend: Backend<S, P, L>, seed: u64)
-where
-    L: Log + 'static,
-    S: LedgerStore,
-    P: Publisher,
-{
-    let Backend {
-        topics,
-        new_log,
-        store,
-        publisher,
-        read,
-    } = backend;
+pub async fn a_hostile_workload_keeps_every_invariant<B: Backend + Access>(
+    subject: Subject<B>,
+    seed: u64,
+) {
+    let topics = subject.topics();
+    let store = subject.store().await;
     let events = HostileWorkload::new(HostileConfig {
         seed,
         prefix: "hc".to_owned(),
     })
     .take(800);
-    publish_all(&publisher, &topics.ledger, &events).await;
-    let running = start_ledger(&topics, new_log("hostile", &topics.tiers), store.clone());
-    let source = Source {
-        ledger_topic: &topics.ledger,
-        results_topic: &topics.results,
-        dlq_topic: &topics.dead_letters,
-        read: &read,
-    };
+    subject.publish(&events).await;
+    let running = start_ledger(&topics, subject.log("hostile"), store.clone());
     let deadline = Instant::now() + Duration::from_secs(120);
     let observed = loop {
-        let observed = observe_from(&source);
+        let observed = observed_of(
+            subject.read(&topics.ledger).await,
+            subject.read(&topics.results).await,
+            subject.read(&topics.dead_letters).await,
+        );
         let missing = observed.missing();
         if missing.is_empty() {
             break observed;

@@ -82,11 +82,24 @@ fn event_of(codec: &Codec, record: &ReadRecord) -> Option<TransactionEvent> {
 /// What the topics of `source` hold.
 pub fn observe_from(source: &Source<'_>) -> Observed {
     let read = source.read;
+    observed_of(
+        read(source.ledger_topic),
+        read(source.results_topic),
+        read(source.dlq_topic),
+    )
+}
+
+/// What these records of a pipeline's ledger, results and dead-letter topics say.
+pub fn observed_of(
+    ledger: Vec<ReadRecord>,
+    results: Vec<ReadRecord>,
+    dead_letters: Vec<ReadRecord>,
+) -> Observed {
     let codec = Codec::builtin();
     let mut first: HashMap<String, TransactionEvent> = HashMap::new();
     let (mut sent, mut fresh) = (Vec::new(), Vec::new());
     let (mut duplicates, mut conflicts, mut poison) = (0, 0, 0);
-    for record in read(source.ledger_topic) {
+    for record in ledger {
         if record.header(LEG).is_some() {
             continue;
         }
@@ -107,8 +120,7 @@ pub fn observe_from(source: &Source<'_>) -> Observed {
         }
         sent.push(event);
     }
-    let results = results_of(&read(source.results_topic));
-    let dead_letters = read(source.dlq_topic);
+    let results = results_of(&results);
     let given_up = dead_letters
         .iter()
         .filter(|d| TRANSIENT_KINDS.contains(&d.header(ERROR_KIND).unwrap_or_default().as_str()))

@@ -121,6 +121,12 @@ impl Pipeline {
         pipeline
     }
 
+    /// The configuration the pipeline's processes run with, as `txflow` loads it.
+    pub fn config(&self) -> txflow::config::Config {
+        txflow::config::Config::load(None, self.env.iter().cloned())
+            .expect("the pipeline's configuration")
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(txflow_bin());
         command

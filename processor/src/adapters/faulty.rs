@@ -9,7 +9,7 @@ use rand::Rng;
 
 use crate::config::FaultsConfig;
 use crate::domain::{Account, IdClaim, Recorded, Settlement, TransactionResult};
-use crate::ports::{LedgerStore, LoadedAccount, StoreError};
+use crate::ports::{Balances, LedgerStore, LoadedAccount, StoreError};
 
 /// `S`, with the faults of `config`.
 pub struct FaultyStore<S> {
@@ -95,7 +95,9 @@ impl<S: LedgerStore> LedgerStore for FaultyStore<S> {
         self.fault(&[]).await?;
         self.inner.ping().await
     }
+}
 
+impl<S: Balances> Balances for FaultyStore<S> {
     async fn account(&self, account_id: &str) -> Result<Option<Account>, StoreError> {
         self.inner.account(account_id).await
     }

@@ -29,7 +29,7 @@ use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{KafkaConfig, TopicsConfig};
-use crate::ports::{Log, LogError, PublishError, Published, Publisher};
+use crate::ports::{Log, LogError, PublishError, Published, Publisher, TopicReader};
 use crate::wire::{InputRecord, OutputRecord};
 
 /// How long a blocking client call may take before it counts as failed.
@@ -898,6 +898,31 @@ pub fn read_to_end(kafka: &KafkaConfig, topic: &str) -> Result<Vec<InputRecord>,
     let mut records = read_until_end(kafka, &start)?;
     records.sort_by_key(|r| (r.partition, r.offset));
     Ok(records)
+}
+
+/// Reads topics to their end, with the group-less reader of [`read_to_end`].
+#[derive(Clone, Debug)]
+pub struct KafkaReader {
+    kafka: KafkaConfig,
+}
+
+impl KafkaReader {
+    pub fn new(kafka: &KafkaConfig) -> Self {
+        KafkaReader {
+            kafka: kafka.clone(),
+        }
+    }
+}
+
+impl TopicReader for KafkaReader {
+    async fn read_to_end(&self, topic: &str) -> Result<Vec<InputRecord>, LogError> {
+        tokio::task::block_in_place(|| read_to_end(&self.kafka, topic)).map_err(|e| {
+            LogError::Fatal(format!(
+                "reading {topic} on {}: {e}",
+                self.kafka.bootstrap_servers
+            ))
+        })
+    }
 }
 
 /// What `txflow topics apply` found and did for one topic.

@@ -28,7 +28,7 @@ use crate::domain::{
     Account, Entry, Fingerprint, IdClaim, Origin, Prior, Recorded, Settlement, Status,
     TransactionResult,
 };
-use crate::ports::{LedgerStore, LoadedAccount, StoreError};
+use crate::ports::{Balances, LedgerStore, LoadedAccount, StoreError};
 
 /// The table every ledger write goes to.
 pub const LEDGER_TABLE: &str = "ledger";
@@ -735,28 +735,11 @@ impl LedgerStore for ScyllaLedgerStore {
         // A partition no account uses: the read reaches its replicas like any account's.
         self.one_account("txflow.health-probe").await.map(|_| ())
     }
+}
 
+impl Balances for ScyllaLedgerStore {
     async fn account(&self, account_id: &str) -> Result<Option<Account>, StoreError> {
         Ok(self.one_account(account_id).await?.filter(exists))
-    }
-
-    async fn outcomes(&self, event_id: &str) -> Result<Vec<TransactionResult>, StoreError> {
-        let Some(holder) = self.event_id_holder(event_id).await? else {
-            return Ok(Vec::new());
-        };
-        let keys = [posting_key(event_id, false), posting_key(event_id, true)];
-        let mut outcomes = Vec::new();
-        for account_id in &holder.accounts {
-            let loaded = self.load(account_id, &keys).await?;
-            outcomes.extend(
-                loaded
-                    .prior
-                    .into_values()
-                    .filter(|prior| prior.fingerprint == holder.fingerprint)
-                    .map(|prior| prior.result),
-            );
-        }
-        Ok(outcomes)
     }
 
     fn accounts(&self) -> BoxStream<'_, Result<(String, Account), StoreError>> {
@@ -782,6 +765,25 @@ impl LedgerStore for ScyllaLedgerStore {
         .try_flatten()
         .try_filter(|(_, account)| futures::future::ready(exists(account)))
         .boxed()
+    }
+
+    async fn outcomes(&self, event_id: &str) -> Result<Vec<TransactionResult>, StoreError> {
+        let Some(holder) = self.event_id_holder(event_id).await? else {
+            return Ok(Vec::new());
+        };
+        let keys = [posting_key(event_id, false), posting_key(event_id, true)];
+        let mut outcomes = Vec::new();
+        for account_id in &holder.accounts {
+            let loaded = self.load(account_id, &keys).await?;
+            outcomes.extend(
+                loaded
+                    .prior
+                    .into_values()
+                    .filter(|prior| prior.fingerprint == holder.fingerprint)
+                    .map(|prior| prior.result),
+            );
+        }
+        Ok(outcomes)
     }
 }
 

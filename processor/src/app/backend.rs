@@ -10,7 +10,7 @@ use crate::adapters::embedded::{Embedded, EmbeddedLedgerStore, EmbeddedLog, Embe
 use crate::adapters::kafka::{Delivery, GroupMember, KafkaLog, KafkaPublisher};
 use crate::adapters::scylla;
 use crate::config::Config;
-use crate::ports::{LedgerStore, Log, Publisher};
+use crate::ports::{Balances, LedgerStore, Log, Publisher};
 
 /// A stage's place in its consumer group.
 pub struct Membership<'a> {
@@ -23,7 +23,7 @@ pub struct Membership<'a> {
 /// Where the stages' log, store and way in come from.
 pub trait Backend: Sync {
     type Log: Log + 'static;
-    type Store: LedgerStore;
+    type Store: LedgerStore + Balances;
     type Publisher: Publisher + 'static;
 
     /// A member of its group on `inputs` and the delayed topics `tiers`.

@@ -24,7 +24,7 @@ use crate::codec::Codec;
 use crate::config::Config;
 use crate::failures::redrive::{self, RedriveRequest};
 use crate::pipeline::StageTelemetry;
-use crate::ports::{LedgerStore, Published, Publisher};
+use crate::ports::{Balances, Published, Publisher};
 use crate::stages::gateway::account_json;
 use crate::stages::gateway::keys::{hash, new_key};
 use crate::telemetry::{Metrics, Readiness};
@@ -204,6 +204,7 @@ fn routes(embedded: Embedded, codec: Arc<Codec>, key: &str) -> Router {
     Router::new()
         .route("/dev/accounts", get(accounts))
         .route("/dev/accounts/{account_id}", get(account))
+        .route("/dev/events/{event_id}", get(outcomes))
         .route("/dev/topics/{topic}/records", get(records).post(publish))
         .route("/dev/dlq/redrive", post(redrive))
         .route_layer(axum::middleware::from_fn(
@@ -256,6 +257,14 @@ async fn account(State(served): State<Served>, UrlPath(account_id): UrlPath<Stri
             StatusCode::NOT_FOUND,
             format!("account {account_id:?} has no recorded event"),
         ),
+        Err(e) => failed(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+/// The results recorded for an event, as `Balances::outcomes` answers.
+async fn outcomes(State(served): State<Served>, UrlPath(event_id): UrlPath<String>) -> Response {
+    match served.store.outcomes(&event_id).await {
+        Ok(outcomes) => Json(outcomes).into_response(),
         Err(e) => failed(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }

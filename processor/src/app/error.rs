@@ -1,9 +1,11 @@
 //! Why txflow could not start or keep running a stage: the error of the composition root,
 //! each variant the error of the part it comes from, its source kept.
 
+use crate::adapters::embedded::remote::RemoteError;
 use crate::adapters::embedded::EmbeddedError;
 use crate::codec::CatalogError;
 use crate::config::ConfigError;
+use crate::failures::redrive::RedriveError;
 use crate::pipeline::StageError;
 use crate::ports::{LogError, RegistryError, StoreError};
 use crate::routing::RulesError;
@@ -28,6 +30,10 @@ pub enum AppError {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    #[error(transparent)]
+    Redrive(#[from] RedriveError),
     /// A schema the registry must hold and does not, or another registry answer txflow
     /// cannot go on with.
     #[error("{what}: {source}")]

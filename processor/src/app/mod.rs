@@ -3,6 +3,7 @@
 //! `txflow` binary parses the command line and calls in here; the integration tests wire
 //! their stages through the same [`Backend`]s.
 
+mod access;
 mod backend;
 pub mod codec;
 mod dev;
@@ -10,6 +11,7 @@ mod error;
 mod run;
 pub mod shutdown;
 
+pub use access::Access;
 pub use backend::{Backend, Membership, Services};
 pub use dev::dev;
 pub use error::AppError;

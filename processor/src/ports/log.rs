@@ -102,3 +102,14 @@ pub trait Publisher: Send + Sync {
         records: Vec<OutputRecord>,
     ) -> impl Future<Output = Vec<Result<Published, PublishError>>> + Send;
 }
+
+/// Reads a topic's committed records from the beginning: for operators' tools (the dead
+/// letters) and audits, over topics small enough to hold in memory.
+pub trait TopicReader: Send + Sync {
+    /// Every committed record of `topic`, from the beginning of each partition to its end as
+    /// of now, in partition and offset order.
+    fn read_to_end(
+        &self,
+        topic: &str,
+    ) -> impl Future<Output = Result<Vec<InputRecord>, LogError>> + Send;
+}

@@ -57,7 +57,7 @@ pub struct LoadedAccount {
     pub prior: HashMap<String, Prior>,
 }
 
-/// The ledger's store.
+/// The ledger's store: what the ledger stage reads and writes to settle a batch.
 pub trait LedgerStore: Send + Sync + 'static {
     /// The account (default when it has no row yet) and its results under `keys` (posting
     /// keys: an event id, or a transfer's reversal beside its debit).
@@ -102,7 +102,11 @@ pub trait LedgerStore: Send + Sync + 'static {
     /// Whether the store answers a read at the configured consistency: the circuit
     /// breaker's probe, independent of any account's own trouble.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
 
+/// What the store answers about balances and outcomes: the read side, for the gateway and
+/// the operator's commands.
+pub trait Balances: Send + Sync + 'static {
     /// One account, if it exists: from its first applied event.
     fn account(
         &self,

@@ -1,85 +1,25 @@
 //! The conformance suite of `txflow_tests::conformance`, run against each backend: Kafka and
-//! Cassandra, and the embedded database of `txflow dev`.
+//! Cassandra, and the embedded database of `txflow dev`, each reached through its
+//! `txflow::app::Backend` as the stages reach it.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
 
-use txflow::adapters::embedded::{Embedded, EmbeddedLedgerStore, EmbeddedLog, EmbeddedPublisher};
-use txflow::adapters::kafka::{Delivery, GroupMember, KafkaLog, KafkaPublisher};
-use txflow::adapters::scylla::{self, ScyllaLedgerStore};
+use txflow::adapters::embedded::Embedded;
+use txflow::app::Services;
 use txflow::config::Config;
 use txflow_tests::conformance::{
     a_hostile_workload_keeps_every_invariant, reused_ids_and_balance_limits_move_no_money, seed,
-    the_ledger_settles_retries_and_dead_letters, Backend, Topics,
+    the_ledger_settles_retries_and_dead_letters, Subject,
 };
 use txflow_tests::process::Pipeline;
-use txflow_tests::{cql_contact_points, kafka_bootstrap, read_topic, ReadRecord};
-
-fn tiers(ledger: &str) -> Vec<String> {
-    (1..=3).map(|n| format!("{ledger}.retry.{n}")).collect()
-}
 
 /// Fresh topics (with their tiers) and keyspace, made as `txflow topics apply` and `migrate`
 /// make them, on the local stack.
-async fn kafka_and_cassandra() -> Backend<ScyllaLedgerStore, KafkaPublisher, KafkaLog> {
+async fn kafka_and_cassandra() -> Subject<Services> {
     let pipeline = tokio::task::spawn_blocking(|| Pipeline::new(2))
         .await
         .unwrap();
-    let contact_points: Vec<String> = cql_contact_points()
-        .iter()
-        .map(|c| format!("{c:?}"))
-        .collect();
-    let config = Config::load(
-        None,
-        [
-            ("TXFLOW_KAFKA__BOOTSTRAP_SERVERS", kafka_bootstrap()),
-            (
-                "TXFLOW_STORE__CONTACT_POINTS",
-                format!("[{}]", contact_points.join(",")),
-            ),
-            ("TXFLOW_STORE__KEYSPACE", pipeline.keyspace.clone()),
-        ]
-        .map(|(k, v)| (k.to_owned(), v)),
-    )
-    .unwrap();
-    let session = scylla::connect(&config.store).await.unwrap();
-    let store = Arc::new(
-        ScyllaLedgerStore::new(session, &config.store)
-            .await
-            .unwrap(),
-    );
-    let publisher = KafkaPublisher::new(&config.kafka, Duration::from_secs(10)).unwrap();
-    let kafka = config.kafka.clone();
-    let ledger = pipeline.ledger_topic.clone();
-    let keyspace = pipeline.keyspace.clone();
-    let new_log = move |group: &str, tiers: &[String]| {
-        let group_id = format!("{group}-{keyspace}");
-        KafkaLog::new(
-            &kafka,
-            &GroupMember {
-                group_id: &group_id,
-                transactional_id: &group_id,
-                session_timeout_ms: 6000,
-            },
-            &[&ledger],
-            tiers,
-            Delivery::ExactlyOnce,
-        )
-        .expect("a Kafka log")
-    };
-    Backend {
-        topics: Topics {
-            ledger: pipeline.ledger_topic.clone(),
-            results: pipeline.results_topic.clone(),
-            dead_letters: pipeline.dlq_topic.clone(),
-            tiers: tiers(&pipeline.ledger_topic),
-        },
-        new_log: Box::new(new_log),
-        store,
-        publisher,
-        read: Box::new(|topic: &str| read_topic(topic, "read_committed")),
-    }
+    Subject::new(Services, pipeline.config())
 }
 
 /// A data directory of its own, removed when the test ends.
@@ -92,31 +32,8 @@ impl Drop for DataDir {
 }
 
 /// A fresh embedded database, as `txflow dev` opens it.
-fn embedded(dir: &DataDir) -> Backend<EmbeddedLedgerStore, EmbeddedPublisher, EmbeddedLog> {
-    let embedded = Embedded::open(&dir.0).unwrap();
-    let reader = embedded.clone();
-    let logs = embedded.clone();
-    Backend {
-        topics: Topics {
-            ledger: "txflow.ledger".into(),
-            results: "txflow.results".into(),
-            dead_letters: "txflow.ledger.dlq".into(),
-            tiers: tiers("txflow.ledger"),
-        },
-        new_log: Box::new(move |group: &str, tiers: &[String]| {
-            logs.log(group, &["txflow.ledger"], tiers)
-        }),
-        store: Arc::new(embedded.store()),
-        publisher: embedded.publisher(),
-        read: Box::new(move |topic: &str| {
-            reader
-                .read_to_end(topic)
-                .unwrap()
-                .into_iter()
-                .map(ReadRecord::from)
-                .collect()
-        }),
-    }
+fn embedded(dir: &DataDir) -> Subject<Embedded> {
+    Subject::new(Embedded::open(&dir.0).unwrap(), Config::default())
 }
 
 fn data_dir(test: &str) -> DataDir {

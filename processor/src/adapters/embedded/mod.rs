@@ -18,6 +18,8 @@ use std::sync::Arc;
 use redb::{Database, ReadableTable, TableDefinition, TableHandle};
 use tokio::sync::Notify;
 
+use crate::ports::LogError;
+
 pub use self::log::{EmbeddedLog, EmbeddedPublisher};
 pub use self::store::EmbeddedLedgerStore;
 
@@ -169,6 +171,12 @@ impl Embedded {
     /// Every record of `topic`, in offset order.
     pub fn read_to_end(&self, topic: &str) -> Result<Vec<crate::wire::InputRecord>, EmbeddedError> {
         log::read_from(&self.db, topic, 0)
+    }
+}
+
+impl crate::ports::TopicReader for Embedded {
+    async fn read_to_end(&self, topic: &str) -> Result<Vec<crate::wire::InputRecord>, LogError> {
+        blocking(|| Embedded::read_to_end(self, topic)).map_err(|e| LogError::Fatal(e.to_string()))
     }
 }
 

@@ -7,7 +7,12 @@
 use std::path::{Path, PathBuf};
 
 use crate::failures::redrive::{RedriveRequest, Redriven};
-use crate::ports::Published;
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+
+use crate::domain::{Account, TransactionResult};
+use crate::ports::{
+    Balances, LogError, PublishError, Published, Publisher, StoreError, TopicReader,
+};
 use crate::wire::{InputRecord, OutputRecord};
 
 /// The file in a data directory that holds the running dev process's admin address.
@@ -50,6 +55,7 @@ pub enum RemoteError {
 }
 
 /// A client of the dev process running on a data directory.
+#[derive(Clone)]
 pub struct DevClient {
     http: reqwest::Client,
     base: String,
@@ -129,7 +135,7 @@ impl DevClient {
     }
 
     /// Appends `records`, all to `topic`, durably: all or none.
-    pub async fn publish(
+    pub async fn append(
         &self,
         topic: &str,
         records: &[OutputRecord],
@@ -176,4 +182,96 @@ fn segment(text: &str) -> String {
         .expect("an http URL has segments")
         .push(text);
     url.path().trim_start_matches('/').to_owned()
+}
+
+impl TopicReader for DevClient {
+    async fn read_to_end(&self, topic: &str) -> Result<Vec<InputRecord>, LogError> {
+        self.records(topic)
+            .await
+            .map_err(|e| LogError::Fatal(e.to_string()))
+    }
+}
+
+impl Publisher for DevClient {
+    /// In writes of up to [`WRITE_RECORDS`] per topic, each all or none.
+    async fn publish(&self, records: Vec<OutputRecord>) -> Vec<Result<Published, PublishError>> {
+        let mut outcomes = Vec::with_capacity(records.len());
+        for chunk in records.chunk_by(|a, b| a.topic == b.topic) {
+            for write in chunk.chunks(WRITE_RECORDS) {
+                match self.append(&write[0].topic, write).await {
+                    Ok(published) => outcomes.extend(published.into_iter().map(Ok)),
+                    Err(e) => outcomes.extend(write.iter().map(|_| {
+                        Err(PublishError {
+                            message: e.to_string(),
+                            retriable: matches!(e, RemoteError::Unreachable { .. }),
+                        })
+                    })),
+                }
+            }
+        }
+        outcomes
+    }
+}
+
+impl Balances for DevClient {
+    async fn account(&self, account_id: &str) -> Result<Option<Account>, StoreError> {
+        match DevClient::account(self, account_id).await {
+            Ok(Some(found)) => serde_json::from_value::<ShownAccount>(found)
+                .map(|shown| Some(shown.account()))
+                .map_err(|e| StoreError::Corrupt(format!("an account from txflow dev: {e}"))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(StoreError::Unavailable(e.to_string())),
+        }
+    }
+
+    fn accounts(&self) -> BoxStream<'_, Result<(String, Account), StoreError>> {
+        futures::stream::once(async move {
+            let lines = DevClient::accounts(self)
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let accounts: Vec<Result<(String, Account), StoreError>> = lines
+                .lines()
+                .map(|line| {
+                    serde_json::from_str::<ShownAccount>(line)
+                        .map(|shown| (shown.account_id.clone(), shown.account()))
+                        .map_err(|e| {
+                            StoreError::Corrupt(format!("an account from txflow dev: {e}"))
+                        })
+                })
+                .collect();
+            Ok::<_, StoreError>(futures::stream::iter(accounts))
+        })
+        .try_flatten()
+        .boxed()
+    }
+
+    async fn outcomes(&self, event_id: &str) -> Result<Vec<TransactionResult>, StoreError> {
+        let path = format!("/dev/events/{}", segment(event_id));
+        let response = self
+            .get(&path)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        json(response)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+}
+
+/// An account as the dev process shows it (`txflow accounts` prints the same form).
+#[derive(serde::Deserialize)]
+struct ShownAccount {
+    account_id: String,
+    balance_minor: i64,
+    currency: Option<String>,
+    version: i64,
+}
+
+impl ShownAccount {
+    fn account(&self) -> Account {
+        Account {
+            balance_minor: self.balance_minor,
+            currency: self.currency.clone(),
+            version: self.version,
+        }
+    }
 }

@@ -15,7 +15,7 @@ use crate::domain::result::{event_of_posting_key, posting_key};
 use crate::domain::{
     Account, Fingerprint, IdClaim, Origin, Prior, Recorded, Settlement, Status, TransactionResult,
 };
-use crate::ports::{LedgerStore, LoadedAccount, StoreError};
+use crate::ports::{Balances, LedgerStore, LoadedAccount, StoreError};
 
 /// The ledger's store in the embedded database.
 #[derive(Clone)]
@@ -435,7 +435,9 @@ impl LedgerStore for EmbeddedLedgerStore {
             Ok(())
         })
     }
+}
 
+impl Balances for EmbeddedLedgerStore {
     async fn account(&self, account_id: &str) -> Result<Option<Account>, StoreError> {
         self.read(|txn| {
             let accounts = txn.open_table(ACCOUNTS).map_err(storage)?;

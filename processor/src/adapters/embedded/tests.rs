@@ -8,7 +8,7 @@ use crate::domain::{
     Account, Entry, Fingerprint, IdClaim, Origin, Prior, Settlement, Status, TransactionResult,
 };
 use crate::pipeline::now_ms;
-use crate::ports::{LedgerStore, Log, Publisher};
+use crate::ports::{Balances, LedgerStore, Log, Publisher};
 use crate::wire::OutputRecord;
 
 struct TempDir(PathBuf);

@@ -1,13 +1,13 @@
 //! The `txflow` command line: the tree of commands, and which module runs each.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use txflow::adapters::embedded::remote::DevClient;
 use txflow::adapters::kafka::Delivery;
-use txflow::app::StageName;
+use txflow::app::{Access, Services, StageName};
 use txflow::config::Config;
 
 use crate::commands::accounts::{self, AccountsCommand};
@@ -115,20 +115,14 @@ impl From<DeliveryArg> for Delivery {
 impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         let config = Config::load(self.config.as_deref(), std::env::vars())?;
-        let dev = self
-            .dev_dir
-            .as_deref()
-            .map(DevClient::connect)
-            .transpose()?;
-        if dev.is_some()
-            && !matches!(
-                self.command,
-                Command::Accounts(_) | Command::Dlq(_) | Command::Produce(_)
-            )
-        {
-            bail!("--dev-dir works with accounts, dlq and produce; `txflow bench --dev` measures a txflow dev of its own");
-        }
+        let dev_dir = self.dev_dir.as_deref();
         match self.command {
+            Command::Accounts(command) => Operation::Accounts(command).run(dev_dir, &config).await,
+            Command::Produce(args) => Operation::Produce(args).run(dev_dir, &config).await,
+            Command::Dlq(command) => Operation::Dlq(command).run(dev_dir, &config).await,
+            _ if dev_dir.is_some() => {
+                bail!("--dev-dir works with accounts, dlq and produce; `txflow bench --dev` measures a txflow dev of its own")
+            }
             Command::Migrate => migrate::migrate(&config).await,
             Command::Topics(command) => topics::topics(&config, command).await,
             Command::Run(RunArgs { stage, delivery }) => {
@@ -139,15 +133,35 @@ impl Cli {
                 Ok(txflow::app::dev(&config, &data_dir).await?)
             }
             Command::ApiKey(command) => api_key::api_key(command),
-            Command::Accounts(command) => match &dev {
-                Some(dev) => accounts::dev_accounts(dev, command).await,
-                None => accounts::accounts(&config, command).await,
-            },
-            Command::Produce(args) => produce::produce(&config, args, dev.as_ref()).await,
-            Command::Dlq(command) => dlq::dlq(&config, command, dev.as_ref()).await,
             Command::Schemas(command) => schemas::schemas(&config, command).await,
             Command::Rules(command) => rules::rules(&config, command),
             Command::Bench(args) => crate::bench::bench(&config, args).await,
+        }
+    }
+}
+
+/// The commands an operator runs against a deployment, on Kafka and the store or on a
+/// running `txflow dev` alike.
+enum Operation {
+    Accounts(AccountsCommand),
+    Produce(ProduceArgs),
+    Dlq(DlqCommand),
+}
+
+impl Operation {
+    /// Runs on Kafka and the store, or on the txflow dev running on `dev_dir`.
+    async fn run(self, dev_dir: Option<&Path>, config: &Config) -> anyhow::Result<()> {
+        match dev_dir {
+            Some(dir) => self.on(&DevClient::connect(dir)?, config).await,
+            None => self.on(&Services, config).await,
+        }
+    }
+
+    async fn on<A: Access>(self, access: &A, config: &Config) -> anyhow::Result<()> {
+        match self {
+            Operation::Accounts(command) => accounts::accounts(access, config, command).await,
+            Operation::Produce(args) => produce::produce(access, config, args).await,
+            Operation::Dlq(command) => dlq::dlq(access, config, command).await,
         }
     }
 }

@@ -28,7 +28,7 @@ use self::keys::ApiKeys;
 use crate::codec::{Codec, Record};
 use crate::domain::{Account, TransactionEvent};
 use crate::limits::KeyedRateLimit;
-use crate::ports::{LedgerStore, Publisher};
+use crate::ports::{Balances, Publisher};
 use crate::wire::{OutputRecord, TRACEPARENT};
 
 /// The OpenAPI document of these routes, served at `/openapi.json`.
@@ -73,7 +73,7 @@ pub struct Gateway<P, S> {
 }
 
 /// The gateway's routes; anything else is a JSON 404 or 405.
-pub fn routes<P: Publisher + 'static, S: LedgerStore>(gateway: Arc<Gateway<P, S>>) -> Router {
+pub fn routes<P: Publisher + 'static, S: Balances>(gateway: Arc<Gateway<P, S>>) -> Router {
     Router::new()
         .route("/v1/events", post(post_event::<P, S>))
         .route("/v1/events/batch", post(post_batch::<P, S>))
@@ -111,7 +111,7 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
-async fn post_event<P: Publisher, S: LedgerStore>(
+async fn post_event<P: Publisher, S: Balances>(
     State(gateway): State<Arc<Gateway<P, S>>>,
     headers: HeaderMap,
     body: Body,
@@ -144,7 +144,7 @@ async fn post_event<P: Publisher, S: LedgerStore>(
         .await
 }
 
-async fn post_batch<P: Publisher, S: LedgerStore>(
+async fn post_batch<P: Publisher, S: Balances>(
     State(gateway): State<Arc<Gateway<P, S>>>,
     headers: HeaderMap,
     body: Body,
@@ -220,7 +220,7 @@ fn entry_error(index: usize, error: &ApiError) -> Value {
     entry
 }
 
-async fn get_event<P: Publisher, S: LedgerStore>(
+async fn get_event<P: Publisher, S: Balances>(
     State(gateway): State<Arc<Gateway<P, S>>>,
     Path(event_id): Path<String>,
     headers: HeaderMap,
@@ -245,7 +245,7 @@ async fn get_event<P: Publisher, S: LedgerStore>(
         .await
 }
 
-async fn get_account<P: Publisher, S: LedgerStore>(
+async fn get_account<P: Publisher, S: Balances>(
     State(gateway): State<Arc<Gateway<P, S>>>,
     Path(account_id): Path<String>,
     headers: HeaderMap,
@@ -264,7 +264,7 @@ async fn get_account<P: Publisher, S: LedgerStore>(
         .await
 }
 
-impl<P: Publisher, S: LedgerStore> Gateway<P, S> {
+impl<P: Publisher, S: Balances> Gateway<P, S> {
     /// Answers a request: the caller's key and rate first, then `work` within the request
     /// timeout; counted and timed by route.
     async fn serve(

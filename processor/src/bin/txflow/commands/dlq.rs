@@ -1,16 +1,16 @@
 //! `txflow dlq`: inspect and redrive dead letters.
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Args, Subcommand};
 
-use txflow::adapters::kafka::{self, Delivery, GroupMember, KafkaLog};
+use txflow::app::Access;
 use txflow::config::Config;
-use txflow::failures::redrive::{self, RedriveRequest};
+use txflow::failures::redrive::RedriveRequest;
 use txflow::failures::{dead_letter_topic, DeadLetter, Filter, Stats};
 use txflow::pipeline::now_ms;
+use txflow::ports::TopicReader;
 
 use super::print_line;
-use txflow::adapters::embedded::remote::DevClient;
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
@@ -89,18 +89,14 @@ impl TopicArg {
     }
 }
 
-/// Every committed dead letter of `topic`, from Kafka or a running `txflow dev`.
-async fn read_letters(
+/// Every committed dead letter of `topic`.
+async fn read_letters<A: Access>(
+    access: &A,
     config: &Config,
     topic: &str,
-    dev: Option<&DevClient>,
 ) -> anyhow::Result<Vec<DeadLetter>> {
     let codec = txflow::app::codec::codec(config).await?;
-    let records = match dev {
-        Some(dev) => dev.records(topic).await?,
-        None => tokio::task::block_in_place(|| kafka::read_to_end(&config.kafka, topic))
-            .with_context(|| format!("reading {topic} on {}", config.kafka.bootstrap_servers))?,
-    };
+    let records = access.reader(config)?.read_to_end(topic).await?;
     codec
         .learn(records.iter().map(|r| r.value.as_deref()))
         .await?;
@@ -114,21 +110,21 @@ fn selected(letter: &DeadLetter, filters: &[Filter]) -> bool {
     filters.iter().all(|f| f.matches(letter))
 }
 
-pub async fn dlq(
+pub async fn dlq<A: Access>(
+    access: &A,
     config: &Config,
     command: DlqCommand,
-    dev: Option<&DevClient>,
 ) -> anyhow::Result<()> {
     match command {
         DlqCommand::Stats(selection) => {
-            let letters = read_letters(config, &selection.topic.resolve(config), dev).await?;
+            let letters = read_letters(access, config, &selection.topic.resolve(config)).await?;
             let chosen = letters.iter().filter(|l| selected(l, &selection.filters));
             print!("{}", Stats::of(chosen, now_ms()));
             Ok(())
         }
         DlqCommand::List(selection) => {
             let now = now_ms();
-            for letter in read_letters(config, &selection.topic.resolve(config), dev).await? {
+            for letter in read_letters(access, config, &selection.topic.resolve(config)).await? {
                 if selected(&letter, &selection.filters) {
                     print_line(&letter.summary(now))?;
                 }
@@ -141,7 +137,7 @@ pub async fn dlq(
             offset,
         } => {
             let topic = topic.resolve(config);
-            let letters = read_letters(config, &topic, dev).await?;
+            let letters = read_letters(access, config, &topic).await?;
             match letters
                 .iter()
                 .find(|l| l.record.partition == partition && l.record.offset == offset)
@@ -152,19 +148,19 @@ pub async fn dlq(
                 ),
             }
         }
-        DlqCommand::Redrive(args) => redrive(config, args, dev).await,
+        DlqCommand::Redrive(args) => redrive(access, config, args).await,
     }
 }
 
 /// What a redrive would write, one JSON line a dead letter; writes nothing.
-async fn dry_run(
+async fn dry_run<A: Access>(
+    access: &A,
     config: &Config,
     args: &RedriveArgs,
     topic: &str,
-    dev: Option<&DevClient>,
 ) -> anyhow::Result<()> {
     let mut count = 0u64;
-    for letter in read_letters(config, topic, dev).await? {
+    for letter in read_letters(access, config, topic).await? {
         if args.limit.is_some_and(|limit| count >= limit) {
             break;
         }
@@ -184,14 +180,10 @@ async fn dry_run(
 
 /// The redrive of the dead letters of the selection's topic, in the consumer group of
 /// `--run-id`, on Kafka or in a running `txflow dev` (the same implementation runs there).
-async fn redrive(
-    config: &Config,
-    args: RedriveArgs,
-    dev: Option<&DevClient>,
-) -> anyhow::Result<()> {
+async fn redrive<A: Access>(access: &A, config: &Config, args: RedriveArgs) -> anyhow::Result<()> {
     let topic = args.selection.topic.resolve(config);
     if args.dry_run {
-        return dry_run(config, &args, &topic, dev).await;
+        return dry_run(access, config, &args, &topic).await;
     }
     let run_id = args
         .run_id
@@ -211,27 +203,8 @@ async fn redrive(
         limit: args.limit,
         idle_ms: args.idle_ms,
     };
-    let done = match dev {
-        Some(dev) => dev.redrive(&request).await?,
-        None => {
-            let group = request.group();
-            let member = GroupMember {
-                group_id: &group,
-                transactional_id: &group,
-                session_timeout_ms: 10_000,
-            };
-            let log = KafkaLog::new(
-                &config.kafka,
-                &member,
-                &[&topic],
-                &[],
-                Delivery::ExactlyOnce,
-            )?;
-            let codec = txflow::app::codec::codec(config).await?;
-            let plan = request.plan().map_err(anyhow::Error::msg)?;
-            redrive::redrive(log, &codec, &plan).await?
-        }
-    };
+    let codec = txflow::app::codec::codec(config).await?;
+    let done = access.redrive(config, &codec, &request).await?;
     eprintln!(
         "redriven {} dead letters from {topic} (skipped {} not matching, {} that failed again in this run); run id {run_id}",
         done.redriven, done.skipped, done.returned

@@ -1,21 +1,19 @@
 //! `txflow produce`: generated Avro events, to Kafka or a running `txflow dev`.
 
 use std::num::NonZeroU32;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
-use rdkafka::producer::{BaseRecord, Producer};
 
-use txflow::adapters::embedded::remote::{DevClient, WRITE_RECORDS};
-use txflow::adapters::kafka;
+use txflow::app::Access;
 use txflow::codec::Record;
 use txflow::config::Config;
 use txflow::domain::TransactionEvent;
 use txflow::limits::pacing;
 use txflow::loadgen::hostile::{HostileConfig, HostileWorkload};
 use txflow::loadgen::{Sent, Workload, WorkloadConfig};
+use txflow::ports::Publisher;
 use txflow::wire::OutputRecord;
 
 #[derive(Debug, Args)]
@@ -62,79 +60,57 @@ pub struct ProduceArgs {
     hostile: bool,
 }
 
-/// Where `txflow produce` writes: Kafka, or a running `txflow dev`.
-enum Destination<'a> {
-    Kafka(kafka::ReportingProducer),
-    Dev {
-        client: &'a DevClient,
-        pending: Vec<OutputRecord>,
-        /// When the oldest pending record was made.
-        since: Instant,
-        delivered: u64,
-    },
+/// Records on their way out: written together, up to [`Writes::BATCH`] at once, none
+/// waiting longer than [`Writes::WAIT`] for others (a slow `--rate` still arrives at its
+/// pace).
+struct Writes<'a, P> {
+    publisher: &'a P,
+    pending: Vec<OutputRecord>,
+    /// When the oldest pending record was made.
+    since: Instant,
+    delivered: u64,
+    failed: u64,
+    first_failure: Option<String>,
 }
 
-impl Destination<'_> {
-    /// How long a record waits for others to go with it to a `txflow dev`, at most: a
-    /// slow `--rate` still arrives at its pace.
-    const DEV_WAIT: Duration = Duration::from_millis(100);
+impl<'a, P: Publisher> Writes<'a, P> {
+    const BATCH: usize = 500;
+    const WAIT: Duration = Duration::from_millis(100);
 
-    async fn send(&mut self, topic: &str, key: &[u8], value: Vec<u8>) -> anyhow::Result<()> {
-        match self {
-            Destination::Kafka(producer) => {
-                let record = BaseRecord::to(topic).key(key).payload(value.as_slice());
-                kafka::send_when_room(producer, record)
-                    .await
-                    .with_context(|| format!("producing to {topic}"))
-            }
-            Destination::Dev { pending, since, .. } => {
-                if pending.is_empty() {
-                    *since = Instant::now();
-                }
-                pending.push(OutputRecord {
-                    topic: topic.to_owned(),
-                    key: Some(key.to_vec()),
-                    value: Some(value),
-                    headers: Vec::new(),
-                });
-                if pending.len() >= WRITE_RECORDS || since.elapsed() >= Self::DEV_WAIT {
-                    self.flush_dev(topic).await?;
-                }
-                Ok(())
-            }
+    fn new(publisher: &'a P) -> Self {
+        Writes {
+            publisher,
+            pending: Vec::with_capacity(Self::BATCH),
+            since: Instant::now(),
+            delivered: 0,
+            failed: 0,
+            first_failure: None,
         }
     }
 
-    async fn flush_dev(&mut self, topic: &str) -> anyhow::Result<()> {
-        if let Destination::Dev {
-            client,
-            pending,
-            delivered,
-            ..
-        } = self
-        {
-            if !pending.is_empty() {
-                *delivered += client.publish(topic, pending).await?.len() as u64;
-                pending.clear();
-            }
+    async fn send(&mut self, record: OutputRecord) {
+        if self.pending.is_empty() {
+            self.since = Instant::now();
         }
-        Ok(())
+        self.pending.push(record);
+        if self.pending.len() >= Self::BATCH || self.since.elapsed() >= Self::WAIT {
+            self.flush().await;
+        }
     }
 
-    /// Waits until everything sent is acknowledged; how many were delivered, how many failed.
-    async fn finish(mut self, topic: &str) -> anyhow::Result<(u64, u64)> {
-        self.flush_dev(topic).await?;
-        match self {
-            Destination::Kafka(producer) => {
-                tokio::task::block_in_place(|| producer.flush(Duration::from_secs(60)))
-                    .context("waiting for the broker to acknowledge every event")?;
-                let deliveries = producer.context();
-                Ok((
-                    deliveries.delivered.load(Ordering::Relaxed),
-                    deliveries.failed.load(Ordering::Relaxed),
-                ))
+    async fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.pending);
+        for outcome in self.publisher.publish(batch).await {
+            match outcome {
+                Ok(_) => self.delivered += 1,
+                Err(e) => {
+                    self.failed += 1;
+                    self.first_failure.get_or_insert(e.message);
+                }
             }
-            Destination::Dev { delivered, .. } => Ok((delivered, 0)),
         }
     }
 }
@@ -154,10 +130,10 @@ impl Events {
     }
 }
 
-pub async fn produce(
+pub async fn produce<A: Access>(
+    access: &A,
     config: &Config,
     args: ProduceArgs,
-    dev: Option<&DevClient>,
 ) -> anyhow::Result<()> {
     for (name, share) in [
         ("--duplicates", args.duplicates),
@@ -175,15 +151,8 @@ pub async fn produce(
         .clone()
         .unwrap_or_else(|| config.topics.ledger.clone());
     let codec = txflow::app::codec::codec(config).await?;
-    let mut destination = match dev {
-        Some(client) => Destination::Dev {
-            client,
-            pending: Vec::new(),
-            since: Instant::now(),
-            delivered: 0,
-        },
-        None => Destination::Kafka(kafka::idempotent_producer(&config.kafka)?),
-    };
+    let publisher = access.publisher(config)?;
+    let mut writes = Writes::new(&publisher);
     let id_prefix = args
         .id_prefix
         .clone()
@@ -230,11 +199,17 @@ pub async fn produce(
             Sent::Conflict => conflicts += 1,
         }
         let value = codec.encode(Record::TransactionEvent, &event)?;
-        destination
-            .send(&topic, event.account_id.as_bytes(), value)
-            .await?;
+        writes
+            .send(OutputRecord {
+                topic: topic.clone(),
+                key: Some(event.account_id.into_bytes()),
+                value: Some(value),
+                headers: Vec::new(),
+            })
+            .await;
     }
-    let (delivered, failed) = destination.finish(&topic).await?;
+    writes.flush().await;
+    let (delivered, failed) = (writes.delivered, writes.failed);
     let elapsed = started.elapsed().as_secs_f64();
     let sent = fresh + duplicates + conflicts;
     println!(
@@ -251,8 +226,8 @@ pub async fn produce(
             "events_per_second": sent as f64 / elapsed.max(1e-9),
         })
     );
-    if failed > 0 {
-        bail!("{failed} of {sent} events were not delivered");
+    if let Some(first) = writes.first_failure {
+        bail!("{failed} of {sent} events were not delivered, the first because: {first}");
     }
     Ok(())
 }

@@ -22,7 +22,7 @@ use crate::failures::FailureRoutes;
 use crate::loadgen::hostile::{HostileConfig, HostileWorkload};
 use crate::pipeline::breaker::{Breaker, BreakerConfig};
 use crate::pipeline::Stage;
-use crate::ports::LedgerStore;
+use crate::ports::Balances;
 use crate::stages::ledger::{Ledger, LedgerSettings, LedgerTopics};
 use crate::wire::ERROR_KIND;
 use crate::wire::{InputRecord, OutputRecord};
