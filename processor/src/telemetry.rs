@@ -54,132 +54,39 @@ impl Metrics {
     pub fn new() -> Self {
         let registry =
             Registry::new_custom(Some("txflow".to_owned()), None).expect("a valid metrics prefix");
-        let batches = IntCounterVec::new(
-            Opts::new("batches_total", "Batches by outcome: committed, retried after a transient failure or an aborted transaction, or paused while a circuit breaker is open"),
-            &["stage", "outcome"],
-        )
-        .expect("a valid metric");
-        let records = IntCounterVec::new(
-            Opts::new("records_total", "Records consumed in committed batches"),
-            &["stage"],
-        )
-        .expect("a valid metric");
-        let outputs = IntCounterVec::new(
-            Opts::new("outputs_total", "What committed batches produced, by kind"),
-            &["stage", "kind"],
-        )
-        .expect("a valid metric");
-        let batch_seconds = HistogramVec::new(
-            HistogramOpts::new(
+        let r = &registry;
+        Metrics {
+            batches: counter(r, "batches_total", "Batches by outcome: committed, retried after a transient failure or an aborted transaction, or paused while a circuit breaker is open", &["stage", "outcome"]),
+            records: counter(r, "records_total", "Records consumed in committed batches", &["stage"]),
+            outputs: counter(r, "outputs_total", "What committed batches produced, by kind", &["stage", "kind"]),
+            batch_seconds: histogram(
+                r,
                 "batch_duration_seconds",
                 "From a batch in hand to its commit",
-            )
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
-            &["stage"],
-        )
-        .expect("a valid metric");
-        let circuit_state = IntGaugeVec::new(
-            Opts::new(
-                "circuit_state",
-                "Circuit breaker state: 0 closed, 1 open, 2 half-open",
+                &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+                &["stage"],
             ),
-            &["stage", "dependency"],
-        )
-        .expect("a valid metric");
-        let circuit_transitions = IntCounterVec::new(
-            Opts::new(
-                "circuit_transitions_total",
-                "Circuit breaker transitions, by the state entered",
-            ),
-            &["stage", "dependency", "to"],
-        )
-        .expect("a valid metric");
-        let routed = IntCounterVec::new(
-            Opts::new(
-                "routed_total",
-                "Records the router sent in committed batches, by rule (default: no rule matched)",
-            ),
-            &["rule"],
-        )
-        .expect("a valid metric");
-        let rules_reloads = IntCounterVec::new(
-            Opts::new(
-                "rules_reloads_total",
-                "Reloads of the routing rules: applied, or refused (the rules in force stay)",
-            ),
-            &["outcome"],
-        )
-        .expect("a valid metric");
-        let webhook_deliveries = IntCounterVec::new(
-            Opts::new(
-                "webhook_deliveries_total",
-                "Webhook delivery attempts: delivered, failed (retried), rejected (dead-lettered), refused (breaker open, not sent)",
-            ),
-            &["endpoint", "outcome"],
-        )
-        .expect("a valid metric");
-        let webhook_seconds = HistogramVec::new(
-            HistogramOpts::new(
+            circuit_state: gauge(r, "circuit_state", "Circuit breaker state: 0 closed, 1 open, 2 half-open", &["stage", "dependency"]),
+            circuit_transitions: counter(r, "circuit_transitions_total", "Circuit breaker transitions, by the state entered", &["stage", "dependency", "to"]),
+            routed: counter(r, "routed_total", "Records the router sent in committed batches, by rule (default: no rule matched)", &["rule"]),
+            rules_reloads: counter(r, "rules_reloads_total", "Reloads of the routing rules: applied, or refused (the rules in force stay)", &["outcome"]),
+            webhook_deliveries: counter(r, "webhook_deliveries_total", "Webhook delivery attempts: delivered, failed (retried), rejected (dead-lettered), refused (breaker open, not sent)", &["endpoint", "outcome"]),
+            webhook_seconds: histogram(
+                r,
                 "webhook_duration_seconds",
                 "From a webhook delivery sent to its answer",
-            )
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
-            &["endpoint"],
-        )
-        .expect("a valid metric");
-        let gateway_requests = IntCounterVec::new(
-            Opts::new(
-                "gateway_requests_total",
-                "Gateway requests answered, by route and status code",
+                &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+                &["endpoint"],
             ),
-            &["route", "status"],
-        )
-        .expect("a valid metric");
-        let gateway_seconds = HistogramVec::new(
-            HistogramOpts::new(
+            gateway_requests: counter(r, "gateway_requests_total", "Gateway requests answered, by route and status code", &["route", "status"]),
+            gateway_seconds: histogram(
+                r,
                 "gateway_request_duration_seconds",
                 "From a gateway request in to its answer",
-            )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
-            ]),
-            &["route"],
-        )
-        .expect("a valid metric");
-        for metric in [
-            Box::new(batches.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(records.clone()),
-            Box::new(outputs.clone()),
-            Box::new(batch_seconds.clone()),
-            Box::new(circuit_state.clone()),
-            Box::new(circuit_transitions.clone()),
-            Box::new(routed.clone()),
-            Box::new(rules_reloads.clone()),
-            Box::new(webhook_deliveries.clone()),
-            Box::new(webhook_seconds.clone()),
-            Box::new(gateway_requests.clone()),
-            Box::new(gateway_seconds.clone()),
-        ] {
-            registry.register(metric).expect("metric names are unique");
-        }
-        Metrics {
+                &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0],
+                &["route"],
+            ),
             registry,
-            batches,
-            records,
-            outputs,
-            batch_seconds,
-            circuit_state,
-            circuit_transitions,
-            routed,
-            rules_reloads,
-            webhook_deliveries,
-            webhook_seconds,
-            gateway_requests,
-            gateway_seconds,
         }
     }
 
@@ -197,6 +104,40 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
     }
+}
+
+/// A counter, registered.
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("a valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
+}
+
+/// A gauge, registered.
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("a valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
+}
+
+/// A histogram with these bucket bounds (seconds), registered.
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+    labels: &[&str],
+) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    let metric = HistogramVec::new(opts, labels).expect("a valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
 }
 
 /// Whether the process can do its work now, and why not: set by the stage loop, read by

@@ -336,6 +336,270 @@ fn visit_leaves(value: &Value, path: &mut String, visit: &mut impl FnMut(&str, L
     }
 }
 
+/// Each pattern's alternatives ($or expanded), each with the fields an index could anchor
+/// it on.
+type Expanded = Vec<Vec<(Pattern, Vec<AnchorField>)>>;
+
+/// The `$or`s of every pattern expanded, with their anchor fields; refuses a pattern whose
+/// `$or`s combine into too many alternatives.
+fn expand_all(patterns: &[Pattern]) -> Result<Expanded, PatternError> {
+    let mut expanded = Vec::with_capacity(patterns.len());
+    for pattern in patterns {
+        let alternatives = expand(pattern);
+        if alternatives.len() > MAX_ALTERNATIVES {
+            return Err(PatternError {
+                at: "$or".to_owned(),
+                message: format!(
+                    "the $or lists combine into {} alternatives, more than {MAX_ALTERNATIVES}",
+                    alternatives.len()
+                ),
+            });
+        }
+        let with_fields: Vec<(Pattern, Vec<AnchorField>)> = alternatives
+            .into_iter()
+            .map(|alternative| {
+                let mut fields = Vec::new();
+                anchor_fields(&alternative, "", &mut fields);
+                (alternative, fields)
+            })
+            .collect();
+        expanded.push(with_fields);
+    }
+    Ok(expanded)
+}
+
+/// How many alternatives each exact value would index, and how many ranges cover each
+/// stretch of numbers on each field: what makes an anchor rare enough to index.
+struct Rarity {
+    sharing: HashMap<IndexKey, usize>,
+    ranges: HashMap<String, RangeIndex>,
+}
+
+/// Each pattern's alternatives with the anchor chosen for it (none: to the automatons), and
+/// the range indexes the anchors on numbers go to.
+struct Anchored {
+    patterns: Vec<Vec<(Pattern, Option<AnchorField>)>>,
+    ranges: HashMap<String, RangeIndex>,
+}
+
+impl Rarity {
+    fn of(expanded: &Expanded) -> Rarity {
+        let mut sharing: HashMap<IndexKey, usize> = HashMap::new();
+        let mut spans: HashMap<String, Vec<Span>> = HashMap::new();
+        for (_, fields) in expanded.iter().flatten() {
+            let mut keys: Vec<IndexKey> = Vec::new();
+            for (path, anchor) in fields {
+                match anchor {
+                    Anchor::Values(values) => {
+                        keys.extend(values.iter().map(|v| (path.clone(), v.clone())))
+                    }
+                    Anchor::Spans(of_field) => spans
+                        .entry(path.clone())
+                        .or_default()
+                        .extend_from_slice(of_field),
+                }
+            }
+            keys.sort();
+            keys.dedup();
+            for key in keys {
+                *sharing.entry(key).or_default() += 1;
+            }
+        }
+        let ranges = spans
+            .into_iter()
+            .map(|(path, spans)| (path, RangeIndex::new(&spans)))
+            .collect();
+        Rarity { sharing, ranges }
+    }
+
+    /// How many alternatives share the commonest value (or span) of `anchor` on `path`.
+    fn of_anchor(&self, path: &String, anchor: &Anchor) -> usize {
+        match anchor {
+            Anchor::Values(values) => values
+                .iter()
+                .map(|v| self.sharing[&(path.clone(), v.clone())])
+                .max()
+                .unwrap_or(usize::MAX),
+            Anchor::Spans(of_field) => of_field
+                .iter()
+                .map(|span| self.ranges[path].sharing(*span))
+                .max()
+                .unwrap_or(usize::MAX),
+        }
+    }
+
+    /// Each alternative's rarest anchor, if at most `index_limit` alternatives share it.
+    fn choose_anchors(self, expanded: Expanded, index_limit: usize) -> Anchored {
+        let patterns = expanded
+            .into_iter()
+            .map(|alternatives| {
+                alternatives
+                    .into_iter()
+                    .map(|(alternative, fields)| {
+                        let anchor = fields
+                            .into_iter()
+                            .map(|field| (self.of_anchor(&field.0, &field.1), field))
+                            .min_by_key(|(rarity, _)| *rarity)
+                            .filter(|(rarity, _)| *rarity <= index_limit)
+                            .map(|(_, field)| field);
+                        (alternative, anchor)
+                    })
+                    .collect()
+            })
+            .collect();
+        Anchored {
+            patterns,
+            ranges: self.ranges,
+        }
+    }
+}
+
+/// [`CompiledPatterns`] as they are put together: the indexes, and the automatons filled
+/// shard by shard.
+struct Builder {
+    index: HashMap<u64, Vec<usize>>,
+    affixes: HashMap<String, (BTreeSet<usize>, BTreeSet<usize>)>,
+    ranges: HashMap<String, RangeIndex>,
+    shards: Vec<Shard>,
+    /// Patterns in the last shard.
+    in_shard: usize,
+    always: Vec<usize>,
+}
+
+impl Builder {
+    fn new(ranges: HashMap<String, RangeIndex>) -> Builder {
+        Builder {
+            index: HashMap::new(),
+            affixes: HashMap::new(),
+            ranges,
+            shards: vec![Shard::new()],
+            in_shard: 0,
+            always: Vec::new(),
+        }
+    }
+
+    /// Indexes an alternative of pattern `pattern_index` on its anchor.
+    fn index(&mut self, pattern_index: usize, (path, anchor): AnchorField) {
+        match anchor {
+            Anchor::Values(values) => {
+                for value in values {
+                    let lengths = self.affixes.entry(path.clone()).or_default();
+                    match &value {
+                        Exact::Prefix(p) => lengths.0.insert(p.len()),
+                        Exact::Suffix(s) => lengths.1.insert(s.len()),
+                        _ => false,
+                    };
+                    self.index
+                        .entry(key_hash(&path, &value))
+                        .or_default()
+                        .push(pattern_index);
+                }
+            }
+            Anchor::Spans(of_field) => {
+                let range = self
+                    .ranges
+                    .get_mut(&path)
+                    .expect("every span's field has an index");
+                for span in of_field {
+                    range.insert(span, pattern_index);
+                }
+            }
+        }
+    }
+
+    /// Puts the unanchored alternatives of pattern `pattern_index` in the automatons; one
+    /// without a condition an automaton can check, or that no automaton takes, makes the
+    /// pattern a candidate for every event.
+    fn add_to_automatons(&mut self, pattern_index: usize, alternatives: Vec<Pattern>) {
+        if alternatives.is_empty() {
+            return;
+        }
+        if self.in_shard + alternatives.len() > SHARD_PATTERNS {
+            self.new_shard();
+        }
+        let mut unconditional = false;
+        let mut held_in = BTreeSet::new();
+        for alternative in alternatives {
+            let json = automaton_json(&alternative);
+            if json.as_object().is_some_and(|o| o.is_empty()) {
+                unconditional = true;
+                continue;
+            }
+            let json = json.to_string();
+            let mut added = self.last_shard().add_pattern(pattern_index, &json);
+            // An automaton refuses a pattern that would take it past its size budget (many
+            // `cidr`s do): a new one takes it, and one that refuses it alone leaves the
+            // pattern to the recheck, for every event.
+            if added.is_err() && self.in_shard > 0 {
+                self.new_shard();
+                added = self.last_shard().add_pattern(pattern_index, &json);
+            }
+            match added {
+                Ok(()) => {
+                    self.in_shard += 1;
+                    held_in.insert(self.shards.len() - 1);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        pattern = pattern_index,
+                        "the pattern automaton refused a pattern, which is checked on every event instead: {e}"
+                    );
+                    unconditional = true;
+                }
+            }
+        }
+        for shard in held_in {
+            self.shards[shard].members.push(pattern_index);
+        }
+        if unconditional {
+            self.always.push(pattern_index);
+        }
+    }
+
+    fn new_shard(&mut self) {
+        self.shards.push(Shard::new());
+        self.in_shard = 0;
+    }
+
+    fn last_shard(&mut self) -> &mut Quamina<usize> {
+        &mut self
+            .shards
+            .last_mut()
+            .expect("at least one shard")
+            .automaton
+    }
+
+    /// Builds each automaton now, on an empty event, rather than on the first real one; one
+    /// that fails is marked and its patterns checked one by one from then on.
+    fn finish(mut self, patterns: &[Pattern]) -> CompiledPatterns {
+        for shard in &mut self.shards {
+            let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                shard.automaton.matches_for_event(b"{}")
+            }));
+            if !matches!(built, Ok(Ok(_))) {
+                tracing::warn!(
+                    patterns = shard.members.len(),
+                    "the pattern automaton failed to build; these rules are checked one by one"
+                );
+                shard.broken = true;
+            }
+        }
+        for range in self.ranges.values_mut() {
+            range.coverage = Vec::new();
+        }
+        self.ranges
+            .retain(|_, range| range.units.iter().any(|unit| !unit.is_empty()));
+        CompiledPatterns {
+            index: self.index,
+            affixes: self.affixes,
+            ranges: self.ranges,
+            shards: self.shards,
+            patterns: patterns.to_vec(),
+            always: self.always,
+        }
+    }
+}
+
 /// Patterns compiled together; a match is the index of a pattern.
 pub struct CompiledPatterns {
     /// Alternatives with a rare exact value (or prefix, or suffix), by its key: one lookup
@@ -366,199 +630,20 @@ impl CompiledPatterns {
         patterns: &[Pattern],
         index_limit: usize,
     ) -> Result<CompiledPatterns, PatternError> {
-        let mut expanded = Vec::with_capacity(patterns.len());
-        for pattern in patterns {
-            let alternatives = expand(pattern);
-            if alternatives.len() > MAX_ALTERNATIVES {
-                return Err(PatternError {
-                    at: "$or".to_owned(),
-                    message: format!(
-                        "the $or lists combine into {} alternatives, more than {MAX_ALTERNATIVES}",
-                        alternatives.len()
-                    ),
-                });
-            }
-            let with_fields: Vec<(Pattern, Vec<AnchorField>)> = alternatives
-                .into_iter()
-                .map(|alternative| {
-                    let mut fields = Vec::new();
-                    anchor_fields(&alternative, "", &mut fields);
-                    (alternative, fields)
-                })
-                .collect();
-            expanded.push(with_fields);
-        }
-        // How many alternatives each exact value would index, and how many ranges cover each
-        // stretch of numbers on each field.
-        let mut sharing: HashMap<IndexKey, usize> = HashMap::new();
-        let mut spans: HashMap<String, Vec<Span>> = HashMap::new();
-        for (_, fields) in expanded.iter().flatten() {
-            let mut keys: Vec<IndexKey> = Vec::new();
-            for (path, anchor) in fields {
-                match anchor {
-                    Anchor::Values(values) => {
-                        keys.extend(values.iter().map(|v| (path.clone(), v.clone())))
-                    }
-                    Anchor::Spans(of_field) => spans
-                        .entry(path.clone())
-                        .or_default()
-                        .extend_from_slice(of_field),
-                }
-            }
-            keys.sort();
-            keys.dedup();
-            for key in keys {
-                *sharing.entry(key).or_default() += 1;
-            }
-        }
-        let mut ranges: HashMap<String, RangeIndex> = spans
-            .into_iter()
-            .map(|(path, spans)| (path, RangeIndex::new(&spans)))
-            .collect();
-        let rarity = |path: &String, anchor: &Anchor| match anchor {
-            Anchor::Values(values) => values
-                .iter()
-                .map(|v| sharing[&(path.clone(), v.clone())])
-                .max()
-                .unwrap_or(usize::MAX),
-            Anchor::Spans(of_field) => of_field
-                .iter()
-                .map(|span| ranges[path].sharing(*span))
-                .max()
-                .unwrap_or(usize::MAX),
-        };
-        let mut anchored: Vec<Vec<(Pattern, Option<AnchorField>)>> =
-            Vec::with_capacity(expanded.len());
-        for alternatives in expanded {
-            anchored.push(
-                alternatives
-                    .into_iter()
-                    .map(|(alternative, fields)| {
-                        let anchor = fields
-                            .into_iter()
-                            .map(|field| (rarity(&field.0, &field.1), field))
-                            .min_by_key(|(rarity, _)| *rarity)
-                            .filter(|(rarity, _)| *rarity <= index_limit)
-                            .map(|(_, field)| field);
-                        (alternative, anchor)
-                    })
-                    .collect(),
-            );
-        }
-        let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
-        let mut affixes: HashMap<String, (BTreeSet<usize>, BTreeSet<usize>)> = HashMap::new();
-        let mut shards = vec![Shard::new()];
-        let mut in_shard = 0;
-        let mut always = Vec::new();
-        for (pattern_index, alternatives) in anchored.into_iter().enumerate() {
+        let expanded = expand_all(patterns)?;
+        let anchored = Rarity::of(&expanded).choose_anchors(expanded, index_limit);
+        let mut built = Builder::new(anchored.ranges);
+        for (pattern_index, alternatives) in anchored.patterns.into_iter().enumerate() {
             let mut automaton_alternatives = Vec::new();
             for (alternative, anchor) in alternatives {
                 match anchor {
-                    Some((path, Anchor::Values(values))) => {
-                        for value in values {
-                            let lengths = affixes.entry(path.clone()).or_default();
-                            match &value {
-                                Exact::Prefix(p) => lengths.0.insert(p.len()),
-                                Exact::Suffix(s) => lengths.1.insert(s.len()),
-                                _ => false,
-                            };
-                            index
-                                .entry(key_hash(&path, &value))
-                                .or_default()
-                                .push(pattern_index);
-                        }
-                    }
-                    Some((path, Anchor::Spans(of_field))) => {
-                        let range = ranges
-                            .get_mut(&path)
-                            .expect("every span's field has an index");
-                        for span in of_field {
-                            range.insert(span, pattern_index);
-                        }
-                    }
+                    Some(anchor) => built.index(pattern_index, anchor),
                     None => automaton_alternatives.push(alternative),
                 }
             }
-            if automaton_alternatives.is_empty() {
-                continue;
-            }
-            if in_shard + automaton_alternatives.len() > SHARD_PATTERNS {
-                shards.push(Shard::new());
-                in_shard = 0;
-            }
-            let mut unconditional = false;
-            let mut held_in = BTreeSet::new();
-            for alternative in automaton_alternatives {
-                let json = automaton_json(&alternative);
-                if json.as_object().is_some_and(|o| o.is_empty()) {
-                    unconditional = true;
-                    continue;
-                }
-                let json = json.to_string();
-                let mut added = shards
-                    .last_mut()
-                    .expect("at least one shard")
-                    .automaton
-                    .add_pattern(pattern_index, &json);
-                // An automaton refuses a pattern that would take it past its size budget (many
-                // `cidr`s do): a new one takes it, and one that refuses it alone leaves the
-                // pattern to the recheck, for every event.
-                if added.is_err() && in_shard > 0 {
-                    shards.push(Shard::new());
-                    in_shard = 0;
-                    added = shards
-                        .last_mut()
-                        .expect("a new shard")
-                        .automaton
-                        .add_pattern(pattern_index, &json);
-                }
-                match added {
-                    Ok(()) => {
-                        in_shard += 1;
-                        held_in.insert(shards.len() - 1);
-                    }
-                    Err(e) => {
-                        tracing::warn!(
-                            pattern = pattern_index,
-                            "the pattern automaton refused a pattern, which is checked on every event instead: {e}"
-                        );
-                        unconditional = true;
-                    }
-                }
-            }
-            for shard in held_in {
-                shards[shard].members.push(pattern_index);
-            }
-            if unconditional {
-                always.push(pattern_index);
-            }
+            built.add_to_automatons(pattern_index, automaton_alternatives);
         }
-        // Build each automaton now, on an empty event, rather than on the first real one; one
-        // that fails is marked and its patterns checked one by one from then on.
-        for shard in &mut shards {
-            let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                shard.automaton.matches_for_event(b"{}")
-            }));
-            if !matches!(built, Ok(Ok(_))) {
-                tracing::warn!(
-                    patterns = shard.members.len(),
-                    "the pattern automaton failed to build; these rules are checked one by one"
-                );
-                shard.broken = true;
-            }
-        }
-        for range in ranges.values_mut() {
-            range.coverage = Vec::new();
-        }
-        ranges.retain(|_, range| range.units.iter().any(|unit| !unit.is_empty()));
-        Ok(CompiledPatterns {
-            index,
-            affixes,
-            ranges,
-            shards,
-            patterns: patterns.to_vec(),
-            always,
-        })
+        Ok(built.finish(patterns))
     }
 
     /// How many patterns are in automatons (the rest are indexed, or checked on every event).

@@ -77,49 +77,23 @@ fn kind(value: &Value) -> &'static str {
 
 /// Checks `value` against `schema`, adding a problem per field that does not fit.
 fn check(schema: &Schema, value: &Value, path: &str, errors: &mut Vec<FieldError>) {
-    let mut wrong = |expected: &str| {
+    let wrong = |errors: &mut Vec<FieldError>, expected: &str| {
         errors.push(FieldError {
             field: path.to_owned(),
             message: format!("must be {expected}, got {}", kind(value)),
         })
     };
+    if let Some((expected, fits)) = scalar(schema) {
+        if !fits(value) {
+            wrong(errors, expected);
+        }
+        return;
+    }
     match schema {
-        Schema::Record(record) => {
-            let Some(object) = value.as_object() else {
-                return wrong("an object");
-            };
-            check_record(record, object, path, errors);
-        }
-        Schema::String => {
-            if !value.is_string() {
-                wrong("a string");
-            }
-        }
-        Schema::Long | Schema::TimestampMillis => {
-            if value.as_i64().is_none() {
-                wrong("an integer (64-bit)");
-            }
-        }
-        Schema::Int => {
-            if value.as_i64().and_then(|n| i32::try_from(n).ok()).is_none() {
-                wrong("an integer (32-bit)");
-            }
-        }
-        Schema::Boolean => {
-            if !value.is_boolean() {
-                wrong("a boolean");
-            }
-        }
-        Schema::Double | Schema::Float => {
-            if !value.is_number() {
-                wrong("a number");
-            }
-        }
-        Schema::Null => {
-            if !value.is_null() {
-                wrong("null");
-            }
-        }
+        Schema::Record(record) => match value.as_object() {
+            Some(object) => check_record(record, object, path, errors),
+            None => wrong(errors, "an object"),
+        },
         Schema::Enum(symbols) => match value.as_str() {
             Some(symbol) if symbols.symbols.iter().any(|s| s == symbol) => {}
             Some(symbol) => errors.push(FieldError {
@@ -129,57 +103,83 @@ fn check(schema: &Schema, value: &Value, path: &str, errors: &mut Vec<FieldError
                     symbols.symbols.join(", ")
                 ),
             }),
-            None => wrong(&format!("one of {}", symbols.symbols.join(", "))),
+            None => wrong(errors, &format!("one of {}", symbols.symbols.join(", "))),
         },
-        Schema::Union(union) => {
-            let variants = union.variants();
-            if value.is_null() && variants.contains(&Schema::Null) {
-                return;
-            }
-            let others: Vec<&Schema> = variants.iter().filter(|v| **v != Schema::Null).collect();
-            match others[..] {
-                [only] => {
-                    let mut inner = Vec::new();
-                    check(only, value, path, &mut inner);
-                    if !inner.is_empty() && variants.contains(&Schema::Null) {
-                        for error in &mut inner {
-                            error.message.push_str(" (or null)");
-                        }
-                    }
-                    errors.extend(inner);
-                }
-                _ => {
-                    let fits = others.iter().any(|variant| {
-                        let mut inner = Vec::new();
-                        check(variant, value, path, &mut inner);
-                        inner.is_empty()
-                    });
-                    if !fits {
-                        wrong("a value of one of the union's types");
-                    }
+        Schema::Union(union) => check_union(union.variants(), value, path, errors),
+        Schema::Map(map) => match value.as_object() {
+            Some(object) => {
+                for (key, inner) in object {
+                    check(&map.types, inner, &join(path, key), errors);
                 }
             }
-        }
-        Schema::Map(map) => {
-            let Some(object) = value.as_object() else {
-                return wrong("an object");
-            };
-            for (key, inner) in object {
-                check(&map.types, inner, &join(path, key), errors);
+            None => wrong(errors, "an object"),
+        },
+        Schema::Array(array) => match value.as_array() {
+            Some(items) => {
+                for (i, inner) in items.iter().enumerate() {
+                    check(&array.items, inner, &format!("{path}[{i}]"), errors);
+                }
             }
-        }
-        Schema::Array(array) => {
-            let Some(items) = value.as_array() else {
-                return wrong("an array");
-            };
-            for (i, inner) in items.iter().enumerate() {
-                check(&array.items, inner, &format!("{path}[{i}]"), errors);
-            }
-        }
+            None => wrong(errors, "an array"),
+        },
         other => errors.push(FieldError {
             field: path.to_owned(),
             message: format!("has a schema type the gateway does not read from JSON: {other:?}"),
         }),
+    }
+}
+
+/// What a value of a scalar schema must be, and whether a value is that.
+type ScalarRule = (&'static str, fn(&Value) -> bool);
+
+/// The rule of a scalar schema; `None` for the schemas that are not scalars.
+fn scalar(schema: &Schema) -> Option<ScalarRule> {
+    let rule: ScalarRule = match schema {
+        Schema::String => ("a string", Value::is_string),
+        Schema::Long | Schema::TimestampMillis => ("an integer (64-bit)", |v| v.as_i64().is_some()),
+        Schema::Int => ("an integer (32-bit)", |v| {
+            v.as_i64().and_then(|n| i32::try_from(n).ok()).is_some()
+        }),
+        Schema::Boolean => ("a boolean", Value::is_boolean),
+        Schema::Double | Schema::Float => ("a number", Value::is_number),
+        Schema::Null => ("null", Value::is_null),
+        _ => return None,
+    };
+    Some(rule)
+}
+
+/// A value of a union: null where the union allows it, else the one other type's rules
+/// (said "or null" where null was allowed), or any of several other types.
+fn check_union(variants: &[Schema], value: &Value, path: &str, errors: &mut Vec<FieldError>) {
+    let nullable = variants.contains(&Schema::Null);
+    if value.is_null() && nullable {
+        return;
+    }
+    let others: Vec<&Schema> = variants.iter().filter(|v| **v != Schema::Null).collect();
+    if let [only] = others[..] {
+        let mut inner = Vec::new();
+        check(only, value, path, &mut inner);
+        if nullable {
+            for error in &mut inner {
+                error.message.push_str(" (or null)");
+            }
+        }
+        errors.extend(inner);
+        return;
+    }
+    let fits = others.iter().any(|variant| {
+        let mut inner = Vec::new();
+        check(variant, value, path, &mut inner);
+        inner.is_empty()
+    });
+    if !fits {
+        errors.push(FieldError {
+            field: path.to_owned(),
+            message: format!(
+                "must be a value of one of the union's types, got {}",
+                kind(value)
+            ),
+        });
     }
 }
 

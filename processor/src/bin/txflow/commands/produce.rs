@@ -122,6 +122,31 @@ enum Events {
 }
 
 impl Events {
+    /// The workload the arguments ask for.
+    fn of(args: &ProduceArgs) -> Events {
+        let id_prefix = args
+            .id_prefix
+            .clone()
+            .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
+        if args.hostile {
+            Events::Hostile(HostileWorkload::new(HostileConfig {
+                seed: args.seed,
+                prefix: id_prefix,
+            }))
+        } else {
+            Events::Zipf(Workload::new(WorkloadConfig {
+                accounts: args.accounts,
+                zipf_exponent: args.zipf,
+                seed: args.seed,
+                id_prefix,
+                currency: args.currency.clone(),
+                duplicate_share: args.duplicates,
+                conflict_share: args.conflicts,
+                ..WorkloadConfig::default()
+            }))
+        }
+    }
+
     fn next_event(&mut self) -> (TransactionEvent, Sent) {
         match self {
             Events::Zipf(workload) => workload.next_event(),
@@ -153,27 +178,7 @@ pub async fn produce<A: Access>(
     let codec = txflow::app::codec::codec(config).await?;
     let publisher = access.publisher(config)?;
     let mut writes = Writes::new(&publisher);
-    let id_prefix = args
-        .id_prefix
-        .clone()
-        .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
-    let mut workload = if args.hostile {
-        Events::Hostile(HostileWorkload::new(HostileConfig {
-            seed: args.seed,
-            prefix: id_prefix,
-        }))
-    } else {
-        Events::Zipf(Workload::new(WorkloadConfig {
-            accounts: args.accounts,
-            zipf_exponent: args.zipf,
-            seed: args.seed,
-            id_prefix,
-            currency: args.currency.clone(),
-            duplicate_share: args.duplicates,
-            conflict_share: args.conflicts,
-            ..WorkloadConfig::default()
-        }))
-    };
+    let mut workload = Events::of(&args);
     let limiter = NonZeroU32::new(args.rate).map(pacing);
     let deadline = args
         .duration
