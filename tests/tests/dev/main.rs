@@ -421,10 +421,10 @@ fn accounts_dlq_and_produce_work_against_a_running_dev() {
     let anonymous = try_http(admin.trim(), "GET", "/dev/accounts", &[], b"").unwrap();
     assert_eq!(anonymous.status, 401, "{}", anonymous.body);
 
-    let bench = against(&dir, &["bench"]).unwrap_err();
+    let migrate = against(&dir, &["migrate"]).unwrap_err();
     assert!(
-        bench.contains("--dev-dir works with accounts, dlq and produce"),
-        "{bench}"
+        migrate.contains("--dev-dir works with accounts, dlq and produce"),
+        "{migrate}"
     );
     process.terminate();
 }

@@ -70,9 +70,6 @@ enum Command {
     /// Make API keys for the gateway.
     #[command(subcommand, name = "api-key")]
     ApiKey(ApiKeyCommand),
-    /// Measure the ledger on the configured Kafka and store: throughput exactly-once,
-    /// at-least-once and naive, latency at a fixed rate, the store's raw LWT ceiling.
-    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -121,7 +118,7 @@ impl Cli {
             Command::Produce(args) => Operation::Produce(args).run(dev_dir, &config).await,
             Command::Dlq(command) => Operation::Dlq(command).run(dev_dir, &config).await,
             _ if dev_dir.is_some() => {
-                bail!("--dev-dir works with accounts, dlq and produce; `txflow bench --dev` measures a txflow dev of its own")
+                bail!("--dev-dir works with accounts, dlq and produce")
             }
             Command::Migrate => migrate::migrate(&config).await,
             Command::Topics(command) => topics::topics(&config, command).await,
@@ -135,7 +132,6 @@ impl Cli {
             Command::ApiKey(command) => api_key::api_key(command),
             Command::Schemas(command) => schemas::schemas(&config, command).await,
             Command::Rules(command) => rules::rules(&config, command),
-            Command::Bench(args) => crate::bench::bench(&config, args).await,
         }
     }
 }

@@ -1,6 +1,5 @@
 //! The `txflow` binary: parses the command line, sets up logging, runs the command.
 
-mod bench;
 mod cli;
 mod commands;
 

@@ -1,4 +1,4 @@
-//! `txflow bench --gateway`: the HTTP gateway's throughput (events accepted per second) and
+//! `txflow-bench --gateway`: the HTTP gateway's throughput (events accepted per second) and
 //! latency, for single and batch posts. The gateway runs as a child process (this binary's
 //! `run --stage gateway`) on fresh topics; this process is the load generator, with request
 //! bodies made before the clock starts.
@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use super::{machine, peak_rss_mib, percentile, terminate, write_section, BenchArgs, Lane, Mode};
+use crate::ledger::{
+    machine, peak_rss_mib, percentile, terminate, write_section, BenchArgs, Lane, Mode,
+};
 use txflow::config::Config;
 use txflow::loadgen::{Workload, WorkloadConfig};
 use txflow::stages::gateway::keys::new_key;
@@ -139,13 +141,13 @@ async fn measure(
 
 /// This binary with `args` as a child process whose gateway listens on a port of its own and
 /// limits no caller's rate, its log in `log`.
-pub(super) fn spawn_serving(
+pub(crate) fn spawn_serving(
     args: &[&str],
     env: &[(String, String)],
     log: &Path,
 ) -> anyhow::Result<std::process::Child> {
     let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    std::process::Command::new(std::env::current_exe()?)
+    std::process::Command::new(crate::txflow())
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .env("TXFLOW_GATEWAY__LISTEN", "127.0.0.1:0")
@@ -160,7 +162,7 @@ pub(super) fn spawn_serving(
 
 /// The `bound=` address of the first line of a child's log containing `what` (such as
 /// "gateway listening"), once it is there (60 s at most).
-pub(super) async fn logged_address(log: &Path, what: &str) -> anyhow::Result<String> {
+pub(crate) async fn logged_address(log: &Path, what: &str) -> anyhow::Result<String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -184,7 +186,7 @@ pub(super) async fn logged_address(log: &Path, what: &str) -> anyhow::Result<Str
 
 /// `count` request bodies of `events` events each (a JSON object for one, an array for
 /// more).
-pub(super) fn bodies(workload: &mut Workload, events: usize, count: usize) -> Vec<Vec<u8>> {
+pub(crate) fn bodies(workload: &mut Workload, events: usize, count: usize) -> Vec<Vec<u8>> {
     (0..count)
         .map(|_| {
             let mut batch: Vec<serde_json::Value> = (0..events)
@@ -277,7 +279,7 @@ fn report(args: &BenchArgs, runs: &[Measured], rss: Option<f64>) -> String {
     let _ = writeln!(md, "## Gateway throughput and latency\n");
     let _ = writeln!(
         md,
-        "Measured by `txflow {}` on {}, against the local stack; the gateway a child process, the load generator this one (the same 2 cores as the gateway, Kafka and Cassandra). Latency: a request sent → its `202` read, every event acknowledged by the broker (`acks=all`).\n",
+        "Measured by `txflow-bench {}` on {}, against the local stack; the gateway a child process, the load generator this one (the same 2 cores as the gateway, Kafka and Cassandra). Latency: a request sent → its `202` read, every event acknowledged by the broker (`acks=all`).\n",
         command.join(" "),
         machine()
     );

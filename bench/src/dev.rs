@@ -1,4 +1,4 @@
-//! `txflow bench --dev`: `txflow dev` with durable commits, from a load generator posting
+//! `txflow-bench --dev`: `txflow dev` with durable commits, from a load generator posting
 //! over HTTP to results. `txflow dev` runs as a child process on a fresh data directory; this
 //! process posts batches of events, first as fast as it can (throughput), then at half that
 //! rate (latency), sampling the child's resident memory every second. Timings come from the
@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use super::gateway::{bodies, logged_address, spawn_serving};
-use super::{machine, percentile, terminate, write_section, BenchArgs};
+use crate::gateway::{bodies, logged_address, spawn_serving};
+use crate::ledger::{machine, percentile, terminate, write_section, BenchArgs};
 use txflow::adapters::embedded::Embedded;
 use txflow::codec::{Codec, Record};
 use txflow::config::Config;
@@ -343,7 +343,7 @@ fn report(
     let _ = writeln!(md, "## `txflow dev` throughput and latency\n");
     let _ = writeln!(
         md,
-        "Measured by `txflow {}` on {}: `txflow dev` a child process on a fresh data directory (durable commits), this process posting batches of {BATCH} events over HTTP on {CONNECTIONS} connections, {} accounts with Zipf exponent {}. Times from the database afterwards: an event's commit on the events topic to its result's commit.\n",
+        "Measured by `txflow-bench {}` on {}: `txflow dev` a child process on a fresh data directory (durable commits), this process posting batches of {BATCH} events over HTTP on {CONNECTIONS} connections, {} accounts with Zipf exponent {}. Times from the database afterwards: an event's commit on the events topic to its result's commit.\n",
         command.join(" "),
         machine(),
         args.accounts,

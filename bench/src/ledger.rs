@@ -1,13 +1,14 @@
-//! `txflow bench`: the ledger on the configured Kafka and store, measured side by side with
-//! its baselines in one run; `txflow bench --gateway`, the HTTP gateway ([`gateway`]);
-//! `txflow bench --dev`, every stage on the embedded backend ([`dev`]).
+//! `txflow-bench`: the ledger on the configured Kafka and store, measured side by side with
+//! its baselines in one run; `txflow-bench --gateway`, the HTTP gateway
+//! ([`gateway`](crate::gateway)); `txflow-bench --dev`, every stage on the embedded backend
+//! ([`dev`](crate::dev)).
 //!
 //! Every mode gets fresh topics, group and keyspace and a ledger that has joined its group
 //! and opened every account with a deposit (a running ledger's steady state). Throughput: events written as fast as this process can, while the
 //! ledger runs, divided by the time from the first write to the last result readable with
 //! `read_committed`. Latency: at a fixed rate, from the moment an event is handed to the
-//! producer to the moment its result is readable. The ledger runs as a child process (this binary's
-//! `run --stage ledger`), so that its resident memory is its own.
+//! producer to the moment its result is readable. The ledger runs as a child process (`txflow
+//! run --stage ledger`), so that its resident memory is its own.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -35,69 +36,66 @@ use txflow::domain::{Entry, EventType, TransactionEvent, TransactionResult};
 use txflow::limits::pacing;
 use txflow::loadgen::{Workload, WorkloadConfig};
 
-mod dev;
-mod gateway;
-
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Events of each throughput run (exactly-once and at-least-once).
     #[arg(long, default_value_t = 100_000)]
-    events: u64,
+    pub(crate) events: u64,
     /// Events of the naive run (one LWT and one transaction per event is slow).
     #[arg(long, default_value_t = 2_000)]
-    naive_events: u64,
+    pub(crate) naive_events: u64,
     /// Accounts of the workload.
     #[arg(long, default_value_t = 1000)]
-    accounts: usize,
+    pub(crate) accounts: usize,
     /// Zipf exponent of account popularity.
     #[arg(long, default_value_t = 1.0)]
-    zipf: f64,
+    pub(crate) zipf: f64,
     /// Seconds of the fixed-rate latency run; a long run weighs the steady state over the
     /// first seconds after start.
     #[arg(long, default_value_t = 60)]
-    latency_seconds: u64,
+    pub(crate) latency_seconds: u64,
     /// Events per second of the latency run (default: half the exactly-once throughput).
     #[arg(long)]
-    latency_rate: Option<u32>,
+    pub(crate) latency_rate: Option<u32>,
     /// Lightweight transactions of the raw store ceiling run.
     #[arg(long, default_value_t = 20_000)]
-    lwt_count: u64,
+    pub(crate) lwt_count: u64,
     /// Concurrent lightweight transactions in the raw store ceiling run.
     #[arg(long, default_value_t = 256)]
-    lwt_concurrency: usize,
+    pub(crate) lwt_concurrency: usize,
     /// Partitions of the bench topics.
     #[arg(long, default_value_t = 6)]
-    partitions: i32,
+    pub(crate) partitions: i32,
     /// Measure the HTTP gateway (single and batch posts) instead of the ledger.
     #[arg(long)]
-    gateway: bool,
+    pub(crate) gateway: bool,
     /// Measure `txflow dev` (every stage on the embedded backend) instead of the ledger.
     #[arg(long, conflicts_with = "gateway")]
-    dev: bool,
+    pub(crate) dev: bool,
     /// Events of the `--dev` throughput phase.
     #[arg(long, default_value_t = 200_000)]
-    dev_events: usize,
+    pub(crate) dev_events: usize,
     /// Seconds of the `--dev` fixed-rate phase.
     #[arg(long, default_value_t = 30)]
-    dev_latency_seconds: u64,
+    pub(crate) dev_latency_seconds: u64,
     /// Seconds of each gateway run.
     #[arg(long, default_value_t = 20)]
-    gateway_seconds: u64,
+    pub(crate) gateway_seconds: u64,
     /// Concurrent connections posting single events (a quarter of them post batches).
     #[arg(long, default_value_t = 64)]
-    gateway_connections: usize,
+    pub(crate) gateway_connections: usize,
     /// Events per batch post.
     #[arg(long, default_value_t = 100)]
-    gateway_batch: usize,
+    pub(crate) gateway_batch: usize,
     /// Markdown file to write the results into (between bench markers, replacing an earlier
     /// section of the same bench); printed to stdout either way.
     #[arg(long, value_name = "FILE")]
-    output: Option<PathBuf>,
+    pub(crate) output: Option<PathBuf>,
 }
 
 /// One way of running the ledger.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
+pub(crate) enum Mode {
     ExactlyOnce,
     AtLeastOnce,
     Naive,
@@ -122,13 +120,13 @@ impl Mode {
 }
 
 /// A pipeline of its own for one mode.
-struct Lane {
-    config: Config,
-    env: Vec<(String, String)>,
+pub(crate) struct Lane {
+    pub(crate) config: Config,
+    pub(crate) env: Vec<(String, String)>,
 }
 
 impl Lane {
-    fn new(base: &Config, run: &str, mode: Mode, partitions: i32) -> Lane {
+    pub(crate) fn new(base: &Config, run: &str, mode: Mode, partitions: i32) -> Lane {
         let tag = format!("{run}_{}", mode.name().replace('-', "_"));
         let mut config = base.clone();
         config.topics.events = format!("bench.{tag}.events");
@@ -160,7 +158,7 @@ impl Lane {
         }
     }
 
-    async fn prepare(&self) -> anyhow::Result<()> {
+    pub(crate) async fn prepare(&self) -> anyhow::Result<()> {
         let session = scylla::connect(&self.config.store).await?;
         scylla::migrate(&session, &self.config.store).await?;
         kafka::apply_topics(
@@ -180,7 +178,7 @@ impl Lane {
         };
         let file =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        Command::new(std::env::current_exe()?)
+        Command::new(crate::txflow())
             .args(["run", "--stage", "ledger", "--delivery", delivery])
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
@@ -189,7 +187,7 @@ impl Lane {
             .context("starting the ledger")
     }
 
-    async fn clean_up(&self) {
+    pub(crate) async fn clean_up(&self) {
         if let Ok(session) = scylla::connect(&self.config.store).await {
             let drop = format!("DROP KEYSPACE IF EXISTS {}", self.config.store.keyspace);
             if let Err(e) = session.query_unpaged(drop, ()).await {
@@ -339,19 +337,19 @@ async fn observe(
 }
 
 /// The `q` quantile of sorted, non-empty `samples`.
-fn percentile(samples: &[Duration], q: f64) -> Duration {
+pub(crate) fn percentile(samples: &[Duration], q: f64) -> Duration {
     samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1]
 }
 
 /// The highest resident set size of a process so far (`VmHWM`), in MiB.
-fn peak_rss_mib(pid: u32) -> Option<f64> {
+pub(crate) fn peak_rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }
 
-fn terminate(child: &mut Child) {
+pub(crate) fn terminate(child: &mut Child) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -592,7 +590,7 @@ async fn lwt_ceiling(base: &Config, run: &str, args: &BenchArgs) -> anyhow::Resu
     Ok(rate)
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -623,10 +621,10 @@ pub async fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&logs)?;
     eprintln!("bench {run}: stage logs in {}", logs.display());
     if args.gateway {
-        return gateway::bench(config, &args, &run, &logs).await;
+        return crate::gateway::bench(config, &args, &run, &logs).await;
     }
     if args.dev {
-        return dev::bench(config, &args, &run, &logs).await;
+        return crate::dev::bench(config, &args, &run, &logs).await;
     }
 
     eprintln!(
@@ -673,7 +671,7 @@ fn report(args: &BenchArgs, runs: &[Throughput], ceiling: f64, latency: &Latency
     let _ = writeln!(md, "## Ledger throughput and latency\n");
     let _ = writeln!(
         md,
-        "Measured by `txflow {}` on {}, against the local stack",
+        "Measured by `txflow-bench {}` on {}, against the local stack",
         command.join(" "),
         machine()
     );
@@ -766,7 +764,12 @@ fn report(args: &BenchArgs, runs: &[Throughput], ceiling: f64, latency: &Latency
 }
 
 /// Replaces the section of `path` between the markers `start` and `end` (or appends it).
-fn write_section(path: &Path, section: &str, start: &str, end: &str) -> anyhow::Result<()> {
+pub(crate) fn write_section(
+    path: &Path,
+    section: &str,
+    start: &str,
+    end: &str,
+) -> anyhow::Result<()> {
     let existing = std::fs::read_to_string(path).unwrap_or_default();
     let updated = match (existing.find(start), existing.find(end)) {
         (Some(from), Some(to)) if from < to => {
