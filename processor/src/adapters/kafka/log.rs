@@ -1,11 +1,4 @@
-//! The log on Apache Kafka: a `read_committed` consumer in a group with one transactional
-//! producer (exactly-once v2: consumed offsets are sent with the consumer's group metadata,
-//! so a zombie of a revoked partition is fenced by the group, not by its transactional id).
-//!
-//! librdkafka's calls block; they never run on an async worker as plain calls: a batch's
-//! transaction runs on a blocking thread (`spawn_blocking`), where it commits while the next
-//! batch is read and processed, and the other calls on the runtime's blocking section
-//! (`block_in_place`).
+//! The stages' log: a `read_committed` consumer in a group with its transactional producer.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::future::Future;
@@ -13,177 +6,26 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{
-    BaseRecord, DeliveryResult, FutureProducer, FutureRecord, Producer, ProducerContext,
-    ThreadedProducer,
-};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::config::{KafkaConfig, TopicsConfig};
-use crate::ports::{Log, LogError, PublishError, Published, Publisher, TopicReader};
+use super::CALL_TIMEOUT;
+use crate::config::KafkaConfig;
+use crate::ports::{Log, LogError};
 use crate::wire::{InputRecord, OutputRecord};
 
-/// How long a blocking client call may take before it counts as failed.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A client config with the bootstrap servers and every extra property.
-pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &kafka.bootstrap_servers);
-    for (key, value) in &kafka.properties {
-        config.set(key, value);
-    }
-    config
-}
-
-/// A producer config: the client config with the Java clients' partitioner, so that an
-/// account's records land on the same partition whichever client wrote them, and on the same
-/// partition number of every co-partitioned topic.
-fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
-    let mut config = client_config(kafka);
-    config.set("partitioner", "murmur2_random");
-    config
-}
-
-/// Counts the deliveries the broker confirmed and refused, so that no failed write goes
-/// unnoticed.
-#[derive(Default)]
-pub struct DeliveryReport {
-    pub delivered: AtomicU64,
-    pub failed: AtomicU64,
-}
-
-impl ClientContext for DeliveryReport {}
-
-impl ProducerContext for DeliveryReport {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Ok(_) => self.delivered.fetch_add(1, Ordering::Relaxed),
-            Err((e, _)) => {
-                tracing::error!("delivery failed: {e}");
-                self.failed.fetch_add(1, Ordering::Relaxed)
-            }
-        };
-    }
-}
-
-/// A producer whose deliveries are counted.
-pub type ReportingProducer = ThreadedProducer<DeliveryReport>;
-
-/// An idempotent producer (`acks=all`), for records written outside any transaction.
-pub fn idempotent_producer(kafka: &KafkaConfig) -> Result<ReportingProducer, KafkaError> {
-    producer_config(kafka)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .create_with_context(DeliveryReport::default())
-}
-
-/// Sends `record`, waiting while the producer's local queue is full: a full queue drains as
-/// the broker acknowledges, so waiting loses nothing and sheds nothing.
-pub async fn send_when_room(
-    producer: &ReportingProducer,
-    mut record: BaseRecord<'_, [u8], [u8]>,
-) -> Result<(), KafkaError> {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                record = back;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            Err((e, _)) => return Err(e),
-        }
-    }
-}
-
-fn owned_headers(headers: &[(String, Vec<u8>)]) -> OwnedHeaders {
-    headers.iter().fold(
-        OwnedHeaders::new_with_capacity(headers.len()),
-        |all, (name, value)| {
-            all.insert(Header {
-                key: name,
-                value: Some(value),
-            })
-        },
-    )
-}
-
-/// Publishes records with an idempotent producer (`acks=all`): the gateway's way in.
-pub struct KafkaPublisher {
-    producer: FutureProducer,
-    /// How long a record may wait for its acknowledgement, queueing included.
-    timeout: Duration,
-}
-
-impl KafkaPublisher {
-    pub fn new(kafka: &KafkaConfig, timeout: Duration) -> Result<Self, KafkaError> {
-        let producer = producer_config(kafka)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "2")
-            .set("message.timeout.ms", timeout.as_millis().max(1).to_string())
-            .create()?;
-        Ok(KafkaPublisher { producer, timeout })
-    }
-}
-
-impl Publisher for KafkaPublisher {
-    async fn publish(&self, records: Vec<OutputRecord>) -> Vec<Result<Published, PublishError>> {
-        let sends = records.iter().map(|output| {
-            let mut record =
-                FutureRecord::to(&output.topic).headers(owned_headers(&output.headers));
-            if let Some(key) = &output.key {
-                record = record.key(key.as_slice());
-            }
-            if let Some(value) = &output.value {
-                record = record.payload(value.as_slice());
-            }
-            self.producer.send(record, self.timeout)
-        });
-        futures::future::join_all(sends)
-            .await
-            .into_iter()
-            .zip(&records)
-            .map(|(sent, output)| match sent {
-                Ok(delivery) => Ok(Published {
-                    topic: output.topic.clone(),
-                    partition: delivery.partition,
-                    offset: delivery.offset,
-                }),
-                Err((error, _)) => Err(PublishError {
-                    retriable: publish_retriable(&error),
-                    message: error.to_string(),
-                }),
-            })
-            .collect()
-    }
-}
-
-/// Whether sending the record again may succeed.
-fn publish_retriable(error: &KafkaError) -> bool {
-    !matches!(
-        error.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::MessageSizeTooLarge
-                | RDKafkaErrorCode::UnknownTopicOrPartition
-                | RDKafkaErrorCode::UnknownTopic
-                | RDKafkaErrorCode::TopicAuthorizationFailed
-                | RDKafkaErrorCode::InvalidRecord
-        )
-    )
-}
+use super::client::{
+    client_config, idempotent_producer, owned_headers, producer_config, send_when_room,
+    DeliveryReport, ReportingProducer,
+};
+use super::reader::read_until_end;
 
 /// How a stage's outputs and consumed offsets reach Kafka.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -474,25 +316,23 @@ impl Committer {
         Err(LogError::Aborted(error.to_string()))
     }
 
-    fn send(&self, output: OutputRecord) -> Result<(), KafkaError> {
-        let mut record = BaseRecord::to(&output.topic).headers(owned_headers(&output.headers));
-        if let Some(key) = &output.key {
-            record = record.key(key);
-        }
-        if let Some(value) = &output.value {
-            record = record.payload(value);
-        }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    // The local queue drains as the broker acknowledges: wait, do not drop.
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(5));
+    /// Hands every output to the producer, waiting for room where its queue is full; runs
+    /// on the transaction's blocking thread, which waits on the runtime's timer.
+    fn send_all(&self, outputs: &[OutputRecord]) -> Result<(), KafkaError> {
+        tokio::runtime::Handle::current().block_on(async {
+            for output in outputs {
+                let mut record: BaseRecord<'_, [u8], [u8]> =
+                    BaseRecord::to(&output.topic).headers(owned_headers(&output.headers));
+                if let Some(key) = &output.key {
+                    record = record.key(key.as_slice());
                 }
-                Err((e, _)) => return Err(e),
+                if let Some(value) = &output.value {
+                    record = record.payload(value.as_slice());
+                }
+                send_when_room(&self.producer, record).await?;
             }
-        }
+            Ok(())
+        })
     }
 
     /// The transaction of one batch; runs on a blocking thread.
@@ -505,9 +345,7 @@ impl Committer {
             return self.flush_then_commit(offsets, outputs);
         }
         self.producer.begin_transaction()?;
-        for output in outputs {
-            self.send(output)?;
-        }
+        self.send_all(&outputs)?;
         let metadata = self
             .consumer
             .group_metadata()
@@ -539,9 +377,7 @@ impl Committer {
         outputs: Vec<OutputRecord>,
     ) -> Result<(), KafkaError> {
         let failed_before = self.producer.context().failed.load(Ordering::Relaxed);
-        for output in outputs {
-            self.send(output)?;
-        }
+        self.send_all(&outputs)?;
         self.await_deliveries()?;
         if self.producer.context().failed.load(Ordering::Relaxed) != failed_before {
             return Err(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut));
@@ -564,7 +400,7 @@ fn next_offsets(batch: &[InputRecord]) -> Result<TopicPartitionList, KafkaError>
     Ok(list)
 }
 
-fn input_record(message: &BorrowedMessage<'_>) -> InputRecord {
+pub(super) fn input_record(message: &BorrowedMessage<'_>) -> InputRecord {
     let headers = message
         .headers()
         .map(|headers| {
@@ -819,238 +655,6 @@ fn passing(error: &KafkaError) -> bool {
             RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic
         )
     )
-}
-
-/// A reader's context: the end of a partition is what it reads to, not an error to log
-/// (librdkafka reports it through the error callback too, which logs it as an ERROR).
-struct ReadsToTheEnd;
-
-impl ClientContext for ReadsToTheEnd {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(
-            error,
-            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
-        ) {
-            tracing::error!("librdkafka: {error}: {reason}");
-        }
-    }
-}
-
-impl ConsumerContext for ReadsToTheEnd {}
-
-/// The committed records of one topic's partitions, from the offsets in `start` to each
-/// partition's end as of now.
-fn read_until_end(
-    kafka: &KafkaConfig,
-    start: &TopicPartitionList,
-) -> Result<Vec<InputRecord>, KafkaError> {
-    let reader: BaseConsumer<ReadsToTheEnd> = client_config(kafka)
-        // It reads without joining a group: the group member's limits are not its own.
-        .remove("max.poll.interval.ms")
-        .remove("session.timeout.ms")
-        .set("group.id", "txflow-reader")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .create_with_context(ReadsToTheEnd)?;
-    reader.assign(start)?;
-    let mut open: HashSet<i32> = start.elements().iter().map(|e| e.partition()).collect();
-    let mut records = Vec::new();
-    let deadline = Instant::now() + CALL_TIMEOUT;
-    while !open.is_empty() {
-        if Instant::now() > deadline {
-            return Err(KafkaError::MessageConsumption(
-                RDKafkaErrorCode::OperationTimedOut,
-            ));
-        }
-        match reader.poll(Duration::from_millis(100)) {
-            None => {}
-            Some(Ok(message)) => records.push(input_record(&message)),
-            Some(Err(KafkaError::PartitionEOF(partition))) => {
-                open.remove(&partition);
-            }
-            Some(Err(e)) => return Err(e),
-        }
-    }
-    Ok(records)
-}
-
-/// Every committed record of `topic`, from the beginning of each partition to its end as of
-/// now, in partition order; for operator tools over small topics (the dead letters).
-pub fn read_to_end(kafka: &KafkaConfig, topic: &str) -> Result<Vec<InputRecord>, KafkaError> {
-    let admin: BaseConsumer = client_config(kafka).create()?;
-    let metadata = admin.fetch_metadata(Some(topic), CALL_TIMEOUT)?;
-    let partitions = metadata
-        .topics()
-        .first()
-        .filter(|t| t.error().is_none())
-        .map(|t| t.partitions().len())
-        .unwrap_or(0);
-    if partitions == 0 {
-        return Err(KafkaError::MetadataFetch(
-            RDKafkaErrorCode::UnknownTopicOrPartition,
-        ));
-    }
-    let mut start = TopicPartitionList::new();
-    for partition in 0..partitions as i32 {
-        start.add_partition_offset(topic, partition, Offset::Beginning)?;
-    }
-    let mut records = read_until_end(kafka, &start)?;
-    records.sort_by_key(|r| (r.partition, r.offset));
-    Ok(records)
-}
-
-/// Reads topics to their end, with the group-less reader of [`read_to_end`].
-#[derive(Clone, Debug)]
-pub struct KafkaReader {
-    kafka: KafkaConfig,
-}
-
-impl KafkaReader {
-    pub fn new(kafka: &KafkaConfig) -> Self {
-        KafkaReader {
-            kafka: kafka.clone(),
-        }
-    }
-}
-
-impl TopicReader for KafkaReader {
-    async fn read_to_end(&self, topic: &str) -> Result<Vec<InputRecord>, LogError> {
-        tokio::task::block_in_place(|| read_to_end(&self.kafka, topic)).map_err(|e| {
-            LogError::Fatal(format!(
-                "reading {topic} on {}: {e}",
-                self.kafka.bootstrap_servers
-            ))
-        })
-    }
-}
-
-/// What `txflow topics apply` found and did for one topic.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TopicReport {
-    Created {
-        topic: String,
-        partitions: i32,
-    },
-    Unchanged {
-        topic: String,
-    },
-    /// Exists, but not as configured; left as it is (more partitions would move accounts to
-    /// other partitions and break per-account order).
-    Differs {
-        topic: String,
-        differences: Vec<String>,
-    },
-}
-
-/// Creates the missing topics and reports how existing ones differ from the config.
-pub async fn apply_topics(
-    kafka: &KafkaConfig,
-    topics: &TopicsConfig,
-    names: &[String],
-) -> Result<Vec<TopicReport>, KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(kafka).create()?;
-    let metadata =
-        tokio::task::block_in_place(|| admin.inner().fetch_metadata(None, CALL_TIMEOUT))?;
-    let existing: BTreeMap<String, i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.error().is_none())
-        .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
-        .collect();
-    let options = AdminOptions::new().operation_timeout(Some(CALL_TIMEOUT));
-
-    let missing: Vec<&String> = names
-        .iter()
-        .filter(|n| !existing.contains_key(*n))
-        .collect();
-    let new_topics: Vec<NewTopic> = missing
-        .iter()
-        .map(|name| {
-            let mut topic = NewTopic::new(
-                name,
-                topics.partitions,
-                TopicReplication::Fixed(topics.replication_factor),
-            );
-            for (key, value) in &topics.config {
-                topic = topic.set(key, value);
-            }
-            topic
-        })
-        .collect();
-    let mut reports = Vec::new();
-    let created = if new_topics.is_empty() {
-        Vec::new()
-    } else {
-        admin.create_topics(&new_topics, &options).await?
-    };
-    for result in created {
-        match result {
-            Ok(topic) => reports.push(TopicReport::Created {
-                topic,
-                partitions: topics.partitions,
-            }),
-            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                reports.push(TopicReport::Unchanged { topic })
-            }
-            Err((_, code)) => return Err(KafkaError::AdminOp(code)),
-        }
-    }
-
-    let present: Vec<&String> = names.iter().filter(|n| existing.contains_key(*n)).collect();
-    let specifiers: Vec<ResourceSpecifier> = present
-        .iter()
-        .map(|n| ResourceSpecifier::Topic(n))
-        .collect();
-    let configs = if specifiers.is_empty() {
-        Vec::new()
-    } else {
-        admin.describe_configs(&specifiers, &options).await?
-    };
-    for (name, described) in present.into_iter().zip(configs) {
-        let mut differences = Vec::new();
-        if existing[name] != topics.partitions {
-            differences.push(format!(
-                "partitions: {} live, {} configured",
-                existing[name], topics.partitions
-            ));
-        }
-        let described = described.map_err(KafkaError::AdminOp)?;
-        for (key, wanted) in &topics.config {
-            let live = described.get(key).and_then(|entry| entry.value.clone());
-            if live.as_deref() != Some(wanted.as_str()) {
-                differences.push(format!(
-                    "{key}: {} live, {wanted} configured",
-                    live.as_deref().unwrap_or("unset")
-                ));
-            }
-        }
-        reports.push(if differences.is_empty() {
-            TopicReport::Unchanged {
-                topic: name.clone(),
-            }
-        } else {
-            TopicReport::Differs {
-                topic: name.clone(),
-                differences,
-            }
-        });
-    }
-    Ok(reports)
-}
-
-/// Deletes topics; one that does not exist is not an error.
-pub async fn delete_topics(kafka: &KafkaConfig, names: &[String]) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(kafka).create()?;
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let options = AdminOptions::new().operation_timeout(Some(CALL_TIMEOUT));
-    for result in admin.delete_topics(&names, &options).await? {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
-            Err((_, code)) => return Err(KafkaError::AdminOp(code)),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
