@@ -748,10 +748,6 @@ pub async fn a_hostile_workload_keeps_every_invariant<B: Backend + Access>(
         &report.violations[..report.violations.len().min(5)]
     );
     assert!(report.in_flight.is_empty(), "{:?}", report.in_flight);
-    assert!(
-        observed.results.iter().any(|r| r.is_reversal()),
-        "the workload reversed a transfer"
-    );
     for (account, rebuilt) in &report.accounts {
         let stored = store.account(account).await.unwrap();
         let expected = rebuilt.currency.as_ref().map(|_| rebuilt.balance_minor);

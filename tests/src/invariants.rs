@@ -179,31 +179,71 @@ impl Observed {
             .collect()
     }
 
-    /// The event each id names: the one its results follow from, or, where it has none, the
-    /// one given up on.
-    fn owners(&self) -> HashMap<&str, &TransactionEvent> {
-        let mut owners: HashMap<&str, &TransactionEvent> = self
-            .audit
-            .owners
-            .iter()
-            .map(|(id, owner)| (id.as_str(), owner))
-            .collect();
-        for given in &self.given_up {
-            owners
-                .entry(given.event.event_id.as_str())
-                .or_insert(&given.event);
+    /// The payloads each id was sent with, with how often each was delivered.
+    fn payloads(&self) -> HashMap<&str, Vec<(&TransactionEvent, usize)>> {
+        let mut payloads: HashMap<&str, Vec<(&TransactionEvent, usize)>> = HashMap::new();
+        for event in &self.sent {
+            let under = payloads.entry(event.event_id.as_str()).or_default();
+            match under.iter_mut().find(|(payload, _)| *payload == event) {
+                Some((_, deliveries)) => *deliveries += 1,
+                None => under.push((event, 1)),
+            }
         }
-        owners
+        payloads
+    }
+
+    /// The payloads dead-lettered as idempotency conflicts.
+    fn conflict_letters(&self) -> Vec<TransactionEvent> {
+        let codec = Codec::builtin();
+        self.dead_letters
+            .iter()
+            .filter(|d| d.header(ERROR_KIND).as_deref() == Some("idempotency_conflict"))
+            .map(|d| event_of(&codec, d).expect("a conflict's dead letter holds a valid event"))
+            .collect()
+    }
+
+    /// The event each id sent with more than one payload names, as the pipeline decided it:
+    /// the one payload under the id never dead-lettered as a conflict. Two payloads can
+    /// leave the same results (a rejected withdrawal and a rejected transfer of the same
+    /// amount), so the results alone cannot say which one claimed the id; `None` while the
+    /// letters leave more than one, or none.
+    fn claimed(&self) -> HashMap<&str, Option<&TransactionEvent>> {
+        let letters = self.conflict_letters();
+        self.payloads()
+            .into_iter()
+            .filter(|(_, under)| under.len() > 1)
+            .map(|(id, under)| {
+                let mut unlettered = under
+                    .iter()
+                    .map(|(payload, _)| *payload)
+                    .filter(|payload| !letters.contains(payload));
+                let claimed = match (unlettered.next(), unlettered.next()) {
+                    (Some(only), None) => Some(only),
+                    _ => None,
+                };
+                (id, claimed)
+            })
+            .collect()
     }
 
     /// Deliveries of an id whose payload is not the event the id names: the idempotency
-    /// conflicts the dead letters must hold.
+    /// conflicts the dead letters must hold. Where the letters do not yet say which payload
+    /// claimed an id, the least it can be: every delivery but those of its most delivered
+    /// payload.
     pub fn expected_conflicts(&self) -> usize {
-        let owners = self.owners();
-        self.sent
+        let claimed = self.claimed();
+        self.payloads()
             .iter()
-            .filter(|e| owners.get(e.event_id.as_str()).is_some_and(|o| *o != *e))
-            .count()
+            .filter(|(_, under)| under.len() > 1)
+            .map(|(id, under)| {
+                let total: usize = under.iter().map(|(_, n)| n).sum();
+                let owners = match claimed.get(id).copied().flatten() {
+                    Some(owner) => under.iter().find(|(p, _)| *p == owner).map(|(_, n)| *n),
+                    None => under.iter().map(|(_, n)| *n).max(),
+                };
+                total - owners.unwrap_or(0)
+            })
+            .sum()
     }
 
     /// What is still expected and not there yet: ids without a result, transfers still in
@@ -368,6 +408,35 @@ pub fn verify_stored(observed: &Observed, rows: &[StoredResult]) {
         "the audit of the results against the events sent found {} violations, the first: {:#?}",
         report.violations.len(),
         &report.violations[..report.violations.len().min(5)]
+    );
+    // Of the payloads an id was sent with, one claimed it, and its results follow from that
+    // one: the rest are dead letters.
+    let claimed = observed.claimed();
+    let unclaimed: Vec<&&str> = claimed
+        .iter()
+        .filter(|(_, owner)| owner.is_none())
+        .map(|(id, _)| id)
+        .take(5)
+        .collect();
+    assert!(
+        unclaimed.is_empty(),
+        "ids whose conflict letters leave no one payload that claimed them: {unclaimed:?}"
+    );
+    let as_claimed: Vec<TransactionEvent> = observed
+        .sent
+        .iter()
+        .filter(|e| {
+            claimed
+                .get(e.event_id.as_str())
+                .is_none_or(|owner| *owner == Some(*e))
+        })
+        .cloned()
+        .collect();
+    let claimed_audit = audit(&as_claimed, &observed.results);
+    assert!(
+        claimed_audit.violations.is_empty(),
+        "results that do not follow from the payload that claimed their id: {:#?}",
+        &claimed_audit.violations[..claimed_audit.violations.len().min(5)]
     );
     // Money in flight is only what waits in the dead letters for a redrive.
     let unresolved = observed.unresolved();

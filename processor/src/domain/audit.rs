@@ -35,8 +35,6 @@ pub struct InFlight {
 #[derive(Clone, Debug, Default)]
 pub struct Report {
     pub accounts: BTreeMap<String, Rebuilt>,
-    /// The event each id's results follow from.
-    pub owners: BTreeMap<String, TransactionEvent>,
     pub in_flight: Vec<InFlight>,
     /// Applied deposits minus applied withdrawals, by currency.
     pub net_by_currency: BTreeMap<String, i128>,
@@ -86,10 +84,6 @@ pub fn audit(events: &[TransactionEvent], results: &[TransactionResult]) -> Repo
     }
     rebuild_accounts(results, &owners, &mut report);
     conserve(results, &owners, &mut report);
-    report.owners = owners
-        .into_iter()
-        .map(|(id, owner)| (id.to_owned(), owner.clone()))
-        .collect();
     report
 }
 
