@@ -15,11 +15,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use crate::args::BenchArgs;
+use crate::child::terminate;
 use crate::gateway::{bodies, logged_address, spawn_serving};
-use crate::ledger::{machine, percentile, terminate, write_section, BenchArgs};
+use crate::measure::{machine, percentile, write_section};
 use txflow::adapters::embedded::Embedded;
+use txflow::app::Config;
 use txflow::codec::{Codec, Record};
-use txflow::config::Config;
 use txflow::domain::{TransactionEvent, TransactionResult};
 use txflow::limits::pacing;
 use txflow::loadgen::{Workload, WorkloadConfig};

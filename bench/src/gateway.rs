@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::ledger::{
-    machine, peak_rss_mib, percentile, terminate, write_section, BenchArgs, Lane, Mode,
-};
-use txflow::config::Config;
+use crate::args::BenchArgs;
+use crate::child::terminate;
+use crate::ledger::{Lane, Mode};
+use crate::measure::{machine, peak_rss_mib, percentile, write_section};
+use txflow::app::Config;
 use txflow::loadgen::{Workload, WorkloadConfig};
 use txflow::stages::gateway::keys::new_key;
 
@@ -147,7 +148,7 @@ pub(crate) fn spawn_serving(
     log: &Path,
 ) -> anyhow::Result<std::process::Child> {
     let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    std::process::Command::new(crate::txflow())
+    std::process::Command::new(crate::child::txflow())
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .env("TXFLOW_GATEWAY__LISTEN", "127.0.0.1:0")

@@ -1,7 +1,5 @@
-//! `txflow-bench`: the ledger on the configured Kafka and store, measured side by side with
-//! its baselines in one run; `txflow-bench --gateway`, the HTTP gateway
-//! ([`gateway`](crate::gateway)); `txflow-bench --dev`, every stage on the embedded backend
-//! ([`dev`](crate::dev)).
+//! `txflow-bench` without `--gateway` or `--dev`: the ledger on the configured Kafka and
+//! store, measured side by side with its baselines in one run.
 //!
 //! Every mode gets fresh topics, group and keyspace and a ledger that has joined its group
 //! and opened every account with a deposit (a running ledger's steady state). Throughput: events written as fast as this process can, while the
@@ -13,14 +11,13 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::num::NonZeroU32;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::Args;
 use futures::StreamExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -28,70 +25,16 @@ use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Mutex;
 
+use crate::args::BenchArgs;
+use crate::child::terminate;
+use crate::measure::{machine, peak_rss_mib, percentile, write_section};
 use txflow::adapters::kafka;
 use txflow::adapters::scylla;
+use txflow::app::Config;
 use txflow::codec::{Codec, Record};
-use txflow::config::Config;
 use txflow::domain::{Entry, EventType, TransactionEvent, TransactionResult};
 use txflow::limits::pacing;
 use txflow::loadgen::{Workload, WorkloadConfig};
-
-#[derive(Debug, Clone, Args)]
-pub struct BenchArgs {
-    /// Events of each throughput run (exactly-once and at-least-once).
-    #[arg(long, default_value_t = 100_000)]
-    pub(crate) events: u64,
-    /// Events of the naive run (one LWT and one transaction per event is slow).
-    #[arg(long, default_value_t = 2_000)]
-    pub(crate) naive_events: u64,
-    /// Accounts of the workload.
-    #[arg(long, default_value_t = 1000)]
-    pub(crate) accounts: usize,
-    /// Zipf exponent of account popularity.
-    #[arg(long, default_value_t = 1.0)]
-    pub(crate) zipf: f64,
-    /// Seconds of the fixed-rate latency run; a long run weighs the steady state over the
-    /// first seconds after start.
-    #[arg(long, default_value_t = 60)]
-    pub(crate) latency_seconds: u64,
-    /// Events per second of the latency run (default: half the exactly-once throughput).
-    #[arg(long)]
-    pub(crate) latency_rate: Option<u32>,
-    /// Lightweight transactions of the raw store ceiling run.
-    #[arg(long, default_value_t = 20_000)]
-    pub(crate) lwt_count: u64,
-    /// Concurrent lightweight transactions in the raw store ceiling run.
-    #[arg(long, default_value_t = 256)]
-    pub(crate) lwt_concurrency: usize,
-    /// Partitions of the bench topics.
-    #[arg(long, default_value_t = 6)]
-    pub(crate) partitions: i32,
-    /// Measure the HTTP gateway (single and batch posts) instead of the ledger.
-    #[arg(long)]
-    pub(crate) gateway: bool,
-    /// Measure `txflow dev` (every stage on the embedded backend) instead of the ledger.
-    #[arg(long, conflicts_with = "gateway")]
-    pub(crate) dev: bool,
-    /// Events of the `--dev` throughput phase.
-    #[arg(long, default_value_t = 200_000)]
-    pub(crate) dev_events: usize,
-    /// Seconds of the `--dev` fixed-rate phase.
-    #[arg(long, default_value_t = 30)]
-    pub(crate) dev_latency_seconds: u64,
-    /// Seconds of each gateway run.
-    #[arg(long, default_value_t = 20)]
-    pub(crate) gateway_seconds: u64,
-    /// Concurrent connections posting single events (a quarter of them post batches).
-    #[arg(long, default_value_t = 64)]
-    pub(crate) gateway_connections: usize,
-    /// Events per batch post.
-    #[arg(long, default_value_t = 100)]
-    pub(crate) gateway_batch: usize,
-    /// Markdown file to write the results into (between bench markers, replacing an earlier
-    /// section of the same bench); printed to stdout either way.
-    #[arg(long, value_name = "FILE")]
-    pub(crate) output: Option<PathBuf>,
-}
 
 /// One way of running the ledger.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,7 +78,7 @@ impl Lane {
         config.topics.results = format!("bench.{tag}.results");
         config.topics.partitions = partitions;
         config.store.keyspace = format!("bench_{tag}");
-        config.ledger.group_id = format!("bench-{tag}");
+        config.ledger.group.group_id = format!("bench-{tag}");
         let mut env = vec![
             ("TXFLOW_TOPICS__EVENTS", config.topics.events.clone()),
             ("TXFLOW_TOPICS__LEDGER", config.topics.ledger.clone()),
@@ -145,7 +88,10 @@ impl Lane {
             ),
             ("TXFLOW_TOPICS__RESULTS", config.topics.results.clone()),
             ("TXFLOW_STORE__KEYSPACE", config.store.keyspace.clone()),
-            ("TXFLOW_LEDGER__GROUP_ID", config.ledger.group_id.clone()),
+            (
+                "TXFLOW_LEDGER__GROUP_ID",
+                config.ledger.group.group_id.clone(),
+            ),
             ("TXFLOW_LEDGER__INSTANCE_ID", "bench".to_owned()),
             ("TXFLOW_ADMIN__LISTEN", "127.0.0.1:0".to_owned()),
         ];
@@ -178,7 +124,7 @@ impl Lane {
         };
         let file =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        Command::new(crate::txflow())
+        Command::new(crate::child::txflow())
             .args(["run", "--stage", "ledger", "--delivery", delivery])
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
@@ -281,7 +227,10 @@ async fn observe(
 ) -> anyhow::Result<Observed> {
     let codec = txflow::app::codec::codec(config).await?;
     let consumer: StreamConsumer = kafka::client_config(&config.kafka)
-        .set("group.id", format!("{}-observer", config.ledger.group_id))
+        .set(
+            "group.id",
+            format!("{}-observer", config.ledger.group.group_id),
+        )
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "10")
@@ -334,26 +283,6 @@ async fn observe(
         }
     }
     Ok(observed)
-}
-
-/// The `q` quantile of sorted, non-empty `samples`.
-pub(crate) fn percentile(samples: &[Duration], q: f64) -> Duration {
-    samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1]
-}
-
-/// The highest resident set size of a process so far (`VmHWM`), in MiB.
-pub(crate) fn peak_rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
-pub(crate) fn terminate(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
 }
 
 struct Throughput {
@@ -590,51 +519,15 @@ async fn lwt_ceiling(base: &Config, run: &str, args: &BenchArgs) -> anyhow::Resu
     Ok(rate)
 }
 
-pub(crate) fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let memory = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .next()
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|k| k.parse::<f64>().ok())
-        })
-        .map(|kib| format!("{:.0} GiB", kib / 1024.0 / 1024.0))
-        .unwrap_or_else(|| "unknown memory".to_owned());
-    format!("{cores} cores ({cpu}), {memory}")
-}
-
-pub async fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
-    let run = format!("{:08x}", rand::random::<u32>());
-    let logs = std::env::temp_dir().join(format!("txflow-bench-{run}"));
-    std::fs::create_dir_all(&logs)?;
-    eprintln!("bench {run}: stage logs in {}", logs.display());
-    if args.gateway {
-        return crate::gateway::bench(config, &args, &run, &logs).await;
-    }
-    if args.dev {
-        return crate::dev::bench(config, &args, &run, &logs).await;
-    }
-
+pub async fn bench(config: &Config, args: BenchArgs, run: &str, logs: &Path) -> anyhow::Result<()> {
     eprintln!(
         "bench: raw LWT ceiling ({} inserts, {} concurrent)",
         args.lwt_count, args.lwt_concurrency
     );
-    let ceiling = lwt_ceiling(config, &run, &args).await?;
+    let ceiling = lwt_ceiling(config, run, &args).await?;
     let throughput_of = |mode: Mode, events: u64| {
         eprintln!("bench: {} throughput on {events} events", mode.name());
-        throughput(config, &run, mode, events, &args, &logs)
+        throughput(config, run, mode, events, &args, logs)
     };
     let mut runs = vec![throughput_of(Mode::ExactlyOnce, args.events).await?];
     let exactly_once = runs[0].per_second();
@@ -647,7 +540,7 @@ pub async fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
     );
     // Right after the run it takes its rate from: the store is not yet busy flushing and
     // compacting the writes of the comparison runs, which are no part of this pipeline.
-    let latency = latency(config, &run, rate, &args, &logs).await?;
+    let latency = latency(config, run, rate, &args, logs).await?;
     runs.push(throughput_of(Mode::AtLeastOnce, args.events).await?);
     runs.push(throughput_of(Mode::Naive, args.naive_events).await?);
 
@@ -761,29 +654,4 @@ fn report(args: &BenchArgs, runs: &[Throughput], ceiling: f64, latency: &Latency
     );
     let _ = writeln!(md, "{END}");
     md
-}
-
-/// Replaces the section of `path` between the markers `start` and `end` (or appends it).
-pub(crate) fn write_section(
-    path: &Path,
-    section: &str,
-    start: &str,
-    end: &str,
-) -> anyhow::Result<()> {
-    let existing = std::fs::read_to_string(path).unwrap_or_default();
-    let updated = match (existing.find(start), existing.find(end)) {
-        (Some(from), Some(to)) if from < to => {
-            format!(
-                "{}{}{}",
-                &existing[..from],
-                section,
-                &existing[to + end.len()..].trim_start_matches('\n')
-            )
-        }
-        _ => format!(
-            "{existing}{}{section}",
-            if existing.is_empty() { "" } else { "\n" }
-        ),
-    };
-    std::fs::write(path, updated).with_context(|| format!("writing {}", path.display()))
 }

@@ -4,18 +4,20 @@
 //! embedded backend (`--dev`). It makes fresh topics and keyspaces of its own and drops them
 //! afterwards: point it at a cluster where that is welcome.
 
+mod args;
+mod child;
 mod dev;
 mod gateway;
 mod ledger;
+mod measure;
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use txflow::config::Config;
+use txflow::app::Config;
 
 /// Measures a txflow build: the ledger against its baselines on the configured Kafka and
 /// store (throughput exactly-once, at-least-once and naive, latency at a fixed rate, the
@@ -33,14 +35,7 @@ struct Cli {
     #[arg(long, value_name = "PATH")]
     txflow: Option<PathBuf>,
     #[command(flatten)]
-    bench: ledger::BenchArgs,
-}
-
-/// The `txflow` binary the children run.
-static TXFLOW: OnceLock<PathBuf> = OnceLock::new();
-
-fn txflow() -> &'static Path {
-    TXFLOW.get().expect("set at start")
+    bench: args::BenchArgs,
 }
 
 fn main() -> std::process::ExitCode {
@@ -76,7 +71,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         "no txflow binary at {}: build it (`cargo build --release`), or give --txflow PATH",
         txflow.display()
     );
-    TXFLOW.set(txflow).expect("set once");
+    child::set_txflow(txflow);
     let config = Config::load(cli.config.as_deref(), std::env::vars())?;
-    ledger::bench(&config, cli.bench).await
+    let args = cli.bench;
+    let run = format!("{:08x}", rand::random::<u32>());
+    let logs = std::env::temp_dir().join(format!("txflow-bench-{run}"));
+    std::fs::create_dir_all(&logs)?;
+    eprintln!("bench {run}: stage logs in {}", logs.display());
+    if args.gateway {
+        gateway::bench(&config, &args, &run, &logs).await
+    } else if args.dev {
+        dev::bench(&config, &args, &run, &logs).await
+    } else {
+        ledger::bench(&config, args, &run, &logs).await
+    }
 }

@@ -10,16 +10,16 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use txflow::adapters::kafka::Delivery;
-use txflow::app::{Access, Backend, Membership};
+use txflow::app::Config;
+use txflow::app::{Access, Backend};
 use txflow::codec::{Codec, Record};
-use txflow::config::Config;
 use txflow::domain::{
     Account, EventType, IdClaim, Recorded, RetryPolicy, Settlement, TransactionEvent,
     TransactionResult,
 };
 use txflow::failures::{dead_letter_topic, retry_topic, FailureRoutes};
 use txflow::pipeline::breaker::{Breaker, BreakerConfig};
-use txflow::pipeline::{self, LoopConfig, StageTelemetry};
+use txflow::pipeline::{self, LoopConfig, Membership, StageTelemetry};
 use txflow::ports::{
     Balances, LedgerStore, LoadedAccount, Log, Publisher, StoreError, TopicReader,
 };
@@ -176,16 +176,11 @@ impl<B: Backend + Access> Subject<B> {
     /// the ledger topic and its tiers.
     fn log(&self, group: &str) -> B::Log {
         let topics = self.topics();
-        let group_id = format!("{}-{group}", self.config.ledger.group_id);
+        let group_id = format!("{}-{group}", self.config.ledger.group.group_id);
         self.backend
             .log(
                 &self.config,
-                &Membership {
-                    stage: "ledger",
-                    group_id: &group_id,
-                    instance_id: "conformance".to_owned(),
-                    session_timeout_ms: 6000,
-                },
+                &Membership::new("ledger", &group_id, Some("conformance"), 6000),
                 &[topics.ledger.as_str()],
                 &topics.tiers,
                 Delivery::ExactlyOnce,

@@ -122,8 +122,8 @@ impl Pipeline {
     }
 
     /// The configuration the pipeline's processes run with, as `txflow` loads it.
-    pub fn config(&self) -> txflow::config::Config {
-        txflow::config::Config::load(None, self.env.iter().cloned())
+    pub fn config(&self) -> txflow::app::Config {
+        txflow::app::Config::load(None, self.env.iter().cloned())
             .expect("the pipeline's configuration")
     }
 

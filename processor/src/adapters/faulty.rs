@@ -7,9 +7,31 @@ use std::collections::HashMap;
 use futures::stream::BoxStream;
 use rand::Rng;
 
-use crate::config::FaultsConfig;
 use crate::domain::{Account, IdClaim, Recorded, Settlement, TransactionResult};
 use crate::ports::{Balances, LedgerStore, LoadedAccount, StoreError};
+
+/// Store faults injected by a test build: the `[faults]` section.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultsConfig {
+    /// The share of store calls that fail as if the store were unavailable, 0 to 1.
+    pub store_failure_rate: f64,
+    /// Store calls on accounts starting with one of these fail, every time.
+    pub store_failing_accounts: Vec<String>,
+    /// Added to every store call.
+    pub store_delay_ms: u64,
+}
+
+impl FaultsConfig {
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        if !(0.0..=1.0).contains(&self.store_failure_rate) {
+            return Err(crate::config::ConfigError::Invalid(
+                "faults.store_failure_rate must be between 0 and 1".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// `S`, with the faults of `config`.
 pub struct FaultyStore<S> {

@@ -11,9 +11,76 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::adapters::http::error_chain;
+use crate::config::{ConfigError, Secret};
 use crate::ports::schemas::{Lookup, RegistryError, SchemaLookup};
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+
+/// The `[schemas]` section: where schema ids come from, the built-in
+/// `schemas/schema-ids.json` or a Confluent-compatible schema registry.
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchemasConfig {
+    /// The registry's Confluent-compatible root (where `/subjects` is), e.g.
+    /// `http://registry:8081` or Apicurio's `http://registry:8080/apis/ccompat/v7`; empty:
+    /// no registry, the built-in ids.
+    pub registry_url: String,
+    /// HTTP basic credentials for the registry, both or neither.
+    pub registry_username: Option<String>,
+    pub registry_password: Option<Secret>,
+    /// Register txflow's schemas at start (a schema already there keeps its id); when false,
+    /// they must already be registered and txflow only looks their ids up.
+    pub auto_register: bool,
+    /// How long one registry request may take.
+    pub registry_timeout_ms: u64,
+}
+
+impl Default for SchemasConfig {
+    fn default() -> Self {
+        SchemasConfig {
+            registry_url: String::new(),
+            registry_username: None,
+            registry_password: None,
+            auto_register: true,
+            registry_timeout_ms: 5000,
+        }
+    }
+}
+
+/// A registry's root and its HTTP basic credentials.
+pub type RegistryAddress = (Url, Option<(String, String)>);
+
+impl SchemasConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.registry()?;
+        ConfigError::require_positive(&[("schemas.registry_timeout_ms", self.registry_timeout_ms)])
+    }
+
+    /// The registry's URL and credentials, or `None` without a registry.
+    pub fn registry(&self) -> Result<Option<RegistryAddress>, ConfigError> {
+        if self.registry_url.trim().is_empty() {
+            return Ok(None);
+        }
+        let invalid = |m: String| {
+            ConfigError::Invalid(format!("schemas.registry_url {:?}: {m}", self.registry_url))
+        };
+        let url = Url::parse(self.registry_url.trim()).map_err(|e| invalid(e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(invalid("only http and https".to_owned()));
+        }
+        let credentials = match (&self.registry_username, &self.registry_password) {
+            (Some(user), Some(password)) => Some((user.clone(), password.0.clone())),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "schemas.registry_username and schemas.registry_password go together"
+                        .to_owned(),
+                ))
+            }
+        };
+        Ok(Some((url, credentials)))
+    }
+}
 
 /// One version of a subject.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]

@@ -7,14 +7,15 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use super::backend::{Backend, Membership, Services};
+use super::backend::{Backend, Services};
 use super::AppError;
+use super::Config;
 use crate::adapters::embedded::remote::DevClient;
 use crate::adapters::embedded::Embedded;
 use crate::adapters::kafka::{Delivery, KafkaReader};
 use crate::codec::Codec;
-use crate::config::Config;
 use crate::failures::redrive::{self, RedriveRequest, Redriven};
+use crate::pipeline::Membership;
 use crate::ports::{Balances, Publisher, TopicReader};
 
 pub trait Access: Sync {
@@ -51,12 +52,7 @@ async fn redrive_on<B: Backend>(
     let group = request.group();
     let log = backend.log(
         config,
-        &Membership {
-            stage: "redrive",
-            group_id: &group,
-            instance_id: "cli".to_owned(),
-            session_timeout_ms: 10_000,
-        },
+        &Membership::new("redrive", &group, Some("cli"), 10_000),
         &[request.topic.as_str()],
         &[],
         Delivery::ExactlyOnce,

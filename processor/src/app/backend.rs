@@ -6,19 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::AppError;
+use super::Config;
 use crate::adapters::embedded::{Embedded, EmbeddedLedgerStore, EmbeddedLog, EmbeddedPublisher};
-use crate::adapters::kafka::{Delivery, GroupMember, KafkaLog, KafkaPublisher};
+use crate::adapters::kafka::{Delivery, KafkaLog, KafkaPublisher};
 use crate::adapters::scylla;
-use crate::config::Config;
+use crate::pipeline::Membership;
 use crate::ports::{Balances, LedgerStore, Log, Publisher};
-
-/// A stage's place in its consumer group.
-pub struct Membership<'a> {
-    pub stage: &'static str,
-    pub group_id: &'a str,
-    pub instance_id: String,
-    pub session_timeout_ms: u64,
-}
 
 /// Where the stages' log, store and way in come from.
 pub trait Backend: Sync {
@@ -30,7 +23,7 @@ pub trait Backend: Sync {
     fn log(
         &self,
         config: &Config,
-        membership: &Membership<'_>,
+        membership: &Membership,
         inputs: &[&str],
         tiers: &[String],
         delivery: Delivery,
@@ -61,21 +54,15 @@ impl Backend for Services {
     fn log(
         &self,
         config: &Config,
-        membership: &Membership<'_>,
+        membership: &Membership,
         inputs: &[&str],
         tiers: &[String],
         delivery: Delivery,
     ) -> Result<KafkaLog, AppError> {
-        let transactional_id = format!("{}-{}", membership.group_id, membership.instance_id);
-        let member = GroupMember {
-            group_id: membership.group_id,
-            transactional_id: &transactional_id,
-            session_timeout_ms: membership.session_timeout_ms,
-        };
-        tracing::info!(stage = membership.stage, ?inputs, group = membership.group_id, %transactional_id, ?delivery, "joining the group");
+        tracing::info!(stage = membership.stage, ?inputs, group = %membership.group_id, transactional_id = %membership.transactional_id(), ?delivery, "joining the group");
         Ok(KafkaLog::new(
             &config.kafka,
-            &member,
+            membership,
             inputs,
             tiers,
             delivery,
@@ -104,12 +91,12 @@ impl Backend for Embedded {
     fn log(
         &self,
         _: &Config,
-        membership: &Membership<'_>,
+        membership: &Membership,
         inputs: &[&str],
         tiers: &[String],
         _: Delivery,
     ) -> Result<EmbeddedLog, AppError> {
-        Ok(Embedded::log(self, membership.group_id, inputs, tiers))
+        Ok(Embedded::log(self, &membership.group_id, inputs, tiers))
     }
 
     async fn store(&self, _: &Config) -> Result<Arc<EmbeddedLedgerStore>, AppError> {

@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::AppError;
+use super::Config;
 use crate::adapters::registry::SchemaRegistry;
 use crate::codec::{Catalog, Codec, Record};
-use crate::config::Config;
 use crate::ports::RegistryError;
 
 /// The codec every command and stage reads and writes records with: with a registry

@@ -17,11 +17,11 @@ use tokio::sync::watch;
 
 use super::run::{run_stage, serve_telemetry, stage_telemetry, StageName};
 use super::AppError;
+use super::Config;
 use crate::adapters::embedded::remote::{ADDRESS_FILE, KEY_FILE};
 use crate::adapters::embedded::{Embedded, EmbeddedLedgerStore};
 use crate::adapters::kafka::Delivery;
 use crate::codec::Codec;
-use crate::config::Config;
 use crate::failures::redrive::{self, RedriveRequest};
 use crate::pipeline::StageTelemetry;
 use crate::ports::{Balances, Published, Publisher};
@@ -51,9 +51,9 @@ pub async fn dev(config: &Config, data_dir: &Path) -> Result<(), AppError> {
     let embedded = Embedded::open(data_dir)?;
     let key = dev_key(data_dir)?;
     let mut config = config.clone();
-    config.router.batch_max_records = config.dev.batch_max_records;
-    config.ledger.batch_max_records = config.dev.batch_max_records;
-    config.notifier.batch_max_records = config.dev.batch_max_records;
+    config.router.group.batch_max_records = config.dev.batch_max_records;
+    config.ledger.group.batch_max_records = config.dev.batch_max_records;
+    config.notifier.group.batch_max_records = config.dev.batch_max_records;
     let hashed: String = hash(&key).iter().map(|b| format!("{b:02x}")).collect();
     config.gateway.api_keys.insert("dev".to_owned(), hashed);
     let shutdown = super::shutdown::on_signal()?;

@@ -6,13 +6,15 @@
 mod access;
 mod backend;
 pub mod codec;
+mod config;
 mod dev;
 mod error;
 mod run;
 pub mod shutdown;
 
 pub use access::Access;
-pub use backend::{Backend, Membership, Services};
+pub use backend::{Backend, Services};
+pub use config::{AdminConfig, Config, DevConfig, ENV_PREFIX};
 pub use dev::dev;
 pub use error::AppError;
 pub use run::{run, run_stage, StageName};

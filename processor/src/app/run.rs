@@ -10,22 +10,22 @@ use std::time::Duration;
 use clap::ValueEnum;
 use tokio::sync::watch;
 
-use super::backend::{Backend, Membership, Services};
+use super::backend::{Backend, Services};
 use super::AppError;
+use super::Config;
 use crate::adapters::http::HttpWebhooks;
 use crate::adapters::kafka::Delivery;
 use crate::codec::Codec;
-use crate::config::Config;
 use crate::domain::RetryPolicy;
 use crate::failures::FailureRoutes;
-use crate::limits::{pacing, KeyedRateLimit};
-use crate::pipeline::breaker::{Breaker, BreakerConfig, BreakerMetrics};
-use crate::pipeline::{self, LoopConfig, StageTelemetry};
+use crate::limits::pacing;
+use crate::pipeline::breaker::Breaker;
+use crate::pipeline::{self, Membership, StageTelemetry};
 use crate::routing::Rules;
 use crate::stages::gateway::keys::ApiKeys;
-use crate::stages::gateway::{self, Gateway, GatewayMetrics, GatewaySettings};
-use crate::stages::ledger::{Ledger, LedgerSettings, LedgerTopics};
-use crate::stages::notifier::{DeliveryMetrics, Endpoint, Notifier, NotifierSettings};
+use crate::stages::gateway::{self, Gateway, GatewayMetrics};
+use crate::stages::ledger::{Ledger, LedgerTopics};
+use crate::stages::notifier::{DeliveryMetrics, Endpoint, Notifier};
 use crate::stages::router::Router;
 use crate::telemetry::{serve_admin, Admin, Metrics, Readiness};
 
@@ -143,7 +143,7 @@ pub async fn run_stage<B: Backend>(
 fn stage_log<B: Backend>(
     backend: &B,
     config: &Config,
-    membership: Membership<'_>,
+    membership: &Membership,
     input: &str,
     retry_delays_ms: &[u64],
     delivery: Delivery,
@@ -151,38 +151,17 @@ fn stage_log<B: Backend>(
     let failures = FailureRoutes {
         input: input.to_owned(),
         stage: membership.stage,
-        group: membership.group_id.to_owned(),
+        group: membership.group_id.clone(),
         policy: RetryPolicy::from_millis(retry_delays_ms),
     };
     let log = backend.log(
         config,
-        &membership,
+        membership,
         &[input],
         &failures.tier_topics(),
         delivery,
     )?;
     Ok((log, failures))
-}
-
-/// A circuit breaker reporting in `telemetry`'s metrics.
-fn breaker(
-    telemetry: &StageTelemetry,
-    dependency: String,
-    failure_threshold: u32,
-    open_ms: u64,
-) -> Breaker {
-    Breaker::new(
-        dependency,
-        BreakerConfig {
-            failure_threshold,
-            open_for: Duration::from_millis(open_ms),
-        },
-        Some(BreakerMetrics {
-            stage: telemetry.stage,
-            state: telemetry.metrics.circuit_state.clone(),
-            transitions: telemetry.metrics.circuit_transitions.clone(),
-        }),
-    )
 }
 
 async fn run_router<B: Backend>(
@@ -206,12 +185,7 @@ async fn run_router<B: Backend>(
     let (log, failures) = stage_log(
         backend,
         config,
-        Membership {
-            stage: "router",
-            group_id: &router_config.group_id,
-            instance_id: router_config.instance_id(),
-            session_timeout_ms: router_config.session_timeout_ms,
-        },
+        &router_config.group.membership(),
         &input,
         &[],
         delivery,
@@ -232,12 +206,7 @@ async fn run_router<B: Backend>(
             telemetry.metrics.clone(),
         ))
     });
-    let loop_config = LoopConfig {
-        max_records: router_config.batch_max_records,
-        max_wait: Duration::from_millis(router_config.batch_max_wait_ms),
-        backoff_initial: Duration::from_millis(100),
-        backoff_max: Duration::from_secs(10),
-    };
+    let loop_config = router_config.group.loop_config();
     let outcome = pipeline::run(log, router.as_ref(), &loop_config, &telemetry, shutdown).await;
     if let Some(reloads) = reloads {
         reloads.abort();
@@ -295,21 +264,15 @@ async fn run_ledger<B: Backend>(
     let (log, failures) = stage_log(
         backend,
         config,
-        Membership {
-            stage: "ledger",
-            group_id: &ledger_config.group_id,
-            instance_id: ledger_config.instance_id(),
-            session_timeout_ms: ledger_config.session_timeout_ms,
-        },
+        &ledger_config.group.membership(),
         &input,
         &ledger_config.retry_delays_ms,
         delivery,
     )?;
-    let breaker = Arc::new(breaker(
-        &telemetry,
-        "store".to_owned(),
-        ledger_config.breaker_failure_threshold,
-        ledger_config.breaker_open_ms,
+    let breaker = Arc::new(Breaker::new(
+        "store",
+        ledger_config.breaker(),
+        Some(telemetry.breaker_metrics()),
     ));
     let write_limit = NonZeroU32::new(ledger_config.max_store_writes_per_second).map(pacing);
     let ledger = Ledger::new(
@@ -320,22 +283,19 @@ async fn run_ledger<B: Backend>(
             results: config.topics.results.clone(),
         },
         failures,
-        LedgerSettings {
-            concurrency: ledger_config.store_concurrency,
-            max_attempts: ledger_config.max_settle_attempts,
-            cache_capacity: ledger_config.account_cache,
-        },
+        ledger_config.settings(),
         breaker,
         write_limit,
     );
-    let loop_config = LoopConfig {
-        max_records: ledger_config.batch_max_records,
-        max_wait: Duration::from_millis(ledger_config.batch_max_wait_ms),
-        backoff_initial: Duration::from_millis(ledger_config.backoff_initial_ms),
-        backoff_max: Duration::from_millis(ledger_config.backoff_max_ms),
-    };
     tracing::info!("ledger running");
-    pipeline::run(log, &ledger, &loop_config, &telemetry, shutdown).await?;
+    pipeline::run(
+        log,
+        &ledger,
+        &ledger_config.group.loop_config(),
+        &telemetry,
+        shutdown,
+    )
+    .await?;
     Ok(())
 }
 
@@ -357,12 +317,7 @@ async fn run_notifier<B: Backend>(
     let (log, failures) = stage_log(
         backend,
         config,
-        Membership {
-            stage: "notifier",
-            group_id: &notifier_config.group_id,
-            instance_id: notifier_config.instance_id(),
-            session_timeout_ms: notifier_config.session_timeout_ms,
-        },
+        &notifier_config.group.membership(),
         &input,
         &notifier_config.retry_delays_ms,
         delivery,
@@ -374,40 +329,31 @@ async fn run_notifier<B: Backend>(
             url: endpoint.url.clone(),
             secrets: endpoint.secrets(name)?,
             pace: NonZeroU32::new(endpoint.max_per_second).map(pacing),
-            breaker: breaker(
-                &telemetry,
+            breaker: Breaker::new(
                 format!("webhook:{name}"),
-                notifier_config.breaker_failure_threshold,
-                notifier_config.breaker_open_ms,
+                notifier_config.breaker(),
+                Some(telemetry.breaker_metrics()),
             ),
         });
     }
-    let timeout = Duration::from_millis(notifier_config.timeout_ms);
+    let settings = notifier_config.settings();
     let notifier = Notifier::new(
-        HttpWebhooks::new(timeout).map_err(|source| AppError::Http {
+        HttpWebhooks::new(settings.timeout).map_err(|source| AppError::Http {
             what: "building the notifier's HTTP client".to_owned(),
             source,
         })?,
         endpoints,
         codec,
         failures,
-        NotifierSettings {
-            timeout,
-            max_in_flight: notifier_config.max_in_flight,
-        },
+        settings,
         Some(DeliveryMetrics {
             deliveries: telemetry.metrics.webhook_deliveries.clone(),
             seconds: telemetry.metrics.webhook_seconds.clone(),
         }),
     );
-    let loop_config = LoopConfig {
-        max_records: notifier_config.batch_max_records,
-        max_wait: Duration::from_millis(notifier_config.batch_max_wait_ms),
-        backoff_initial: Duration::from_millis(100),
-        backoff_max: Duration::from_secs(10),
-    };
     let names: Vec<&String> = notifier_config.endpoints.keys().collect();
     tracing::info!(endpoints = ?names, "notifier running");
+    let loop_config = notifier_config.group.loop_config();
     pipeline::run(log, &notifier, &loop_config, &telemetry, shutdown).await?;
     Ok(())
 }
@@ -424,21 +370,13 @@ async fn run_gateway<B: Backend>(
     if keys.is_empty() {
         return Err(AppError::Invalid("the gateway has no API keys: make one with `txflow api-key new NAME` and add its line to [gateway.api_keys] (or gateway.api_keys_file)".to_owned()));
     }
-    let invalid = |setting: &str| AppError::Invalid(format!("{setting} is 0: give it 1 or more"));
-    let per_second = NonZeroU32::new(gateway_config.requests_per_second)
-        .ok_or_else(|| invalid("gateway.requests_per_second"))?;
-    let burst = NonZeroU32::new(gateway_config.burst).ok_or_else(|| invalid("gateway.burst"))?;
     let gateway = Arc::new(Gateway {
         publisher: backend.publisher(config)?,
         store: backend.store(config).await?,
         codec,
         keys,
-        limit: KeyedRateLimit::new(per_second, burst),
-        settings: GatewaySettings {
-            max_body_bytes: gateway_config.max_body_bytes,
-            max_batch_events: gateway_config.max_batch_events,
-            request_timeout: Duration::from_millis(gateway_config.request_timeout_ms),
-        },
+        limit: gateway_config.rate_limit()?,
+        settings: gateway_config.settings(),
         topic: config.topics.events.clone(),
         metrics: Some(GatewayMetrics {
             requests: telemetry.metrics.gateway_requests.clone(),

@@ -10,4 +10,4 @@ pub mod redrive;
 pub mod routes;
 
 pub use dead_letters::{DeadLetter, Filter, Stats};
-pub use routes::{dead_letter_topic, retry_topic, FailureRoutes, Retry, Routed};
+pub use routes::{dead_letter_topic, retry_topic, FailureRoutes, Retry, Routed, MAX_RETRY_TIERS};

@@ -14,6 +14,9 @@ use crate::wire::{
     ORIGINAL_TOPIC, RETRY_DUE, RETRY_TIER, STAGE,
 };
 
+/// The most retry tiers a stage may have: each is a topic of its own.
+pub const MAX_RETRY_TIERS: usize = 10;
+
 /// The retry tier topic `n` (1-based) of `input`.
 pub fn retry_topic(input: &str, tier: usize) -> String {
     format!("{input}.retry.{tier}")

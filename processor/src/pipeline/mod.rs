@@ -14,6 +14,7 @@
 
 pub mod breaker;
 mod fault;
+mod group;
 pub mod uncommitted;
 
 use std::fmt::Debug;
@@ -23,6 +24,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use tokio::sync::watch;
+
+pub use group::{GroupConfig, GroupDefaults, Membership};
 
 use crate::codec::CodecError;
 use crate::domain::FailureKind;
@@ -173,6 +176,17 @@ pub struct StageTelemetry {
     pub stage: &'static str,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
+}
+
+impl StageTelemetry {
+    /// Where the stage's circuit breakers report.
+    pub fn breaker_metrics(&self) -> breaker::BreakerMetrics {
+        breaker::BreakerMetrics {
+            stage: self.stage,
+            state: self.metrics.circuit_state.clone(),
+            transitions: self.metrics.circuit_transitions.clone(),
+        }
+    }
 }
 
 /// Runs `stage` over `log` until `shutdown` turns true, then closes the log after the last

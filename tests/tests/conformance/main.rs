@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use txflow::adapters::embedded::Embedded;
+use txflow::app::Config;
 use txflow::app::Services;
-use txflow::config::Config;
 use txflow_tests::conformance::{
     a_hostile_workload_keeps_every_invariant, reused_ids_and_balance_limits_move_no_money, seed,
     the_ledger_settles_retries_and_dead_letters, Subject,

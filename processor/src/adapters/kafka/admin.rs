@@ -7,7 +7,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use super::CALL_TIMEOUT;
-use crate::config::{KafkaConfig, TopicsConfig};
+use super::{KafkaConfig, TopicsConfig};
 
 use super::client::client_config;
 

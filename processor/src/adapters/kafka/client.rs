@@ -1,15 +1,17 @@
-//! The clients' config, and the producer that counts its deliveries.
+//! The clients' properties, records to and from rdkafka's types, and the producer that
+//! counts its deliveries.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
-use crate::config::KafkaConfig;
+use super::KafkaConfig;
+use crate::wire::InputRecord;
 
 /// A client config with the bootstrap servers and every extra property.
 pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
@@ -81,6 +83,28 @@ pub async fn send_when_room(
             }
             Err((e, _)) => return Err(e),
         }
+    }
+}
+
+/// A consumed record as the stages read it.
+pub(super) fn input_record(message: &BorrowedMessage<'_>) -> InputRecord {
+    let headers = message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default();
+    InputRecord {
+        topic: message.topic().to_owned(),
+        partition: message.partition(),
+        offset: message.offset(),
+        timestamp: message.timestamp().to_millis(),
+        key: message.key().map(<[u8]>::to_vec),
+        value: message.payload().map(<[u8]>::to_vec),
+        headers,
     }
 }
 

@@ -11,19 +11,19 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::KafkaConfig;
 use super::CALL_TIMEOUT;
-use crate::config::KafkaConfig;
+use crate::pipeline::Membership;
 use crate::ports::{Log, LogError};
 use crate::wire::{InputRecord, OutputRecord};
 
 use super::client::{
-    client_config, idempotent_producer, owned_headers, producer_config, send_when_room,
-    DeliveryReport, ReportingProducer,
+    client_config, idempotent_producer, input_record, owned_headers, producer_config,
+    send_when_room, DeliveryReport, ReportingProducer,
 };
 use super::reader::read_until_end;
 
@@ -38,22 +38,13 @@ pub enum Delivery {
     AtLeastOnce,
 }
 
-/// Who a stage process is in its consumer group.
-#[derive(Clone, Debug)]
-pub struct GroupMember<'a> {
-    pub group_id: &'a str,
-    /// Stable across restarts of the same instance, unique among live ones.
-    pub transactional_id: &'a str,
-    pub session_timeout_ms: u64,
-}
-
 /// A stage consumer's config: read_committed, offsets committed by the stage, partitions
 /// assigned by range; how long and for how much a fetch waits, unless `kafka.properties`
 /// sets them.
-fn stage_consumer_config(kafka: &KafkaConfig, group: &GroupMember<'_>) -> ClientConfig {
+fn stage_consumer_config(kafka: &KafkaConfig, group: &Membership) -> ClientConfig {
     let mut config = client_config(kafka);
     config
-        .set("group.id", group.group_id)
+        .set("group.id", &group.group_id)
         .set("session.timeout.ms", group.session_timeout_ms.to_string())
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
@@ -115,7 +106,7 @@ impl KafkaLog {
     /// records and its retries meet in one process.
     pub fn new(
         kafka: &KafkaConfig,
-        group: &GroupMember<'_>,
+        group: &Membership,
         topics: &[&str],
         delayed: &[String],
         delivery: Delivery,
@@ -133,7 +124,7 @@ impl KafkaLog {
             }
             Delivery::ExactlyOnce => {
                 let producer: ReportingProducer = producer_config(kafka)
-                    .set("transactional.id", group.transactional_id)
+                    .set("transactional.id", group.transactional_id())
                     .set(
                         "transaction.timeout.ms",
                         kafka.transaction_timeout_ms.to_string(),
@@ -400,27 +391,6 @@ fn next_offsets(batch: &[InputRecord]) -> Result<TopicPartitionList, KafkaError>
     Ok(list)
 }
 
-pub(super) fn input_record(message: &BorrowedMessage<'_>) -> InputRecord {
-    let headers = message
-        .headers()
-        .map(|headers| {
-            headers
-                .iter()
-                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                .collect()
-        })
-        .unwrap_or_default();
-    InputRecord {
-        topic: message.topic().to_owned(),
-        partition: message.partition(),
-        offset: message.offset(),
-        timestamp: message.timestamp().to_millis(),
-        key: message.key().map(<[u8]>::to_vec),
-        value: message.payload().map(<[u8]>::to_vec),
-        headers,
-    }
-}
-
 impl Log for KafkaLog {
     async fn next_batch(
         &mut self,
@@ -661,15 +631,13 @@ fn passing(error: &KafkaError) -> bool {
 mod tests {
     use super::*;
 
-    const MEMBER: GroupMember<'static> = GroupMember {
-        group_id: "txflow-ledger",
-        transactional_id: "txflow-ledger-0",
-        session_timeout_ms: 10_000,
-    };
+    fn member() -> Membership {
+        Membership::new("ledger", "txflow-ledger", Some("0"), 10_000)
+    }
 
     #[test]
     fn a_stage_consumer_fetches_in_bulk_for_at_most_ten_milliseconds() {
-        let config = stage_consumer_config(&KafkaConfig::default(), &MEMBER);
+        let config = stage_consumer_config(&KafkaConfig::default(), &member());
         assert_eq!(config.get("fetch.wait.max.ms"), Some("10"));
         assert_eq!(config.get("fetch.min.bytes"), Some("65536"));
         assert_eq!(config.get("isolation.level"), Some("read_committed"));
@@ -684,7 +652,7 @@ mod tests {
         kafka
             .properties
             .insert("fetch.wait.max.ms".to_owned(), "100".to_owned());
-        let config = stage_consumer_config(&kafka, &MEMBER);
+        let config = stage_consumer_config(&kafka, &member());
         assert_eq!(config.get("fetch.min.bytes"), Some("1"));
         assert_eq!(config.get("fetch.wait.max.ms"), Some("100"));
     }

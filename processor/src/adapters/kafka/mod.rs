@@ -1,5 +1,5 @@
-//! Apache Kafka, split by job: the clients' config and the counted producer ([`client`]),
-//! the gateway's way in ([`publisher`]), the stages' log ([`log`]), the group-less reader of
+//! Apache Kafka, split by job: the `[kafka]` and `[topics]` sections ([`config`]), the
+//! clients' properties and the counted producer ([`client`]), the gateway's way in ([`publisher`]), the stages' log ([`log`]), the group-less reader of
 //! the operators' tools ([`reader`]), topic admin ([`admin`]).
 //!
 //! The log is a `read_committed` consumer in a group with one transactional
@@ -15,6 +15,7 @@ use std::time::Duration;
 
 mod admin;
 mod client;
+mod config;
 mod log;
 mod publisher;
 mod reader;
@@ -23,7 +24,8 @@ pub use admin::{apply_topics, delete_topics, TopicReport};
 pub use client::{
     client_config, idempotent_producer, send_when_room, DeliveryReport, ReportingProducer,
 };
-pub use log::{Delivery, GroupMember, KafkaLog};
+pub use config::{KafkaConfig, TopicsConfig};
+pub use log::{Delivery, KafkaLog};
 pub use publisher::KafkaPublisher;
 pub use reader::{read_to_end, KafkaReader};
 

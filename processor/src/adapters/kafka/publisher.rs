@@ -5,7 +5,7 @@ use std::time::Duration;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use crate::config::KafkaConfig;
+use super::KafkaConfig;
 use crate::ports::{PublishError, Published, Publisher};
 use crate::wire::OutputRecord;
 

@@ -8,13 +8,12 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::KafkaConfig;
 use super::CALL_TIMEOUT;
-use crate::config::KafkaConfig;
 use crate::ports::{LogError, TopicReader};
 use crate::wire::InputRecord;
 
-use super::client::client_config;
-use super::log::input_record;
+use super::client::{client_config, input_record};
 
 /// A reader's context: the end of a partition is what it reads to, not an error to log
 /// (librdkafka reports it through the error callback too, which logs it as an ERROR).

@@ -7,8 +7,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use txflow::adapters::embedded::remote::DevClient;
 use txflow::adapters::kafka::Delivery;
+use txflow::app::Config;
 use txflow::app::{Access, Services, StageName};
-use txflow::config::Config;
 
 use crate::commands::accounts::{self, AccountsCommand};
 use crate::commands::api_key::{self, ApiKeyCommand};

@@ -6,8 +6,11 @@
 //! the ledger turns into nothing (docs/GATEWAY.md).
 
 pub mod api_error;
+mod config;
 pub mod event_json;
 pub mod keys;
+
+pub use config::GatewayConfig;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -18,6 +18,10 @@
 //! consumed yet), so it survives a crash or a rebalance. When the store's circuit breaker
 //! opens, nothing goes to the tiers: the batch waits and is read again.
 
+mod config;
+
+pub use config::{LedgerConfig, LedgerGroup};
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 

@@ -14,7 +14,10 @@
 //! it again. Every attempt of one notification carries the same `txflow-webhook-id`, which a
 //! receiver uses to drop repeats.
 
+mod config;
 pub mod signature;
+
+pub use config::{EndpointConfig, NotifierConfig, NotifierGroup, MIN_SECRET_BYTES};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -5,7 +5,7 @@ use clap::Subcommand;
 use futures::TryStreamExt;
 
 use txflow::app::Access;
-use txflow::config::Config;
+use txflow::app::Config;
 use txflow::ports::Balances;
 use txflow::stages::gateway::account_json;
 

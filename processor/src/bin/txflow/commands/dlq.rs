@@ -4,7 +4,7 @@ use anyhow::bail;
 use clap::{Args, Subcommand};
 
 use txflow::app::Access;
-use txflow::config::Config;
+use txflow::app::Config;
 use txflow::failures::redrive::RedriveRequest;
 use txflow::failures::{dead_letter_topic, DeadLetter, Filter, Stats};
 use txflow::pipeline::now_ms;

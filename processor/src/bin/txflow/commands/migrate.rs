@@ -1,7 +1,7 @@
 //! `txflow migrate`: the store's keyspace and tables.
 
 use txflow::adapters::scylla;
-use txflow::config::Config;
+use txflow::app::Config;
 
 /// Creates the store's keyspace and tables (idempotent), and claims the event ids of a
 /// keyspace of an earlier version.

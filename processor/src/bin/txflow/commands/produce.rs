@@ -7,8 +7,8 @@ use anyhow::bail;
 use clap::Args;
 
 use txflow::app::Access;
+use txflow::app::Config;
 use txflow::codec::Record;
-use txflow::config::Config;
 use txflow::domain::TransactionEvent;
 use txflow::limits::pacing;
 use txflow::loadgen::hostile::{HostileConfig, HostileWorkload};

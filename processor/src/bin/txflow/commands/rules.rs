@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Subcommand;
 
-use txflow::config::Config;
+use txflow::app::Config;
 use txflow::domain::TransactionEvent;
 use txflow::routing::Rules;
 

@@ -4,8 +4,8 @@ use anyhow::bail;
 use clap::Subcommand;
 
 use txflow::app::codec;
+use txflow::app::Config;
 use txflow::codec::Catalog;
-use txflow::config::Config;
 use txflow::ports::RegistryError;
 
 #[derive(Debug, Subcommand)]

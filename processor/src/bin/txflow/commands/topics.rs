@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use txflow::adapters::kafka::{self, TopicReport};
-use txflow::config::Config;
+use txflow::app::Config;
 
 #[derive(Debug, Subcommand)]
 pub enum TopicsCommand {

@@ -7,6 +7,10 @@
 //! account with a single Paxos round. An event id is claimed with `INSERT … IF NOT EXISTS` on
 //! its own partition, which also names the accounts its results are on.
 
+mod config;
+
+pub use config::{ConsistencyLevel, SerialLevel, StoreConfig};
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -22,7 +26,6 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::Consistency;
 use scylla::value::{CqlTimestamp, CqlValue, Row};
 
-use crate::config::StoreConfig;
 use crate::domain::result::{event_of_posting_key, posting_key};
 use crate::domain::{
     Account, Entry, Fingerprint, IdClaim, Origin, Prior, Recorded, Settlement, Status,

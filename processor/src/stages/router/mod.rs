@@ -4,6 +4,10 @@
 //! goes to the default target (`txflow.ledger`), poison to `txflow.events.dlq`. The rules
 //! can be replaced while it runs.
 
+mod config;
+
+pub use config::{RouterConfig, RouterGroup};
+
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 

@@ -1,0 +1,156 @@
+//! The `[gateway]` section, with its API keys.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::GatewaySettings;
+use crate::config::ConfigError;
+use crate::limits::KeyedRateLimit;
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Where the HTTP API listens.
+    pub listen: String,
+    /// API keys by name: each the SHA-256 of the key, in hex (`txflow api-key new NAME`
+    /// makes a key and its line). Never the key itself.
+    pub api_keys: BTreeMap<String, String>,
+    /// A file of more API keys, a `NAME SHA256-HEX` line each (a mounted Kubernetes secret).
+    pub api_keys_file: Option<PathBuf>,
+    /// Requests per second per API key, on average; past it, 429 with `Retry-After`.
+    pub requests_per_second: u32,
+    /// Requests an API key may make at once above its average.
+    pub burst: u32,
+    /// The largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// The most events in one `POST /v1/events/batch`.
+    pub max_batch_events: usize,
+    /// How long a request may take, the broker's acknowledgement included; past it, 503.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            listen: "0.0.0.0:8080".to_owned(),
+            api_keys: BTreeMap::new(),
+            api_keys_file: None,
+            requests_per_second: 100,
+            burst: 200,
+            max_body_bytes: 1024 * 1024,
+            max_batch_events: 500,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Every setting, and the API keys.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        ConfigError::require_positive(&[
+            (
+                "gateway.requests_per_second",
+                self.requests_per_second.into(),
+            ),
+            ("gateway.burst", self.burst.into()),
+            ("gateway.max_body_bytes", self.max_body_bytes as u64),
+            ("gateway.max_batch_events", self.max_batch_events as u64),
+            ("gateway.request_timeout_ms", self.request_timeout_ms),
+        ])?;
+        self.key_hashes()?;
+        Ok(())
+    }
+
+    pub fn settings(&self) -> GatewaySettings {
+        GatewaySettings {
+            max_body_bytes: self.max_body_bytes,
+            max_batch_events: self.max_batch_events,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+        }
+    }
+
+    /// The limit on each API key's requests.
+    pub fn rate_limit(&self) -> Result<KeyedRateLimit, ConfigError> {
+        let positive = |name: &str, value: u32| {
+            NonZeroU32::new(value)
+                .ok_or_else(|| ConfigError::Invalid(format!("{name} is 0: it must be at least 1")))
+        };
+        Ok(KeyedRateLimit::new(
+            positive("gateway.requests_per_second", self.requests_per_second)?,
+            positive("gateway.burst", self.burst)?,
+        ))
+    }
+
+    /// The SHA-256 hashes of the API keys, by name: `api_keys`, then `api_keys_file`.
+    pub fn key_hashes(&self) -> Result<BTreeMap<String, [u8; 32]>, ConfigError> {
+        let mut entries: Vec<(String, String, String)> = self
+            .api_keys
+            .iter()
+            .map(|(name, hash)| {
+                (
+                    name.clone(),
+                    hash.clone(),
+                    format!("gateway.api_keys.{name}"),
+                )
+            })
+            .collect();
+        if let Some(path) = &self.api_keys_file {
+            entries.extend(key_file_entries(path)?);
+        }
+        let mut hashes = BTreeMap::new();
+        for (name, hash, at) in entries {
+            let bytes = decode_sha256_hex(&hash).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "{at}: not the SHA-256 of a key in hex (64 hex digits); `txflow api-key new {name}` makes one"
+                ))
+            })?;
+            if hashes.insert(name.clone(), bytes).is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "{at}: API key {name:?} is given twice"
+                )));
+            }
+        }
+        Ok(hashes)
+    }
+}
+
+/// The (name, hash, where) of each `NAME SHA256-HEX` line of an API keys file.
+fn key_file_entries(path: &Path) -> Result<Vec<(String, String, String)>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: format!("{} (gateway.api_keys_file)", path.display()),
+        source,
+    })?;
+    let mut entries = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = format!("{} line {}", path.display(), number + 1);
+        match line.split_whitespace().collect::<Vec<_>>()[..] {
+            [name, hash] => entries.push((name.to_owned(), hash.to_owned(), at)),
+            _ => {
+                return Err(ConfigError::Invalid(format!(
+                    "{at}: expected `NAME SHA256-HEX`"
+                )))
+            }
+        }
+    }
+    Ok(entries)
+}
+
+fn decode_sha256_hex(text: &str) -> Option<[u8; 32]> {
+    let text = text.strip_prefix("sha256:").unwrap_or(text);
+    if text.len() != 64 {
+        return None;
+    }
+    let mut bytes = [0u8; 32];
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(bytes)
+}
