@@ -14,7 +14,7 @@ use txflow::app::Config;
 use txflow::app::{Access, Backend};
 use txflow::codec::{Codec, Record};
 use txflow::domain::{
-    Account, EventType, IdClaim, Recorded, RetryPolicy, Settlement, TransactionEvent,
+    Account, Cause, EventType, IdClaim, Recorded, RetryPolicy, Settlement, TransactionEvent,
     TransactionResult,
 };
 use txflow::failures::{dead_letter_topic, retry_topic, FailureRoutes};
@@ -93,9 +93,9 @@ impl<S: LedgerStore> LedgerStore for Flaky<S> {
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok()
         {
-            return Err(StoreError::Unavailable(
-                "injected by the conformance suite".into(),
-            ));
+            return Err(StoreError::Unavailable(Cause::message(
+                "injected by the conformance suite",
+            )));
         }
         self.inner.record(account_id, before, settlement).await
     }

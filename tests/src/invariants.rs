@@ -1,5 +1,5 @@
 //! What a drained ledger must look like, read from the topics (`read_committed`) and the
-//! store, whatever crashed on the way: every rule of DESIGN.md §2 that txflow's audit checks
+//! store, whatever crashed on the way: every rule of docs/CONTRACT.md §2 that txflow's audit checks
 //! (`txflow::domain::audit`: each id's results follow from one event sent under it, transfers
 //! credited or reversed, balance chains, money conserved per currency), the store agreeing
 //! with the results topic, and the dead letters being exactly the conflicts, the poison and
@@ -385,7 +385,7 @@ async fn stored(pipeline: &Pipeline) -> Vec<StoredResult> {
         .collect()
 }
 
-/// Every invariant of DESIGN.md §2 on a drained pipeline on the local stack.
+/// Every invariant of docs/CONTRACT.md §2 on a drained pipeline on the local stack.
 pub fn verify(pipeline: &Pipeline, observed: &Observed) {
     let rows = tokio::runtime::Runtime::new()
         .unwrap()
@@ -400,7 +400,7 @@ fn key(r: &TransactionResult) -> Key<'_> {
     (r.event_id.as_str(), r.account_id.as_str(), r.is_reversal())
 }
 
-/// Every invariant of DESIGN.md §2, from what the topics and the store hold.
+/// Every invariant of docs/CONTRACT.md §2, from what the topics and the store hold.
 pub fn verify_stored(observed: &Observed, rows: &[StoredResult]) {
     let report = &observed.audit;
     assert!(

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use futures::stream::BoxStream;
 use rand::Rng;
 
-use crate::domain::{Account, IdClaim, Recorded, Settlement, TransactionResult};
+use crate::domain::{Account, Cause, IdClaim, Recorded, Settlement, TransactionResult};
 use crate::ports::{Balances, LedgerStore, LoadedAccount, StoreError};
 
 /// Store faults injected by a test build: the `[faults]` section.
@@ -62,12 +62,12 @@ impl<S> FaultyStore<S> {
                 .any(|prefix| account.starts_with(prefix.as_str()))
         });
         if let Some(account) = failing {
-            return Err(StoreError::Unavailable(format!(
+            return Err(StoreError::Unavailable(Cause::message(format!(
                 "injected fault: account {account:?} is configured to fail"
-            )));
+            ))));
         }
         if rand::rng().random::<f64>() < self.config.store_failure_rate {
-            return Err(StoreError::Unavailable("injected fault".to_owned()));
+            return Err(StoreError::Unavailable(Cause::message("injected fault")));
         }
         Ok(())
     }
@@ -121,6 +121,7 @@ impl<S: LedgerStore> LedgerStore for FaultyStore<S> {
 
 impl<S: Balances> Balances for FaultyStore<S> {
     async fn account(&self, account_id: &str) -> Result<Option<Account>, StoreError> {
+        self.fault(&[account_id]).await?;
         self.inner.account(account_id).await
     }
 
@@ -129,6 +130,7 @@ impl<S: Balances> Balances for FaultyStore<S> {
     }
 
     async fn outcomes(&self, event_id: &str) -> Result<Vec<TransactionResult>, StoreError> {
+        self.fault(&[]).await?;
         self.inner.outcomes(event_id).await
     }
 }

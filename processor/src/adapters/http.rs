@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::domain::Cause;
+
 use crate::ports::{DeliveryError, WebhookRequest, Webhooks};
 
 /// How much of a refusing endpoint's answer a dead letter keeps.
@@ -36,9 +38,10 @@ impl Webhooks for HttpWebhooks {
         for (name, value) in &request.headers {
             call = call.header(name, value);
         }
-        let response = call.send().await.map_err(|e| {
-            DeliveryError::Unavailable(format!("{}: {}", request.url, error_chain(&e)))
-        })?;
+        let response = call
+            .send()
+            .await
+            .map_err(|e| DeliveryError::Unavailable(Cause::context(request.url.clone(), e)))?;
         let status = response.status().as_u16();
         if response.status().is_success() {
             return Ok(());
@@ -47,16 +50,4 @@ impl Webhooks for HttpWebhooks {
         let answer: String = answer.chars().take(KEPT_ANSWER).collect();
         DeliveryError::from_status(status, &answer)
     }
-}
-
-/// An error and its causes, which is where reqwest says what actually went wrong.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

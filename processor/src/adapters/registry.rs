@@ -10,8 +10,8 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::adapters::http::error_chain;
 use crate::config::{ConfigError, Secret};
+use crate::domain::Cause;
 use crate::ports::schemas::{Lookup, RegistryError, SchemaLookup};
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
@@ -207,9 +207,9 @@ impl SchemaRegistry {
             })?
             .pop_if_empty()
             .extend(path);
-        let unavailable = |message: String| RegistryError::Unavailable {
+        let unavailable = |cause: Cause| RegistryError::Unavailable {
             url: self.base.to_string(),
-            message,
+            cause,
         };
         let mut request = self
             .client
@@ -226,12 +226,12 @@ impl SchemaRegistry {
         let response = request
             .send()
             .await
-            .map_err(|e| unavailable(error_chain(&e)))?;
+            .map_err(|e| unavailable(Cause::new(e)))?;
         let status = response.status();
         let bytes = response
             .bytes()
             .await
-            .map_err(|e| unavailable(error_chain(&e)))?;
+            .map_err(|e| unavailable(Cause::new(e)))?;
         if status.is_success() {
             return serde_json::from_slice(&bytes).map_err(|e| RegistryError::Refused {
                 what: what.to_owned(),
@@ -242,10 +242,12 @@ impl SchemaRegistry {
         let message = error_message(&bytes);
         match status {
             StatusCode::NOT_FOUND => Err(RegistryError::NotFound(what.to_owned())),
-            StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => {
-                Err(unavailable(format!("HTTP {status}: {message}")))
-            }
-            s if s.is_server_error() => Err(unavailable(format!("HTTP {status}: {message}"))),
+            StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => Err(unavailable(
+                Cause::message(format!("HTTP {status}: {message}")),
+            )),
+            s if s.is_server_error() => Err(unavailable(Cause::message(format!(
+                "HTTP {status}: {message}"
+            )))),
             _ => Err(RegistryError::Refused {
                 what: what.to_owned(),
                 status: status.as_u16(),

@@ -300,7 +300,7 @@ async fn publish(
         .collect();
     match published {
         Ok(published) => Json(published).into_response(),
-        Err(e) => failed(StatusCode::SERVICE_UNAVAILABLE, e.message),
+        Err(e) => failed(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
 

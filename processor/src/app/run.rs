@@ -373,6 +373,11 @@ async fn run_gateway<B: Backend>(
     let gateway = Arc::new(Gateway {
         publisher: backend.publisher(config)?,
         store: backend.store(config).await?,
+        store_breaker: Breaker::new(
+            "store",
+            gateway_config.store_breaker(),
+            Some(telemetry.breaker_metrics()),
+        ),
         codec,
         keys,
         limit: gateway_config.rate_limit()?,

@@ -3,7 +3,9 @@ use std::collections::BTreeMap;
 use apache_avro::types::Value;
 
 use super::*;
-use crate::domain::{Entry, EventType, Status, TransactionEvent, TransactionResult};
+use crate::domain::{
+    Cause, Entry, EventType, RetryClass, Status, TransactionEvent, TransactionResult,
+};
 
 fn event() -> TransactionEvent {
     TransactionEvent {
@@ -316,7 +318,7 @@ async fn a_registry_teaches_the_codec_the_ids_it_has_not_seen() {
     let not_ours = r#"{"type": "record", "name": "Other", "fields": []}"#;
     let unavailable = RegistryError::Unavailable {
         url: "http://registry".to_owned(),
-        message: "connection refused".to_owned(),
+        cause: Cause::message("connection refused"),
     };
     let registry = Arc::new(Answers {
         by_id: HashMap::from([

@@ -1,5 +1,5 @@
 //! An audit of the ledger's results against the events they came from: every rule of
-//! DESIGN.md §2 that can be checked from the outside. Each balance is rebuilt from its
+//! docs/CONTRACT.md §2 that can be checked from the outside. Each balance is rebuilt from its
 //! account's results alone; each event id's results must follow from one of the events sent
 //! under it; each transfer is debited and credited, or debited, refused and reversed, or still
 //! in flight; and per currency, what the accounts hold plus what is in flight is what was

@@ -4,6 +4,8 @@
 //! Business rejections (insufficient funds, …) are not failures: they are results.
 
 use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// What a failure means for the event that met it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +90,104 @@ impl fmt::Display for FailureKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// An error that says whether the same call can succeed later, and when: the one way every
+/// port's error carries its class, decided once where the error enters (an adapter's edge).
+/// A transient error is retried (the loop's backoff, the retry tiers) or answered 503 with
+/// `Retry-After`; any other is final for the call that met it.
+pub trait RetryClass: std::error::Error {
+    fn is_transient(&self) -> bool;
+
+    /// How long until a retry can succeed, where the error knows (an open circuit breaker
+    /// knows when it lets a call through).
+    fn retry_after(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// A circuit breaker refused a call without making it: its dependency is known to be down.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the circuit breaker of the {dependency} is open; it lets a call through in {retry_after:?}"
+)]
+pub struct CircuitOpen {
+    pub dependency: String,
+    pub retry_after: Duration,
+}
+
+/// The error a failure came from, kept whole rather than flattened into a message: its
+/// chain stays reachable through `source()`, and the error itself through `downcast_ref`.
+#[derive(Clone, Debug)]
+pub struct Cause(Arc<dyn std::error::Error + Send + Sync>);
+
+impl Cause {
+    pub fn new(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Cause(Arc::new(error))
+    }
+
+    /// A cause that is only a message: no error underneath (a refusal txflow itself made).
+    pub fn message(message: impl Into<String>) -> Self {
+        Cause(Arc::new(Message(message.into())))
+    }
+
+    /// `error`, said of what was being done: "connecting to …: <error>".
+    pub fn context(
+        context: impl Into<String>,
+        error: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Cause(Arc::new(Context {
+            context: context.into(),
+            error: Box::new(error),
+        }))
+    }
+
+    /// The underlying error, if it is a `T`.
+    pub fn downcast_ref<T: std::error::Error + 'static>(&self) -> Option<&T> {
+        self.0.downcast_ref()
+    }
+}
+
+/// The error and every error under it, `: ` between them: the whole story in one line, for
+/// logs and dead-letter headers (a client's top error alone often says only "error sending
+/// request").
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for Cause {
+    /// Causes are equal when they read the same: errors underneath rarely compare.
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for Cause {}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Message(String);
+
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {error}")]
+struct Context {
+    context: String,
+    #[source]
+    error: Box<dyn std::error::Error + Send + Sync>,
 }
 
 /// Why an event cannot be processed at all: it belongs in the dead letters, unchanged.

@@ -11,7 +11,9 @@ pub mod origin;
 pub mod result;
 
 pub use event::{EventType, Fingerprint, IdClaim, TransactionEvent};
-pub use failure::{FailureClass, FailureKind, Move, Poison, RetryPolicy};
+pub use failure::{
+    Cause, CircuitOpen, FailureClass, FailureKind, Move, Poison, RetryClass, RetryPolicy,
+};
 pub use ledger::{Account, Claim, Emission, Facts, LedgerEntry, Leg, Prior, Recorded, Settlement};
 pub use origin::Origin;
 pub use result::{Entry, RejectReason, Status, TransactionResult, TRANSFER_REVERSED};

@@ -1,6 +1,6 @@
 //! Where failed records go: the retry tiers `<input>.retry.<n>` and the dead letters
 //! `<input>.dlq`. Either way the record's key and value are untouched and its headers say
-//! where it came from and why it failed (DESIGN.md §4.6); a retry record also says when it
+//! where it came from and why it failed (docs/CONTRACT.md §4.6); a retry record also says when it
 //! is due. The [`RetryPolicy`] decides which of the two.
 
 use std::time::Duration;

@@ -13,27 +13,7 @@ use std::time::{Duration, Instant};
 
 use prometheus::{IntCounterVec, IntGaugeVec};
 
-use crate::ports::StoreError;
-
-/// An error a breaker can judge (does it say the dependency is unwell?) and make (the
-/// refusal of a call while the circuit is open).
-pub trait Guarded: std::fmt::Display {
-    fn is_transient(&self) -> bool;
-    fn circuit_open(dependency: &str, retry_after: Duration) -> Self;
-}
-
-impl Guarded for StoreError {
-    fn is_transient(&self) -> bool {
-        StoreError::is_transient(self)
-    }
-
-    fn circuit_open(dependency: &str, retry_after: Duration) -> Self {
-        StoreError::CircuitOpen {
-            dependency: dependency.to_owned(),
-            retry_after,
-        }
-    }
-}
+use crate::domain::{CircuitOpen, RetryClass};
 
 /// When a breaker opens and how long it stays open.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,6 +102,15 @@ impl Breaker {
         &self.dependency
     }
 
+    /// The refusal of a call while the circuit is open, `retry_after` before it lets one
+    /// through.
+    fn refusal<E: From<CircuitOpen>>(&self, retry_after: Duration) -> E {
+        E::from(CircuitOpen {
+            dependency: self.dependency.clone(),
+            retry_after,
+        })
+    }
+
     pub fn state(&self) -> CircuitState {
         self.circuit.lock().expect("the circuit lock").state
     }
@@ -170,17 +159,14 @@ impl Breaker {
     }
 
     /// Runs `call` on `key` while the circuit is closed, and records how it went; while it
-    /// is not, refuses with [`Guarded::circuit_open`] without calling.
-    pub async fn guard<T, E: Guarded>(
+    /// is not, refuses with [`CircuitOpen`] without calling.
+    pub async fn guard<T, E: RetryClass + From<CircuitOpen>>(
         &self,
         key: Option<&str>,
         call: impl Future<Output = Result<T, E>>,
     ) -> Result<T, E> {
         if let Some(retry_after) = self.reopens_in(Instant::now()) {
-            return Err(E::circuit_open(
-                &self.dependency,
-                retry_after.max(Duration::from_millis(1)),
-            ));
+            return Err(self.refusal(retry_after.max(Duration::from_millis(1))));
         }
         let outcome = call.await;
         let healthy = !matches!(&outcome, Err(e) if e.is_transient());
@@ -190,8 +176,8 @@ impl Breaker {
 
     /// While the circuit is open: once `open_for` has passed, runs `probe` (half-open) and
     /// closes the circuit when it succeeds, or opens it again and returns its error when it
-    /// fails; before that, refuses with [`Guarded::circuit_open`]. Closed, it does nothing.
-    pub async fn probe<T, E: Guarded>(
+    /// fails; before that, refuses with [`CircuitOpen`]. Closed, it does nothing.
+    pub async fn probe<T, E: RetryClass + From<CircuitOpen>>(
         &self,
         probe: impl Future<Output = Result<T, E>>,
     ) -> Result<Option<T>, E> {
@@ -199,7 +185,7 @@ impl Breaker {
         match self.reopens_in(now) {
             None => return Ok(None),
             Some(wait) if !wait.is_zero() => {
-                return Err(E::circuit_open(&self.dependency, wait));
+                return Err(self.refusal(wait));
             }
             Some(_) => {}
         }
@@ -258,6 +244,8 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Cause;
+    use crate::ports::StoreError;
 
     fn breaker(threshold: u32) -> Breaker {
         Breaker::new(
@@ -318,7 +306,7 @@ mod tests {
                 Ok(())
             })
             .await;
-        assert!(matches!(refused, Err(StoreError::CircuitOpen { .. })));
+        assert!(matches!(refused, Err(StoreError::CircuitOpen(_))));
         assert!(!called.load(std::sync::atomic::Ordering::SeqCst));
         assert!(
             breaker
@@ -329,7 +317,7 @@ mod tests {
         );
         tokio::time::sleep(Duration::from_millis(60)).await;
         let failed = breaker
-            .probe(async { Err::<(), _>(StoreError::Unavailable("down".into())) })
+            .probe(async { Err::<(), _>(StoreError::Unavailable(Cause::message("down"))) })
             .await;
         assert!(failed.is_err());
         assert_eq!(breaker.state(), CircuitState::Open);

@@ -161,7 +161,10 @@ mod tests {
         expected.sort_unstable();
         assert_eq!(keys, expected);
         assert_eq!(config.group_id, "txflow-stage");
-        assert_eq!(config.membership().transactional_id(), "txflow-stage-stage-0");
+        assert_eq!(
+            config.membership().transactional_id(),
+            "txflow-stage-stage-0"
+        );
         assert_eq!(config.loop_config().max_records, 7);
     }
 }

@@ -28,7 +28,7 @@ use tokio::sync::watch;
 pub use group::{GroupConfig, GroupDefaults, Membership};
 
 use crate::codec::CodecError;
-use crate::domain::FailureKind;
+use crate::domain::{Cause, FailureKind, RetryClass};
 use crate::ports::{Log, LogError, RegistryError, StoreError};
 use crate::telemetry::{Metrics, Readiness};
 use crate::wire::{InputRecord, OutputRecord};
@@ -339,9 +339,12 @@ impl<L: Log, S: Stage> Runner<'_, L, S> {
         let Some(mut in_flight) = self.in_flight.take() else {
             return Ok(Concluded::Committed);
         };
-        let outcome = (&mut in_flight.commit)
-            .await
-            .unwrap_or_else(|e| Err(LogError::Fatal(format!("the commit's task failed: {e}"))));
+        let outcome = (&mut in_flight.commit).await.unwrap_or_else(|e| {
+            Err(LogError::Fatal(Cause::context(
+                "the commit's task failed",
+                e,
+            )))
+        });
         match outcome {
             Ok(()) => {
                 self.stage.committed();
@@ -511,7 +514,7 @@ mod tests {
                         "aborted"
                     }
                 ));
-                outcome.map_err(LogError::Aborted)
+                outcome.map_err(|m| LogError::Aborted(Cause::message(m)))
             }
         }
 

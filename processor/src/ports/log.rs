@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::{Cause, RetryClass};
 use crate::wire::{InputRecord, OutputRecord};
 
 /// Why the log could not do what was asked.
@@ -15,11 +16,11 @@ pub enum LogError {
     /// The batch's transaction did not commit (aborted, fenced after a rebalance, timed
     /// out): its outputs are invisible and its records will be read again.
     #[error("the transaction did not commit: {0}")]
-    Aborted(String),
+    Aborted(#[source] Cause),
     /// This process can no longer write (its producer was fenced by a newer one, or a fatal
     /// client error): the stage must stop.
     #[error("the log client cannot go on: {0}")]
-    Fatal(String),
+    Fatal(#[source] Cause),
 }
 
 /// A consumer in a group with its transactional producer.
@@ -85,12 +86,20 @@ pub struct Published {
 
 /// Why a record was not published.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("the record was not written: {message}")]
-pub struct PublishError {
-    pub message: String,
-    /// Whether the same record may be written if sent again (a timeout, a broker not
-    /// available), rather than refused for what it is (too large, no such topic).
-    pub retriable: bool,
+pub enum PublishError {
+    /// Not written for now (a timeout, no broker available): the same record may be written
+    /// if sent again.
+    #[error("the record was not written: {0}")]
+    Unavailable(#[source] Cause),
+    /// Refused for what it is (too large, no such topic): it would be refused again.
+    #[error("the record was refused: {0}")]
+    Refused(#[source] Cause),
+}
+
+impl RetryClass for PublishError {
+    fn is_transient(&self) -> bool {
+        matches!(self, PublishError::Unavailable(_))
+    }
 }
 
 /// Writes records outside any transaction, each acknowledged by every in-sync replica before

@@ -5,12 +5,18 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use crate::domain::{Cause, RetryClass};
+
 /// Why the registry could not answer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RegistryError {
     /// No answer, or one that says to come back later (5xx, 408, 429): a retry can help.
-    #[error("the schema registry at {url} is unavailable: {message}")]
-    Unavailable { url: String, message: String },
+    #[error("the schema registry at {url} is unavailable: {cause}")]
+    Unavailable {
+        url: String,
+        #[source]
+        cause: Cause,
+    },
     /// The registry has no such schema, subject or version.
     #[error("the schema registry has no {0}")]
     NotFound(String),
@@ -24,8 +30,9 @@ pub enum RegistryError {
     },
 }
 
-impl RegistryError {
-    pub fn is_transient(&self) -> bool {
+/// Only an unavailable registry may answer later; what it has not or refused stays so.
+impl RetryClass for RegistryError {
+    fn is_transient(&self) -> bool {
         matches!(self, RegistryError::Unavailable { .. })
     }
 }

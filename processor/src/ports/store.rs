@@ -4,47 +4,55 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::time::Duration;
 
 use futures::stream::BoxStream;
 
 use crate::domain::{
-    Account, FailureKind, IdClaim, Prior, Recorded, Settlement, TransactionResult,
+    Account, Cause, CircuitOpen, FailureKind, IdClaim, Prior, Recorded, RetryClass, Settlement,
+    TransactionResult,
 };
 
 /// Why the store could not do what was asked.
-#[derive(Clone, Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// Timed out, overloaded, unreachable: the same call may succeed later.
     #[error("the store is unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
     /// The keyspace or tables are missing or not what txflow expects; no retry helps.
     #[error("the store's schema is missing or not txflow's ({0}); run `txflow migrate`")]
-    Schema(String),
+    Schema(#[source] Cause),
     /// A row the store returned cannot be what txflow wrote.
     #[error("the store holds a row txflow cannot read: {0}")]
-    Corrupt(String),
+    Corrupt(#[source] Cause),
     /// The circuit breaker in front of the store refused the call without making it.
-    #[error("the circuit breaker of the {dependency} is open; it lets a call through in {retry_after:?}")]
-    CircuitOpen {
-        dependency: String,
-        retry_after: std::time::Duration,
-    },
+    #[error(transparent)]
+    CircuitOpen(#[from] CircuitOpen),
 }
 
 impl StoreError {
-    /// Whether trying again later can help; the rest stop the stage.
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Unavailable(_) | StoreError::CircuitOpen { .. }
-        )
-    }
-
     /// The failure kind of a transient error, for dead-letter headers and metrics.
     pub fn kind(&self) -> FailureKind {
         match self {
-            StoreError::CircuitOpen { .. } => FailureKind::CircuitOpen,
+            StoreError::CircuitOpen(_) => FailureKind::CircuitOpen,
             _ => FailureKind::StoreUnavailable,
+        }
+    }
+}
+
+/// Only a transient error stops an account or a batch for a while; the rest stop the stage.
+impl RetryClass for StoreError {
+    fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::CircuitOpen(_)
+        )
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            StoreError::CircuitOpen(open) => Some(open.retry_after),
+            _ => None,
         }
     }
 }

@@ -4,8 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::domain::FailureKind;
-use crate::pipeline::breaker::Guarded;
+use crate::domain::{Cause, CircuitOpen, FailureKind, RetryClass};
 
 /// One attempt at delivering a notification.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,16 +22,13 @@ pub enum DeliveryError {
     /// No answer in time, no connection, or an answer that says "not now" (408, 425, 429,
     /// 5xx): the same request may succeed later.
     #[error("the endpoint is unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
     /// Any other answer than 2xx (a redirect included: deliveries do not follow them).
     #[error("the endpoint refused the delivery with HTTP {status}: {body}")]
     Rejected { status: u16, body: String },
     /// The endpoint's circuit breaker is open: nothing was sent.
-    #[error("the circuit breaker of {dependency} is open; it lets a delivery through in {retry_after:?}")]
-    CircuitOpen {
-        dependency: String,
-        retry_after: Duration,
-    },
+    #[error(transparent)]
+    CircuitOpen(#[from] CircuitOpen),
 }
 
 impl DeliveryError {
@@ -41,9 +37,9 @@ impl DeliveryError {
     pub fn from_status(status: u16, body: &str) -> Result<(), DeliveryError> {
         match status {
             200..=299 => Ok(()),
-            408 | 425 | 429 | 500..=599 => {
-                Err(DeliveryError::Unavailable(format!("HTTP {status}: {body}")))
-            }
+            408 | 425 | 429 | 500..=599 => Err(DeliveryError::Unavailable(Cause::message(
+                format!("HTTP {status}: {body}"),
+            ))),
             _ => Err(DeliveryError::Rejected {
                 status,
                 body: body.to_owned(),
@@ -55,20 +51,21 @@ impl DeliveryError {
         match self {
             DeliveryError::Unavailable(_) => FailureKind::EndpointUnavailable,
             DeliveryError::Rejected { .. } => FailureKind::EndpointRejected,
-            DeliveryError::CircuitOpen { .. } => FailureKind::CircuitOpen,
+            DeliveryError::CircuitOpen(_) => FailureKind::CircuitOpen,
         }
     }
 }
 
-impl Guarded for DeliveryError {
+/// Only a refusal (4xx) is final: the endpoint would refuse the same request again.
+impl RetryClass for DeliveryError {
     fn is_transient(&self) -> bool {
         !matches!(self, DeliveryError::Rejected { .. })
     }
 
-    fn circuit_open(dependency: &str, retry_after: Duration) -> Self {
-        DeliveryError::CircuitOpen {
-            dependency: dependency.to_owned(),
-            retry_after,
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            DeliveryError::CircuitOpen(open) => Some(open.retry_after),
+            _ => None,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use txflow::adapters::registry::SchemaRegistry;
+use txflow::domain::RetryClass;
 use txflow::ports::RegistryError;
 use txflow_tests::process::Pipeline;
 use txflow_tests::{

@@ -438,3 +438,47 @@ fn events_posted_over_http_are_applied_and_read_back() {
         "every accepted event once on the events topic, the re-send included"
     );
 }
+
+/// The store failing every read: each read is answered 503 `store_unavailable` with a
+/// `Retry-After`; once the breaker in front of the store opens, at once and with the time
+/// until it lets a read through, rather than the fixed second of a single failure.
+#[test]
+fn a_store_outage_is_answered_with_when_to_come_back() {
+    let pipeline = Pipeline::new(1);
+    let (_gateway, address) = gateway(
+        &pipeline,
+        &[
+            ("TXFLOW_FAULTS__STORE_FAILURE_RATE", "1"),
+            ("TXFLOW_GATEWAY__STORE_BREAKER_FAILURE_THRESHOLD", "2"),
+            ("TXFLOW_GATEWAY__STORE_BREAKER_OPEN_MS", "60000"),
+        ],
+    );
+    let retry_after = |answer: &HttpAnswer| -> u64 {
+        answer
+            .header("retry-after")
+            .unwrap_or_else(|| panic!("no Retry-After on {}", answer.body))
+            .parse()
+            .expect("Retry-After in whole seconds")
+    };
+    for path in ["/v1/accounts/acct-a", "/v1/events/e-1"] {
+        let answer = get(&address, path);
+        assert_error("a failed read", &answer, 503, "store_unavailable", &[]);
+        assert_eq!(retry_after(&answer), 1, "{}", answer.body);
+        assert!(answer.body.contains("injected fault"), "{}", answer.body);
+    }
+    let refused = get(&address, "/v1/accounts/acct-a");
+    assert_error("a refused read", &refused, 503, "store_unavailable", &[]);
+    assert!(
+        refused
+            .body
+            .contains("circuit breaker of the store is open"),
+        "{}",
+        refused.body
+    );
+    let wait = retry_after(&refused);
+    assert!(
+        (50..=60).contains(&wait),
+        "Retry-After {wait}: {}",
+        refused.body
+    );
+}

@@ -1,4 +1,4 @@
-//! A store outage in the middle of a workload (DESIGN.md §4, guarantee 5): the store's
+//! A store outage in the middle of a workload (docs/CONTRACT.md §4, guarantee 5): the store's
 //! circuit breaker opens and the ledger stops taking batches instead of spilling them into
 //! the retry tiers and the dead letters, reports itself not ready, and carries on by itself
 //! when the database returns, with every event applied once.

@@ -10,6 +10,7 @@ use redb::{Database, ReadTransaction, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use super::{blocking, storage, Embedded, EmbeddedError, ENDS, POSITIONS, RECORDS};
+use crate::domain::Cause;
 use crate::pipeline::now_ms;
 use crate::ports::{Log, LogError, PublishError, Published, Publisher};
 use crate::wire::{InputRecord, OutputRecord};
@@ -219,8 +220,8 @@ impl EmbeddedLog {
 
 fn log_error(error: EmbeddedError) -> LogError {
     match error {
-        EmbeddedError::Corrupt(_) => LogError::Fatal(error.to_string()),
-        other => LogError::Aborted(other.to_string()),
+        EmbeddedError::Corrupt(_) => LogError::Fatal(Cause::new(error)),
+        other => LogError::Aborted(Cause::new(other)),
     }
 }
 
@@ -238,7 +239,7 @@ impl Log for EmbeddedLog {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let (batch, waits_until) =
-                blocking(|| self.read(max_records)).map_err(|e| LogError::Fatal(e.to_string()))?;
+                blocking(|| self.read(max_records)).map_err(|e| LogError::Fatal(Cause::new(e)))?;
             if !batch.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(batch);
             }
@@ -315,7 +316,7 @@ impl Log for EmbeddedLog {
             }
             Ok(Some(unconsumed))
         })
-        .map_err(|e: EmbeddedError| LogError::Fatal(e.to_string()))
+        .map_err(|e: EmbeddedError| LogError::Fatal(Cause::new(e)))
     }
 
     async fn hold(&mut self, pause: Duration) -> Result<(), LogError> {
@@ -362,14 +363,12 @@ impl Publisher for EmbeddedPublisher {
                 self.embedded.appended.notify_waiters();
                 published.into_iter().map(Ok).collect()
             }
-            Err(e) => (0..count)
-                .map(|_| {
-                    Err(PublishError {
-                        message: e.to_string(),
-                        retriable: true,
-                    })
-                })
-                .collect(),
+            Err(e) => {
+                let cause = Cause::new(e);
+                (0..count)
+                    .map(|_| Err(PublishError::Unavailable(cause.clone())))
+                    .collect()
+            }
         }
     }
 }

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use redb::{Database, ReadableTable, TableDefinition, TableHandle};
 use tokio::sync::Notify;
 
+use crate::domain::Cause;
 use crate::ports::LogError;
 
 pub use self::log::{EmbeddedLog, EmbeddedPublisher};
@@ -176,7 +177,7 @@ impl Embedded {
 
 impl crate::ports::TopicReader for Embedded {
     async fn read_to_end(&self, topic: &str) -> Result<Vec<crate::wire::InputRecord>, LogError> {
-        blocking(|| Embedded::read_to_end(self, topic)).map_err(|e| LogError::Fatal(e.to_string()))
+        blocking(|| Embedded::read_to_end(self, topic)).map_err(|e| LogError::Fatal(Cause::new(e)))
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::failures::redrive::{RedriveRequest, Redriven};
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 
-use crate::domain::{Account, TransactionResult};
+use crate::domain::{Account, Cause, TransactionResult};
 use crate::ports::{
     Balances, LogError, PublishError, Published, Publisher, StoreError, TopicReader,
 };
@@ -188,7 +188,7 @@ impl TopicReader for DevClient {
     async fn read_to_end(&self, topic: &str) -> Result<Vec<InputRecord>, LogError> {
         self.records(topic)
             .await
-            .map_err(|e| LogError::Fatal(e.to_string()))
+            .map_err(|e| LogError::Fatal(Cause::new(e)))
     }
 }
 
@@ -200,12 +200,16 @@ impl Publisher for DevClient {
             for write in chunk.chunks(WRITE_RECORDS) {
                 match self.append(&write[0].topic, write).await {
                     Ok(published) => outcomes.extend(published.into_iter().map(Ok)),
-                    Err(e) => outcomes.extend(write.iter().map(|_| {
-                        Err(PublishError {
-                            message: e.to_string(),
-                            retriable: matches!(e, RemoteError::Unreachable { .. }),
-                        })
-                    })),
+                    Err(e) => {
+                        let unreachable = matches!(e, RemoteError::Unreachable { .. });
+                        let cause = Cause::new(e);
+                        outcomes.extend(write.iter().map(|_| {
+                            Err(match unreachable {
+                                true => PublishError::Unavailable(cause.clone()),
+                                false => PublishError::Refused(cause.clone()),
+                            })
+                        }))
+                    }
                 }
             }
         }
@@ -218,9 +222,9 @@ impl Balances for DevClient {
         match DevClient::account(self, account_id).await {
             Ok(Some(found)) => serde_json::from_value::<ShownAccount>(found)
                 .map(|shown| Some(shown.account()))
-                .map_err(|e| StoreError::Corrupt(format!("an account from txflow dev: {e}"))),
+                .map_err(|e| StoreError::Corrupt(Cause::context("an account from txflow dev", e))),
             Ok(None) => Ok(None),
-            Err(e) => Err(StoreError::Unavailable(e.to_string())),
+            Err(e) => Err(StoreError::Unavailable(Cause::new(e))),
         }
     }
 
@@ -228,14 +232,14 @@ impl Balances for DevClient {
         futures::stream::once(async move {
             let lines = DevClient::accounts(self)
                 .await
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                .map_err(|e| StoreError::Unavailable(Cause::new(e)))?;
             let accounts: Vec<Result<(String, Account), StoreError>> = lines
                 .lines()
                 .map(|line| {
                     serde_json::from_str::<ShownAccount>(line)
                         .map(|shown| (shown.account_id.clone(), shown.account()))
                         .map_err(|e| {
-                            StoreError::Corrupt(format!("an account from txflow dev: {e}"))
+                            StoreError::Corrupt(Cause::context("an account from txflow dev", e))
                         })
                 })
                 .collect();
@@ -250,10 +254,10 @@ impl Balances for DevClient {
         let response = self
             .get(&path)
             .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            .map_err(|e| StoreError::Unavailable(Cause::new(e)))?;
         json(response)
             .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))
+            .map_err(|e| StoreError::Unavailable(Cause::new(e)))
     }
 }
 

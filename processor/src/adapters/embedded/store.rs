@@ -13,7 +13,8 @@ use super::writer::Writer;
 use super::{blocking, storage, EmbeddedError, ACCOUNTS, EVENT_IDS, RESULTS};
 use crate::domain::result::{event_of_posting_key, posting_key};
 use crate::domain::{
-    Account, Fingerprint, IdClaim, Origin, Prior, Recorded, Settlement, Status, TransactionResult,
+    Account, Cause, Fingerprint, IdClaim, Origin, Prior, Recorded, Settlement, Status,
+    TransactionResult,
 };
 use crate::ports::{Balances, LedgerStore, LoadedAccount, StoreError};
 
@@ -222,8 +223,8 @@ pub(super) fn claim_recorded_event_ids(db: &Database) -> Result<(), EmbeddedErro
 
 fn store_error(error: EmbeddedError) -> StoreError {
     match error {
-        EmbeddedError::Corrupt(message) => StoreError::Corrupt(message),
-        other => StoreError::Unavailable(other.to_string()),
+        EmbeddedError::Corrupt(message) => StoreError::Corrupt(Cause::message(message)),
+        other => StoreError::Unavailable(Cause::new(other)),
     }
 }
 

@@ -17,6 +17,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::KafkaConfig;
 use super::CALL_TIMEOUT;
+use crate::domain::Cause;
 use crate::pipeline::Membership;
 use crate::ports::{Log, LogError};
 use crate::wire::{InputRecord, OutputRecord};
@@ -111,7 +112,7 @@ impl KafkaLog {
         delayed: &[String],
         delivery: Delivery,
     ) -> Result<Self, LogError> {
-        let fatal = |what: &str, e: KafkaError| LogError::Fatal(format!("{what}: {e}"));
+        let fatal = |what: &str, e: KafkaError| LogError::Fatal(Cause::context(what, e));
         let consumer_config = stage_consumer_config(kafka, group);
         let consumer: Arc<StreamConsumer<GroupEvents>> = Arc::new(
             consumer_config
@@ -295,16 +296,17 @@ impl Committer {
             _ => false,
         };
         if fatal {
-            return Err(LogError::Fatal(format!(
-                "the producer was fenced or failed: {error}"
+            return Err(LogError::Fatal(Cause::context(
+                "the producer was fenced or failed",
+                error,
             )));
         }
         if self.delivery == Delivery::ExactlyOnce {
-            self.producer
-                .abort_transaction(CALL_TIMEOUT)
-                .map_err(|e| LogError::Fatal(format!("aborting after {error}: {e}")))?;
+            self.producer.abort_transaction(CALL_TIMEOUT).map_err(|e| {
+                LogError::Fatal(Cause::context(format!("aborting after {error}"), e))
+            })?;
         }
-        Err(LogError::Aborted(error.to_string()))
+        Err(LogError::Aborted(Cause::new(error)))
     }
 
     /// Hands every output to the producer, waiting for room where its queue is full; runs
@@ -397,7 +399,7 @@ impl Log for KafkaLog {
         max_records: usize,
         max_wait: Duration,
     ) -> Result<Vec<InputRecord>, LogError> {
-        let consumer_error = |e: KafkaError| LogError::Fatal(format!("consuming: {e}"));
+        let consumer_error = |e: KafkaError| LogError::Fatal(Cause::context("consuming", e));
         let mut batch = Vec::new();
         while batch.len() < max_records {
             let Some(record) = self.held.pop_front() else {
@@ -449,7 +451,7 @@ impl Log for KafkaLog {
     }
 
     async fn hold(&mut self, pause: Duration) -> Result<(), LogError> {
-        let fatal = |what: &str, e: KafkaError| LogError::Fatal(format!("{what}: {e}"));
+        let fatal = |what: &str, e: KafkaError| LogError::Fatal(Cause::context(what, e));
         let assigned = self
             .consumer
             .assignment()
@@ -512,14 +514,14 @@ impl Log for KafkaLog {
         let assigned = self
             .consumer
             .assignment()
-            .map_err(|e| LogError::Fatal(format!("reading the assignment: {e}")))?;
+            .map_err(|e| LogError::Fatal(Cause::context("reading the assignment", e)))?;
         if assigned.count() > 0 {
             self.consumer
                 .resume(&assigned)
-                .map_err(|e| LogError::Fatal(format!("resuming partitions: {e}")))?;
+                .map_err(|e| LogError::Fatal(Cause::context("resuming partitions", e)))?;
         }
         let unconsumed = tokio::task::block_in_place(|| self.unconsumed())
-            .map_err(|e| LogError::Fatal(format!("reading the retry topics: {e}")))?;
+            .map_err(|e| LogError::Fatal(Cause::context("reading the retry topics", e)))?;
         self.assignments_seen = Some(assignments);
         tracing::info!(
             records = unconsumed.len(),
@@ -535,12 +537,12 @@ impl Log for KafkaLog {
     ) -> impl Future<Output = Result<(), LogError>> + Send + 'static {
         let committer = Arc::clone(&self.committer);
         let offsets = next_offsets(batch)
-            .map_err(|e| LogError::Fatal(format!("the batch's offsets to commit: {e}")));
+            .map_err(|e| LogError::Fatal(Cause::context("the batch's offsets to commit", e)));
         async move {
             let offsets = offsets?;
             tokio::task::spawn_blocking(move || committer.commit(&offsets, outputs))
                 .await
-                .map_err(|e| LogError::Fatal(format!("the commit's thread failed: {e}")))?
+                .map_err(|e| LogError::Fatal(Cause::context("the commit's thread failed", e)))?
         }
     }
 
@@ -591,7 +593,7 @@ fn require_topics<C: ConsumerContext>(
     loop {
         let metadata = consumer
             .fetch_metadata(None, CALL_TIMEOUT)
-            .map_err(|e| LogError::Fatal(format!("reading the cluster's metadata: {e}")))?;
+            .map_err(|e| LogError::Fatal(Cause::context("reading the cluster's metadata", e)))?;
         let present: HashSet<&str> = metadata
             .topics()
             .iter()
@@ -607,10 +609,10 @@ fn require_topics<C: ConsumerContext>(
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(LogError::Fatal(format!(
+            return Err(LogError::Fatal(Cause::message(format!(
                 "topics {} do not exist on {bootstrap}; create them with `txflow topics apply`",
                 missing.join(", ")
-            )));
+            ))));
         }
         std::thread::sleep(Duration::from_millis(250));
     }

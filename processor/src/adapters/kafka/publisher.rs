@@ -6,6 +6,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::KafkaConfig;
+use crate::domain::Cause;
 use crate::ports::{PublishError, Published, Publisher};
 use crate::wire::OutputRecord;
 
@@ -53,10 +54,10 @@ impl Publisher for KafkaPublisher {
                     partition: delivery.partition,
                     offset: delivery.offset,
                 }),
-                Err((error, _)) => Err(PublishError {
-                    retriable: publish_retriable(&error),
-                    message: error.to_string(),
-                }),
+                Err((error, _)) if publish_retriable(&error) => {
+                    Err(PublishError::Unavailable(Cause::new(error)))
+                }
+                Err((error, _)) => Err(PublishError::Refused(Cause::new(error))),
             })
             .collect()
     }

@@ -10,6 +10,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::KafkaConfig;
 use super::CALL_TIMEOUT;
+use crate::domain::Cause;
 use crate::ports::{LogError, TopicReader};
 use crate::wire::InputRecord;
 
@@ -111,9 +112,9 @@ impl KafkaReader {
 impl TopicReader for KafkaReader {
     async fn read_to_end(&self, topic: &str) -> Result<Vec<InputRecord>, LogError> {
         tokio::task::block_in_place(|| read_to_end(&self.kafka, topic)).map_err(|e| {
-            LogError::Fatal(format!(
-                "reading {topic} on {}: {e}",
-                self.kafka.bootstrap_servers
+            LogError::Fatal(Cause::context(
+                format!("reading {topic} on {}", self.kafka.bootstrap_servers),
+                e,
             ))
         })
     }

@@ -28,7 +28,7 @@ use scylla::value::{CqlTimestamp, CqlValue, Row};
 
 use crate::domain::result::{event_of_posting_key, posting_key};
 use crate::domain::{
-    Account, Entry, Fingerprint, IdClaim, Origin, Prior, Recorded, Settlement, Status,
+    Account, Cause, Entry, Fingerprint, IdClaim, Origin, Prior, Recorded, Settlement, Status,
     TransactionResult,
 };
 use crate::ports::{Balances, LedgerStore, LoadedAccount, StoreError};
@@ -58,7 +58,10 @@ pub async fn connect(config: &StoreConfig) -> Result<Session, StoreError> {
         .build()
         .await
         .map_err(|e: NewSessionError| {
-            StoreError::Unavailable(format!("connecting to {:?}: {e}", config.contact_points))
+            StoreError::Unavailable(Cause::context(
+                format!("connecting to {:?}", config.contact_points),
+                e,
+            ))
         })
 }
 
@@ -141,7 +144,7 @@ async fn await_schema(session: &Session) -> Result<(), StoreError> {
         .await_schema_agreement()
         .await
         .map(|_| ())
-        .map_err(|e| StoreError::Unavailable(format!("waiting for schema agreement: {e}")))
+        .map_err(|e| StoreError::Unavailable(Cause::context("waiting for schema agreement", e)))
 }
 
 async fn legacy_index_exists(session: &Session, keyspace: &str) -> Result<bool, StoreError> {
@@ -193,9 +196,9 @@ async fn claim_recorded_event_ids(
             (),
         )
         .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+        .map_err(|e| StoreError::Unavailable(Cause::new(e)))?
         .rows_stream::<Row>()
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        .map_err(|e| StoreError::Corrupt(Cause::new(e)))?;
     let claim_one = |row: Result<Row, StoreError>| {
         let (claim, add_account) = (&claim, &add_account);
         async move {
@@ -203,7 +206,7 @@ async fn claim_recorded_event_ids(
             // A partition with no result, or a reversal (never recorded before ids were
             // claimed).
             let (Some(event_id), Some(fingerprint)) = (key, fingerprint) else {
-                return Ok(Claimed::Nothing);
+                return Ok::<_, StoreError>(Claimed::Nothing);
             };
             if event_of_posting_key(&event_id).1 {
                 return Ok(Claimed::Nothing);
@@ -228,7 +231,7 @@ async fn claim_recorded_event_ids(
         }
     };
     let mut claims = std::pin::pin!(rows
-        .map_err(|e| StoreError::Unavailable(e.to_string()))
+        .map_err(|e| StoreError::Unavailable(Cause::new(e)))
         .map(claim_one)
         .buffer_unordered(CLAIM_CONCURRENCY));
     while let Some(claimed) = claims.next().await {
@@ -247,16 +250,18 @@ async fn claim_recorded_event_ids(
 /// `[applied]` plus the current values; ScyllaDB always adds the old row. Reading the
 /// column by name from an untyped row works with both.
 pub fn lwt_applied(result: QueryResult) -> Result<bool, StoreError> {
-    let corrupt = |what: String| StoreError::Corrupt(format!("an LWT answer: {what}"));
-    let rows = result
-        .into_rows_result()
-        .map_err(|e| corrupt(e.to_string()))?;
+    let corrupt =
+        |what: String| StoreError::Corrupt(Cause::message(format!("an LWT answer: {what}")));
+    let unreadable = |e| StoreError::Corrupt(Cause::context("an LWT answer", e));
+    let rows = result.into_rows_result().map_err(unreadable)?;
     let column = rows
         .column_specs()
         .iter()
         .position(|spec| spec.name() == "[applied]")
         .ok_or_else(|| corrupt("no [applied] column".to_owned()))?;
-    let first: Row = rows.first_row().map_err(|e| corrupt(e.to_string()))?;
+    let first: Row = rows
+        .first_row()
+        .map_err(|e| StoreError::Corrupt(Cause::context("an LWT answer", e)))?;
     match first.columns.get(column) {
         Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
         other => Err(corrupt(format!("[applied] is {other:?}"))),
@@ -270,9 +275,9 @@ where
 {
     result
         .into_rows_result()
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?
+        .map_err(|e| StoreError::Corrupt(Cause::new(e)))?
         .maybe_first_row()
-        .map_err(|e| StoreError::Corrupt(e.to_string()))
+        .map_err(|e| StoreError::Corrupt(Cause::new(e)))
 }
 
 /// Sorts a driver error into the store's retry classes.
@@ -285,17 +290,21 @@ fn classify(error: ExecutionError) -> StoreError {
         }
         _ => None,
     };
-    match attempt {
+    let schema = matches!(
+        attempt,
         Some(RequestAttemptError::DbError(
             DbError::SyntaxError
-            | DbError::Invalid
-            | DbError::Unauthorized
-            | DbError::ConfigError
-            | DbError::AuthenticationError,
-            message,
-        )) => StoreError::Schema(message.clone()),
-        _ if matches!(error, ExecutionError::BadQuery(_)) => StoreError::Schema(error.to_string()),
-        _ => StoreError::Unavailable(error.to_string()),
+                | DbError::Invalid
+                | DbError::Unauthorized
+                | DbError::ConfigError
+                | DbError::AuthenticationError,
+            _,
+        ))
+    ) || matches!(error, ExecutionError::BadQuery(_));
+    if schema {
+        StoreError::Schema(Cause::new(error))
+    } else {
+        StoreError::Unavailable(Cause::new(error))
     }
 }
 
@@ -469,19 +478,21 @@ impl ScyllaLedgerStore {
         // Refused: the holder's row came back with the answer on some versions and not on
         // others (ScyllaDB, Cassandra); it is read at the serial consistency, which sees it.
         self.event_id_holder(&claim.event_id).await?.ok_or_else(|| {
-            StoreError::Corrupt(format!(
+            StoreError::Corrupt(Cause::message(format!(
                 "the claim of event id {:?} was refused, yet no claim holds it",
                 claim.event_id
-            ))
+            )))
         })
     }
 }
 
 /// A stored fingerprint, which must be 32 bytes.
 fn fingerprint_of(what: &str, bytes: Vec<u8>) -> Result<Fingerprint, StoreError> {
-    let bytes: [u8; 32] = bytes
-        .try_into()
-        .map_err(|_| StoreError::Corrupt(format!("the fingerprint of {what:?} is not 32 bytes")))?;
+    let bytes: [u8; 32] = bytes.try_into().map_err(|_| {
+        StoreError::Corrupt(Cause::message(format!(
+            "the fingerprint of {what:?} is not 32 bytes"
+        )))
+    })?;
     Ok(Fingerprint(bytes))
 }
 
@@ -524,7 +535,8 @@ impl ScyllaLedgerStore {
         let Some((Some(fingerprint), Some(entry), Some(status))) = row else {
             return Ok(None);
         };
-        let corrupt = |what: &str| StoreError::Corrupt(format!("result of {key:?}: {what}"));
+        let corrupt =
+            |what: &str| StoreError::Corrupt(Cause::message(format!("result of {key:?}: {what}")));
         Ok(Some(Recorded {
             fingerprint: fingerprint_of(key, fingerprint)?,
             entry: Entry::from_symbol(&entry).ok_or_else(|| corrupt("unknown entry"))?,
@@ -548,7 +560,8 @@ fn prior_of(row: ResultRow) -> Result<Prior, StoreError> {
         version,
         at,
     ) = row;
-    let corrupt = |what: &str| StoreError::Corrupt(format!("result of {event_id:?}: {what}"));
+    let corrupt =
+        |what: &str| StoreError::Corrupt(Cause::message(format!("result of {event_id:?}: {what}")));
     let fingerprint = fingerprint_of(&event_id, fingerprint)?;
     let entry = Entry::from_symbol(&entry).ok_or_else(|| corrupt("unknown entry"))?;
     let status = Status::from_symbol(&status).ok_or_else(|| corrupt("unknown status"))?;
@@ -589,10 +602,10 @@ impl LedgerStore for ScyllaLedgerStore {
                 .await
                 .map_err(classify)?
                 .into_rows_result()
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                .map_err(|e| StoreError::Corrupt(Cause::new(e)))?;
             rows.rows::<ResultRow>()
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?
-                .map(|row| row.map_err(|e| StoreError::Corrupt(e.to_string())))
+                .map_err(|e| StoreError::Corrupt(Cause::new(e)))?
+                .map(|row| row.map_err(|e| StoreError::Corrupt(Cause::new(e))))
                 .collect::<Result<Vec<_>, _>>()
         };
         let (account, results) = tokio::try_join!(self.one_account(account_id), results)?;
@@ -750,12 +763,12 @@ impl Balances for ScyllaLedgerStore {
             self.session
                 .execute_iter(self.all_accounts.clone(), ())
                 .await
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?
+                .map_err(|e| StoreError::Unavailable(Cause::new(e)))?
                 .rows_stream::<(String, Option<i64>, Option<String>, Option<i64>)>()
-                .map_err(|e| StoreError::Corrupt(e.to_string()))
+                .map_err(|e| StoreError::Corrupt(Cause::new(e)))
         })
         .map_ok(|rows| {
-            rows.map_err(|e| StoreError::Unavailable(e.to_string()))
+            rows.map_err(|e| StoreError::Unavailable(Cause::new(e)))
                 .map_ok(|(id, balance, currency, version)| {
                     let account = Account {
                         balance_minor: balance.unwrap_or(0),

@@ -10,6 +10,7 @@ use axum::Json;
 use serde_json::json;
 
 use super::event_json::FieldError;
+use crate::domain::RetryClass;
 use crate::ports::{PublishError, StoreError};
 
 /// An error answer.
@@ -74,6 +75,12 @@ impl ApiError {
     }
 }
 
+/// When to come back after a transient failure: when the error knows (an open breaker), else
+/// in a second.
+fn come_back(error: &impl RetryClass) -> Duration {
+    error.retry_after().unwrap_or(Duration::from_secs(1))
+}
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         if error.is_transient() {
@@ -82,7 +89,7 @@ impl From<StoreError> for ApiError {
                 "store_unavailable",
                 error.to_string(),
             )
-            .retry_after(Duration::from_secs(1))
+            .retry_after(come_back(&error))
         } else {
             tracing::error!("store: {error}");
             ApiError::new(
@@ -96,13 +103,13 @@ impl From<StoreError> for ApiError {
 
 impl From<&PublishError> for ApiError {
     fn from(error: &PublishError) -> Self {
-        if error.retriable {
+        if error.is_transient() {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "log_unavailable",
                 error.to_string(),
             )
-            .retry_after(Duration::from_secs(1))
+            .retry_after(come_back(error))
         } else {
             tracing::error!("publishing: {error}");
             ApiError::new(

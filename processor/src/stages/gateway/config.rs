@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::GatewaySettings;
 use crate::config::ConfigError;
 use crate::limits::KeyedRateLimit;
+use crate::pipeline::breaker::BreakerConfig;
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -31,6 +32,12 @@ pub struct GatewayConfig {
     pub max_batch_events: usize,
     /// How long a request may take, the broker's acknowledgement included; past it, 503.
     pub request_timeout_ms: u64,
+    /// Failed store reads in a row that open the breaker in front of the store: while it is
+    /// open, reads are answered 503 at once, with `Retry-After` saying when it lets one
+    /// through.
+    pub store_breaker_failure_threshold: u32,
+    /// How long the open breaker refuses reads before it lets one through as a probe.
+    pub store_breaker_open_ms: u64,
 }
 
 impl Default for GatewayConfig {
@@ -44,6 +51,8 @@ impl Default for GatewayConfig {
             max_body_bytes: 1024 * 1024,
             max_batch_events: 500,
             request_timeout_ms: 10_000,
+            store_breaker_failure_threshold: 5,
+            store_breaker_open_ms: 2_000,
         }
     }
 }
@@ -60,6 +69,10 @@ impl GatewayConfig {
             ("gateway.max_body_bytes", self.max_body_bytes as u64),
             ("gateway.max_batch_events", self.max_batch_events as u64),
             ("gateway.request_timeout_ms", self.request_timeout_ms),
+            (
+                "gateway.store_breaker_failure_threshold",
+                self.store_breaker_failure_threshold.into(),
+            ),
         ])?;
         self.key_hashes()?;
         Ok(())
@@ -70,6 +83,14 @@ impl GatewayConfig {
             max_body_bytes: self.max_body_bytes,
             max_batch_events: self.max_batch_events,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
+        }
+    }
+
+    /// The breaker in front of the store's reads.
+    pub fn store_breaker(&self) -> BreakerConfig {
+        BreakerConfig {
+            failure_threshold: self.store_breaker_failure_threshold,
+            open_for: Duration::from_millis(self.store_breaker_open_ms),
         }
     }
 

@@ -1,4 +1,4 @@
-//! An event in its HTTP JSON form (DESIGN.md §2: the Avro field names), checked against the
+//! An event in its HTTP JSON form (docs/CONTRACT.md §2: the Avro field names), checked against the
 //! Avro schema of `TransactionEvent` field by field, then against the ledger's field rules.
 //! Every problem is reported with its field, not just the first.
 

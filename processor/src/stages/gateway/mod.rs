@@ -31,6 +31,7 @@ use self::keys::ApiKeys;
 use crate::codec::{Codec, Record};
 use crate::domain::{Account, TransactionEvent};
 use crate::limits::KeyedRateLimit;
+use crate::pipeline::breaker::Breaker;
 use crate::ports::{Balances, Publisher};
 use crate::wire::{OutputRecord, TRACEPARENT};
 
@@ -66,6 +67,8 @@ pub struct GatewayMetrics {
 pub struct Gateway<P, S> {
     pub publisher: P,
     pub store: Arc<S>,
+    /// In front of the store's reads: an outage is answered at once, with when to come back.
+    pub store_breaker: Breaker,
     pub codec: Arc<Codec>,
     pub keys: ApiKeys,
     pub limit: KeyedRateLimit,
@@ -230,7 +233,10 @@ async fn get_event<P: Publisher, S: Balances>(
 ) -> Response {
     gateway
         .serve("GET /v1/events/{event_id}", &headers, async {
-            let mut outcomes = gateway.store.outcomes(&event_id).await?;
+            let mut outcomes = gateway
+                .store_breaker
+                .guard(None, gateway.store.outcomes(&event_id))
+                .await?;
             if outcomes.is_empty() {
                 return Err(ApiError::new(
                     StatusCode::NOT_FOUND,
@@ -255,7 +261,11 @@ async fn get_account<P: Publisher, S: Balances>(
 ) -> Response {
     gateway
         .serve("GET /v1/accounts/{account_id}", &headers, async {
-            match gateway.store.account(&account_id).await? {
+            let account = gateway
+                .store_breaker
+                .guard(None, gateway.store.account(&account_id))
+                .await?;
+            match account {
                 Some(account) => Ok(Json(account_json(&account_id, &account)).into_response()),
                 None => Err(ApiError::new(
                     StatusCode::NOT_FOUND,

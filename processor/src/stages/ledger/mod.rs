@@ -32,7 +32,9 @@ use rand::SeedableRng;
 
 use crate::codec::{Codec, Record};
 use crate::domain::ledger::settle;
-use crate::domain::{Account, Emission, Facts, FailureKind, LedgerEntry, Leg, Poison, Settlement};
+use crate::domain::{
+    Account, Cause, Emission, Facts, FailureKind, LedgerEntry, Leg, Poison, RetryClass, Settlement,
+};
 use crate::failures::parking::{self, ParkedAccounts};
 use crate::failures::{FailureRoutes, Retry};
 use crate::pipeline::breaker::{Breaker, CircuitState};
@@ -297,7 +299,9 @@ impl<S: LedgerStore> Ledger<S> {
         for p in pending.iter().filter(|p| p.entry.leg == Leg::Primary) {
             let id = &p.entry.event.event_id;
             let holder = holders.get(id).ok_or_else(|| {
-                StoreError::Corrupt(format!("the claim of event id {id:?} came back without it"))
+                StoreError::Corrupt(Cause::message(format!(
+                    "the claim of event id {id:?} came back without it"
+                )))
             })?;
             if let Err(poison) = p.entry.event.id_claim().against(holder) {
                 conflicts.push((p.index, poison));
@@ -467,10 +471,10 @@ impl<S: LedgerStore> Ledger<S> {
                 return Ok(settled(settlement));
             }
         }
-        Err(StoreError::Unavailable(format!(
+        Err(StoreError::Unavailable(Cause::message(format!(
             "account {account_id:?} was moved on by another writer {} times in a row",
             self.settings.max_attempts
-        )))
+        ))))
     }
 }
 
@@ -576,7 +580,7 @@ impl<S: LedgerStore> Ledger<S> {
         match self.breaker.reopens_in(std::time::Instant::now()) {
             Some(resume_in) => StageError::Paused {
                 reason: match error {
-                    StoreError::CircuitOpen { .. } => error.to_string(),
+                    StoreError::CircuitOpen(_) => error.to_string(),
                     // A failed probe: the breaker opened again on it.
                     other => format!(
                         "the circuit breaker of the {} is open again: {other}",
@@ -659,8 +663,7 @@ impl<S: LedgerStore> Ledger<S> {
         // An outage is not a string of event failures: while the breaker is not closed, the
         // whole batch waits and is read again, and nothing goes to the retry tiers.
         if let Some((_, error)) = failed.iter().find(|(_, e)| {
-            matches!(e, StoreError::CircuitOpen { .. })
-                || self.breaker.state() != CircuitState::Closed
+            matches!(e, StoreError::CircuitOpen(_)) || self.breaker.state() != CircuitState::Closed
         }) {
             return Err(self.halt(error.clone()));
         }

@@ -28,7 +28,7 @@ use governor::DefaultDirectRateLimiter;
 use prometheus::{HistogramVec, IntCounterVec};
 
 use crate::codec::Codec;
-use crate::domain::{FailureKind, Poison};
+use crate::domain::{CircuitOpen, FailureKind, Poison, RetryClass};
 use crate::failures::FailureRoutes;
 use crate::pipeline::breaker::Breaker;
 use crate::pipeline::{BatchOutput, Stage, StageError, Tally};
@@ -225,7 +225,7 @@ impl<W: Webhooks> Notifier<W> {
                 .guard(None, self.webhooks.post(&request))
                 .await
         };
-        let sent = !matches!(outcome, Err(DeliveryError::CircuitOpen { .. }));
+        let sent = !matches!(outcome, Err(DeliveryError::CircuitOpen(_)));
         if let (Some(metrics), true) = (&self.metrics, sent) {
             metrics
                 .seconds
@@ -244,7 +244,7 @@ impl<W: Webhooks> Notifier<W> {
             Ok(()) => "delivered",
             Err(DeliveryError::Unavailable(_)) => "failed",
             Err(DeliveryError::Rejected { .. }) => "rejected",
-            Err(DeliveryError::CircuitOpen { .. }) => "refused",
+            Err(DeliveryError::CircuitOpen(_)) => "refused",
         };
         metrics
             .deliveries
@@ -275,10 +275,10 @@ impl<W: Webhooks> Notifier<W> {
                     outcomes.extend(window.iter().map(|d| d.index).zip(sent));
                 }
                 Some(wait) if !wait.is_zero() => {
-                    let refused = Err(DeliveryError::CircuitOpen {
+                    let refused = Err(DeliveryError::CircuitOpen(CircuitOpen {
                         dependency: breaker.dependency().to_owned(),
                         retry_after: wait,
-                    });
+                    }));
                     self.count(&delivery.endpoint.name, &refused);
                     outcomes.push((delivery.index, refused));
                 }
@@ -326,12 +326,10 @@ impl<W: Webhooks> Stage for Notifier<W> {
             match outcome {
                 Ok(()) => counts.delivered += 1,
                 Err(error) => {
-                    let not_before = match &error {
-                        DeliveryError::CircuitOpen { retry_after, .. } => {
-                            now_ms + retry_after.as_millis() as i64
-                        }
-                        _ => now_ms,
-                    };
+                    let not_before = now_ms
+                        + error
+                            .retry_after()
+                            .map_or(0, |wait| wait.as_millis() as i64);
                     failed.push((index, error.kind(), error.to_string(), not_before))
                 }
             }

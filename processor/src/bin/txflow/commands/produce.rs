@@ -108,7 +108,7 @@ impl<'a, P: Publisher> Writes<'a, P> {
                 Ok(_) => self.delivered += 1,
                 Err(e) => {
                     self.failed += 1;
-                    self.first_failure.get_or_insert(e.message);
+                    self.first_failure.get_or_insert(e.to_string());
                 }
             }
         }
