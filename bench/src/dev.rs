@@ -87,12 +87,15 @@ pub async fn bench(
             accounts: args.accounts,
             zipf_exponent: args.zipf,
             id_prefix: format!("{run}t"),
+            occurred_from_ms: txflow::pipeline::now_ms(),
             ..WorkloadConfig::default()
         });
-        // Every account opened first, as in a ledger that has been running.
+        // Every account opened first, as in a ledger that has been running. Events occur now:
+        // the gateway admits only events near its clock.
         let openings: Vec<TransactionEvent> = Workload::new(WorkloadConfig {
             accounts: args.accounts,
             id_prefix: format!("{run}o"),
+            occurred_from_ms: txflow::pipeline::now_ms(),
             ..WorkloadConfig::default()
         })
         .openings();
@@ -117,6 +120,7 @@ pub async fn bench(
             zipf_exponent: args.zipf,
             id_prefix: format!("{run}l"),
             seed: 2,
+            occurred_from_ms: txflow::pipeline::now_ms(),
             ..WorkloadConfig::default()
         });
         let latency = Phase {

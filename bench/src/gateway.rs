@@ -89,6 +89,7 @@ async fn measure(
             accounts: args.accounts,
             zipf_exponent: args.zipf,
             id_prefix: run.to_owned(),
+            occurred_from_ms: txflow::pipeline::now_ms(),
             ..WorkloadConfig::default()
         });
         let mut runs = Vec::new();

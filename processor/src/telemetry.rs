@@ -48,6 +48,13 @@ pub struct Metrics {
     pub gateway_requests: IntCounterVec,
     /// Seconds from a gateway request in to its answer, by route.
     pub gateway_seconds: HistogramVec,
+    /// Retry records handed out at their tier's bound rather than at the due time they
+    /// claimed, by topic.
+    pub retry_due_out_of_bounds: IntCounterVec,
+    /// Trace-context headers the gateway dropped for not being in the W3C form, by header.
+    pub gateway_headers_dropped: IntCounterVec,
+    /// Connections the gateway answered 503 and closed for being over its cap.
+    pub gateway_connections_refused: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -86,6 +93,18 @@ impl Metrics {
                 &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0],
                 &["route"],
             ),
+            retry_due_out_of_bounds: counter(r, "retry_due_out_of_bounds_total", "Retry records handed out at their tier's bound rather than at the due time they claimed", &["topic"]),
+            gateway_headers_dropped: counter(r, "gateway_headers_dropped_total", "Trace-context headers dropped for not being in the W3C form, by header", &["header"]),
+            gateway_connections_refused: {
+                let refused = prometheus::IntCounter::new(
+                    "gateway_connections_refused_total",
+                    "Connections answered 503 and closed for being over gateway.max_connections",
+                )
+                .expect("a valid metric");
+                r.register(Box::new(refused.clone()))
+                    .expect("a metric registered once");
+                refused
+            },
             registry,
         }
     }

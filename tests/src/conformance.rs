@@ -21,7 +21,7 @@ use txflow::failures::{dead_letter_topic, retry_topic, FailureRoutes};
 use txflow::pipeline::breaker::{Breaker, BreakerConfig};
 use txflow::pipeline::{self, LoopConfig, Membership, StageTelemetry};
 use txflow::ports::{
-    Balances, LedgerStore, LoadedAccount, Log, Publisher, StoreError, TopicReader,
+    Balances, DelayedTopics, LedgerStore, LoadedAccount, Log, Publisher, StoreError, TopicReader,
 };
 use txflow::stages::ledger::{Ledger, LedgerSettings, LedgerTopics};
 use txflow::telemetry::{Metrics, Readiness};
@@ -182,7 +182,13 @@ impl<B: Backend + Access> Subject<B> {
                 &self.config,
                 &Membership::new("ledger", &group_id, Some("conformance"), 6000),
                 &[topics.ledger.as_str()],
-                &topics.tiers,
+                &DelayedTopics::new(
+                    topics.tiers.iter().cloned().zip(
+                        TIER_DELAYS
+                            .iter()
+                            .map(|ms| std::time::Duration::from_millis(*ms)),
+                    ),
+                ),
                 Delivery::ExactlyOnce,
             )
             .expect("the ledger's log")

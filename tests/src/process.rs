@@ -455,20 +455,26 @@ pub fn try_http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<HttpAnswer> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address)?;
     let mut request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
-    );
+    )
+    .into_bytes();
     for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
+        request.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
     }
-    request.push_str("\r\n");
+    request.extend_from_slice(b"\r\n");
+    request.extend_from_slice(body);
+    try_raw_http(address, &request)
+}
+
+/// Sends `request` as it is (a hostile client's bytes) on a connection of its own and reads
+/// the answer to its end.
+pub fn try_raw_http(address: &str, request: &[u8]) -> std::io::Result<HttpAnswer> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address)?;
     // A server may answer and close before it read a body it refuses: what it sent counts.
-    let _ = stream
-        .write_all(request.as_bytes())
-        .and_then(|()| stream.write_all(body));
+    let _ = stream.write_all(request);
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response);
     let response = String::from_utf8_lossy(&response).into_owned();

@@ -16,7 +16,7 @@ use crate::adapters::kafka::{Delivery, KafkaReader};
 use crate::codec::Codec;
 use crate::failures::redrive::{self, RedriveRequest, Redriven};
 use crate::pipeline::Membership;
-use crate::ports::{Balances, Publisher, TopicReader};
+use crate::ports::{Balances, DelayedTopics, Publisher, TopicReader};
 
 pub trait Access: Sync {
     type Balances: Balances;
@@ -54,7 +54,7 @@ async fn redrive_on<B: Backend>(
         config,
         &Membership::new("redrive", &group, Some("cli"), 10_000),
         &[request.topic.as_str()],
-        &[],
+        &DelayedTopics::default(),
         Delivery::ExactlyOnce,
     )?;
     Ok(redrive::redrive(log, codec, &plan).await?)

@@ -11,7 +11,7 @@ use crate::adapters::embedded::{Embedded, EmbeddedLedgerStore, EmbeddedLog, Embe
 use crate::adapters::kafka::{Delivery, KafkaLog, KafkaPublisher};
 use crate::adapters::scylla;
 use crate::pipeline::Membership;
-use crate::ports::{Balances, LedgerStore, Log, Publisher};
+use crate::ports::{Balances, DelayedTopics, LedgerStore, Log, Publisher};
 
 /// Where the stages' log, store and way in come from.
 pub trait Backend: Sync {
@@ -25,7 +25,7 @@ pub trait Backend: Sync {
         config: &Config,
         membership: &Membership,
         inputs: &[&str],
-        tiers: &[String],
+        tiers: &DelayedTopics,
         delivery: Delivery,
     ) -> Result<Self::Log, AppError>;
 
@@ -56,7 +56,7 @@ impl Backend for Services {
         config: &Config,
         membership: &Membership,
         inputs: &[&str],
-        tiers: &[String],
+        tiers: &DelayedTopics,
         delivery: Delivery,
     ) -> Result<KafkaLog, AppError> {
         tracing::info!(stage = membership.stage, ?inputs, group = %membership.group_id, transactional_id = %membership.transactional_id(), ?delivery, "joining the group");
@@ -93,7 +93,7 @@ impl Backend for Embedded {
         _: &Config,
         membership: &Membership,
         inputs: &[&str],
-        tiers: &[String],
+        tiers: &DelayedTopics,
         _: Delivery,
     ) -> Result<EmbeddedLog, AppError> {
         Ok(Embedded::log(self, &membership.group_id, inputs, tiers))

@@ -70,6 +70,10 @@ pub struct DevConfig {
     /// stages' own `batch_max_records`): each batch costs one fsync of the database, which
     /// larger batches share when a backlog builds up.
     pub batch_max_records: usize,
+    /// The address `txflow dev` binds its gateway and admin endpoint to, on their ports
+    /// (`gateway.listen`, `admin.listen`): loopback, so that a developer's machine does not
+    /// serve its dev key to the network; `0.0.0.0` serves every address.
+    pub bind: std::net::IpAddr,
 }
 
 impl Default for DevConfig {
@@ -77,6 +81,7 @@ impl Default for DevConfig {
         DevConfig {
             data_dir: "txflow-data".into(),
             batch_max_records: 5000,
+            bind: std::net::Ipv4Addr::LOCALHOST.into(),
         }
     }
 }

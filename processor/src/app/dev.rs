@@ -24,7 +24,7 @@ use crate::adapters::kafka::Delivery;
 use crate::codec::Codec;
 use crate::failures::redrive::{self, RedriveRequest};
 use crate::pipeline::StageTelemetry;
-use crate::ports::{Balances, Published, Publisher};
+use crate::ports::{Balances, DelayedTopics, Published, Publisher};
 use crate::stages::gateway::account_json;
 use crate::stages::gateway::keys::{hash, new_key};
 use crate::telemetry::{Metrics, Readiness};
@@ -54,6 +54,8 @@ pub async fn dev(config: &Config, data_dir: &Path) -> Result<(), AppError> {
     config.router.group.batch_max_records = config.dev.batch_max_records;
     config.ledger.group.batch_max_records = config.dev.batch_max_records;
     config.notifier.group.batch_max_records = config.dev.batch_max_records;
+    config.gateway.listen = on_host(&config.gateway.listen, config.dev.bind, "gateway.listen")?;
+    config.admin.listen = on_host(&config.admin.listen, config.dev.bind, "admin.listen")?;
     let hashed: String = hash(&key).iter().map(|b| format!("{b:02x}")).collect();
     config.gateway.api_keys.insert("dev".to_owned(), hashed);
     let shutdown = super::shutdown::on_signal()?;
@@ -141,6 +143,19 @@ pub async fn dev(config: &Config, data_dir: &Path) -> Result<(), AppError> {
     }
 }
 
+/// `listen`'s port on `host`.
+fn on_host(listen: &str, host: std::net::IpAddr, name: &str) -> Result<String, AppError> {
+    let port = listen
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse::<u16>().ok())
+        .ok_or_else(|| {
+            AppError::Invalid(format!(
+                "{name} = {listen:?}: expected HOST:PORT (txflow dev keeps the port and binds dev.bind)"
+            ))
+        })?;
+    Ok(std::net::SocketAddr::new(host, port).to_string())
+}
+
 /// The readiness of `stage` among `telemetries`.
 fn stages_readiness(telemetries: &[StageTelemetry], stage: StageName) -> Option<Arc<Readiness>> {
     telemetries
@@ -179,7 +194,7 @@ fn print_banner(
          \n  curl -X POST http://{gateway}/v1/events -H 'Authorization: Bearer {key}' \\\n\
          \x20   -H 'Content-Type: application/json' -d '{{\"event_id\": \"e-1\", \"event_type\": \"DEPOSIT\",\n\
          \x20   \"account_id\": \"acct-1\", \"amount_minor\": 2500, \"currency\": \"EUR\",\n\
-         \x20   \"occurred_at\": 1764244800000, \"source\": \"curl\"}}'\n\
+         \x20   \"occurred_at\": '$(date +%s000)', \"source\": \"curl\"}}'\n\
          \x20 curl http://{gateway}/v1/accounts/acct-1 -H 'Authorization: Bearer {key}'\n",
         stages.join(", "),
         data_dir.display(),
@@ -311,9 +326,11 @@ async fn redrive(State(served): State<Served>, Json(request): Json<RedriveReques
         Ok(plan) => plan,
         Err(e) => return failed(StatusCode::BAD_REQUEST, e),
     };
-    let log = served
-        .embedded
-        .log(&request.group(), &[request.topic.as_str()], &[]);
+    let log = served.embedded.log(
+        &request.group(),
+        &[request.topic.as_str()],
+        &DelayedTopics::default(),
+    );
     match redrive::redrive(log, &served.codec, &plan).await {
         Ok(done) => Json(done).into_response(),
         Err(e) => failed(StatusCode::SERVICE_UNAVAILABLE, e),

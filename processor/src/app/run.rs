@@ -139,28 +139,40 @@ pub async fn run_stage<B: Backend>(
     Ok(())
 }
 
+/// A stage's retry tiers.
+struct Tiers<'a> {
+    /// Each tier's longest pause.
+    delays_ms: &'a [u64],
+    /// How long a retry may be held back beyond its tier's pause (behind an open breaker).
+    longest_hold: Duration,
+}
+
+impl Tiers<'_> {
+    const NONE: Tiers<'static> = Tiers {
+        delays_ms: &[],
+        longest_hold: Duration::ZERO,
+    };
+}
+
 /// A stage's log and where its failed records go.
 fn stage_log<B: Backend>(
     backend: &B,
     config: &Config,
     membership: &Membership,
     input: &str,
-    retry_delays_ms: &[u64],
-    delivery: Delivery,
+    tiers: Tiers<'_>,
+    (delivery, telemetry): (Delivery, &StageTelemetry),
 ) -> Result<(B::Log, FailureRoutes), AppError> {
     let failures = FailureRoutes {
         input: input.to_owned(),
         stage: membership.stage,
         group: membership.group_id.clone(),
-        policy: RetryPolicy::from_millis(retry_delays_ms),
+        policy: RetryPolicy::from_millis(tiers.delays_ms),
     };
-    let log = backend.log(
-        config,
-        membership,
-        &[input],
-        &failures.tier_topics(),
-        delivery,
-    )?;
+    let delayed = failures
+        .delayed_topics(tiers.longest_hold)
+        .counted(telemetry.metrics.retry_due_out_of_bounds.clone());
+    let log = backend.log(config, membership, &[input], &delayed, delivery)?;
     Ok((log, failures))
 }
 
@@ -187,8 +199,8 @@ async fn run_router<B: Backend>(
         config,
         &router_config.group.membership(),
         &input,
-        &[],
-        delivery,
+        Tiers::NONE,
+        (delivery, &telemetry),
     )?;
     tracing::info!(rules = rules.rules().len(), %default_target, "router running");
     let router = Arc::new(Router::new(
@@ -266,8 +278,11 @@ async fn run_ledger<B: Backend>(
         config,
         &ledger_config.group.membership(),
         &input,
-        &ledger_config.retry_delays_ms,
-        delivery,
+        Tiers {
+            delays_ms: &ledger_config.retry_delays_ms,
+            longest_hold: Duration::ZERO,
+        },
+        (delivery, &telemetry),
     )?;
     let breaker = Arc::new(Breaker::new(
         "store",
@@ -319,8 +334,11 @@ async fn run_notifier<B: Backend>(
         config,
         &notifier_config.group.membership(),
         &input,
-        &notifier_config.retry_delays_ms,
-        delivery,
+        Tiers {
+            delays_ms: &notifier_config.retry_delays_ms,
+            longest_hold: Duration::from_millis(notifier_config.breaker_open_ms),
+        },
+        (delivery, &telemetry),
     )?;
     let mut endpoints = Vec::with_capacity(notifier_config.endpoints.len());
     for (name, endpoint) in &notifier_config.endpoints {
@@ -381,11 +399,14 @@ async fn run_gateway<B: Backend>(
         codec,
         keys,
         limit: gateway_config.rate_limit()?,
+        anonymous_limit: gateway_config.unauthenticated_rate_limit()?,
         settings: gateway_config.settings(),
         topic: config.topics.events.clone(),
         metrics: Some(GatewayMetrics {
             requests: telemetry.metrics.gateway_requests.clone(),
             seconds: telemetry.metrics.gateway_seconds.clone(),
+            headers_dropped: telemetry.metrics.gateway_headers_dropped.clone(),
+            connections_refused: telemetry.metrics.gateway_connections_refused.clone(),
         }),
     });
     let limit_sweeper = {
@@ -394,6 +415,7 @@ async fn run_gateway<B: Backend>(
             loop {
                 tokio::time::sleep(Duration::from_secs(60)).await;
                 gateway.limit.forget_idle();
+                gateway.anonymous_limit.forget_idle();
             }
         })
     };
@@ -409,17 +431,14 @@ async fn run_gateway<B: Backend>(
     tracing::info!(%bound, topic = %config.topics.events, "gateway listening");
     telemetry.readiness.set_address(bound);
     telemetry.readiness.set_ready();
-    let mut stop = shutdown.clone();
-    let served = axum::serve(listener, gateway::routes(gateway))
-        .with_graceful_shutdown(async move {
-            while !*stop.borrow() {
-                if stop.changed().await.is_err() {
-                    break;
-                }
-            }
-        })
-        .await
-        .map_err(AppError::io("serving the gateway"));
+    gateway::serve(
+        listener,
+        gateway,
+        gateway_config.connection_limits(),
+        Duration::from_millis(gateway_config.request_timeout_ms),
+        shutdown,
+    )
+    .await;
     limit_sweeper.abort();
-    served
+    Ok(())
 }

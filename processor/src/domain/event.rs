@@ -7,8 +7,19 @@ use sha2::{Digest, Sha256};
 
 use super::failure::{FailureKind, Poison};
 
-/// Longest `event_id`, `account_id` or `counterparty_account_id` accepted, in bytes.
+/// Longest `event_id`, `account_id`, `counterparty_account_id` or `source` accepted, in
+/// bytes.
 pub const MAX_ID_LEN: usize = 256;
+
+/// The most attributes an event may carry, and the longest key and value, in bytes.
+pub const MAX_ATTRIBUTES: usize = 64;
+pub const MAX_ATTRIBUTE_KEY_LEN: usize = 128;
+pub const MAX_ATTRIBUTE_VALUE_LEN: usize = 1024;
+
+/// The range of `occurred_at`: the Unix epoch to the last millisecond of year 9999, the
+/// times RFC 3339 and every analyst's tool can write. A narrower window relative to now is
+/// the gateway's to apply (a re-delivered or replayed event is old by design).
+pub const OCCURRED_AT_RANGE: std::ops::RangeInclusive<i64> = 0..=253_402_300_799_999;
 
 /// The three kinds of instruction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -68,6 +79,7 @@ impl TransactionEvent {
         for (field, id) in [
             ("event_id", &self.event_id),
             ("account_id", &self.account_id),
+            ("source", &self.source),
         ] {
             if let Some(message) = id_problem(field, id) {
                 problem(field, message);
@@ -112,10 +124,23 @@ impl TransactionEvent {
             problem(
                 "currency",
                 format!(
-                    "currency must be an ISO 4217 code of three upper-case letters, got {:?}",
+                    "currency must be an ISO 4217 currency code such as EUR, got {:?}",
                     self.currency
                 ),
             );
+        }
+        if !OCCURRED_AT_RANGE.contains(&self.occurred_at) {
+            problem(
+                "occurred_at",
+                format!(
+                    "occurred_at must be milliseconds since the Unix epoch, from 0 to {} (the end of year 9999), got {}",
+                    OCCURRED_AT_RANGE.end(),
+                    self.occurred_at
+                ),
+            );
+        }
+        if let Some(message) = attributes_problem(&self.attributes) {
+            problem("attributes", message);
         }
         problems
     }
@@ -212,28 +237,99 @@ pub struct FieldProblem {
     pub message: String,
 }
 
-fn id_problem(name: &str, value: &str) -> Option<String> {
+/// Why an identifier is refused. Ids are compared byte for byte, so anything that makes two
+/// ids look alike to a person (surrounding spaces, invisible or direction-changing
+/// characters) is refused rather than normalised.
+pub fn id_problem(name: &str, value: &str) -> Option<String> {
     if value.is_empty() {
         return Some(format!("{name} must not be empty"));
     }
-    if value.len() > MAX_ID_LEN {
+    text_problem(name, value, MAX_ID_LEN)
+}
+
+/// Why a piece of text that becomes part of the ledger's records is refused: too long,
+/// surrounded by whitespace, or holding a character that is not printable.
+fn text_problem(name: &str, value: &str, max_len: usize) -> Option<String> {
+    if value.len() > max_len {
         return Some(format!(
-            "{name} is {} bytes long, at most {MAX_ID_LEN} are allowed",
+            "{name} is {} bytes long, at most {max_len} are allowed",
             value.len()
         ));
     }
-    // The store keeps a transfer's reversal under its event id and a control character.
-    if let Some(c) = value.chars().find(|c| c.is_control()) {
+    if value.trim() != value {
         return Some(format!(
-            "{name} must not contain control characters, it has {:?}",
-            c
+            "{name} must not begin or end with whitespace, got {value:?}"
+        ));
+    }
+    // Control characters also guard the store: it keeps a transfer's reversal under the
+    // event id and a control character.
+    if let Some(c) = value.chars().find(|&c| !is_printable(c)) {
+        return Some(format!(
+            "{name} must hold printable characters only, it has U+{:04X}",
+            c as u32
         ));
     }
     None
 }
 
-fn is_currency_code(code: &str) -> bool {
-    code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase())
+/// Not a control character (Cc), not an invisible format character (Cf: zero-width and
+/// bidirectional controls, byte-order marks, tags), not a line or paragraph separator, not a
+/// private-use or non-character code point.
+fn is_printable(c: char) -> bool {
+    let code = c as u32;
+    let format = matches!(
+        code,
+        0x00AD
+            | 0x0600..=0x0605
+            | 0x061C
+            | 0x06DD
+            | 0x070F
+            | 0x0890..=0x0891
+            | 0x08E2
+            | 0x180E
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x2064
+            | 0x2066..=0x206F
+            | 0xFEFF
+            | 0xFFF9..=0xFFFB
+            | 0x110BD
+            | 0x110CD
+            | 0x13430..=0x1343F
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0001
+            | 0xE0020..=0xE007F
+    );
+    let separator = matches!(code, 0x2028 | 0x2029);
+    let private_or_noncharacter = matches!(code, 0xE000..=0xF8FF | 0xF0000..=0x10FFFF | 0xFDD0..=0xFDEF)
+        || code & 0xFFFE == 0xFFFE;
+    !c.is_control() && !format && !separator && !private_or_noncharacter
+}
+
+fn attributes_problem(attributes: &BTreeMap<String, String>) -> Option<String> {
+    if attributes.len() > MAX_ATTRIBUTES {
+        return Some(format!(
+            "attributes holds {} entries, at most {MAX_ATTRIBUTES} are allowed",
+            attributes.len()
+        ));
+    }
+    attributes.iter().find_map(|(key, value)| {
+        if key.is_empty() {
+            return Some("attributes must not have an empty key".to_owned());
+        }
+        text_problem(
+            &format!("attribute key {key:?}"),
+            key,
+            MAX_ATTRIBUTE_KEY_LEN,
+        )
+        .or_else(|| text_problem(&format!("attributes.{key}"), value, MAX_ATTRIBUTE_VALUE_LEN))
+    })
+}
+
+/// An ISO 4217 currency code, from the standard's current list.
+pub fn is_currency_code(code: &str) -> bool {
+    iso_currency::Currency::from_code(code).is_some()
 }
 
 #[cfg(test)]
@@ -329,7 +425,61 @@ pub(crate) mod tests {
             event_id: "e\u{1f}reversal".into(),
             ..deposit()
         })
-        .contains("control characters"));
+        .contains("printable"));
+    }
+
+    #[test]
+    fn ids_that_look_alike_to_a_person_are_refused() {
+        let deposit = || event("e1", EventType::Deposit, "acct", 100);
+        for look_alike in [
+            " acct",
+            "acct ",
+            "ac\u{202E}ct",
+            "ac\u{200D}ct",
+            "\u{FEFF}acct",
+        ] {
+            let message = rejection(TransactionEvent {
+                account_id: look_alike.into(),
+                ..deposit()
+            });
+            assert!(message.contains("account_id"), "{look_alike:?}: {message}");
+        }
+        event("e1", EventType::Deposit, "konto-ünal-東京-😀", 1)
+            .validate()
+            .unwrap();
+    }
+
+    #[test]
+    fn currencies_times_and_attributes_are_bounded() {
+        let deposit = || event("e1", EventType::Deposit, "a", 100);
+        for currency in ["ABC", "QQQ", "eur"] {
+            assert!(rejection(TransactionEvent {
+                currency: currency.into(),
+                ..deposit()
+            })
+            .contains("ISO 4217"));
+        }
+        for at in [-1, 253_402_300_800_000] {
+            assert!(rejection(TransactionEvent {
+                occurred_at: at,
+                ..deposit()
+            })
+            .contains("occurred_at"));
+        }
+        let many: BTreeMap<String, String> = (0..=MAX_ATTRIBUTES)
+            .map(|i| (format!("k{i}"), "v".to_owned()))
+            .collect();
+        assert!(rejection(TransactionEvent {
+            attributes: many,
+            ..deposit()
+        })
+        .contains("attributes"));
+        let padded = BTreeMap::from([("channel".to_owned(), "web\n".to_owned())]);
+        assert!(rejection(TransactionEvent {
+            attributes: padded,
+            ..deposit()
+        })
+        .contains("attributes.channel"));
     }
 
     #[test]

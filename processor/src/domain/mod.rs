@@ -10,7 +10,7 @@ pub mod ledger;
 pub mod origin;
 pub mod result;
 
-pub use event::{EventType, Fingerprint, IdClaim, TransactionEvent};
+pub use event::{id_problem, is_currency_code, EventType, Fingerprint, IdClaim, TransactionEvent};
 pub use failure::{
     Cause, CircuitOpen, FailureClass, FailureKind, Move, Poison, RetryClass, RetryPolicy,
 };

@@ -8,6 +8,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::domain::{FailureKind, Move, Origin, RetryPolicy};
+use crate::ports::DelayedTopics;
 use crate::wire::{
     InputRecord, OutputRecord, ATTEMPTS, ERROR_KIND, ERROR_MESSAGE, FAILURE_HEADERS, FIRST_FAILURE,
     GROUP, LAST_FAILURE, ORIGINAL_HEADERS, ORIGINAL_OFFSET, ORIGINAL_PARTITION, ORIGINAL_TIMESTAMP,
@@ -59,6 +60,18 @@ impl FailureRoutes {
         (1..=self.policy.tiers.len())
             .map(|n| retry_topic(&self.input, n))
             .collect()
+    }
+
+    /// The retry tiers as the log reads them: a record waits on tier `n` at most that tier's
+    /// longest pause, or `longest_hold` when a retry may be held back longer (behind an open
+    /// breaker, [`failed_until`](Self::failed_until)).
+    pub fn delayed_topics(&self, longest_hold: Duration) -> DelayedTopics {
+        DelayedTopics::new(
+            self.tier_topics()
+                .into_iter()
+                .zip(&self.policy.tiers)
+                .map(|(topic, pause)| (topic, (*pause).max(longest_hold))),
+        )
     }
 
     pub fn dead_letter_topic(&self) -> String {

@@ -31,6 +31,10 @@ pub struct WorkloadConfig {
     pub duplicate_share: f64,
     /// Share of events that re-send an earlier event id with a different amount.
     pub conflict_share: f64,
+    /// The first event's `occurred_at`; each next one is a millisecond later. A fixed time
+    /// keeps a seed's events the same from run to run; a workload posted to the gateway
+    /// starts from now, as the gateway admits only events near its clock.
+    pub occurred_from_ms: i64,
 }
 
 impl Default for WorkloadConfig {
@@ -45,6 +49,7 @@ impl Default for WorkloadConfig {
             max_amount_minor: 10_000,
             duplicate_share: 0.0,
             conflict_share: 0.0,
+            occurred_from_ms: 1_764_000_000_000,
         }
     }
 }
@@ -90,11 +95,11 @@ impl Workload {
             .collect();
         Workload {
             rng: StdRng::seed_from_u64(config.seed),
+            clock_ms: config.occurred_from_ms,
             config,
             cdf,
             recent: VecDeque::with_capacity(RESEND_WINDOW),
             next_id: 0,
-            clock_ms: 1_764_000_000_000,
         }
     }
 

@@ -2,9 +2,11 @@
 //! what was read, so that a batch's outputs and its consumed positions land together or not
 //! at all.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
+use prometheus::IntCounterVec;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{Cause, RetryClass};
@@ -27,8 +29,8 @@ pub enum LogError {
 pub trait Log: Send {
     /// Up to `max_records` records, waiting at most `max_wait` for the first and then taking
     /// only what has already arrived. Empty when nothing came. A record of a delayed topic
-    /// comes no earlier than its due time ([`InputRecord::retry_due_ms`]); until then its partition waits (paused, not
-    /// polled in a loop), and records behind it wait with it.
+    /// comes no earlier than its due time ([`DelayedTopics::due`]); until then its partition
+    /// waits (paused, not polled in a loop), and records behind it wait with it.
     fn next_batch(
         &mut self,
         max_records: usize,
@@ -74,6 +76,61 @@ pub trait Log: Send {
 
     /// Leaves the group cleanly; called once, after the last commit.
     fn close(self) -> impl Future<Output = ()> + Send;
+}
+
+/// The delayed topics a log reads (a stage's retry tiers), each with the longest a record may
+/// wait on it ([`InputRecord::retry_due`]).
+#[derive(Clone, Debug, Default)]
+pub struct DelayedTopics {
+    waits: BTreeMap<String, Duration>,
+    /// `txflow_retry_due_out_of_bounds_total{topic}`.
+    out_of_bounds: Option<IntCounterVec>,
+}
+
+impl DelayedTopics {
+    pub fn new(waits: impl IntoIterator<Item = (String, Duration)>) -> Self {
+        DelayedTopics {
+            waits: waits.into_iter().collect(),
+            out_of_bounds: None,
+        }
+    }
+
+    /// Counts the records handed out at their tier's bound in `counter`, by topic.
+    pub fn counted(self, counter: IntCounterVec) -> Self {
+        DelayedTopics {
+            out_of_bounds: Some(counter),
+            ..self
+        }
+    }
+
+    pub fn topics(&self) -> impl Iterator<Item = &String> {
+        self.waits.keys()
+    }
+
+    pub fn contains(&self, topic: &str) -> bool {
+        self.waits.contains_key(topic)
+    }
+
+    /// When `record` may be handed out, `None` for a record of a topic that is not delayed. A
+    /// record handed out at its tier's bound rather than at the due time it claims is logged
+    /// and counted.
+    pub fn due(&self, record: &InputRecord, now_ms: i64) -> Option<i64> {
+        let wait = self.waits.get(&record.topic)?;
+        let due = record.retry_due(*wait, now_ms);
+        if due.out_of_bounds && due.at <= now_ms {
+            tracing::warn!(
+                topic = %record.topic,
+                partition = record.partition,
+                offset = record.offset,
+                claimed_due = record.retry_due_ms(),
+                "a retry record claims a due time beyond what its tier allows ({wait:?} after it was written): it is handed out now"
+            );
+            if let Some(counter) = &self.out_of_bounds {
+                counter.with_label_values(&[&record.topic]).inc();
+            }
+        }
+        Some(due.at)
+    }
 }
 
 /// Where a published record landed.

@@ -13,8 +13,10 @@ pub const RULE: &str = "txflow.rule";
 /// Set by the router on a notification: the webhook endpoint it goes to.
 pub const WEBHOOK: &str = "txflow.webhook";
 
-/// W3C trace context, carried from the gateway or a producer through every stage.
+/// W3C trace context, carried from the gateway or a producer through every stage, in the
+/// standard's form only ([`super::trace_context`]).
 pub const TRACEPARENT: &str = "traceparent";
+pub const TRACESTATE: &str = "tracestate";
 
 /// Where a failed record was first read.
 pub const ORIGINAL_TOPIC: &str = "txflow.original.topic";

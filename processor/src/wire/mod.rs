@@ -4,6 +4,7 @@
 
 mod headers;
 mod record;
+pub mod trace_context;
 
 pub use headers::*;
-pub use record::{InputRecord, OutputRecord};
+pub use record::{InputRecord, OutputRecord, RetryDue};

@@ -1,5 +1,7 @@
 //! A record as a stage reads it and as it writes one.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use super::headers::{
@@ -82,6 +84,46 @@ impl InputRecord {
     pub fn retry_due_ms(&self) -> i64 {
         self.header_number(RETRY_DUE).unwrap_or(0)
     }
+
+    /// When a record on a delayed topic may be handed out, given the longest a record may
+    /// wait there: its due time, but no later than its own timestamp plus that wait. The due
+    /// time is a header anyone who can write the topic can set; a record claiming to be due
+    /// later than its tier allows (or stamped in the future) is due at the bound, so that it
+    /// cannot hold its partition, and every account behind it, indefinitely.
+    pub fn retry_due(&self, longest_wait: Duration, now_ms: i64) -> RetryDue {
+        let wait = i64::try_from(longest_wait.as_millis()).unwrap_or(i64::MAX);
+        let due = self.retry_due_ms();
+        let bound = match self.timestamp {
+            Some(written) if written <= now_ms.saturating_add(wait) => written
+                .saturating_add(wait)
+                .saturating_add(CLOCK_TOLERANCE_MS),
+            _ => now_ms,
+        };
+        if due > bound {
+            RetryDue {
+                at: bound,
+                out_of_bounds: true,
+            }
+        } else {
+            RetryDue {
+                at: due,
+                out_of_bounds: false,
+            }
+        }
+    }
+}
+
+/// Slack for the clocks of the stage that wrote a retry record and of the broker that stamped
+/// it (a topic with `LogAppendTime`).
+const CLOCK_TOLERANCE_MS: i64 = 1_000;
+
+/// When a record on a delayed topic may be handed out ([`InputRecord::retry_due`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryDue {
+    /// Milliseconds since the Unix epoch.
+    pub at: i64,
+    /// Whether its due time lay beyond what its tier allows, and `at` is the bound.
+    pub out_of_bounds: bool,
 }
 
 #[cfg(test)]
@@ -130,5 +172,44 @@ mod tests {
         assert_eq!(with(&[(RETRY_DUE, "1700")]).retry_due_ms(), 1700);
         assert_eq!(with(&[(RETRY_DUE, "soon")]).retry_due_ms(), 0);
         assert_eq!(with(&[]).retry_due_ms(), 0);
+    }
+
+    #[test]
+    fn a_due_time_is_bounded_by_the_tiers_wait() {
+        let wait = Duration::from_secs(10);
+        let now = 1_000_000;
+        let stamped = |at: i64, due: &str| InputRecord {
+            timestamp: Some(at),
+            ..with(&[(RETRY_DUE, due)])
+        };
+        let fair = stamped(now - 1_000, "1008000").retry_due(wait, now);
+        assert_eq!(
+            fair,
+            RetryDue {
+                at: 1_008_000,
+                out_of_bounds: false
+            }
+        );
+        let lying = stamped(now - 1_000, "99999999999999").retry_due(wait, now);
+        assert_eq!(
+            lying,
+            RetryDue {
+                at: now - 1_000 + 10_000 + CLOCK_TOLERANCE_MS,
+                out_of_bounds: true
+            }
+        );
+        let from_the_future = stamped(now + 3_600_000, "99999999999999").retry_due(wait, now);
+        assert_eq!(
+            from_the_future,
+            RetryDue {
+                at: now,
+                out_of_bounds: true
+            }
+        );
+        let unstamped = InputRecord {
+            timestamp: None,
+            ..with(&[(RETRY_DUE, "1000500")])
+        };
+        assert_eq!(unstamped.retry_due(wait, now).at, now);
     }
 }

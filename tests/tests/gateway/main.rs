@@ -2,6 +2,8 @@
 //! their documented status and error body and write nothing; events posted over HTTP go
 //! through the router and the ledger and their outcomes and balances read back over HTTP.
 
+mod hostile;
+
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -9,6 +11,10 @@ use txflow::stages::gateway::keys::hash;
 use txflow::stages::gateway::ROUTES;
 use txflow_tests::process::{http, HttpAnswer, Pipeline, StageProcess};
 use txflow_tests::{eventually, read_topic};
+
+/// When this run's events occurred: now, as the gateway admits only events near its clock,
+/// and one time for the run, so that a re-sent event is the same event.
+static OCCURRED_AT: std::sync::LazyLock<i64> = std::sync::LazyLock::new(txflow::pipeline::now_ms);
 
 const KEY: &str = "txf_test_key_for_the_gateway_suite";
 
@@ -52,7 +58,7 @@ fn get(address: &str, path: &str) -> HttpAnswer {
 fn event(id: &str, kind: &str, account: &str, amount: i64) -> Value {
     json!({
         "event_id": id, "event_type": kind, "account_id": account, "amount_minor": amount,
-        "currency": "EUR", "occurred_at": 1_764_000_000_000_i64, "source": "gateway-test",
+        "currency": "EUR", "occurred_at": *OCCURRED_AT, "source": "gateway-test",
         "attributes": {"channel": "web"}
     })
 }

@@ -1,13 +1,19 @@
 //! Store failures on the way: injected transient failures go through the retry tiers and are
 //! applied exactly once; an account whose store calls keep failing ends in the dead letters
-//! with everything an operator needs, and `txflow dlq redrive` applies it exactly once.
+//! with everything an operator needs, and `txflow dlq redrive` applies it exactly once. A
+//! retry record that claims to be due far in the future does not hold its partition.
 
 use std::time::Duration;
 
-use txflow::wire::{ATTEMPTS, ERROR_KIND, GROUP, ORIGINAL_OFFSET, ORIGINAL_TOPIC, STAGE};
+use txflow::codec::{Codec, Record};
+use txflow::domain::{EventType, TransactionEvent};
+use txflow::wire::{
+    ATTEMPTS, ERROR_KIND, GROUP, ORIGINAL_OFFSET, ORIGINAL_PARTITION, ORIGINAL_TOPIC, RETRY_DUE,
+    RETRY_TIER, STAGE,
+};
 use txflow_tests::invariants::{observe, verify, wait_until_drained, Observed};
 use txflow_tests::process::{Pipeline, StageProcess};
-use txflow_tests::{eventually, read_topic};
+use txflow_tests::{eventually, produce_committed_with_headers, read_topic};
 
 fn tier_counts(pipeline: &Pipeline) -> Vec<usize> {
     (1..=3)
@@ -199,4 +205,54 @@ fn a_ledger_whose_retry_tier_is_missing_says_how_to_create_it() {
         log.contains(&tier) && log.contains("txflow topics apply"),
         "{log}"
     );
+}
+
+#[test]
+fn a_retry_record_claiming_a_due_time_in_a_year_is_handled_at_its_tiers_bound() {
+    let pipeline = Pipeline::new(1);
+    let tier = format!("{}.retry.1", pipeline.ledger_topic);
+    let event = TransactionEvent {
+        event_id: "due-in-a-year".to_owned(),
+        event_type: EventType::Deposit,
+        account_id: "A".to_owned(),
+        counterparty_account_id: None,
+        amount_minor: 700,
+        currency: "EUR".to_owned(),
+        occurred_at: 1_764_000_000_000,
+        source: "hostile-retry".to_owned(),
+        attributes: Default::default(),
+    };
+    let value = Codec::builtin()
+        .encode(Record::TransactionEvent, &event)
+        .unwrap();
+    let in_a_year = (txflow::pipeline::now_ms() + 365 * 86_400_000).to_string();
+    let headers: Vec<(&str, &[u8])> = vec![
+        (ORIGINAL_TOPIC, pipeline.ledger_topic.as_bytes()),
+        (ORIGINAL_PARTITION, b"0"),
+        (ORIGINAL_OFFSET, b"0"),
+        (ATTEMPTS, b"1"),
+        (RETRY_TIER, b"1"),
+        (RETRY_DUE, in_a_year.as_bytes()),
+    ];
+    produce_committed_with_headers(&tier, &[(Some(b"A"), &value, headers)]);
+
+    let ledger = pipeline.spawn_ledger("l0");
+    let applied = eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            read_topic(&pipeline.results_topic, "read_committed")
+                .into_iter()
+                .find(|r| r.key.as_deref() == Some(b"A".as_slice()))
+        },
+        || {
+            format!(
+                "the retry record held its partition past its tier's bound:\n{}",
+                ledger.log_text()
+            )
+        },
+    );
+    assert!(applied.value.is_some());
+    let counted = format!("txflow_retry_due_out_of_bounds_total{{topic=\"{tier}\"}}");
+    assert_eq!(ledger.metric(&counted), 1, "{counted}");
 }

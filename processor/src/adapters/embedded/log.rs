@@ -2,7 +2,7 @@
 //! them, so one partition keeps every key's order with nothing to balance), records appended
 //! and consumed positions moved in one write transaction.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::{blocking, storage, Embedded, EmbeddedError, ENDS, POSITIONS, RECORDS};
 use crate::domain::Cause;
 use crate::pipeline::now_ms;
-use crate::ports::{Log, LogError, PublishError, Published, Publisher};
+use crate::ports::{DelayedTopics, Log, LogError, PublishError, Published, Publisher};
 use crate::wire::{InputRecord, OutputRecord};
 
 /// The one partition of every embedded topic.
@@ -92,7 +92,7 @@ fn read_due(
     topic: &str,
     from: u64,
     max: usize,
-    due_by: Option<i64>,
+    due_by: Option<(&DelayedTopics, i64)>,
 ) -> Result<(Vec<InputRecord>, Option<i64>), EmbeddedError> {
     let table = txn.open_table(RECORDS).map_err(storage)?;
     // The batch holding `from` is the last one that starts at or before it.
@@ -130,8 +130,8 @@ fn read_due(
                 value: stored.value,
                 headers: stored.headers,
             };
-            if let Some(now) = due_by {
-                let due = record.retry_due_ms();
+            if let Some((delayed, now)) = due_by {
+                let due = delayed.due(&record, now).unwrap_or(now);
                 if due > now {
                     return Ok((records, Some(due)));
                 }
@@ -148,7 +148,7 @@ pub struct EmbeddedLog {
     group: String,
     /// Inputs first, then the delayed topics.
     topics: Vec<String>,
-    delayed: HashSet<String>,
+    delayed: DelayedTopics,
     /// The next offset to read, by topic, once read from the group's position.
     cursors: HashMap<String, u64>,
     /// Which topic a batch starts with, in turn, so that none waits behind a busy one.
@@ -161,7 +161,7 @@ impl EmbeddedLog {
         embedded: Embedded,
         group: &str,
         inputs: &[&str],
-        delayed: &[String],
+        delayed: &DelayedTopics,
     ) -> Self {
         EmbeddedLog {
             embedded,
@@ -169,9 +169,9 @@ impl EmbeddedLog {
             topics: inputs
                 .iter()
                 .map(|t| t.to_string())
-                .chain(delayed.iter().cloned())
+                .chain(delayed.topics().cloned())
                 .collect(),
-            delayed: delayed.iter().cloned().collect(),
+            delayed: delayed.clone(),
             cursors: HashMap::new(),
             turn: 0,
             announced: false,
@@ -205,7 +205,10 @@ impl EmbeddedLog {
                 Some(cursor) => *cursor,
                 None => self.position(&txn, &topic)?,
             };
-            let due_by = self.delayed.contains(&topic).then_some(now);
+            let due_by = self
+                .delayed
+                .contains(&topic)
+                .then_some((&self.delayed, now));
             let (records, due) = read_due(&txn, &topic, from, max - batch.len(), due_by)?;
             if let Some(due) = due {
                 waits_until = Some(waits_until.map_or(due, |w| w.min(due)));
@@ -306,7 +309,7 @@ impl Log for EmbeddedLog {
             return Ok(None);
         }
         self.announced = true;
-        let delayed: Vec<String> = self.delayed.iter().cloned().collect();
+        let delayed: Vec<String> = self.delayed.topics().cloned().collect();
         blocking(|| {
             let txn = self.embedded.db.begin_read().map_err(storage)?;
             let mut unconsumed = Vec::new();

@@ -19,7 +19,7 @@ use redb::{Database, ReadableTable, TableDefinition, TableHandle};
 use tokio::sync::Notify;
 
 use crate::domain::Cause;
-use crate::ports::LogError;
+use crate::ports::{DelayedTopics, LogError};
 
 pub use self::log::{EmbeddedLog, EmbeddedPublisher};
 pub use self::store::EmbeddedLedgerStore;
@@ -165,7 +165,7 @@ impl Embedded {
     }
 
     /// A member of `group` consuming `inputs` and the delayed topics `delayed` (retry tiers).
-    pub fn log(&self, group: &str, inputs: &[&str], delayed: &[String]) -> EmbeddedLog {
+    pub fn log(&self, group: &str, inputs: &[&str], delayed: &DelayedTopics) -> EmbeddedLog {
         EmbeddedLog::new(self.clone(), group, inputs, delayed)
     }
 

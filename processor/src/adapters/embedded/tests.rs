@@ -8,7 +8,7 @@ use crate::domain::{
     Account, Entry, Fingerprint, IdClaim, Origin, Prior, Settlement, Status, TransactionResult,
 };
 use crate::pipeline::now_ms;
-use crate::ports::{Balances, LedgerStore, Log, Publisher};
+use crate::ports::{Balances, DelayedTopics, LedgerStore, Log, Publisher};
 use crate::wire::OutputRecord;
 
 struct TempDir(PathBuf);
@@ -61,7 +61,7 @@ async fn a_batch_and_its_outputs_commit_together_and_positions_survive_a_restart
             .await;
         let offsets: Vec<i64> = published.into_iter().map(|p| p.unwrap().offset).collect();
         assert_eq!(offsets, [0, 1, 2]);
-        let mut log = embedded.log("g", &["in"], &[]);
+        let mut log = embedded.log("g", &["in"], &DelayedTopics::default());
         let batch = log.next_batch(2, Duration::from_millis(10)).await.unwrap();
         assert_eq!(values(&batch), ["1", "2"]);
         assert_eq!(batch[0].header("h"), Some(&b"v"[..]));
@@ -83,11 +83,11 @@ async fn a_batch_and_its_outputs_commit_together_and_positions_survive_a_restart
         .await
         .into_iter()
         .for_each(|p| assert_eq!(p.unwrap().topic, "in"));
-    let mut log = embedded.log("g", &["in"], &[]);
+    let mut log = embedded.log("g", &["in"], &DelayedTopics::default());
     let rest = log.next_batch(10, Duration::from_millis(10)).await.unwrap();
     assert_eq!(values(&rest), ["3", "4", "5"]);
     assert_eq!(rest.iter().map(|r| r.offset).collect::<Vec<_>>(), [2, 3, 4]);
-    let mut other = embedded.log("other-group", &["in"], &[]);
+    let mut other = embedded.log("other-group", &["in"], &DelayedTopics::default());
     let all = other
         .next_batch(4, Duration::from_millis(10))
         .await
@@ -97,6 +97,41 @@ async fn a_batch_and_its_outputs_commit_together_and_positions_survive_a_restart
         ["1", "2", "3", "4"],
         "each group has its own positions"
     );
+}
+
+fn tier_1(longest_wait: Duration) -> DelayedTopics {
+    DelayedTopics::new([("in.retry.1".to_owned(), longest_wait)])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_record_due_beyond_its_tier_comes_at_the_tiers_bound() {
+    let dir = TempDir::new("out-of-bounds");
+    let embedded = Embedded::open(&dir.0).unwrap();
+    let mut lying = record("in.retry.1", "a", "due in a year");
+    lying.headers.push((
+        crate::wire::RETRY_DUE.to_owned(),
+        (now_ms() + 365 * 86_400_000).to_string().into_bytes(),
+    ));
+    embedded.publisher().publish(vec![lying]).await[0]
+        .as_ref()
+        .unwrap();
+    let counter =
+        prometheus::IntCounterVec::new(prometheus::Opts::new("out_of_bounds", "test"), &["topic"])
+            .unwrap();
+    let delayed = tier_1(Duration::from_millis(100)).counted(counter.clone());
+    let mut log = embedded.log("g", &["in"], &delayed);
+    let mut handed = Vec::new();
+    for _ in 0..20 {
+        handed = log
+            .next_batch(10, Duration::from_millis(500))
+            .await
+            .unwrap();
+        if !handed.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(values(&handed), ["due in a year"]);
+    assert_eq!(counter.with_label_values(&["in.retry.1"]).get(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -119,7 +154,7 @@ async fn a_delayed_record_comes_when_due_and_holds_back_those_behind_it() {
         .for_each(|p| {
             p.unwrap();
         });
-    let mut log = embedded.log("g", &["in"], &["in.retry.1".to_owned()]);
+    let mut log = embedded.log("g", &["in"], &tier_1(Duration::from_secs(1)));
     assert_eq!(
         log.reassigned().await.unwrap().map(|r| r.len()),
         Some(2),
@@ -142,7 +177,7 @@ async fn a_delayed_record_comes_when_due_and_holds_back_those_behind_it() {
 async fn a_waiting_consumer_wakes_when_records_are_committed() {
     let dir = TempDir::new("wake");
     let embedded = Embedded::open(&dir.0).unwrap();
-    let mut log = embedded.log("g", &["in"], &[]);
+    let mut log = embedded.log("g", &["in"], &DelayedTopics::default());
     let publisher = embedded.publisher();
     let writer = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(50)).await;

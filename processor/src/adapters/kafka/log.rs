@@ -19,7 +19,7 @@ use super::KafkaConfig;
 use super::CALL_TIMEOUT;
 use crate::domain::Cause;
 use crate::pipeline::Membership;
-use crate::ports::{Log, LogError};
+use crate::ports::{DelayedTopics, Log, LogError};
 use crate::wire::{InputRecord, OutputRecord};
 
 use super::client::{
@@ -91,7 +91,7 @@ pub struct KafkaLog {
     committer: Arc<Committer>,
     kafka: KafkaConfig,
     /// Topics whose records wait for their due time (the retry tiers).
-    delayed: HashSet<String>,
+    delayed: DelayedTopics,
     /// Partitions of delayed topics paused until their head record is due.
     waiting: BTreeMap<(String, i32), Instant>,
     /// The assignment count the stage last heard about.
@@ -109,7 +109,7 @@ impl KafkaLog {
         kafka: &KafkaConfig,
         group: &Membership,
         topics: &[&str],
-        delayed: &[String],
+        delayed: &DelayedTopics,
         delivery: Delivery,
     ) -> Result<Self, LogError> {
         let fatal = |what: &str, e: KafkaError| LogError::Fatal(Cause::context(what, e));
@@ -155,7 +155,7 @@ impl KafkaLog {
             }
         };
         let mut subscription: Vec<&str> = topics.to_vec();
-        subscription.extend(delayed.iter().map(String::as_str));
+        subscription.extend(delayed.topics().map(String::as_str));
         require_topics(&consumer, &subscription, &kafka.bootstrap_servers)?;
         consumer
             .subscribe(&subscription)
@@ -168,7 +168,7 @@ impl KafkaLog {
                 delivery,
             }),
             kafka: kafka.clone(),
-            delayed: delayed.iter().cloned().collect(),
+            delayed: delayed.clone(),
             waiting: BTreeMap::new(),
             assignments_seen: None,
             held: VecDeque::new(),
@@ -178,11 +178,11 @@ impl KafkaLog {
     /// Whether `record` is on a delayed topic and not due yet: then its partition is paused
     /// and wound back to it, to be resumed when it is due.
     fn hold_if_early(&mut self, record: &InputRecord) -> Result<bool, KafkaError> {
-        if !self.delayed.contains(&record.topic) {
+        let now = crate::pipeline::now_ms();
+        let Some(due) = self.delayed.due(record, now) else {
             return Ok(false);
-        }
-        let due = record.retry_due_ms();
-        let wait = due - crate::pipeline::now_ms();
+        };
+        let wait = due - now;
         if wait <= 0 {
             return Ok(false);
         }

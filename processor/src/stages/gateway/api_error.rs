@@ -56,6 +56,51 @@ impl ApiError {
         }
     }
 
+    /// A request whose fields other than an event's are wrong (a path id).
+    pub fn invalid_request(fields: Vec<FieldError>) -> Self {
+        ApiError {
+            fields,
+            ..ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "the request has a problem; see fields",
+            )
+        }
+    }
+
+    /// The client sent its body too slowly; the connection is closed after this answer.
+    pub fn body_timeout(after: Duration) -> Self {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the body did not arrive within {after:?} (gateway.body_timeout_ms); nothing was accepted"),
+        )
+    }
+
+    /// The answer the HTTP stack gave with a body of its own (`message`), in the one error
+    /// form.
+    pub fn from_status(status: StatusCode, message: String) -> Self {
+        let code = match status {
+            StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::REQUEST_TIMEOUT => "request_timeout",
+            StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+            StatusCode::URI_TOO_LONG => "uri_too_long",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+            s if s.is_server_error() => "internal",
+            _ => "bad_request",
+        };
+        let message = if message.trim().is_empty() {
+            status.canonical_reason().unwrap_or("refused").to_owned()
+        } else {
+            message
+        };
+        ApiError::new(status, code, message)
+    }
+
     pub fn timeout(after: Duration) -> Self {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -128,6 +173,9 @@ impl IntoResponse for ApiError {
         if let Some(wait) = self.retry_after {
             let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(

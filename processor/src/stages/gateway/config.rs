@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::server::ConnectionLimits;
 use super::GatewaySettings;
 use crate::config::ConfigError;
+use crate::domain::is_currency_code;
 use crate::limits::KeyedRateLimit;
 use crate::pipeline::breaker::BreakerConfig;
 
@@ -32,6 +34,27 @@ pub struct GatewayConfig {
     pub max_batch_events: usize,
     /// How long a request may take, the broker's acknowledgement included; past it, 503.
     pub request_timeout_ms: u64,
+    /// How long a client may take to send a request's body; past it, 408 and the connection
+    /// is closed. Shorter than `request_timeout_ms`.
+    pub body_timeout_ms: u64,
+    /// How long a client may take to send a request's headers, and how long an idle
+    /// keep-alive connection stays open; past it, the connection is closed.
+    pub header_read_timeout_ms: u64,
+    /// Connections open at once; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// The largest request head (the target and every header), in bytes; past it, 431
+    /// (414 when the target alone is too long).
+    pub max_header_bytes: usize,
+    /// Requests per second, per client address, that carry no known API key; past it, 429.
+    pub unauthenticated_requests_per_second: u32,
+    /// Such requests a client address may make at once above its average.
+    pub unauthenticated_burst: u32,
+    /// The currencies accepted, as ISO 4217 codes; empty accepts every ISO 4217 code.
+    pub currencies: Vec<String>,
+    /// How far in the past `occurred_at` may lie, in seconds.
+    pub occurred_at_max_age_s: u64,
+    /// How far in the future `occurred_at` may lie (clock skew), in seconds.
+    pub occurred_at_max_ahead_s: u64,
     /// Failed store reads in a row that open the breaker in front of the store: while it is
     /// open, reads are answered 503 at once, with `Retry-After` saying when it lets one
     /// through.
@@ -51,6 +74,15 @@ impl Default for GatewayConfig {
             max_body_bytes: 1024 * 1024,
             max_batch_events: 500,
             request_timeout_ms: 10_000,
+            body_timeout_ms: 5_000,
+            header_read_timeout_ms: 10_000,
+            max_connections: 1024,
+            max_header_bytes: 16 * 1024,
+            unauthenticated_requests_per_second: 5,
+            unauthenticated_burst: 20,
+            currencies: Vec::new(),
+            occurred_at_max_age_s: 30 * 24 * 3600,
+            occurred_at_max_ahead_s: 300,
             store_breaker_failure_threshold: 5,
             store_breaker_open_ms: 2_000,
         }
@@ -69,11 +101,43 @@ impl GatewayConfig {
             ("gateway.max_body_bytes", self.max_body_bytes as u64),
             ("gateway.max_batch_events", self.max_batch_events as u64),
             ("gateway.request_timeout_ms", self.request_timeout_ms),
+            ("gateway.body_timeout_ms", self.body_timeout_ms),
+            (
+                "gateway.header_read_timeout_ms",
+                self.header_read_timeout_ms,
+            ),
+            ("gateway.max_connections", self.max_connections as u64),
+            ("gateway.max_header_bytes", self.max_header_bytes as u64),
+            (
+                "gateway.unauthenticated_requests_per_second",
+                self.unauthenticated_requests_per_second.into(),
+            ),
+            (
+                "gateway.unauthenticated_burst",
+                self.unauthenticated_burst.into(),
+            ),
             (
                 "gateway.store_breaker_failure_threshold",
                 self.store_breaker_failure_threshold.into(),
             ),
         ])?;
+        if self.body_timeout_ms >= self.request_timeout_ms {
+            return Err(ConfigError::Invalid(format!(
+                "gateway.body_timeout_ms ({}) must be shorter than gateway.request_timeout_ms ({}): a slow body is the client's fault (408), not the gateway's (503)",
+                self.body_timeout_ms, self.request_timeout_ms
+            )));
+        }
+        if self.max_header_bytes < MIN_HEADER_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "gateway.max_header_bytes is {}: it must be at least {MIN_HEADER_BYTES}",
+                self.max_header_bytes
+            )));
+        }
+        if let Some(code) = self.currencies.iter().find(|c| !is_currency_code(c)) {
+            return Err(ConfigError::Invalid(format!(
+                "gateway.currencies: {code:?} is not an ISO 4217 currency code"
+            )));
+        }
         self.key_hashes()?;
         Ok(())
     }
@@ -83,6 +147,19 @@ impl GatewayConfig {
             max_body_bytes: self.max_body_bytes,
             max_batch_events: self.max_batch_events,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
+            body_timeout: Duration::from_millis(self.body_timeout_ms),
+            currencies: self.currencies.iter().cloned().collect(),
+            occurred_at_max_age: Duration::from_secs(self.occurred_at_max_age_s),
+            occurred_at_max_ahead: Duration::from_secs(self.occurred_at_max_ahead_s),
+        }
+    }
+
+    /// What the gateway's connections may do.
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            max_connections: self.max_connections,
+            max_header_bytes: self.max_header_bytes,
         }
     }
 
@@ -96,14 +173,21 @@ impl GatewayConfig {
 
     /// The limit on each API key's requests.
     pub fn rate_limit(&self) -> Result<KeyedRateLimit, ConfigError> {
-        let positive = |name: &str, value: u32| {
-            NonZeroU32::new(value)
-                .ok_or_else(|| ConfigError::Invalid(format!("{name} is 0: it must be at least 1")))
-        };
-        Ok(KeyedRateLimit::new(
-            positive("gateway.requests_per_second", self.requests_per_second)?,
-            positive("gateway.burst", self.burst)?,
-        ))
+        limit(
+            ("gateway.requests_per_second", self.requests_per_second),
+            ("gateway.burst", self.burst),
+        )
+    }
+
+    /// The limit on each client address's requests that carry no known key.
+    pub fn unauthenticated_rate_limit(&self) -> Result<KeyedRateLimit, ConfigError> {
+        limit(
+            (
+                "gateway.unauthenticated_requests_per_second",
+                self.unauthenticated_requests_per_second,
+            ),
+            ("gateway.unauthenticated_burst", self.unauthenticated_burst),
+        )
     }
 
     /// The SHA-256 hashes of the API keys, by name: `api_keys`, then `api_keys_file`.
@@ -137,6 +221,23 @@ impl GatewayConfig {
         }
         Ok(hashes)
     }
+}
+
+/// The least `max_header_bytes`: room for a request line and the headers every client sends.
+const MIN_HEADER_BYTES: usize = 1024;
+
+fn limit(
+    (rate_name, rate): (&str, u32),
+    (burst_name, burst): (&str, u32),
+) -> Result<KeyedRateLimit, ConfigError> {
+    let positive = |name: &str, value: u32| {
+        NonZeroU32::new(value)
+            .ok_or_else(|| ConfigError::Invalid(format!("{name} is 0: it must be at least 1")))
+    };
+    Ok(KeyedRateLimit::new(
+        positive(rate_name, rate)?,
+        positive(burst_name, burst)?,
+    ))
 }
 
 /// The (name, hash, where) of each `NAME SHA256-HEX` line of an API keys file.

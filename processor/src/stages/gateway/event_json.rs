@@ -2,6 +2,9 @@
 //! Avro schema of `TransactionEvent` field by field, then against the ledger's field rules.
 //! Every problem is reported with its field, not just the first.
 
+use std::collections::BTreeSet;
+use std::time::Duration;
+
 use apache_avro::Schema;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -16,10 +19,57 @@ pub struct FieldError {
     pub message: String,
 }
 
+/// What the gateway admits beyond the ledger's rules: the currencies it is configured for
+/// and an `occurred_at` near its clock. (The ledger cannot apply a window relative to now:
+/// a re-delivered or replayed event is old by design.)
+pub struct Admission<'a> {
+    /// Empty admits every ISO 4217 code.
+    pub currencies: &'a BTreeSet<String>,
+    pub now_ms: i64,
+    pub max_age: Duration,
+    pub max_ahead: Duration,
+}
+
+impl Admission<'_> {
+    fn problems(&self, event: &TransactionEvent) -> Vec<FieldError> {
+        let mut problems = Vec::new();
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let earliest = self.now_ms.saturating_sub(ms(self.max_age));
+        let latest = self.now_ms.saturating_add(ms(self.max_ahead));
+        if event.occurred_at < earliest || event.occurred_at > latest {
+            problems.push(FieldError {
+                field: "occurred_at".to_owned(),
+                message: format!(
+                    "occurred_at must lie between {earliest} and {latest} (at most {}s before the gateway's clock, gateway.occurred_at_max_age_s, and {}s after it, gateway.occurred_at_max_ahead_s), got {}",
+                    self.max_age.as_secs(),
+                    self.max_ahead.as_secs(),
+                    event.occurred_at
+                ),
+            });
+        }
+        if !self.currencies.is_empty() && !self.currencies.contains(&event.currency) {
+            problems.push(FieldError {
+                field: "currency".to_owned(),
+                message: format!(
+                    "currency {:?} is not accepted here (gateway.currencies: {})",
+                    event.currency,
+                    self.currencies
+                        .iter()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+        problems
+    }
+}
+
 /// The event `value` describes, or every problem it has.
 pub fn event_from_json(
     value: &Value,
     schema: &Schema,
+    admission: &Admission,
 ) -> Result<TransactionEvent, Vec<FieldError>> {
     let mut errors = Vec::new();
     check(schema, value, "", &mut errors);
@@ -40,17 +90,23 @@ pub fn event_from_json(
             message: format!("not a transaction event: {e}"),
         }]
     })?;
-    let problems = event.problems();
+    let mut problems: Vec<FieldError> = event
+        .problems()
+        .into_iter()
+        .map(|p| FieldError {
+            field: p.field.to_owned(),
+            message: p.message,
+        })
+        .collect();
+    for problem in admission.problems(&event) {
+        if !problems.iter().any(|p| p.field == problem.field) {
+            problems.push(problem);
+        }
+    }
     if problems.is_empty() {
         Ok(event)
     } else {
-        Err(problems
-            .into_iter()
-            .map(|p| FieldError {
-                field: p.field.to_owned(),
-                message: p.message,
-            })
-            .collect())
+        Err(problems)
     }
 }
 
@@ -223,16 +279,28 @@ mod tests {
             .expect("the event schema")
     }
 
+    const NOW_MS: i64 = 1_764_000_000_000;
+
     fn deposit() -> Value {
         json!({
             "event_id": "e-1", "event_type": "DEPOSIT", "account_id": "acct-1",
-            "amount_minor": 1250, "currency": "EUR", "occurred_at": 1764000000000_i64,
+            "amount_minor": 1250, "currency": "EUR", "occurred_at": NOW_MS,
             "source": "mobile"
         })
     }
 
+    fn admit_all() -> Admission<'static> {
+        static EVERY: BTreeSet<String> = BTreeSet::new();
+        Admission {
+            currencies: &EVERY,
+            now_ms: NOW_MS,
+            max_age: Duration::from_secs(3600),
+            max_ahead: Duration::from_secs(60),
+        }
+    }
+
     fn problems(value: Value) -> Vec<(String, String)> {
-        event_from_json(&value, schema())
+        event_from_json(&value, schema(), &admit_all())
             .unwrap_err()
             .into_iter()
             .map(|e| (e.field, e.message))
@@ -241,7 +309,7 @@ mod tests {
 
     #[test]
     fn a_valid_event_takes_the_schema_defaults() {
-        let event = event_from_json(&deposit(), schema()).unwrap();
+        let event = event_from_json(&deposit(), schema(), &admit_all()).unwrap();
         assert_eq!(event.counterparty_account_id, None);
         assert!(event.attributes.is_empty());
         assert_eq!(event.amount_minor, 1250);
@@ -298,5 +366,63 @@ mod tests {
             problems(nullable)[0].1,
             "must be a string, got an integer (or null)"
         );
+    }
+
+    #[test]
+    fn ids_are_printable_and_unpadded() {
+        for (field, id) in [
+            ("account_id", " acct "),
+            ("account_id", "acct\u{0}"),
+            ("account_id", "acct\r\nX-Injected: 1"),
+            ("event_id", "e\u{202E}1"),
+            ("event_id", "e\u{200B}1"),
+            ("source", "\tmobile"),
+        ] {
+            let mut event = deposit();
+            event[field] = json!(id);
+            let found = problems(event);
+            assert_eq!(found.len(), 1, "{id:?}: {found:?}");
+            assert_eq!(found[0].0, field, "{id:?}");
+        }
+        let mut unicode = deposit();
+        unicode["account_id"] = json!("kunde-müller-東京");
+        assert!(event_from_json(&unicode, schema(), &admit_all()).is_ok());
+    }
+
+    #[test]
+    fn currencies_are_iso_4217_and_narrowed_by_config() {
+        let mut made_up = deposit();
+        made_up["currency"] = json!("ABC");
+        assert_eq!(problems(made_up)[0].0, "currency");
+        let only_usd = BTreeSet::from(["USD".to_owned()]);
+        let narrowed = Admission {
+            currencies: &only_usd,
+            ..admit_all()
+        };
+        let errors = event_from_json(&deposit(), schema(), &narrowed).unwrap_err();
+        assert_eq!(errors[0].field, "currency");
+        assert!(errors[0].message.contains("gateway.currencies"));
+    }
+
+    #[test]
+    fn occurred_at_lies_in_the_window() {
+        for (at, admitted) in [
+            (NOW_MS, true),
+            (NOW_MS - 3_600_000, true),
+            (NOW_MS - 3_600_001, false),
+            (NOW_MS + 60_000, true),
+            (NOW_MS + 60_001, false),
+            (-1, false),
+            (253_402_300_800_000, false),
+        ] {
+            let mut event = deposit();
+            event["occurred_at"] = json!(at);
+            let outcome = event_from_json(&event, schema(), &admit_all());
+            assert_eq!(outcome.is_ok(), admitted, "{at}: {outcome:?}");
+            if let Err(errors) = outcome {
+                assert_eq!(errors.len(), 1, "one problem per field: {errors:?}");
+                assert_eq!(errors[0].field, "occurred_at");
+            }
+        }
     }
 }

@@ -37,11 +37,13 @@ impl ApiKeys {
         let value = headers
             .get(header::AUTHORIZATION)
             .ok_or_else(|| refused("send an API key: Authorization: Bearer <key>"))?;
+        // The scheme is case-insensitive (RFC 9110 §11.1).
         let key = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, key)| key.trim())
             .filter(|k| !k.is_empty())
             .ok_or_else(|| refused("the Authorization header must be `Bearer <key>`"))?;
         self.names
@@ -88,14 +90,17 @@ mod tests {
             headers.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
             headers
         };
-        assert_eq!(
-            keys.identify(&with(&format!("Bearer {key}"))).unwrap(),
-            "partner-a"
-        );
+        for scheme in ["Bearer", "bearer", "BEARER"] {
+            assert_eq!(
+                keys.identify(&with(&format!("{scheme} {key}"))).unwrap(),
+                "partner-a"
+            );
+        }
         for refused in [
             with("Bearer txf_wrong"),
             with(&key),
             with("Bearer "),
+            with(&format!("Basic {key}")),
             HeaderMap::new(),
         ] {
             let error = keys.identify(&refused).unwrap_err();

@@ -6,12 +6,17 @@
 //! the ledger turns into nothing (docs/GATEWAY.md).
 
 pub mod api_error;
+mod bare_errors;
 mod config;
 pub mod event_json;
 pub mod keys;
+mod server;
+mod strict_json;
 
 pub use config::GatewayConfig;
+pub use server::{serve, ConnectionLimits};
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,14 +31,14 @@ use prometheus::{HistogramVec, IntCounterVec};
 use serde_json::{json, Value};
 
 use self::api_error::ApiError;
-use self::event_json::event_from_json;
+use self::event_json::{event_from_json, Admission, FieldError};
 use self::keys::ApiKeys;
 use crate::codec::{Codec, Record};
-use crate::domain::{Account, TransactionEvent};
+use crate::domain::{id_problem, Account, TransactionEvent};
 use crate::limits::KeyedRateLimit;
 use crate::pipeline::breaker::Breaker;
 use crate::ports::{Balances, Publisher};
-use crate::wire::{OutputRecord, TRACEPARENT};
+use crate::wire::{trace_context, OutputRecord, TRACEPARENT, TRACESTATE};
 
 /// The OpenAPI document of these routes, served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
@@ -48,19 +53,30 @@ pub const ROUTES: [(&str, &str); 5] = [
 ];
 
 /// Limits on what a request may ask.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct GatewaySettings {
     pub max_body_bytes: usize,
     pub max_batch_events: usize,
     pub request_timeout: Duration,
+    /// How long the body may take to arrive; past it, 408.
+    pub body_timeout: Duration,
+    /// The currencies accepted; empty accepts every ISO 4217 code.
+    pub currencies: BTreeSet<String>,
+    /// How far `occurred_at` may lie behind and ahead of the gateway's clock.
+    pub occurred_at_max_age: Duration,
+    pub occurred_at_max_ahead: Duration,
 }
 
-/// `txflow_gateway_requests_total{route, status}` and
-/// `txflow_gateway_request_duration_seconds{route}`.
+/// `txflow_gateway_requests_total{route, status}`,
+/// `txflow_gateway_request_duration_seconds{route}`,
+/// `txflow_gateway_headers_dropped_total{header}` and
+/// `txflow_gateway_connections_refused_total`.
 #[derive(Clone)]
 pub struct GatewayMetrics {
     pub requests: IntCounterVec,
     pub seconds: HistogramVec,
+    pub headers_dropped: IntCounterVec,
+    pub connections_refused: prometheus::IntCounter,
 }
 
 /// The gateway: where events go, where outcomes are read, who may ask.
@@ -71,7 +87,10 @@ pub struct Gateway<P, S> {
     pub store_breaker: Breaker,
     pub codec: Arc<Codec>,
     pub keys: ApiKeys,
+    /// Each API key's budget.
     pub limit: KeyedRateLimit,
+    /// Each client address's budget for requests without a known key.
+    pub anonymous_limit: KeyedRateLimit,
     pub settings: GatewaySettings,
     /// `txflow.events`.
     pub topic: String,
@@ -126,7 +145,8 @@ async fn post_event<P: Publisher, S: Balances>(
         .serve("POST /v1/events", &headers, async {
             let value = gateway.read_json(&headers, body).await?;
             let event = gateway.event(&value)?;
-            let record = gateway.record(&event, &headers)?;
+            let trace = gateway.trace_context(&headers);
+            let record = gateway.record(&event, &trace)?;
             let published = gateway.publisher.publish(vec![record]).await;
             match &published[..] {
                 [Ok(at)] => Ok((
@@ -173,13 +193,14 @@ async fn post_batch<P: Publisher, S: Balances>(
                     format!("a batch holds 1 to {max} events, this one {}", items.len()),
                 ));
             }
+            let trace = gateway.trace_context(&headers);
             let mut entries: Vec<Option<Value>> = vec![None; items.len()];
             let mut records = Vec::with_capacity(items.len());
             let mut sent = Vec::with_capacity(items.len());
             for (index, item) in items.iter().enumerate() {
                 let checked = gateway
                     .event(item)
-                    .and_then(|event| Ok((gateway.record(&event, &headers)?, event)));
+                    .and_then(|event| Ok((gateway.record(&event, &trace)?, event)));
                 match checked {
                     Ok((record, event)) => {
                         records.push(record);
@@ -233,6 +254,7 @@ async fn get_event<P: Publisher, S: Balances>(
 ) -> Response {
     gateway
         .serve("GET /v1/events/{event_id}", &headers, async {
+            path_id("event_id", &event_id)?;
             let mut outcomes = gateway
                 .store_breaker
                 .guard(None, gateway.store.outcomes(&event_id))
@@ -261,6 +283,7 @@ async fn get_account<P: Publisher, S: Balances>(
 ) -> Response {
     gateway
         .serve("GET /v1/accounts/{account_id}", &headers, async {
+            path_id("account_id", &account_id)?;
             let account = gateway
                 .store_breaker
                 .guard(None, gateway.store.account(&account_id))
@@ -321,20 +344,10 @@ impl<P: Publisher, S: Balances> Gateway<P, S> {
         })
     }
 
-    /// The request body as JSON, within the size limit.
+    /// The request body as JSON: UTF-8, within the size limit, arrived within the body
+    /// timeout, each key once per object.
     async fn read_json(&self, headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
-        let json_type = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-        if !json_type {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send the body as Content-Type: application/json",
-            ));
-        }
+        json_content_type(headers)?;
         let max = self.settings.max_body_bytes;
         let too_large = || {
             ApiError::new(
@@ -350,14 +363,16 @@ impl<P: Publisher, S: Balances> Gateway<P, S> {
         if declared.is_some_and(|length| length > max) {
             return Err(too_large());
         }
-        let bytes = axum::body::to_bytes(body, max)
+        let timeout = self.settings.body_timeout;
+        let bytes = tokio::time::timeout(timeout, axum::body::to_bytes(body, max))
             .await
+            .map_err(|_| ApiError::body_timeout(timeout))?
             .map_err(|_| too_large())?;
-        serde_json::from_slice(&bytes).map_err(|e| {
+        strict_json::parse(&bytes).map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "malformed_json",
-                format!("the body is not JSON: {e}"),
+                format!("the body is not JSON as the gateway reads it: {e}"),
             )
         })
     }
@@ -370,7 +385,52 @@ impl<P: Publisher, S: Balances> Gateway<P, S> {
                 "no TransactionEvent schema in the catalog",
             )
         })?;
-        event_from_json(value, schema).map_err(ApiError::invalid_event)
+        let admission = Admission {
+            currencies: &self.settings.currencies,
+            now_ms: crate::pipeline::now_ms(),
+            max_age: self.settings.occurred_at_max_age,
+            max_ahead: self.settings.occurred_at_max_ahead,
+        };
+        event_from_json(value, schema, &admission).map_err(ApiError::invalid_event)
+    }
+
+    /// The request's W3C trace context, as headers of its records: only values in the
+    /// standard's form; anything else is dropped and counted, never stored as sent.
+    fn trace_context(&self, headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+        let mut carried = Vec::new();
+        let parents: Vec<&[u8]> = headers
+            .get_all(TRACEPARENT)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        match parents[..] {
+            [] => {}
+            [one] => match trace_context::traceparent(one) {
+                Some(valid) => carried.push((TRACEPARENT.to_owned(), valid.to_vec())),
+                None => self.dropped(TRACEPARENT),
+            },
+            _ => self.dropped(TRACEPARENT),
+        }
+        let states: Vec<&[u8]> = headers
+            .get_all(TRACESTATE)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        if !states.is_empty() {
+            let state = states.join(&b","[..]);
+            if !carried.is_empty() && trace_context::tracestate_is_valid(&state) {
+                carried.push((TRACESTATE.to_owned(), state));
+            } else {
+                self.dropped(TRACESTATE);
+            }
+        }
+        carried
+    }
+
+    fn dropped(&self, name: &str) {
+        if let Some(metrics) = &self.metrics {
+            metrics.headers_dropped.with_label_values(&[name]).inc();
+        }
     }
 
     /// The record of `event` on the events topic: keyed by its account, Avro in the Confluent
@@ -378,7 +438,7 @@ impl<P: Publisher, S: Balances> Gateway<P, S> {
     fn record(
         &self,
         event: &TransactionEvent,
-        headers: &HeaderMap,
+        trace: &[(String, Vec<u8>)],
     ) -> Result<OutputRecord, ApiError> {
         let value = self
             .codec
@@ -386,15 +446,53 @@ impl<P: Publisher, S: Balances> Gateway<P, S> {
             .map_err(|e| {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
             })?;
-        let trace = headers
-            .get(TRACEPARENT)
-            .map(|v| (TRACEPARENT.to_owned(), v.as_bytes().to_vec()));
         Ok(OutputRecord {
             topic: self.topic.clone(),
             key: Some(event.account_id.as_bytes().to_vec()),
             value: Some(value),
-            headers: trace.into_iter().collect(),
+            headers: trace.to_vec(),
         })
+    }
+}
+
+/// A body the gateway reads: `application/json`, in UTF-8 (the only charset JSON has, RFC
+/// 8259 §8.1); a body declared in another charset is refused rather than misread.
+fn json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mut parts = content_type.split(';');
+    let media = parts.next().unwrap_or("").trim();
+    if !media.eq_ignore_ascii_case("application/json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as Content-Type: application/json",
+        ));
+    }
+    for parameter in parts {
+        let (name, value) = parameter.split_once('=').unwrap_or((parameter, ""));
+        let value = value.trim().trim_matches('"');
+        if name.trim().eq_ignore_ascii_case("charset") && !value.eq_ignore_ascii_case("utf-8") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_charset",
+                format!("the body is declared as charset={value}; send it as UTF-8 (charset=utf-8, or no charset)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An id taken from the path, by the rules of the ids in events.
+fn path_id(field: &str, value: &str) -> Result<(), ApiError> {
+    match id_problem(field, value) {
+        None => Ok(()),
+        Some(message) => Err(ApiError::invalid_request(vec![FieldError {
+            field: field.to_owned(),
+            message,
+        }])),
     }
 }
 

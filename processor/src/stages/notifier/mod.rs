@@ -33,7 +33,7 @@ use crate::failures::FailureRoutes;
 use crate::pipeline::breaker::Breaker;
 use crate::pipeline::{BatchOutput, Stage, StageError, Tally};
 use crate::ports::{DeliveryError, WebhookRequest, Webhooks};
-use crate::wire::{InputRecord, ATTEMPTS, RULE, TRACEPARENT, WEBHOOK};
+use crate::wire::{trace_context, InputRecord, ATTEMPTS, RULE, TRACEPARENT, WEBHOOK};
 
 /// The same for every attempt of one notification: `<topic>/<partition>/<offset>` where it
 /// was first read.
@@ -173,7 +173,10 @@ impl<W: Webhooks> Notifier<W> {
             id: origin.to_string(),
             rule: text(RULE),
             attempt: record.header_number(ATTEMPTS).unwrap_or(0) as u32 + 1,
-            traceparent: text(TRACEPARENT),
+            traceparent: record
+                .header(TRACEPARENT)
+                .and_then(trace_context::traceparent)
+                .map(|v| String::from_utf8_lossy(v).into_owned()),
             body,
         })
     }
