@@ -4,6 +4,7 @@
 //! and loads the file and the environment.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +49,69 @@ impl std::fmt::Debug for Secret {
 impl Serialize for Secret {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str("…")
+    }
+}
+
+/// The largest file a setting names that txflow reads (a secret, a key list, a CA): a path
+/// to a device or a huge file is refused rather than read for ever.
+pub const MAX_SETTING_FILE_BYTES: u64 = 1024 * 1024;
+
+/// The text of the file at `path`, which setting `name` gave, within
+/// [`MAX_SETTING_FILE_BYTES`].
+pub fn read_setting_file(path: &Path, name: &str) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let read_error = |source| ConfigError::Read {
+        path: format!("{} ({name})", path.display()),
+        source,
+    };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(read_error)?
+        .take(MAX_SETTING_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(read_error)?;
+    if text.len() as u64 > MAX_SETTING_FILE_BYTES {
+        return Err(ConfigError::Invalid(format!(
+            "{name}: {} is larger than {MAX_SETTING_FILE_BYTES} bytes",
+            path.display()
+        )));
+    }
+    Ok(text)
+}
+
+impl Secret {
+    /// The secret in the file at `path` (a mounted Kubernetes secret, say), without the line
+    /// break a file usually ends with; `name` is the setting that named the file.
+    pub fn from_file(path: &Path, name: &str) -> Result<Secret, ConfigError> {
+        let text = read_setting_file(path, name)?;
+        let secret = text.strip_suffix('\n').unwrap_or(&text);
+        let secret = secret.strip_suffix('\r').unwrap_or(secret);
+        if secret.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "{name}: {} is empty",
+                path.display()
+            )));
+        }
+        Ok(Secret(secret.to_owned()))
+    }
+
+    /// The secret given inline (`name`) or in a file (`name` + `_file`), not both; the file
+    /// is read now, and the setting holds its content from then on.
+    pub fn resolve(
+        inline: &mut Option<Secret>,
+        file: &Option<PathBuf>,
+        name: &str,
+    ) -> Result<(), ConfigError> {
+        match (&inline, file) {
+            (Some(_), Some(_)) => Err(ConfigError::Invalid(format!(
+                "{name} and {name}_file are both set: give the secret one way"
+            ))),
+            (None, Some(path)) => {
+                *inline = Some(Secret::from_file(path, &format!("{name}_file"))?);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 }
 

@@ -58,24 +58,153 @@ pub struct Pipeline {
     logs: PathBuf,
 }
 
+/// The local stack's secured services (`deploy/local/stack up --secure`), as
+/// `deploy/local/stack test` exports them: Kafka's SASL_SSL listener with its users, the
+/// Cassandra that requires TLS and a password, and the stack's certificates.
+pub struct Secured {
+    pub kafka_bootstrap: String,
+    /// Kafka users and their passwords: `txflow` has every ACL of docs/SECURITY.md on
+    /// `secure.*`, `txflow-no-txn` all but Write on transactional ids.
+    pub kafka_users: Vec<(String, String)>,
+    pub cql_contact_points: String,
+    pub cql_user: String,
+    pub cql_password: String,
+    pub ca_file: String,
+    /// A certificate for 127.0.0.1, and its key.
+    pub cert_file: String,
+    pub key_file: String,
+    /// txflow's client certificate (Kafka's secured listener requires one), and its key.
+    pub client_cert_file: String,
+    pub client_key_file: String,
+}
+
+impl Secured {
+    /// The secured services, or a failed test saying how to start them.
+    pub fn from_env() -> Secured {
+        let var = |name: &str| {
+            std::env::var(name).unwrap_or_else(|_| {
+                panic!("{name} is not set: run the tests with `deploy/local/stack test`, which starts the secured services (`up --secure`) and sets it")
+            })
+        };
+        Secured {
+            kafka_bootstrap: var("TXFLOW_SECURE_KAFKA_BOOTSTRAP"),
+            kafka_users: var("TXFLOW_SECURE_KAFKA_USERS")
+                .split_whitespace()
+                .filter_map(|pair| pair.split_once('='))
+                .map(|(user, password)| (user.to_owned(), password.to_owned()))
+                .collect(),
+            cql_contact_points: var("TXFLOW_SECURE_CQL_CONTACT_POINTS"),
+            cql_user: var("TXFLOW_SECURE_CQL_USER"),
+            cql_password: var("TXFLOW_SECURE_CQL_PASSWORD"),
+            ca_file: var("TXFLOW_SECURE_CA_FILE"),
+            cert_file: var("TXFLOW_SECURE_CERT_FILE"),
+            key_file: var("TXFLOW_SECURE_KEY_FILE"),
+            client_cert_file: var("TXFLOW_SECURE_CLIENT_CERT_FILE"),
+            client_key_file: var("TXFLOW_SECURE_CLIENT_KEY_FILE"),
+        }
+    }
+
+    /// The password of Kafka user `user`.
+    pub fn kafka_password(&self, user: &str) -> &str {
+        self.kafka_users
+            .iter()
+            .find(|(name, _)| name == user)
+            .map(|(_, password)| password.as_str())
+            .unwrap_or_else(|| panic!("no Kafka user {user} in TXFLOW_SECURE_KAFKA_USERS"))
+    }
+
+    /// A stage's settings for the secured services as user `kafka_user`, each password in a
+    /// file under `dir` (as a mounted secret gives it).
+    fn env(&self, kafka_user: &str, dir: &std::path::Path) -> Vec<(&'static str, String)> {
+        let secret = |name: &str, value: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, format!("{value}\n")).expect("a password file");
+            path.display().to_string()
+        };
+        vec![
+            (
+                "TXFLOW_KAFKA__BOOTSTRAP_SERVERS",
+                self.kafka_bootstrap.clone(),
+            ),
+            (
+                "TXFLOW_KAFKA__PROPERTIES__SECURITY.PROTOCOL",
+                "SASL_SSL".to_owned(),
+            ),
+            (
+                "TXFLOW_KAFKA__PROPERTIES__SASL.MECHANISMS",
+                "SCRAM-SHA-512".to_owned(),
+            ),
+            (
+                "TXFLOW_KAFKA__PROPERTIES__SASL.USERNAME",
+                kafka_user.to_owned(),
+            ),
+            (
+                "TXFLOW_KAFKA__PROPERTY_FILES__SASL.PASSWORD",
+                secret("kafka-password", self.kafka_password(kafka_user)),
+            ),
+            (
+                "TXFLOW_KAFKA__PROPERTIES__SSL.CA.LOCATION",
+                self.ca_file.clone(),
+            ),
+            (
+                "TXFLOW_KAFKA__PROPERTIES__SSL.CERTIFICATE.LOCATION",
+                self.client_cert_file.clone(),
+            ),
+            (
+                "TXFLOW_KAFKA__PROPERTIES__SSL.KEY.LOCATION",
+                self.client_key_file.clone(),
+            ),
+            (
+                "TXFLOW_STORE__CONTACT_POINTS",
+                format!("[{:?}]", self.cql_contact_points),
+            ),
+            ("TXFLOW_STORE__USERNAME", self.cql_user.clone()),
+            (
+                "TXFLOW_STORE__PASSWORD_FILE",
+                secret("cql-password", &self.cql_password),
+            ),
+            ("TXFLOW_STORE__TLS_CA_FILE", self.ca_file.clone()),
+        ]
+    }
+}
+
 impl Pipeline {
     /// Fresh names, `txflow migrate` and `txflow topics apply`.
     pub fn new(partitions: i32) -> Pipeline {
         require_kafka();
-        let id = unique_name("p");
-        let topic = |name: &str| format!("{id}.{name}");
-        let keyspace = unique_name("txflow");
         let contact_points: Vec<String> = cql_contact_points()
             .iter()
             .map(|c| format!("{c:?}"))
             .collect();
+        Pipeline::on(
+            unique_name("p"),
+            partitions,
+            vec![
+                ("TXFLOW_KAFKA__BOOTSTRAP_SERVERS", kafka_bootstrap()),
+                (
+                    "TXFLOW_STORE__CONTACT_POINTS",
+                    format!("[{}]", contact_points.join(",")),
+                ),
+            ],
+        )
+    }
+
+    /// As [`Pipeline::new`], on the secured services as Kafka user `kafka_user`: its names
+    /// start with `secure.`, where the users' ACLs are.
+    pub fn secured(partitions: i32, secured: &Secured, kafka_user: &str) -> Pipeline {
+        let id = unique_name("secure.p");
+        let secrets = std::env::temp_dir().join(format!("{id}-secrets"));
+        std::fs::create_dir_all(&secrets).expect("a directory for password files");
+        Pipeline::on(id, partitions, secured.env(kafka_user, &secrets))
+    }
+
+    /// A pipeline named `id` on the services `services` says.
+    fn on(id: String, partitions: i32, services: Vec<(&'static str, String)>) -> Pipeline {
+        let topic = |name: &str| format!("{id}.{name}");
+        let keyspace = unique_name("txflow");
         let ledger_topic = topic("ledger");
-        let env = vec![
-            ("TXFLOW_KAFKA__BOOTSTRAP_SERVERS", kafka_bootstrap()),
-            (
-                "TXFLOW_STORE__CONTACT_POINTS",
-                format!("[{}]", contact_points.join(",")),
-            ),
+        let mut env = services;
+        env.extend([
             ("TXFLOW_STORE__KEYSPACE", keyspace.clone()),
             ("TXFLOW_TOPICS__EVENTS", topic("events")),
             ("TXFLOW_TOPICS__LEDGER", ledger_topic.clone()),
@@ -102,7 +231,7 @@ impl Pipeline {
             ("TXFLOW_LOG", "info,txflow=debug".to_owned()),
             // Every stage process serves its admin endpoints on a port of its own.
             ("TXFLOW_ADMIN__LISTEN", "127.0.0.1:0".to_owned()),
-        ];
+        ]);
         let logs = std::env::temp_dir().join(&id);
         std::fs::create_dir_all(&logs).expect("a log directory");
         let pipeline = Pipeline {

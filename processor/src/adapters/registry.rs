@@ -4,13 +4,14 @@
 //! the codec remembers each id it learnt ([`crate::codec::Codec::learn`]), so the client keeps
 //! no cache of its own.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::config::{ConfigError, Secret};
+use crate::config::{read_setting_file, ConfigError, Secret};
 use crate::domain::Cause;
 use crate::ports::schemas::{Lookup, RegistryError, SchemaLookup};
 
@@ -28,6 +29,12 @@ pub struct SchemasConfig {
     /// HTTP basic credentials for the registry, both or neither.
     pub registry_username: Option<String>,
     pub registry_password: Option<Secret>,
+    /// The password read from a file at start (a mounted secret), in place of
+    /// `registry_password`.
+    pub registry_password_file: Option<PathBuf>,
+    /// For an `https` registry whose certificate a private CA signed: that CA (PEM), trusted
+    /// beside the system's roots.
+    pub registry_ca_file: Option<PathBuf>,
     /// Register txflow's schemas at start (a schema already there keeps its id); when false,
     /// they must already be registered and txflow only looks their ids up.
     pub auto_register: bool,
@@ -41,16 +48,32 @@ impl Default for SchemasConfig {
             registry_url: String::new(),
             registry_username: None,
             registry_password: None,
+            registry_password_file: None,
+            registry_ca_file: None,
             auto_register: true,
             registry_timeout_ms: 5000,
         }
     }
 }
 
-/// A registry's root and its HTTP basic credentials.
-pub type RegistryAddress = (Url, Option<(String, String)>);
+/// How to reach a registry: its root, HTTP basic credentials, a CA to trust (PEM).
+#[derive(Clone, Debug)]
+pub struct RegistryAddress {
+    pub url: Url,
+    pub credentials: Option<(String, Secret)>,
+    pub ca_pem: Option<Vec<u8>>,
+}
 
 impl SchemasConfig {
+    /// Reads `registry_password_file` into `registry_password`.
+    pub fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        Secret::resolve(
+            &mut self.registry_password,
+            &self.registry_password_file.take(),
+            "schemas.registry_password",
+        )
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.registry()?;
         ConfigError::require_positive(&[("schemas.registry_timeout_ms", self.registry_timeout_ms)])
@@ -69,7 +92,7 @@ impl SchemasConfig {
             return Err(invalid("only http and https".to_owned()));
         }
         let credentials = match (&self.registry_username, &self.registry_password) {
-            (Some(user), Some(password)) => Some((user.clone(), password.0.clone())),
+            (Some(user), Some(password)) => Some((user.clone(), password.clone())),
             (None, None) => None,
             _ => {
                 return Err(ConfigError::Invalid(
@@ -78,7 +101,24 @@ impl SchemasConfig {
                 ))
             }
         };
-        Ok(Some((url, credentials)))
+        let ca_pem = match &self.registry_ca_file {
+            Some(path) => {
+                let pem = read_setting_file(path, "schemas.registry_ca_file")?.into_bytes();
+                reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                    ConfigError::Invalid(format!(
+                        "schemas.registry_ca_file {}: not a PEM certificate: {e}",
+                        path.display()
+                    ))
+                })?;
+                Some(pem)
+            }
+            None => None,
+        };
+        Ok(Some(RegistryAddress {
+            url,
+            credentials,
+            ca_pem,
+        }))
     }
 }
 
@@ -101,19 +141,19 @@ pub struct SchemaRegistry {
 impl SchemaRegistry {
     /// A client of the registry at `base` (its Confluent-compatible root, where `/subjects`
     /// is), with HTTP basic credentials if given.
-    pub fn new(
-        base: Url,
-        credentials: Option<(String, String)>,
-        timeout: Duration,
-    ) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
+    pub fn new(address: RegistryAddress, timeout: Duration) -> Result<Self, reqwest::Error> {
+        let mut client = reqwest::Client::builder()
             .user_agent(concat!("txflow/", env!("CARGO_PKG_VERSION")))
-            .timeout(timeout)
-            .build()?;
+            .timeout(timeout);
+        if let Some(pem) = &address.ca_pem {
+            client = client.add_root_certificate(reqwest::Certificate::from_pem(pem)?);
+        }
         Ok(SchemaRegistry {
-            client,
-            base,
-            credentials,
+            client: client.build()?,
+            base: address.url,
+            credentials: address
+                .credentials
+                .map(|(user, Secret(password))| (user, password)),
         })
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::AppError;
 use super::Config;
 use crate::adapters::embedded::{Embedded, EmbeddedLedgerStore, EmbeddedLog, EmbeddedPublisher};
-use crate::adapters::kafka::{Delivery, KafkaLog, KafkaPublisher};
+use crate::adapters::kafka::{self, Delivery, KafkaLog, KafkaPublisher};
 use crate::adapters::scylla;
 use crate::pipeline::Membership;
 use crate::ports::{Balances, DelayedTopics, LedgerStore, Log, Publisher};
@@ -78,6 +78,7 @@ impl Backend for Services {
     }
 
     fn publisher(&self, config: &Config) -> Result<KafkaPublisher, AppError> {
+        tokio::task::block_in_place(|| kafka::check_access(&config.kafka, kafka::ACCESS_PATIENCE))?;
         let timeout = Duration::from_millis(config.gateway.request_timeout_ms);
         Ok(KafkaPublisher::new(&config.kafka, timeout)?)
     }

@@ -35,15 +35,14 @@ pub async fn codec(config: &Config) -> Result<Arc<Codec>, AppError> {
 
 /// The schema registry of `schemas.registry_url`, if one is configured.
 pub fn registry(config: &Config) -> Result<Option<Arc<SchemaRegistry>>, AppError> {
-    let Some((url, credentials)) = config.schemas.registry()? else {
+    let Some(address) = config.schemas.registry()? else {
         return Ok(None);
     };
     let timeout = Duration::from_millis(config.schemas.registry_timeout_ms);
-    let registry =
-        SchemaRegistry::new(url, credentials, timeout).map_err(|source| AppError::Http {
-            what: "building the schema registry's HTTP client".to_owned(),
-            source,
-        })?;
+    let registry = SchemaRegistry::new(address, timeout).map_err(|source| AppError::Http {
+        what: "building the schema registry's HTTP client".to_owned(),
+        source,
+    })?;
     Ok(Some(Arc::new(registry)))
 }
 

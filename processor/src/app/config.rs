@@ -115,21 +115,31 @@ impl Config {
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let (mut table, origin) = match path {
+        match path {
             Some(path) => {
                 let name = path.display().to_string();
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                     path: name.clone(),
                     source,
                 })?;
-                let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                    origin: format!("file {name}"),
-                    message: e.to_string(),
-                })?;
-                (table, format!("file {name}"))
+                Config::parse(&text, &format!("file {name}"), env)
             }
-            None => (toml::Table::new(), "the defaults".to_owned()),
-        };
+            None => Config::parse("", "the defaults", env),
+        }
+    }
+
+    /// The configuration `text` (TOML, from `origin`), then the `TXFLOW_*__*` overrides of
+    /// `env`, checked as a stage checks it at start.
+    pub fn parse(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        let origin = origin.to_owned();
         let mut overrides: Vec<(String, String)> = env
             .into_iter()
             .filter(|(var, _)| var.starts_with(ENV_PREFIX) && var.contains("__"))
@@ -157,6 +167,10 @@ impl Config {
         if let Some(unknown) = unknown_key(&table, &known, "") {
             return Err(parse_error(unknown));
         }
+        let mut config = config;
+        config.kafka.read_property_files()?;
+        config.store.read_secret_files()?;
+        config.schemas.read_secret_files()?;
         config.validate()?;
         Ok(config)
     }

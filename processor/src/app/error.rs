@@ -23,6 +23,8 @@ pub enum AppError {
     #[error("the Kafka client: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]
+    KafkaRefused(#[from] crate::adapters::kafka::KafkaRefused),
+    #[error(transparent)]
     Rules(#[from] RulesError),
     #[error(transparent)]
     Embedded(#[from] EmbeddedError),

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 use super::backend::{Backend, Services};
 use super::AppError;
@@ -23,7 +24,8 @@ use crate::pipeline::breaker::Breaker;
 use crate::pipeline::{self, Membership, StageTelemetry};
 use crate::routing::Rules;
 use crate::stages::gateway::keys::ApiKeys;
-use crate::stages::gateway::{self, Gateway, GatewayMetrics};
+use crate::stages::gateway::tls::{self, ReloadingCertificate};
+use crate::stages::gateway::{self, Gateway, GatewayConfig, GatewayMetrics};
 use crate::stages::ledger::{Ledger, LedgerTopics};
 use crate::stages::notifier::{DeliveryMetrics, Endpoint, Notifier};
 use crate::stages::router::Router;
@@ -419,6 +421,7 @@ async fn run_gateway<B: Backend>(
             }
         })
     };
+    let (tls, reloader) = gateway_tls(gateway_config)?.unzip();
     let listen = &gateway_config.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -428,17 +431,42 @@ async fn run_gateway<B: Backend>(
     let bound = listener
         .local_addr()
         .map_err(AppError::io("reading the gateway's address"))?;
-    tracing::info!(%bound, topic = %config.topics.events, "gateway listening");
+    tracing::info!(%bound, topic = %config.topics.events, https = tls.is_some(), "gateway listening");
     telemetry.readiness.set_address(bound);
     telemetry.readiness.set_ready();
     gateway::serve(
         listener,
         gateway,
-        gateway_config.connection_limits(),
+        (gateway_config.connection_limits(), tls),
         Duration::from_millis(gateway_config.request_timeout_ms),
         shutdown,
     )
     .await;
     limit_sweeper.abort();
+    if let Some(reloader) = reloader {
+        reloader.abort();
+    }
     Ok(())
+}
+
+/// When the gateway serves HTTPS: its TLS acceptor, and the task that reads its certificate
+/// again when the files change.
+fn gateway_tls(
+    config: &GatewayConfig,
+) -> Result<Option<(TlsAcceptor, tokio::task::JoinHandle<()>)>, AppError> {
+    let Some(files) = config.certificate_files() else {
+        return Ok(None);
+    };
+    let certificate =
+        ReloadingCertificate::load(files).map_err(|e| AppError::Invalid(e.to_string()))?;
+    let acceptor = certificate
+        .acceptor()
+        .map_err(|e| AppError::Invalid(e.to_string()))?;
+    let reloader = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(tls::RELOAD_CHECK).await;
+            certificate.reload_if_changed();
+        }
+    });
+    Ok(Some((acceptor, reloader)))
 }

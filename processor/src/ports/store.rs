@@ -28,6 +28,11 @@ pub enum StoreError {
     /// The circuit breaker in front of the store refused the call without making it.
     #[error(transparent)]
     CircuitOpen(#[from] CircuitOpen),
+    /// The store refused this client: wrong credentials, a certificate it does not trust,
+    /// TLS it does not speak. No retry helps; `store.username`, `store.password` and
+    /// `store.tls_*` must change.
+    #[error("the store refused txflow (check store.username, store.password, store.tls_*): {0}")]
+    Refused(#[source] Cause),
 }
 
 impl StoreError {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use txflow::adapters::registry::SchemaRegistry;
+use txflow::adapters::registry::{RegistryAddress, SchemaRegistry};
 use txflow::domain::RetryClass;
 use txflow::ports::RegistryError;
 use txflow_tests::process::Pipeline;
@@ -34,7 +34,12 @@ fn newer_event_schema() -> String {
 }
 
 fn client(url: &str) -> SchemaRegistry {
-    SchemaRegistry::new(url.parse().unwrap(), None, Duration::from_secs(5)).unwrap()
+    let address = RegistryAddress {
+        url: url.parse().unwrap(),
+        credentials: None,
+        ca_pem: None,
+    };
+    SchemaRegistry::new(address, Duration::from_secs(5)).unwrap()
 }
 
 fn parsed(text: &str) -> Value {

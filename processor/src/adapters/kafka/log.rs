@@ -15,8 +15,9 @@ use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::access::{check_access, failed_doing};
 use super::KafkaConfig;
-use super::CALL_TIMEOUT;
+use super::{ACCESS_PATIENCE, CALL_TIMEOUT};
 use crate::domain::Cause;
 use crate::pipeline::Membership;
 use crate::ports::{DelayedTopics, Log, LogError};
@@ -92,6 +93,9 @@ pub struct KafkaLog {
     kafka: KafkaConfig,
     /// Topics whose records wait for their due time (the retry tiers).
     delayed: DelayedTopics,
+    /// The group id of the reader of the retry tiers' unconsumed records: the stage's own
+    /// with `.reader` after it, so that the ACL on the stage's group prefix covers it.
+    reader_group: String,
     /// Partitions of delayed topics paused until their head record is due.
     waiting: BTreeMap<(String, i32), Instant>,
     /// The assignment count the stage last heard about.
@@ -112,7 +116,10 @@ impl KafkaLog {
         delayed: &DelayedTopics,
         delivery: Delivery,
     ) -> Result<Self, LogError> {
-        let fatal = |what: &str, e: KafkaError| LogError::Fatal(Cause::context(what, e));
+        let fatal =
+            |what: &str, e: KafkaError| LogError::Fatal(Cause::context(failed_doing(what, &e), e));
+        tokio::task::block_in_place(|| check_access(kafka, ACCESS_PATIENCE))
+            .map_err(|e| LogError::Fatal(Cause::new(e)))?;
         let consumer_config = stage_consumer_config(kafka, group);
         let consumer: Arc<StreamConsumer<GroupEvents>> = Arc::new(
             consumer_config
@@ -169,6 +176,7 @@ impl KafkaLog {
             }),
             kafka: kafka.clone(),
             delayed: delayed.clone(),
+            reader_group: format!("{}.reader", group.group_id),
             waiting: BTreeMap::new(),
             assignments_seen: None,
             held: VecDeque::new(),
@@ -264,7 +272,7 @@ impl KafkaLog {
         let mut records = Vec::new();
         // One reader per topic: an end-of-partition event names the partition only.
         for start in by_topic.values() {
-            records.extend(read_until_end(&self.kafka, start)?);
+            records.extend(read_until_end(&self.kafka, &self.reader_group, start)?);
         }
         Ok(records)
     }
@@ -399,7 +407,8 @@ impl Log for KafkaLog {
         max_records: usize,
         max_wait: Duration,
     ) -> Result<Vec<InputRecord>, LogError> {
-        let consumer_error = |e: KafkaError| LogError::Fatal(Cause::context("consuming", e));
+        let consumer_error =
+            |e: KafkaError| LogError::Fatal(Cause::context(failed_doing("consuming", &e), e));
         let mut batch = Vec::new();
         while batch.len() < max_records {
             let Some(record) = self.held.pop_front() else {
@@ -451,7 +460,8 @@ impl Log for KafkaLog {
     }
 
     async fn hold(&mut self, pause: Duration) -> Result<(), LogError> {
-        let fatal = |what: &str, e: KafkaError| LogError::Fatal(Cause::context(what, e));
+        let fatal =
+            |what: &str, e: KafkaError| LogError::Fatal(Cause::context(failed_doing(what, &e), e));
         let assigned = self
             .consumer
             .assignment()

@@ -13,6 +13,7 @@
 
 use std::time::Duration;
 
+mod access;
 mod admin;
 mod client;
 mod config;
@@ -20,6 +21,7 @@ mod log;
 mod publisher;
 mod reader;
 
+pub use access::{check_access, KafkaRefused};
 pub use admin::{apply_topics, delete_topics, TopicReport};
 pub use client::{
     client_config, idempotent_producer, send_when_room, DeliveryReport, ReportingProducer,
@@ -31,3 +33,6 @@ pub use reader::{read_to_end, KafkaReader};
 
 /// How long a blocking client call may take before it counts as failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a client waits at start for the cluster to answer or refuse it.
+pub const ACCESS_PATIENCE: Duration = Duration::from_secs(10);

@@ -33,17 +33,22 @@ impl ClientContext for ReadsToTheEnd {
 
 impl ConsumerContext for ReadsToTheEnd {}
 
+/// The group id of the operators' tools' reader ([`read_to_end`]).
+const TOOLS_READER_GROUP: &str = "txflow-reader";
+
 /// The committed records of one topic's partitions, from the offsets in `start` to each
-/// partition's end as of now.
+/// partition's end as of now. librdkafka wants a `group`, though the reader neither joins it
+/// nor commits: it is only looked up, and needs Describe on it.
 pub(super) fn read_until_end(
     kafka: &KafkaConfig,
+    group: &str,
     start: &TopicPartitionList,
 ) -> Result<Vec<InputRecord>, KafkaError> {
     let reader: BaseConsumer<ReadsToTheEnd> = client_config(kafka)
         // It reads without joining a group: the group member's limits are not its own.
         .remove("max.poll.interval.ms")
         .remove("session.timeout.ms")
-        .set("group.id", "txflow-reader")
+        .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
@@ -90,7 +95,7 @@ pub fn read_to_end(kafka: &KafkaConfig, topic: &str) -> Result<Vec<InputRecord>,
     for partition in 0..partitions as i32 {
         start.add_partition_offset(topic, partition, Offset::Beginning)?;
     }
-    let mut records = read_until_end(kafka, &start)?;
+    let mut records = read_until_end(kafka, TOOLS_READER_GROUP, &start)?;
     records.sort_by_key(|r| (r.partition, r.offset));
     Ok(records)
 }

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use openssl::ssl::{SslConnector, SslConnectorBuilder, SslFiletype, SslMethod};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -51,18 +52,63 @@ pub async fn connect(config: &StoreConfig) -> Result<Session, StoreError> {
         .serial_consistency(Some(config.serial_consistency.into()))
         .request_timeout(Some(Duration::from_millis(config.request_timeout_ms)))
         .build();
-    SessionBuilder::new()
+    let mut builder = SessionBuilder::new()
         .known_nodes(&config.contact_points)
         .connection_timeout(Duration::from_millis(config.connect_timeout_ms))
-        .default_execution_profile_handle(profile.into_handle())
-        .build()
-        .await
-        .map_err(|e: NewSessionError| {
-            StoreError::Unavailable(Cause::context(
-                format!("connecting to {:?}", config.contact_points),
-                e,
-            ))
-        })
+        .default_execution_profile_handle(profile.into_handle());
+    if let (Some(user), Some(password)) = (&config.username, &config.password) {
+        builder = builder.user(user, &password.0);
+    }
+    if let Some(tls) = tls(config)? {
+        builder = builder.tls_context(Some(tls));
+    }
+    builder.build().await.map_err(|e: NewSessionError| {
+        let what = format!("connecting to {:?}", config.contact_points);
+        if is_refusal(&e) {
+            StoreError::Refused(Cause::context(what, e))
+        } else {
+            StoreError::Unavailable(Cause::context(what, e))
+        }
+    })
+}
+
+/// The TLS context of `store.tls_*`, if TLS is configured: the CA that signed the nodes'
+/// certificates (each verified against the node's address), and a client certificate.
+fn tls(config: &StoreConfig) -> Result<Option<SslConnectorBuilder>, StoreError> {
+    let Some(ca) = &config.tls_ca_file else {
+        return Ok(None);
+    };
+    let refused = |what: String| move |e| StoreError::Refused(Cause::context(what, e));
+    let mut builder = SslConnector::builder(SslMethod::tls_client())
+        .map_err(refused("setting up TLS".to_owned()))?;
+    builder
+        .set_ca_file(ca)
+        .map_err(refused(format!("store.tls_ca_file {}", ca.display())))?;
+    if let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) {
+        builder
+            .set_certificate_chain_file(cert)
+            .map_err(refused(format!("store.tls_cert_file {}", cert.display())))?;
+        builder
+            .set_private_key_file(key, SslFiletype::PEM)
+            .map_err(refused(format!("store.tls_key_file {}", key.display())))?;
+    }
+    Ok(Some(builder))
+}
+
+/// Whether the nodes refused this client (credentials, certificate): a failure no retry
+/// mends. The driver's error names it only in its text.
+fn is_refusal(error: &NewSessionError) -> bool {
+    let text = error.to_string().to_lowercase();
+    [
+        "authentication",
+        "bad credentials",
+        "certificate",
+        "handshake",
+        "ssl",
+        "tls",
+    ]
+    .iter()
+    .any(|sign| text.contains(sign))
 }
 
 /// What `txflow migrate` did.

@@ -30,7 +30,7 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(cli.run()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("txflow: {e:#}");
+            eprintln!("txflow: {}", txflow::domain::failure::chain(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }

@@ -8,8 +8,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::server::ConnectionLimits;
+use super::tls::CertificateFiles;
 use super::GatewaySettings;
-use crate::config::ConfigError;
+use crate::config::{read_setting_file, ConfigError};
 use crate::domain::is_currency_code;
 use crate::limits::KeyedRateLimit;
 use crate::pipeline::breaker::BreakerConfig;
@@ -55,6 +56,10 @@ pub struct GatewayConfig {
     pub occurred_at_max_age_s: u64,
     /// How far in the future `occurred_at` may lie (clock skew), in seconds.
     pub occurred_at_max_ahead_s: u64,
+    /// HTTPS, for a gateway with no ingress in front: the certificate chain and its key, in
+    /// PEM, both or neither; read again when either file changes.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
     /// Failed store reads in a row that open the breaker in front of the store: while it is
     /// open, reads are answered 503 at once, with `Retry-After` saying when it lets one
     /// through.
@@ -83,6 +88,8 @@ impl Default for GatewayConfig {
             currencies: Vec::new(),
             occurred_at_max_age_s: 30 * 24 * 3600,
             occurred_at_max_ahead_s: 300,
+            tls_cert_file: None,
+            tls_key_file: None,
             store_breaker_failure_threshold: 5,
             store_breaker_open_ms: 2_000,
         }
@@ -139,7 +146,23 @@ impl GatewayConfig {
             )));
         }
         self.key_hashes()?;
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "gateway.tls_cert_file and gateway.tls_key_file go together".to_owned(),
+            ));
+        }
         Ok(())
+    }
+
+    /// The files of the gateway's TLS certificate, when it serves HTTPS.
+    pub fn certificate_files(&self) -> Option<CertificateFiles> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => Some(CertificateFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        }
     }
 
     pub fn settings(&self) -> GatewaySettings {
@@ -242,10 +265,7 @@ fn limit(
 
 /// The (name, hash, where) of each `NAME SHA256-HEX` line of an API keys file.
 fn key_file_entries(path: &Path) -> Result<Vec<(String, String, String)>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: format!("{} (gateway.api_keys_file)", path.display()),
-        source,
-    })?;
+    let text = read_setting_file(path, "gateway.api_keys_file")?;
     let mut entries = Vec::new();
     for (number, line) in text.lines().enumerate() {
         let line = line.trim();

@@ -11,7 +11,8 @@ mod config;
 pub mod event_json;
 pub mod keys;
 mod server;
-mod strict_json;
+pub mod strict_json;
+pub mod tls;
 
 pub use config::GatewayConfig;
 pub use server::{serve, ConnectionLimits};

@@ -19,6 +19,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use super::api_error::ApiError;
@@ -43,12 +44,12 @@ const HEAD_BUFFER_BYTES: usize = 256 * 1024;
 /// The route label of requests refused before routing.
 const PREFLIGHT: &str = "preflight";
 
-/// Serves `gateway` on `listener` until `shutdown` turns true, then lets the requests in
-/// flight finish (for at most `drain`).
+/// Serves `gateway` on `listener` (over TLS with `tls`) until `shutdown` turns true, then
+/// lets the requests in flight finish (for at most `drain`).
 pub async fn serve<P: Publisher + 'static, S: Balances>(
     listener: TcpListener,
     gateway: Arc<Gateway<P, S>>,
-    limits: ConnectionLimits,
+    (limits, tls): (ConnectionLimits, Option<TlsAcceptor>),
     drain: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -88,11 +89,24 @@ pub async fn serve<P: Publisher + 'static, S: Balances>(
             let (gateway, router) = (gateway.clone(), router.clone());
             async move { Ok::<_, Infallible>(preflight(&gateway, router, limits, peer, request).await) }
         });
-        let connection =
-            graceful.watch(http.serve_connection(TokioIo::new(JsonErrors::new(stream)), service));
+        let (http, watcher, tls) = (http.clone(), graceful.watcher(), tls.clone());
         tokio::spawn(async move {
-            // A client that hangs up or times out is its own business.
-            let _ = connection.await;
+            // A client that hangs up, times out or fails its handshake is its own business.
+            match tls {
+                None => {
+                    let io = TokioIo::new(JsonErrors::new(stream));
+                    let _ = watcher.watch(http.serve_connection(io, service)).await;
+                }
+                Some(acceptor) => {
+                    let handshake = acceptor.accept(stream);
+                    if let Ok(Ok(stream)) =
+                        tokio::time::timeout(limits.header_read_timeout, handshake).await
+                    {
+                        let io = TokioIo::new(JsonErrors::new(stream));
+                        let _ = watcher.watch(http.serve_connection(io, service)).await;
+                    }
+                }
+            }
             drop(permit);
         });
     }

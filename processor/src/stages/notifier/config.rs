@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::NotifierSettings;
-use crate::config::{ConfigError, Secret};
+use crate::config::{read_setting_file, ConfigError, Secret};
 use crate::failures::MAX_RETRY_TIERS;
 use crate::pipeline::breaker::BreakerConfig;
 use crate::pipeline::{GroupConfig, GroupDefaults};
@@ -137,11 +137,7 @@ impl EndpointConfig {
         let at = format!("notifier.endpoints.{name}");
         let secrets: Vec<Vec<u8>> = match (&self.secret, &self.secret_file) {
             (Some(secret), None) => vec![secret.0.clone().into_bytes()],
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::Read {
-                    path: format!("{} ({at}.secret_file)", path.display()),
-                    source,
-                })?
+            (None, Some(path)) => read_setting_file(path, &format!("{at}.secret_file"))?
                 .lines()
                 .map(str::trim)
                 .filter(|line| !line.is_empty())

@@ -21,6 +21,7 @@ pub async fn topics(config: &Config, command: TopicsCommand) -> anyhow::Result<(
 }
 
 async fn apply(config: &Config) -> anyhow::Result<()> {
+    tokio::task::block_in_place(|| kafka::check_access(&config.kafka, kafka::ACCESS_PATIENCE))?;
     let reports = kafka::apply_topics(&config.kafka, &config.topics, &config.all_topics())
         .await
         .with_context(|| format!("applying topics on {}", config.kafka.bootstrap_servers))?;
