@@ -16,4 +16,6 @@ pub mod ports;
 pub mod routing;
 pub mod stages;
 pub mod telemetry;
+#[cfg(test)]
+mod test_certs;
 pub mod wire;

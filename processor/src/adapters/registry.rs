@@ -315,3 +315,93 @@ fn error_message(body: &[u8]) -> String {
         Err(_) => String::from_utf8_lossy(body).chars().take(512).collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::test_certs::self_signed;
+
+    /// An HTTPS registry on loopback that answers one request: its versions of a subject when
+    /// the request carries `user:secret`, 401 otherwise.
+    async fn https_registry(cert: &[u8], key: &[u8]) -> Url {
+        let chain = vec![CertificateDer::from_pem_slice(cert).unwrap()];
+        let key = PrivateKeyDer::from_pem_slice(key).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}/apis/ccompat/v7", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let Ok(mut stream) = acceptor.accept(stream).await else {
+                    continue;
+                };
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = stream.read(&mut buffer).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    request.extend_from_slice(&buffer[..n]);
+                }
+                let text = String::from_utf8_lossy(&request).to_lowercase();
+                // user:secret, in base64.
+                let (status, body) = if text.contains("authorization: basic dxnlcjpzzwnyzxq=") {
+                    ("200 OK", "[1,2]")
+                } else {
+                    (
+                        "401 Unauthorized",
+                        r#"{"error_code":401,"message":"who are you"}"#,
+                    )
+                };
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            }
+        });
+        url.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_https_registry_is_reached_with_its_ca_and_credentials() {
+        let (cert, key) = self_signed("registry");
+        let url = https_registry(&cert, &key).await;
+        let address = |ca: Option<Vec<u8>>, password: &str| RegistryAddress {
+            url: url.clone(),
+            credentials: Some(("user".to_owned(), Secret(password.to_owned()))),
+            ca_pem: ca,
+        };
+        let timeout = Duration::from_secs(5);
+        let trusted = SchemaRegistry::new(address(Some(cert.clone()), "secret"), timeout).unwrap();
+        assert_eq!(trusted.versions("s").await.unwrap(), [1, 2]);
+
+        let wrong_password = SchemaRegistry::new(address(Some(cert), "guess"), timeout).unwrap();
+        match wrong_password.versions("s").await {
+            Err(RegistryError::Refused { status: 401, .. }) => {}
+            other => panic!("a wrong password: {other:?}"),
+        }
+        let untrusted = SchemaRegistry::new(address(None, "secret"), timeout).unwrap();
+        match untrusted.versions("s").await {
+            Err(RegistryError::Unavailable { cause, .. }) => {
+                assert!(cause.to_string().contains("certificate"), "{cause}")
+            }
+            other => panic!("an untrusted certificate: {other:?}"),
+        }
+    }
+}

@@ -132,7 +132,7 @@ impl FailureRoutes {
         not_before_ms: i64,
         rng: &mut impl Rng,
     ) -> Routed {
-        let attempts = record.header_number(ATTEMPTS).unwrap_or(0) as u32 + 1;
+        let attempts = record.attempts().saturating_add(1);
         let first = record.header_number(FIRST_FAILURE).unwrap_or(now_ms);
         let failure = [
             (ERROR_KIND, kind.as_str().to_owned()),

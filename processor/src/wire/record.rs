@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::headers::{
-    ORIGINAL_OFFSET, ORIGINAL_PARTITION, ORIGINAL_TOPIC, REDRIVEN_FROM, RETRY_DUE,
+    ATTEMPTS, ORIGINAL_OFFSET, ORIGINAL_PARTITION, ORIGINAL_TOPIC, REDRIVEN_FROM, RETRY_DUE,
 };
 use crate::domain::Origin;
 
@@ -76,6 +76,16 @@ impl InputRecord {
             partition,
             offset,
         })
+    }
+
+    /// How many times the record's event failed before (`txflow.attempts`); none without
+    /// the header. A value out of range (negative, or beyond what a count can be) is taken
+    /// as none or as the most, never wrapped: a forged header cannot buy more retries.
+    pub fn attempts(&self) -> u32 {
+        match self.header_number(ATTEMPTS) {
+            None => 0,
+            Some(n) => u32::try_from(n).unwrap_or(if n < 0 { 0 } else { u32::MAX }),
+        }
     }
 
     /// On a delayed topic (a retry tier): when the record may be handed out, in
@@ -172,6 +182,15 @@ mod tests {
         assert_eq!(with(&[(RETRY_DUE, "1700")]).retry_due_ms(), 1700);
         assert_eq!(with(&[(RETRY_DUE, "soon")]).retry_due_ms(), 0);
         assert_eq!(with(&[]).retry_due_ms(), 0);
+    }
+
+    #[test]
+    fn attempts_out_of_range_are_bounded_not_wrapped() {
+        assert_eq!(with(&[]).attempts(), 0);
+        assert_eq!(with(&[(ATTEMPTS, "3")]).attempts(), 3);
+        assert_eq!(with(&[(ATTEMPTS, "-1")]).attempts(), 0);
+        assert_eq!(with(&[(ATTEMPTS, "99999999999")]).attempts(), u32::MAX);
+        assert_eq!(with(&[(ATTEMPTS, "many")]).attempts(), 0);
     }
 
     #[test]

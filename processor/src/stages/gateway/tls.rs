@@ -148,35 +148,8 @@ fn read(files: &CertificateFiles) -> Result<Loaded, TlsError> {
 
 #[cfg(test)]
 mod tests {
-    use openssl::asn1::Asn1Time;
-    use openssl::hash::MessageDigest;
-    use openssl::pkey::PKey;
-    use openssl::rsa::Rsa;
-    use openssl::x509::{X509NameBuilder, X509};
-
     use super::*;
-
-    /// A self-signed certificate for `name`, and its key, in PEM.
-    fn certificate(name: &str) -> (Vec<u8>, Vec<u8>) {
-        let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
-        let mut subject = X509NameBuilder::new().unwrap();
-        subject.append_entry_by_text("CN", name).unwrap();
-        let subject = subject.build();
-        let mut cert = X509::builder().unwrap();
-        cert.set_version(2).unwrap();
-        cert.set_subject_name(&subject).unwrap();
-        cert.set_issuer_name(&subject).unwrap();
-        cert.set_pubkey(&key).unwrap();
-        cert.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-            .unwrap();
-        cert.set_not_after(&Asn1Time::days_from_now(1).unwrap())
-            .unwrap();
-        cert.sign(&key, MessageDigest::sha256()).unwrap();
-        (
-            cert.build().to_pem().unwrap(),
-            key.private_key_to_pem_pkcs8().unwrap(),
-        )
-    }
+    use crate::test_certs::self_signed as certificate;
 
     fn served(certificate: &ReloadingCertificate) -> Vec<u8> {
         let loaded = certificate.loaded.read().unwrap();

@@ -33,7 +33,7 @@ use crate::failures::FailureRoutes;
 use crate::pipeline::breaker::Breaker;
 use crate::pipeline::{BatchOutput, Stage, StageError, Tally};
 use crate::ports::{DeliveryError, WebhookRequest, Webhooks};
-use crate::wire::{trace_context, InputRecord, ATTEMPTS, RULE, TRACEPARENT, WEBHOOK};
+use crate::wire::{trace_context, InputRecord, RULE, TRACEPARENT, WEBHOOK};
 
 /// The same for every attempt of one notification: `<topic>/<partition>/<offset>` where it
 /// was first read.
@@ -172,7 +172,7 @@ impl<W: Webhooks> Notifier<W> {
             endpoint,
             id: origin.to_string(),
             rule: text(RULE),
-            attempt: record.header_number(ATTEMPTS).unwrap_or(0) as u32 + 1,
+            attempt: record.attempts().saturating_add(1),
             traceparent: record
                 .header(TRACEPARENT)
                 .and_then(trace_context::traceparent)
