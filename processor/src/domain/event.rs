@@ -244,12 +244,12 @@ pub fn id_problem(name: &str, value: &str) -> Option<String> {
     if value.is_empty() {
         return Some(format!("{name} must not be empty"));
     }
-    text_problem(name, value, MAX_ID_LEN)
+    text_problem(&name, value, MAX_ID_LEN)
 }
 
 /// Why a piece of text that becomes part of the ledger's records is refused: too long,
 /// surrounded by whitespace, or holding a character that is not printable.
-fn text_problem(name: &str, value: &str, max_len: usize) -> Option<String> {
+fn text_problem(name: &dyn std::fmt::Display, value: &str, max_len: usize) -> Option<String> {
     if value.len() > max_len {
         return Some(format!(
             "{name} is {} bytes long, at most {max_len} are allowed",
@@ -276,6 +276,9 @@ fn text_problem(name: &str, value: &str, max_len: usize) -> Option<String> {
 /// bidirectional controls, byte-order marks, tags), not a line or paragraph separator, not a
 /// private-use or non-character code point.
 fn is_printable(c: char) -> bool {
+    if c.is_ascii() {
+        return !c.is_ascii_control();
+    }
     let code = c as u32;
     let format = matches!(
         code,
@@ -319,11 +322,17 @@ fn attributes_problem(attributes: &BTreeMap<String, String>) -> Option<String> {
             return Some("attributes must not have an empty key".to_owned());
         }
         text_problem(
-            &format!("attribute key {key:?}"),
+            &format_args!("attribute key {key:?}"),
             key,
             MAX_ATTRIBUTE_KEY_LEN,
         )
-        .or_else(|| text_problem(&format!("attributes.{key}"), value, MAX_ATTRIBUTE_VALUE_LEN))
+        .or_else(|| {
+            text_problem(
+                &format_args!("attributes.{key}"),
+                value,
+                MAX_ATTRIBUTE_VALUE_LEN,
+            )
+        })
     })
 }
 

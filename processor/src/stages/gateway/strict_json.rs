@@ -12,20 +12,37 @@ use serde_json::{Map, Number, Value};
 /// its path (`[2].attributes.channel`).
 pub fn parse(bytes: &[u8]) -> Result<Value, serde_json::Error> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = Strict {
-        path: String::new(),
-    }
-    .deserialize(&mut deserializer)?;
+    let value = Strict { at: &At::Root }.deserialize(&mut deserializer)?;
     deserializer.end()?;
     Ok(value)
 }
 
-/// A value at `path` in the document.
-struct Strict {
-    path: String,
+/// Where a value sits in the document: a chain of borrowed steps, written out only for an
+/// error, so that reading a valid body builds no paths.
+enum At<'a> {
+    Root,
+    Key(&'a At<'a>, &'a str),
+    Index(&'a At<'a>, usize),
 }
 
-impl<'de> DeserializeSeed<'de> for Strict {
+impl fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            At::Root => f.write_str("the body"),
+            At::Key(At::Root, key) => f.write_str(key),
+            At::Key(parent, key) => write!(f, "{parent}.{key}"),
+            At::Index(At::Root, index) => write!(f, "[{index}]"),
+            At::Index(parent, index) => write!(f, "{parent}[{index}]"),
+        }
+    }
+}
+
+/// A value at `at` in the document.
+struct Strict<'a> {
+    at: &'a At<'a>,
+}
+
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
     type Value = Value;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
@@ -33,7 +50,7 @@ impl<'de> DeserializeSeed<'de> for Strict {
     }
 }
 
-impl<'de> Visitor<'de> for Strict {
+impl<'de> Visitor<'de> for Strict<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -55,7 +72,7 @@ impl<'de> Visitor<'de> for Strict {
     fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
         Number::from_f64(v)
             .map(Value::Number)
-            .ok_or_else(|| E::custom(format!("{} is not a finite number", self.at())))
+            .ok_or_else(|| E::custom(format!("{} is not a finite number", self.at)))
     }
 
     fn visit_str<E>(self, v: &str) -> Result<Value, E> {
@@ -73,7 +90,7 @@ impl<'de> Visitor<'de> for Strict {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::new();
         while let Some(item) = seq.next_element_seed(Strict {
-            path: format!("{}[{}]", self.path, items.len()),
+            at: &At::Index(self.at, items.len()),
         })? {
             items.push(item);
         }
@@ -83,30 +100,19 @@ impl<'de> Visitor<'de> for Strict {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut object = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            let path = if self.path.is_empty() {
-                key.clone()
-            } else {
-                format!("{}.{key}", self.path)
+            let value = {
+                let at = At::Key(self.at, &key);
+                if object.contains_key(&key) {
+                    return Err(A::Error::custom(format!(
+                        "the key {:?} appears twice; send each key once",
+                        at.to_string()
+                    )));
+                }
+                map.next_value_seed(Strict { at: &at })?
             };
-            if object.contains_key(&key) {
-                return Err(A::Error::custom(format!(
-                    "the key {path:?} appears twice; send each key once"
-                )));
-            }
-            let value = map.next_value_seed(Strict { path })?;
             object.insert(key, value);
         }
         Ok(Value::Object(object))
-    }
-}
-
-impl Strict {
-    fn at(&self) -> &str {
-        if self.path.is_empty() {
-            "the body"
-        } else {
-            &self.path
-        }
     }
 }
 
