@@ -18,6 +18,10 @@ use prometheus::{
 /// The metrics of a stage process.
 pub struct Metrics {
     registry: Registry,
+    /// The process's own: CPU seconds, resident and virtual memory, open and most file
+    /// descriptors, start time, under the standard `process_*` names (no `txflow_` prefix,
+    /// so that the usual dashboards find them).
+    process: Registry,
     /// Batches by outcome: `committed`, `retried` (a transient failure or an aborted
     /// transaction; the batch is read again after a backoff) or `paused` (a circuit breaker
     /// is open; the batch is read again once it lets a probe through).
@@ -61,6 +65,12 @@ impl Metrics {
     pub fn new() -> Self {
         let registry =
             Registry::new_custom(Some("txflow".to_owned()), None).expect("a valid metrics prefix");
+        let process = Registry::new();
+        process
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("the process collector registered once");
         let r = &registry;
         Metrics {
             batches: counter(r, "batches_total", "Batches by outcome: committed, retried after a transient failure or an aborted transaction, or paused while a circuit breaker is open", &["stage", "outcome"]),
@@ -106,14 +116,17 @@ impl Metrics {
                 refused
             },
             registry,
+            process,
         }
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
         let mut text = Vec::new();
         TextEncoder::new()
-            .encode(&self.registry.gather(), &mut text)
+            .encode(&families, &mut text)
             .expect("text encoding into memory");
         String::from_utf8(text).expect("the text format is UTF-8")
     }
@@ -249,5 +262,27 @@ async fn readyz(State(admin): State<Admin>) -> impl IntoResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {}\n", waiting.join("; ")),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_process_is_measured_under_the_standard_names() {
+        let metrics = Metrics::new();
+        metrics.records.with_label_values(&["ledger"]).inc();
+        let text = metrics.render();
+        for name in [
+            "txflow_records_total{stage=\"ledger\"} 1",
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_max_fds ",
+        ] {
+            assert!(text.contains(name), "{name} in:\n{text}");
+        }
+        assert!(!text.contains("txflow_process_"), "{text}");
     }
 }
