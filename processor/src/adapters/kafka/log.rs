@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
+    StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, Producer};
@@ -288,14 +289,15 @@ struct Committer {
 }
 
 impl Committer {
-    /// Commits one batch, given its next offsets; an aborted transaction is rolled back
-    /// before this returns.
+    /// Commits one batch, given its next offsets and the group's metadata as it was when the
+    /// batch was read; an aborted transaction is rolled back before this returns.
     fn commit(
         &self,
         offsets: &TopicPartitionList,
         outputs: Vec<OutputRecord>,
+        read_in: Option<ConsumerGroupMetadata>,
     ) -> Result<(), LogError> {
-        let error = match self.transact(offsets, outputs) {
+        let error = match self.transact(offsets, outputs, read_in) {
             Ok(()) => return Ok(()),
             Err(error) => error,
         };
@@ -341,16 +343,15 @@ impl Committer {
         &self,
         offsets: &TopicPartitionList,
         outputs: Vec<OutputRecord>,
+        read_in: Option<ConsumerGroupMetadata>,
     ) -> Result<(), KafkaError> {
         if self.delivery == Delivery::AtLeastOnce {
             return self.flush_then_commit(offsets, outputs);
         }
         self.producer.begin_transaction()?;
         self.send_all(&outputs)?;
-        let metadata = self
-            .consumer
-            .group_metadata()
-            .ok_or_else(|| KafkaError::ConsumerCommit(RDKafkaErrorCode::InvalidGroupId))?;
+        let metadata =
+            read_in.ok_or_else(|| KafkaError::ConsumerCommit(RDKafkaErrorCode::InvalidGroupId))?;
         self.producer
             .send_offsets_to_transaction(offsets, &metadata, CALL_TIMEOUT)?;
         self.await_deliveries()?;
@@ -548,9 +549,15 @@ impl Log for KafkaLog {
         let committer = Arc::clone(&self.committer);
         let offsets = next_offsets(batch)
             .map_err(|e| LogError::Fatal(Cause::context("the batch's offsets to commit", e)));
+        // The generation the batch was read in: the consumer has not been polled since, so no
+        // rebalance has completed. A transaction that runs into a rebalance (it runs while the
+        // next batch is read) must carry this one and be fenced, not the generation after it:
+        // with that, a member that lost the batch's partitions would still commit the batch
+        // its partitions' new owner has read again, and its results would be published twice.
+        let read_in = self.consumer.group_metadata();
         async move {
             let offsets = offsets?;
-            tokio::task::spawn_blocking(move || committer.commit(&offsets, outputs))
+            tokio::task::spawn_blocking(move || committer.commit(&offsets, outputs, read_in))
                 .await
                 .map_err(|e| LogError::Fatal(Cause::context("the commit's thread failed", e)))?
         }
