@@ -30,7 +30,9 @@ pub trait Log: Send {
     /// Up to `max_records` records, waiting at most `max_wait` for the first and then taking
     /// only what has already arrived. Empty when nothing came. A record of a delayed topic
     /// comes no earlier than its due time ([`DelayedTopics::due`]); until then its partition
-    /// waits (paused, not polled in a loop), and records behind it wait with it.
+    /// waits (paused, not polled in a loop), and records behind it wait with it. A batch
+    /// holds nothing read before its partitions were last revoked: the partitions' owner
+    /// reads that again.
     fn next_batch(
         &mut self,
         max_records: usize,

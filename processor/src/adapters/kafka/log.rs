@@ -70,15 +70,23 @@ fn stage_consumer_config(kafka: &KafkaConfig, group: &Membership) -> ClientConfi
 }
 
 /// Counts the partition assignments this member received, so that the log can tell a stage
-/// its partitions changed even when a rebalance gave back the same ones.
+/// its partitions changed even when a rebalance gave back the same ones; and the
+/// revocations, so that it can forget what it read before one.
 #[derive(Default)]
 pub struct GroupEvents {
     assignments: AtomicU64,
+    revocations: AtomicU64,
 }
 
 impl ClientContext for GroupEvents {}
 
 impl ConsumerContext for GroupEvents {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(_) = rebalance {
+            self.revocations.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(partitions) = rebalance {
             tracing::info!(partitions = partitions.count(), "partitions assigned");
@@ -103,6 +111,8 @@ pub struct KafkaLog {
     assignments_seen: Option<u64>,
     /// Records that arrived while the log was held, in arrival order.
     held: VecDeque<InputRecord>,
+    /// The revocation count when the records in `held` were read.
+    held_since: u64,
 }
 
 impl KafkaLog {
@@ -181,7 +191,42 @@ impl KafkaLog {
             waiting: BTreeMap::new(),
             assignments_seen: None,
             held: VecDeque::new(),
+            held_since: 0,
         })
+    }
+
+    fn revocations(&self) -> u64 {
+        self.consumer.context().revocations.load(Ordering::SeqCst)
+    }
+
+    /// Forgets what was read before the last revocation, in `batch` and held. Assignment is eager: a revocation takes every partition, and whoever
+    /// owns one next reads it again from its committed offset, this member included. A
+    /// record read before it must not be processed and committed after it, under the group's
+    /// next generation: the broker would take the offsets of a partition this member may no
+    /// longer own, and its new owner would publish the same results a second time.
+    fn forget_if_revoked(&mut self, batch: &mut Vec<InputRecord>, read_since: &mut u64) {
+        self.forget_held_if_revoked();
+        let revocations = self.held_since;
+        if *read_since == revocations {
+            return;
+        }
+        *read_since = revocations;
+        if !batch.is_empty() {
+            tracing::info!(
+                records = batch.len(),
+                "partitions revoked while reading a batch: it is read again from the committed offsets"
+            );
+            batch.clear();
+        }
+    }
+
+    /// Forgets the held records if a revocation came after they were read.
+    fn forget_held_if_revoked(&mut self) {
+        let revocations = self.revocations();
+        if self.held_since != revocations {
+            self.held.clear();
+            self.held_since = revocations;
+        }
     }
 
     /// Whether `record` is on a delayed topic and not due yet: then its partition is paused
@@ -411,6 +456,8 @@ impl Log for KafkaLog {
         let consumer_error =
             |e: KafkaError| LogError::Fatal(Cause::context(failed_doing("consuming", &e), e));
         let mut batch = Vec::new();
+        let mut read_since = self.revocations();
+        self.forget_if_revoked(&mut batch, &mut read_since);
         while batch.len() < max_records {
             let Some(record) = self.held.pop_front() else {
                 break;
@@ -437,6 +484,8 @@ impl Log for KafkaLog {
                 }
                 Ok(Err(e)) => return Err(consumer_error(e)),
             };
+            // Polling serves rebalances: what was read before one is stale.
+            self.forget_if_revoked(&mut batch, &mut read_since);
             if !self.is_waiting(&record) && !self.hold_if_early(&record).map_err(consumer_error)? {
                 batch.push(record);
             }
@@ -446,6 +495,7 @@ impl Log for KafkaLog {
             match tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
                 Ok(Ok(message)) => {
                     let record = input_record(&message);
+                    self.forget_if_revoked(&mut batch, &mut read_since);
                     if !self.is_waiting(&record)
                         && !self.hold_if_early(&record).map_err(consumer_error)?
                     {
@@ -457,6 +507,8 @@ impl Log for KafkaLog {
                 Err(_) => break,
             }
         }
+        // The last poll may have served a revocation and returned nothing.
+        self.forget_if_revoked(&mut batch, &mut read_since);
         Ok(batch)
     }
 
@@ -481,7 +533,12 @@ impl Log for KafkaLog {
             // Polling serves the group (heartbeats, rebalances) while nothing is fetched.
             match tokio::time::timeout(left, self.consumer.recv()).await {
                 Err(_) => break,
-                Ok(Ok(message)) => self.held.push_back(input_record(&message)),
+                Ok(Ok(message)) => {
+                    let record = input_record(&message);
+                    drop(message);
+                    self.forget_held_if_revoked();
+                    self.held.push_back(record);
+                }
                 Ok(Err(e)) if passing(&e) => tracing::warn!("consumer: {e}"),
                 Ok(Err(e)) => return Err(fatal("consuming", e)),
             }
