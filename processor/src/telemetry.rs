@@ -12,7 +12,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// The metrics of a stage process.
@@ -33,6 +34,31 @@ pub struct Metrics {
     pub outputs: IntCounterVec,
     /// Seconds from a batch's first record in hand to its commit.
     pub batch_seconds: HistogramVec,
+    /// Seconds the stage took over a batch, before its transaction.
+    pub process_seconds: HistogramVec,
+    /// Seconds from a batch's transaction begun to its commit or abort.
+    pub commit_seconds: HistogramVec,
+    /// Transactions by outcome: `committed`, `aborted`.
+    pub transactions: IntCounterVec,
+    /// Seconds from an event entering txflow (its timestamp on the events topic) to the
+    /// commit of the batch that took it through the stage: for the ledger, to its result.
+    pub end_to_end_seconds: HistogramVec,
+    /// Records the member has still to read, by topic and partition; records of a retry
+    /// tier that are not due yet are not counted (they are in `retry_waiting`).
+    pub consumer_lag: IntGaugeVec,
+    /// Records of a retry tier's partition that wait for their due time.
+    pub retry_waiting: IntGaugeVec,
+    /// Records sent to a retry tier in committed batches, by tier.
+    pub retries: IntCounterVec,
+    /// Records dead-lettered in committed batches, by error kind.
+    pub dead_letters: IntCounterVec,
+    /// Seconds a store call took, by operation.
+    pub store_seconds: HistogramVec,
+    /// Conditional store writes by operation (`claim_event_ids`, `record`) and outcome:
+    /// `applied`, `refused` (the condition did not hold), `failed` (no answer).
+    pub store_conditional_writes: IntCounterVec,
+    /// Each stage the process runs: 1 while ready, 0 while not (`/readyz` says why).
+    pub stage_ready: IntGaugeVec,
     /// Each circuit breaker's state: 0 closed, 1 open, 2 half-open.
     pub circuit_state: IntGaugeVec,
     /// Circuit breaker transitions, by the state entered.
@@ -83,6 +109,41 @@ impl Metrics {
                 &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
                 &["stage"],
             ),
+            process_seconds: histogram(
+                r,
+                "process_duration_seconds",
+                "What the stage took over a batch, before its transaction",
+                &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+                &["stage"],
+            ),
+            commit_seconds: histogram(
+                r,
+                "commit_duration_seconds",
+                "From a batch's transaction begun to its commit or abort",
+                &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+                &["stage"],
+            ),
+            transactions: counter(r, "transactions_total", "Transactions by outcome: committed, aborted", &["stage", "outcome"]),
+            end_to_end_seconds: histogram(
+                r,
+                "end_to_end_seconds",
+                "From an event's timestamp on the events topic to the commit of the batch that took it through the stage",
+                &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0],
+                &["stage"],
+            ),
+            consumer_lag: gauge(r, "consumer_lag_records", "Records still to read, by partition; retry records not yet due are not counted", &["stage", "topic", "partition"]),
+            retry_waiting: gauge(r, "retry_waiting_records", "Records of a retry tier waiting for their due time, by partition", &["stage", "topic", "partition"]),
+            retries: counter(r, "retries_total", "Records sent to a retry tier in committed batches, by tier", &["stage", "tier"]),
+            dead_letters: counter(r, "dead_letters_total", "Records dead-lettered in committed batches, by error kind", &["stage", "kind"]),
+            store_seconds: histogram(
+                r,
+                "store_duration_seconds",
+                "A store call, by operation",
+                &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+                &["stage", "operation"],
+            ),
+            store_conditional_writes: counter(r, "store_conditional_writes_total", "Conditional store writes by operation and outcome: applied, refused (the condition did not hold), failed", &["stage", "operation", "outcome"]),
+            stage_ready: gauge(r, "stage_ready", "Each stage the process runs: 1 while ready, 0 while not", &["stage"]),
             circuit_state: gauge(r, "circuit_state", "Circuit breaker state: 0 closed, 1 open, 2 half-open", &["stage", "dependency"]),
             circuit_transitions: counter(r, "circuit_transitions_total", "Circuit breaker transitions, by the state entered", &["stage", "dependency", "to"]),
             routed: counter(r, "routed_total", "Records the router sent in committed batches, by rule (default: no rule matched)", &["rule"]),
@@ -180,16 +241,34 @@ pub struct Readiness {
     reason: Mutex<String>,
     /// Where the stage serves, once it does (the gateway's bound address).
     address: std::sync::OnceLock<SocketAddr>,
+    /// `txflow_stage_ready{stage}`, where it is reported.
+    gauge: Option<IntGauge>,
 }
 
 impl Readiness {
+    /// Not ready until told otherwise, and reported as `txflow_stage_ready{stage}`.
+    pub fn reported(metrics: &Metrics, stage: &str) -> Readiness {
+        let gauge = metrics.stage_ready.with_label_values(&[stage]);
+        gauge.set(0);
+        Readiness {
+            gauge: Some(gauge),
+            ..Readiness::default()
+        }
+    }
+
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Relaxed);
+        if let Some(gauge) = &self.gauge {
+            gauge.set(1);
+        }
     }
 
     pub fn set_not_ready(&self, reason: &str) {
         *self.reason.lock().expect("the readiness lock") = reason.to_owned();
         self.ready.store(false, Ordering::Relaxed);
+        if let Some(gauge) = &self.gauge {
+            gauge.set(0);
+        }
     }
 
     pub fn is_ready(&self) -> bool {

@@ -10,6 +10,7 @@
 
 pub mod conformance;
 pub mod invariants;
+pub mod monitoring;
 pub mod process;
 
 use std::time::{Duration, Instant};

@@ -620,13 +620,34 @@ pub fn try_raw_http(address: &str, request: &[u8]) -> std::io::Result<HttpAnswer
         .and_then(|line| line.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
         .ok_or_else(not_http)?;
-    let headers = lines
+    let headers: Vec<(String, String)> = lines
         .filter_map(|line| line.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let body = match chunked {
+        true => dechunked(body).ok_or_else(not_http)?,
+        false => body.to_owned(),
+    };
     Ok(HttpAnswer {
         status,
         headers,
-        body: body.to_owned(),
+        body,
     })
+}
+
+/// A chunked body's content: each chunk is its size in hex, CRLF, the bytes, CRLF.
+fn dechunked(mut body: &str) -> Option<String> {
+    let mut content = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n")?;
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(content);
+        }
+        content.push_str(rest.get(..size)?);
+        body = rest.get(size..)?.strip_prefix("\r\n")?;
+    }
 }

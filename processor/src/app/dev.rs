@@ -185,7 +185,7 @@ fn print_banner(
 ) {
     let (gateway, admin) = (local_address(gateway), local_address(admin));
     let stages: Vec<&str> = StageName::ALL.iter().map(|s| s.as_str()).collect();
-    eprintln!(
+    println!(
         "\ntxflow dev: {} in one process, data in {} (durable; restart to continue)\n\
          \n  gateway   http://{gateway}   Authorization: Bearer {key}\n\
          \x20 admin     http://{admin}/metrics  /healthz  /readyz\n\

@@ -16,6 +16,7 @@ use super::AppError;
 use super::Config;
 use crate::adapters::http::HttpWebhooks;
 use crate::adapters::kafka::Delivery;
+use crate::adapters::measured::{MeasuredStore, StoreMetrics};
 use crate::codec::Codec;
 use crate::domain::RetryPolicy;
 use crate::failures::FailureRoutes;
@@ -91,7 +92,7 @@ pub(super) fn stage_telemetry(stage: StageName, metrics: &Arc<Metrics>) -> Stage
     StageTelemetry {
         stage: stage.as_str(),
         metrics: metrics.clone(),
-        readiness: Arc::new(Readiness::default()),
+        readiness: Arc::new(Readiness::reported(metrics, stage.as_str())),
     }
 }
 
@@ -174,6 +175,12 @@ fn stage_log<B: Backend>(
     let delayed = failures
         .delayed_topics(tiers.longest_hold)
         .counted(telemetry.metrics.retry_due_out_of_bounds.clone());
+    for tier in 1..=tiers.delays_ms.len() {
+        telemetry
+            .metrics
+            .retries
+            .with_label_values(&[membership.stage, &tier.to_string()]);
+    }
     let log = backend.log(config, membership, &[input], &delayed, delivery)?;
     Ok((log, failures))
 }
@@ -272,7 +279,14 @@ async fn run_ledger<B: Backend>(
     telemetry: StageTelemetry,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), AppError> {
-    let store = backend.store(config).await?;
+    let store = MeasuredStore::new(
+        backend.store(config).await?,
+        StoreMetrics {
+            stage: telemetry.stage,
+            seconds: telemetry.metrics.store_seconds.clone(),
+            conditional_writes: telemetry.metrics.store_conditional_writes.clone(),
+        },
+    );
     let ledger_config = &config.ledger;
     let input = config.topics.ledger.clone();
     let (log, failures) = stage_log(
@@ -293,7 +307,7 @@ async fn run_ledger<B: Backend>(
     ));
     let write_limit = NonZeroU32::new(ledger_config.max_store_writes_per_second).map(pacing);
     let ledger = Ledger::new(
-        store,
+        Arc::new(store),
         codec,
         LedgerTopics {
             input: input.clone(),

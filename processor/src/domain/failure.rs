@@ -67,6 +67,28 @@ impl FailureKind {
         }
     }
 
+    pub const ALL: [FailureKind; 12] = [
+        FailureKind::Undecodable,
+        FailureKind::UnknownSchema,
+        FailureKind::InvalidEvent,
+        FailureKind::IdempotencyConflict,
+        FailureKind::OrphanCredit,
+        FailureKind::BalanceOverflow,
+        FailureKind::StoreUnavailable,
+        FailureKind::CircuitOpen,
+        FailureKind::EndpointUnavailable,
+        FailureKind::EndpointRejected,
+        FailureKind::NoEndpoint,
+        FailureKind::RegistryUnavailable,
+    ];
+
+    /// The kind whose [`as_str`](Self::as_str) is `name`.
+    pub fn from_name(name: &str) -> Option<FailureKind> {
+        FailureKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+    }
+
     /// The stable name used in headers, metrics and logs.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -11,8 +11,9 @@ use serde_json::{json, Value};
 use crate::codec::{Codec, Record};
 use crate::domain::TransactionEvent;
 use crate::wire::{
-    is_failure_header, ATTEMPTS, ERROR_KIND, ERROR_MESSAGE, FIRST_FAILURE, LAST_FAILURE,
-    ORIGINAL_OFFSET, ORIGINAL_PARTITION, ORIGINAL_TOPIC, REDRIVEN_FROM, REDRIVE_RUN, STAGE,
+    is_failure_header, ATTEMPTS, ERROR_KIND, ERROR_MESSAGE, FIRST_FAILURE, INGESTED_AT,
+    LAST_FAILURE, ORIGINAL_OFFSET, ORIGINAL_PARTITION, ORIGINAL_TOPIC, REDRIVEN_FROM, REDRIVE_RUN,
+    STAGE,
 };
 use crate::wire::{InputRecord, OutputRecord};
 
@@ -177,7 +178,8 @@ impl DeadLetter {
     /// topic it was first read from, without the failure headers (it starts over as a new
     /// record), saying in [`REDRIVEN_FROM`] where it was read before, so that the stage can
     /// publish a result recorded there that never was, and in [`REDRIVE_RUN`] which run
-    /// wrote it.
+    /// wrote it. Its latency is measured from the redrive, not from when the event first
+    /// entered txflow ([`INGESTED_AT`] goes).
     pub fn redriven(&self, to: Option<&str>, run: &str) -> Result<OutputRecord, String> {
         let topic = self.destination(to)?;
         let mut headers: Vec<(String, Vec<u8>)> = self
@@ -185,7 +187,8 @@ impl DeadLetter {
             .headers
             .iter()
             .filter(|(name, _)| {
-                !is_failure_header(name) && name != REDRIVEN_FROM && name != REDRIVE_RUN
+                !is_failure_header(name)
+                    && ![REDRIVEN_FROM, REDRIVE_RUN, INGESTED_AT].contains(&name.as_str())
             })
             .cloned()
             .collect();

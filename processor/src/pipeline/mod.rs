@@ -17,6 +17,7 @@ mod fault;
 mod group;
 pub mod uncommitted;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::future::Future;
 use std::sync::Arc;
@@ -31,7 +32,9 @@ use crate::codec::CodecError;
 use crate::domain::{Cause, FailureKind, RetryClass};
 use crate::ports::{Log, LogError, RegistryError, StoreError};
 use crate::telemetry::{Metrics, Readiness};
-use crate::wire::{InputRecord, OutputRecord};
+use crate::wire::{
+    InputRecord, OutputRecord, ERROR_KIND, INGESTED_AT, ORIGINAL_TIMESTAMP, RETRY_TIER,
+};
 
 /// Why a stage could not process a batch.
 #[derive(Debug, thiserror::Error)]
@@ -199,7 +202,10 @@ pub async fn run<L: Log, S: Stage>(
     telemetry: &StageTelemetry,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), StageError> {
-    telemetry.readiness.set_ready();
+    telemetry
+        .readiness
+        .set_not_ready("joining the consumer group: no partitions assigned yet");
+    announce_series(telemetry);
     let mut runner = Runner {
         log,
         stage,
@@ -208,6 +214,8 @@ pub async fn run<L: Log, S: Stage>(
         shutdown,
         backoff: Backoff::new(config.backoff_initial, config.backoff_max),
         in_flight: None,
+        backlog_reported: None,
+        joined: false,
     };
     let outcome = runner.run().await;
     // The last transaction decides before the log closes, whatever stopped the loop.
@@ -227,6 +235,7 @@ pub async fn run<L: Log, S: Stage>(
 struct InFlight<C> {
     batch: Vec<InputRecord>,
     counts: C,
+    failed: FailedRecords,
     started: Instant,
     /// How long the stage took over it.
     processed: Duration,
@@ -244,6 +253,42 @@ enum Concluded {
     },
 }
 
+/// The failed records a batch sends on: to each retry tier, and to the dead letters by
+/// error kind.
+#[derive(Debug, Default)]
+struct FailedRecords {
+    retries: BTreeMap<String, u64>,
+    dead_letters: BTreeMap<&'static str, u64>,
+}
+
+impl FailedRecords {
+    /// Read off the outputs' topics and the headers the failure routes set.
+    fn of(outputs: &[OutputRecord]) -> Self {
+        let mut failed = FailedRecords::default();
+        for output in outputs {
+            let header = |name: &str| {
+                output
+                    .headers
+                    .iter()
+                    .rev()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| String::from_utf8_lossy(v))
+            };
+            if output.topic.ends_with(".dlq") {
+                let kind = header(ERROR_KIND)
+                    .and_then(|kind| FailureKind::from_name(&kind))
+                    .map_or("unknown", FailureKind::as_str);
+                *failed.dead_letters.entry(kind).or_default() += 1;
+            } else if output.topic.contains(".retry.") {
+                if let Some(tier) = header(RETRY_TIER).filter(|t| t.parse::<u8>().is_ok()) {
+                    *failed.retries.entry(tier.into_owned()).or_default() += 1;
+                }
+            }
+        }
+        failed
+    }
+}
+
 /// The loop's state: one batch processing while the one before it commits.
 struct Runner<'a, L, S: Stage> {
     log: L,
@@ -253,6 +298,37 @@ struct Runner<'a, L, S: Stage> {
     shutdown: watch::Receiver<bool>,
     backoff: Backoff,
     in_flight: Option<InFlight<S::Counts>>,
+    /// When the backlog was last reported, and the partitions it was reported for.
+    backlog_reported: Option<(Instant, BTreeSet<(String, i32)>)>,
+    /// Whether the group has assigned this member its partitions (none, maybe) yet.
+    joined: bool,
+}
+
+/// Sets the stage's counters at zero for every label value they can take, so that a rate
+/// or an alert over them has a series before the first event of its kind.
+fn announce_series(telemetry: &StageTelemetry) {
+    let metrics = &telemetry.metrics;
+    let stage = telemetry.stage;
+    for outcome in ["committed", "aborted"] {
+        metrics.transactions.with_label_values(&[stage, outcome]);
+    }
+    for kind in FailureKind::ALL {
+        metrics
+            .dead_letters
+            .with_label_values(&[stage, kind.as_str()]);
+    }
+}
+
+/// How often the backlog gauges are set.
+const BACKLOG_EVERY: Duration = Duration::from_secs(1);
+
+/// When the event `record` carries entered txflow, in milliseconds since the Unix epoch: as
+/// the router stamped it, as a retry record keeps it, or the record's own timestamp.
+fn entered_at(record: &InputRecord) -> Option<i64> {
+    record
+        .header_number(INGESTED_AT)
+        .or_else(|| record.header_number(ORIGINAL_TIMESTAMP))
+        .or(record.timestamp)
 }
 
 fn fatal(error: LogError) -> StageError {
@@ -270,6 +346,11 @@ impl<L: Log, S: Stage> Runner<'_, L, S> {
                 _ = self.shutdown.changed() => continue,
             };
             let mut batch = batch.map_err(fatal)?;
+            self.report_backlog();
+            if !self.joined && self.log.reassignment_pending() {
+                self.joined = true;
+                self.telemetry.readiness.set_ready();
+            }
             if batch.is_empty() {
                 // Nothing new: the transaction under way decides meanwhile.
                 if let Concluded::Aborted { batch, failure } = self.conclude().await? {
@@ -312,11 +393,26 @@ impl<L: Log, S: Stage> Runner<'_, L, S> {
                 }
                 (Ok(output), Concluded::Committed) => {
                     let processed = started.elapsed();
+                    let metrics = &self.telemetry.metrics;
+                    let stage = [self.telemetry.stage];
+                    metrics
+                        .process_seconds
+                        .with_label_values(&stage)
+                        .observe(processed.as_secs_f64());
+                    let failed = FailedRecords::of(&output.outputs);
                     fault::before_commit().await;
-                    let commit = tokio::spawn(self.log.commit(&batch, output.outputs));
+                    let transaction = self.log.commit(&batch, output.outputs);
+                    let commit_seconds = metrics.commit_seconds.with_label_values(&stage);
+                    let commit = tokio::spawn(async move {
+                        let begun = Instant::now();
+                        let outcome = transaction.await;
+                        commit_seconds.observe(begun.elapsed().as_secs_f64());
+                        outcome
+                    });
                     self.in_flight = Some(InFlight {
                         batch,
                         counts: output.counts,
+                        failed,
                         started,
                         processed,
                         commit,
@@ -354,6 +450,11 @@ impl<L: Log, S: Stage> Runner<'_, L, S> {
             }
             Err(LogError::Aborted(message)) => {
                 self.stage.aborted();
+                self.telemetry
+                    .metrics
+                    .transactions
+                    .with_label_values(&[self.telemetry.stage, "aborted"])
+                    .inc();
                 Ok(Concluded::Aborted {
                     batch: in_flight.batch,
                     failure: format!("the transaction aborted: {message}"),
@@ -385,6 +486,29 @@ impl<L: Log, S: Stage> Runner<'_, L, S> {
             .batch_seconds
             .with_label_values(&[name])
             .observe(committed.started.elapsed().as_secs_f64());
+        metrics
+            .transactions
+            .with_label_values(&[name, "committed"])
+            .inc();
+        let end_to_end = metrics.end_to_end_seconds.with_label_values(&[name]);
+        let now = now_ms();
+        for record in &committed.batch {
+            if let Some(entered) = entered_at(record) {
+                end_to_end.observe((now - entered).max(0) as f64 / 1000.0);
+            }
+        }
+        for (tier, count) in &committed.failed.retries {
+            metrics
+                .retries
+                .with_label_values(&[name, tier])
+                .inc_by(*count);
+        }
+        for (kind, count) in &committed.failed.dead_letters {
+            metrics
+                .dead_letters
+                .with_label_values(&[name, kind])
+                .inc_by(*count);
+        }
         tracing::debug!(
             records = committed.batch.len(),
             counts = ?committed.counts,
@@ -392,6 +516,42 @@ impl<L: Log, S: Stage> Runner<'_, L, S> {
             total_ms = committed.started.elapsed().as_millis() as u64,
             "batch committed"
         );
+    }
+
+    /// Sets the backlog gauges, at most once a second; a partition no longer owned loses
+    /// its series.
+    fn report_backlog(&mut self) {
+        if let Some((at, _)) = &self.backlog_reported {
+            if at.elapsed() < BACKLOG_EVERY {
+                return;
+            }
+        }
+        let metrics = &self.telemetry.metrics;
+        let stage = self.telemetry.stage;
+        let mut reported = BTreeSet::new();
+        for backlog in self.log.backlog() {
+            let partition = backlog.partition.to_string();
+            let labels = [stage, backlog.topic.as_str(), partition.as_str()];
+            let (lag, waiting) = match backlog.waiting {
+                true => (0, backlog.records),
+                false => (backlog.records, 0),
+            };
+            metrics.consumer_lag.with_label_values(&labels).set(lag);
+            metrics
+                .retry_waiting
+                .with_label_values(&labels)
+                .set(waiting);
+            reported.insert((backlog.topic, backlog.partition));
+        }
+        if let Some((_, before)) = &self.backlog_reported {
+            for (topic, partition) in before.difference(&reported) {
+                let partition = partition.to_string();
+                let labels = [stage, topic.as_str(), partition.as_str()];
+                let _ = metrics.consumer_lag.remove_label_values(&labels);
+                let _ = metrics.retry_waiting.remove_label_values(&labels);
+            }
+        }
+        self.backlog_reported = Some((Instant::now(), reported));
     }
 
     /// Reads `batch` again after a pause: `pause` when a dependency said how long, else the
@@ -542,6 +702,10 @@ mod tests {
         }
 
         async fn close(self) {}
+
+        fn backlog(&self) -> Vec<crate::ports::Backlog> {
+            Vec::new()
+        }
     }
 
     #[derive(Debug, Default)]
@@ -705,5 +869,63 @@ mod tests {
             .collect();
         assert!(pauses.iter().any(|p| *p < Duration::from_millis(100)));
         assert!(pauses.iter().any(|p| *p > Duration::from_millis(900)));
+    }
+
+    fn output(topic: &str, headers: &[(&str, &str)]) -> OutputRecord {
+        OutputRecord {
+            topic: topic.to_owned(),
+            key: None,
+            value: None,
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn failed_records_are_counted_by_tier_and_by_known_error_kind() {
+        let failed = FailedRecords::of(&[
+            output("txflow.ledger.retry.1", &[(RETRY_TIER, "1")]),
+            output("txflow.ledger.retry.2", &[(RETRY_TIER, "2")]),
+            output("txflow.ledger.retry.2", &[(RETRY_TIER, "2")]),
+            // A dead letter keeps the tier header of its last retry; it is a dead letter.
+            output(
+                "txflow.ledger.dlq",
+                &[(RETRY_TIER, "2"), (ERROR_KIND, "store_unavailable")],
+            ),
+            output("txflow.ledger.dlq", &[(ERROR_KIND, "invalid_event")]),
+            // A kind no build of txflow writes does not become a label value.
+            output("txflow.ledger.dlq", &[(ERROR_KIND, "made-up\u{202e}")]),
+            output("txflow.results", &[(ERROR_KIND, "invalid_event")]),
+        ]);
+        assert_eq!(
+            failed.retries,
+            BTreeMap::from([("1".to_owned(), 1), ("2".to_owned(), 2)])
+        );
+        assert_eq!(
+            failed.dead_letters,
+            BTreeMap::from([
+                ("invalid_event", 1),
+                ("store_unavailable", 1),
+                ("unknown", 1)
+            ])
+        );
+    }
+
+    #[test]
+    fn an_event_entered_when_the_router_stamped_it_whatever_its_later_timestamps() {
+        let mut routed = record(1);
+        routed.timestamp = Some(5_000);
+        assert_eq!(entered_at(&routed), Some(5_000));
+        routed
+            .headers
+            .push((ORIGINAL_TIMESTAMP.to_owned(), b"3000".to_vec()));
+        assert_eq!(entered_at(&routed), Some(3_000));
+        routed
+            .headers
+            .push((INGESTED_AT.to_owned(), b"1000".to_vec()));
+        assert_eq!(entered_at(&routed), Some(1_000));
+        assert_eq!(entered_at(&record(2)), None);
     }
 }

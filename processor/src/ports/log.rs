@@ -78,6 +78,20 @@ pub trait Log: Send {
 
     /// Leaves the group cleanly; called once, after the last commit.
     fn close(self) -> impl Future<Output = ()> + Send;
+
+    /// How far behind the end of each partition it owns the member is, as last measured.
+    fn backlog(&self) -> Vec<Backlog>;
+}
+
+/// Records of one partition the member has still to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backlog {
+    pub topic: String,
+    pub partition: i32,
+    pub records: i64,
+    /// On a delayed topic whose next record is not due yet: the records wait by design, they
+    /// are not late.
+    pub waiting: bool,
 }
 
 /// The delayed topics a log reads (a stage's retry tiers), each with the longest a record may

@@ -7,7 +7,9 @@ pub mod schemas;
 pub mod store;
 pub mod webhook;
 
-pub use log::{DelayedTopics, Log, LogError, PublishError, Published, Publisher, TopicReader};
+pub use log::{
+    Backlog, DelayedTopics, Log, LogError, PublishError, Published, Publisher, TopicReader,
+};
 pub use schemas::{RegistryError, SchemaLookup};
 pub use store::{Balances, LedgerStore, LoadedAccount, StoreError};
 pub use webhook::{DeliveryError, WebhookRequest, Webhooks};

@@ -13,6 +13,11 @@ pub const RULE: &str = "txflow.rule";
 /// Set by the router on a notification: the webhook endpoint it goes to.
 pub const WEBHOOK: &str = "txflow.webhook";
 
+/// Set by the router from the record's timestamp on the events topic: when the event
+/// entered txflow, in milliseconds since the Unix epoch; what end-to-end latency is measured
+/// from.
+pub const INGESTED_AT: &str = "txflow.ingested.at";
+
 /// W3C trace context, carried from the gateway or a producer through every stage, in the
 /// standard's form only ([`super::trace_context`]).
 pub const TRACEPARENT: &str = "traceparent";

@@ -433,3 +433,50 @@ fn accounts_dlq_and_produce_work_against_a_running_dev() {
     );
     process.terminate();
 }
+
+/// `--log-format json` (here as TXFLOW_LOG_FORMAT): every line on stderr is one JSON object
+/// with its time, level and message, the fields of the event beside them; stdout keeps the
+/// banner for people.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dev = Dev::new();
+    std::fs::create_dir_all(&dev.logs).expect("a log directory");
+    let stderr_path = dev.logs.join("dev.json.log");
+    let stderr = std::fs::File::create(&stderr_path).expect("a log file");
+    let mut command = txflow_command(&["dev", "--data-dir", dev.dir.to_str().unwrap()]);
+    command
+        .env("TXFLOW_LOG_FORMAT", "json")
+        .env("TXFLOW_GATEWAY__LISTEN", "127.0.0.1:0")
+        .env("TXFLOW_ADMIN__LISTEN", "127.0.0.1:0")
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr);
+    let mut child = command.spawn().expect("txflow dev starts");
+    let lines = txflow_tests::eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || {
+            let text = std::fs::read_to_string(&stderr_path).ok()?;
+            text.contains("gateway listening")
+                .then(|| text.lines().map(str::to_owned).collect::<Vec<String>>())
+        },
+        || std::fs::read_to_string(&stderr_path).unwrap_or_default(),
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut listening = None;
+    for line in &lines {
+        let entry: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {line}"));
+        assert!(entry["timestamp"].is_string(), "{line}");
+        assert!(entry["level"].is_string(), "{line}");
+        assert!(entry["fields"]["message"].is_string(), "{line}");
+        if entry["fields"]["message"] == "gateway listening" {
+            listening = Some(entry);
+        }
+    }
+    let listening = listening.expect("the gateway's line");
+    let bound = listening["fields"]["bound"]
+        .as_str()
+        .expect("its address as a field");
+    assert!(bound.starts_with("127.0.0.1:"), "{listening}");
+}

@@ -1,7 +1,9 @@
 //! A store outage in the middle of a workload (docs/CONTRACT.md §4, guarantee 5): the store's
 //! circuit breaker opens and the ledger stops taking batches instead of spilling them into
 //! the retry tiers and the dead letters, reports itself not ready, and carries on by itself
-//! when the database returns, with every event applied once.
+//! when the database returns, with every event applied once. Prometheus, evaluating txflow's
+//! alert rules, notifies the breaker's alert through a real Alertmanager to a receiver in the
+//! test, and its resolution once the database is back.
 //!
 //! It stops and restarts the Cassandra of `deploy/local/stack`, so it needs that stack (not
 //! another CQL database) and runs alone in its own test binary.
@@ -11,6 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use txflow_tests::invariants;
+use txflow_tests::monitoring::{alertmanager, prometheus, WebhookSink};
 use txflow_tests::process::Pipeline;
 
 fn stack(args: &[&str]) {
@@ -49,7 +52,8 @@ fn a_store_outage_pauses_the_ledger_and_spills_nothing() {
         "0.02",
     ]);
     // A consumer that stops polling for longer than this is put out of its group: the
-    // ledger must keep polling, with its partitions paused, through a 30 s outage.
+    // ledger must keep polling, with its partitions paused, through an outage of over a
+    // minute.
     let mut ledger = pipeline.spawn_ledger_with(
         "l0",
         &[("TXFLOW_KAFKA__PROPERTIES__MAX.POLL.INTERVAL.MS", "10000")],
@@ -60,6 +64,20 @@ fn a_store_outage_pauses_the_ledger_and_spills_nothing() {
         200,
         "ready before the outage"
     );
+
+    // Prometheus with txflow's alert rules, notifying a receiver here through Alertmanager.
+    let sink = WebhookSink::start();
+    let alertmanager = alertmanager(&sink.url);
+    let prometheus = prometheus(&[ledger.admin_address()], Some(&alertmanager.address));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while prometheus.query("up{job=\"txflow\"} == 1").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never scraped the ledger:\n{}",
+            prometheus.process.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 
     let restore = Restore;
     stack(&["down", "cassandra"]);
@@ -77,7 +95,31 @@ fn a_store_outage_pauses_the_ledger_and_spills_nothing() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    std::thread::sleep(Duration::from_secs(30).saturating_sub(outage.elapsed()));
+    // The outage lasts until the breaker's alert (open for a minute) reaches the receiver.
+    let deadline = outage + Duration::from_secs(180);
+    while sink.alerts("TxflowCircuitOpen", "firing").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no TxflowCircuitOpen notification {:?} into the outage; received: {:?}\nAlertmanager:\n{}",
+            outage.elapsed(),
+            sink.received.lock().unwrap(),
+            alertmanager.process.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let firing = sink.alerts("TxflowCircuitOpen", "firing").remove(0);
+    eprintln!(
+        "TxflowCircuitOpen notified {:?} into the outage",
+        outage.elapsed()
+    );
+    assert_eq!(firing["labels"]["dependency"], "store", "{firing}");
+    assert_eq!(firing["labels"]["severity"], "critical", "{firing}");
+    assert!(
+        firing["annotations"]["runbook"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("docs/OPERATIONS.md#")),
+        "{firing}"
+    );
     drop(restore);
     let back = Instant::now();
 
@@ -117,6 +159,16 @@ fn a_store_outage_pauses_the_ledger_and_spills_nothing() {
         0,
         "an outage spills nothing into the retry tiers"
     );
+    // Resolved once the breaker closed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sink.alerts("TxflowCircuitOpen", "resolved").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "TxflowCircuitOpen never resolved; received: {:?}",
+            sink.received.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     ledger.terminate();
     assert_eq!(observed.conflicts, 0);
     // verify() requires the dead letters to be exactly the conflicts and poison: none here.

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::{blocking, storage, Embedded, EmbeddedError, ENDS, POSITIONS, RECORDS};
 use crate::domain::Cause;
 use crate::pipeline::now_ms;
-use crate::ports::{DelayedTopics, Log, LogError, PublishError, Published, Publisher};
+use crate::ports::{Backlog, DelayedTopics, Log, LogError, PublishError, Published, Publisher};
 use crate::wire::{InputRecord, OutputRecord};
 
 /// The one partition of every embedded topic.
@@ -339,6 +339,36 @@ impl Log for EmbeddedLog {
     }
 
     async fn close(self) {}
+
+    /// From the cursors: what is left of a delayed topic after a read is not due yet.
+    fn backlog(&self) -> Vec<Backlog> {
+        let measured = || -> Result<Vec<Backlog>, EmbeddedError> {
+            let txn = self.embedded.db.begin_read().map_err(storage)?;
+            let ends = txn.open_table(ENDS).map_err(storage)?;
+            let mut backlog = Vec::with_capacity(self.topics.len());
+            for topic in &self.topics {
+                let end = ends
+                    .get((topic.as_str(), PARTITION))
+                    .map_err(storage)?
+                    .map_or(0, |end| end.value());
+                let read = match self.cursors.get(topic) {
+                    Some(cursor) => *cursor,
+                    None => self.position(&txn, topic)?,
+                };
+                backlog.push(Backlog {
+                    topic: topic.clone(),
+                    partition: PARTITION as i32,
+                    records: end.saturating_sub(read) as i64,
+                    waiting: self.delayed.contains(topic),
+                });
+            }
+            Ok(backlog)
+        };
+        measured().unwrap_or_else(|e| {
+            tracing::warn!("measuring the backlog: {e}");
+            Vec::new()
+        })
+    }
 }
 
 /// Writes records to the embedded log: the gateway's way in under `txflow dev`.

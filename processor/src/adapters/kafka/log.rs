@@ -21,7 +21,7 @@ use super::KafkaConfig;
 use super::{ACCESS_PATIENCE, CALL_TIMEOUT};
 use crate::domain::Cause;
 use crate::pipeline::Membership;
-use crate::ports::{DelayedTopics, Log, LogError};
+use crate::ports::{Backlog, DelayedTopics, Log, LogError};
 use crate::wire::{InputRecord, OutputRecord};
 
 use super::client::{
@@ -66,19 +66,66 @@ fn stage_consumer_config(kafka: &KafkaConfig, group: &Membership) -> ClientConfi
     if !kafka.properties.contains_key("fetch.min.bytes") {
         config.set("fetch.min.bytes", "65536");
     }
+    // The consumer lag the stage reports comes from librdkafka's statistics.
+    if !kafka.properties.contains_key("statistics.interval.ms") {
+        config.set("statistics.interval.ms", "5000");
+    }
     config
 }
 
 /// Counts the partition assignments this member received, so that the log can tell a stage
 /// its partitions changed even when a rebalance gave back the same ones; and the
-/// revocations, so that it can forget what it read before one.
+/// revocations, so that it can forget what it read before one. Keeps the consumer lag of
+/// each partition from librdkafka's statistics.
 #[derive(Default)]
 pub struct GroupEvents {
     assignments: AtomicU64,
     revocations: AtomicU64,
+    lag: std::sync::Mutex<BTreeMap<(String, i32), i64>>,
 }
 
-impl ClientContext for GroupEvents {}
+impl ClientContext for GroupEvents {
+    /// Reads only the partitions' offsets from librdkafka's statistics, as JSON: whatever
+    /// else a librdkafka version adds or renames there does not matter.
+    fn stats_raw(&self, statistics: &[u8]) {
+        let statistics: serde_json::Value = match serde_json::from_slice(statistics) {
+            Ok(statistics) => statistics,
+            Err(e) => {
+                tracing::warn!("librdkafka's statistics are not JSON: {e}");
+                return;
+            }
+        };
+        let mut lag = self.lag.lock().expect("the lag lock");
+        lag.clear();
+        let topics = statistics["topics"].as_object().into_iter().flatten();
+        for (topic, stats) in topics {
+            for (partition, stats) in stats["partitions"].as_object().into_iter().flatten() {
+                // librdkafka's own partition is -1.
+                let Ok(partition) = partition.parse::<i32>() else {
+                    continue;
+                };
+                if let (true, Some(records)) = (partition >= 0, partition_lag(stats)) {
+                    lag.insert((topic.clone(), partition), records);
+                }
+            }
+        }
+    }
+}
+
+/// Records between a partition's read position and its last stable offset (the end a
+/// `read_committed` consumer reads to), from its statistics. librdkafka's own
+/// `consumer_lag` is measured from the offset this consumer committed, which it never
+/// learns of: the stages commit through their transactions.
+fn partition_lag(stats: &serde_json::Value) -> Option<i64> {
+    let offset = |name: &str| stats[name].as_i64().filter(|offset| *offset >= 0);
+    let end = offset("ls_offset")?;
+    // Before the first record of an assignment: the committed offset, else where an
+    // unread partition starts.
+    let position = offset("app_offset")
+        .or_else(|| offset("committed_offset"))
+        .or_else(|| offset("lo_offset"))?;
+    Some((end - position).max(0))
+}
 
 impl ConsumerContext for GroupEvents {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -644,6 +691,28 @@ impl Log for KafkaLog {
         Ok(())
     }
 
+    fn backlog(&self) -> Vec<Backlog> {
+        let Ok(assigned) = self.consumer.assignment() else {
+            return Vec::new();
+        };
+        let lag = self.consumer.context().lag.lock().expect("the lag lock");
+        assigned
+            .elements()
+            .iter()
+            .filter_map(|element| {
+                let key = (element.topic().to_owned(), element.partition());
+                let records = *lag.get(&key)?;
+                let waiting = self.waiting.contains_key(&key);
+                Some(Backlog {
+                    topic: key.0,
+                    partition: key.1,
+                    records,
+                    waiting,
+                })
+            })
+            .collect()
+    }
+
     async fn close(self) {
         // Dropping the consumer leaves the group at once, so its partitions move now rather
         // than after the session timeout.
@@ -709,6 +778,27 @@ mod tests {
 
     fn member() -> Membership {
         Membership::new("ledger", "txflow-ledger", Some("0"), 10_000)
+    }
+
+    #[test]
+    fn lag_is_measured_from_the_read_position_to_the_last_stable_offset() {
+        // As librdkafka 2.12 reported a read_committed consumer 40 records into 100.
+        let read = serde_json::json!({
+            "hi_offset": 100, "ls_offset": 100, "lo_offset": 0, "app_offset": 40,
+            "stored_offset": 40, "committed_offset": -1001, "consumer_lag": -1,
+        });
+        assert_eq!(partition_lag(&read), Some(60));
+        // Records of an open transaction are not there to read yet.
+        let open = serde_json::json!({"hi_offset": 130, "ls_offset": 100, "app_offset": 100});
+        assert_eq!(partition_lag(&open), Some(0));
+        let unread = serde_json::json!({"ls_offset": 100, "lo_offset": 20, "app_offset": -1001,
+            "committed_offset": -1001});
+        assert_eq!(partition_lag(&unread), Some(80));
+        let reassigned = serde_json::json!({"ls_offset": 100, "lo_offset": 0,
+            "app_offset": -1001, "committed_offset": 90});
+        assert_eq!(partition_lag(&reassigned), Some(10));
+        let unknown = serde_json::json!({"ls_offset": -1001, "app_offset": 40});
+        assert_eq!(partition_lag(&unknown), None);
     }
 
     #[test]

@@ -36,8 +36,26 @@ pub struct Cli {
     #[arg(long, global = true, env = "TXFLOW_DEV_DIR", value_name = "DIR")]
     dev_dir: Option<PathBuf>,
 
+    /// How logs are written to stderr: `text` for people, `json` (one object per line, with
+    /// the span fields) for a log collector. Levels: TXFLOW_LOG (e.g. `info,txflow=debug`).
+    #[arg(
+        long,
+        global = true,
+        env = "TXFLOW_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

@@ -18,7 +18,7 @@ use crate::failures::FailureRoutes;
 use crate::pipeline::uncommitted::Uncommitted;
 use crate::pipeline::{BatchOutput, Stage, StageError, Tally};
 use crate::routing::Rules;
-use crate::wire::{InputRecord, OutputRecord, RULE, WEBHOOK};
+use crate::wire::{InputRecord, OutputRecord, INGESTED_AT, RULE, WEBHOOK};
 
 /// What one batch did, for logs and metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -125,14 +125,14 @@ impl Stage for Router {
                     topic: self.default_target.clone(),
                     key: record.key.clone(),
                     value: record.value.clone(),
-                    headers: record.headers.clone(),
+                    headers: onward_headers(record),
                 });
                 continue;
             }
             for delivery in deliveries {
                 counts.routed += 1;
                 *by_rule.entry(delivery.rule.to_owned()).or_default() += 1;
-                let mut headers = record.headers.clone();
+                let mut headers = onward_headers(record);
                 headers.push((RULE.to_owned(), delivery.rule.as_bytes().to_vec()));
                 if let Some(webhook) = &delivery.target.webhook {
                     headers.push((WEBHOOK.to_owned(), webhook.as_bytes().to_vec()));
@@ -165,4 +165,18 @@ impl Stage for Router {
     fn aborted(&self) {
         self.staged.aborted();
     }
+}
+/// The headers a routed record carries on: the event's own, and when it entered txflow
+/// (its timestamp here, on the events topic), whatever a producer claimed for that.
+fn onward_headers(record: &InputRecord) -> Vec<(String, Vec<u8>)> {
+    let mut headers: Vec<(String, Vec<u8>)> = record
+        .headers
+        .iter()
+        .filter(|(name, _)| name != INGESTED_AT)
+        .cloned()
+        .collect();
+    if let Some(timestamp) = record.timestamp {
+        headers.push((INGESTED_AT.to_owned(), timestamp.to_string().into_bytes()));
+    }
+    headers
 }
