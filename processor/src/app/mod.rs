@@ -5,6 +5,7 @@
 
 mod access;
 mod backend;
+mod check;
 pub mod codec;
 mod config;
 mod dev;
@@ -14,6 +15,7 @@ pub mod shutdown;
 
 pub use access::Access;
 pub use backend::{Backend, Services};
+pub use check::check;
 pub use config::{AdminConfig, Config, DevConfig, ENV_PREFIX};
 pub use dev::dev;
 pub use error::AppError;
