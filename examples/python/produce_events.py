@@ -19,13 +19,17 @@ txflow then reads by looking its id up in the registry.
 TransactionEvent (as `txflow` writes them), in order, each keyed by its account_id; --rate N
 paces the sending to N events a second.
 
-Prints one JSON line per event written (event_id, account_id, amount_minor) and exits
-non-zero if any write failed.
+--trace starts a W3C trace per event, as an instrumented producer does: its record carries a
+`traceparent` header (a sampled root span), which txflow's spans continue (docs/OPERATIONS.md).
+
+Prints one JSON line per event written (event_id, account_id, amount_minor, and traceparent
+with --trace) and exits non-zero if any write failed.
 """
 
 import argparse
 import io
 import json
+import os
 import pathlib
 import random
 import struct
@@ -101,6 +105,9 @@ def main() -> int:
                         help="send the events of FILE (JSON lines) instead of generated ones")
     parser.add_argument("--rate", type=float, metavar="N",
                         help="events a second at most (default: as fast as Kafka takes them)")
+    parser.add_argument("--trace", action="store_true",
+                        help="start a W3C trace per event: a traceparent header on its record,"
+                             " printed with the event")
     args = parser.parse_args()
 
     if args.schema_registry:
@@ -136,10 +143,16 @@ def main() -> int:
             ahead = n / args.rate - (time.monotonic() - started)
             if ahead > 0:
                 time.sleep(ahead)
+        shown = {k: event[k] for k in ("event_id", "account_id", "amount_minor")}
+        headers = []
+        if args.trace:
+            # A sampled root span of this producer: 16 bytes of trace id, 8 of span id.
+            shown["traceparent"] = f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
+            headers.append(("traceparent", shown["traceparent"].encode()))
         producer.produce(args.topic, key=event["account_id"].encode(), value=encode(event),
-                         on_delivery=delivered)
+                         headers=headers, on_delivery=delivered)
         producer.poll(0)
-        print(json.dumps({k: event[k] for k in ("event_id", "account_id", "amount_minor")}))
+        print(json.dumps(shown))
     remaining = producer.flush(30)
     if remaining or failed:
         print(f"{remaining} undelivered, {len(failed)} failed: {failed[:3]}", file=sys.stderr)

@@ -18,4 +18,5 @@ pub mod stages;
 pub mod telemetry;
 #[cfg(test)]
 mod test_certs;
+pub mod traces;
 pub mod wire;

@@ -225,3 +225,90 @@ fn read_post(mut stream: std::net::TcpStream) -> Option<Vec<u8>> {
     let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     Some(body)
 }
+
+/// A running Jaeger v2 (all in one, in memory); stopped when dropped.
+pub struct Jaeger {
+    pub process: StageProcess,
+    /// Where OTLP/HTTP is received: the value of `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub otlp: String,
+    /// Its query API.
+    pub query: String,
+}
+
+/// Jaeger as `deploy/local/stack test` builds it (`TXFLOW_JAEGER`), on loopback ports of its
+/// own.
+pub fn jaeger() -> Jaeger {
+    let binary = std::env::var("TXFLOW_JAEGER").unwrap_or_else(|_| {
+        panic!("TXFLOW_JAEGER is not set: run the tests with `deploy/local/stack test`, which builds Jaeger (or `deploy/local/stack jaeger` prints its path)")
+    });
+    let dir = work_dir("jaeger");
+    let (otlp, query, query_grpc, metrics) = (free_port(), free_port(), free_port(), free_port());
+    let config = json!({
+        "service": {
+            "extensions": ["jaeger_storage", "jaeger_query"],
+            "pipelines": {"traces": {
+                "receivers": ["otlp"],
+                "processors": ["batch"],
+                "exporters": ["jaeger_storage_exporter"],
+            }},
+            "telemetry": {"metrics": {"readers": [{"pull": {"exporter": {"prometheus": {
+                "host": "127.0.0.1", "port": metrics,
+            }}}}]}},
+        },
+        "extensions": {
+            "jaeger_query": {
+                "storage": {"traces": "memory"},
+                "http": {"endpoint": format!("127.0.0.1:{query}")},
+                "grpc": {"endpoint": format!("127.0.0.1:{query_grpc}")},
+            },
+            "jaeger_storage": {"backends": {"memory": {"memory": {"max_traces": 100000}}}},
+        },
+        "receivers": {"otlp": {"protocols": {"http": {"endpoint": format!("127.0.0.1:{otlp}")}}}},
+        "processors": {"batch": {"timeout": "100ms"}},
+        "exporters": {"jaeger_storage_exporter": {"trace_storage": "memory"}},
+    });
+    let config_file = dir.join("jaeger.json");
+    std::fs::write(&config_file, config.to_string()).expect("the Jaeger config");
+    let mut command = Command::new(binary);
+    command.arg(format!("--config={}", config_file.display()));
+    let process = start_process(command, &dir, "jaeger");
+    let query = format!("127.0.0.1:{query}");
+    crate::eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            try_http(&query, "GET", "/api/services", &[], b"")
+                .ok()
+                .filter(|answer| answer.status == 200)
+        },
+        || format!("Jaeger never answered at {query}:\n{}", process.log_text()),
+    );
+    Jaeger {
+        process,
+        otlp: format!("http://127.0.0.1:{otlp}"),
+        query,
+    }
+}
+
+impl Jaeger {
+    /// The traces with a span of `service`, as the query API gives them.
+    pub fn traces(&self, service: &str) -> Vec<Value> {
+        let path = format!("/api/traces?service={service}&limit=1000&lookback=1h");
+        let body = http(&self.query, "GET", &path, &[], b"").json();
+        body["data"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// One trace by its id, if Jaeger has it.
+    pub fn trace(&self, trace_id: &str) -> Option<Value> {
+        let answer = http(
+            &self.query,
+            "GET",
+            &format!("/api/traces/{trace_id}"),
+            &[],
+            b"",
+        );
+        (answer.status == 200)
+            .then(|| answer.json()["data"].get(0).cloned())
+            .flatten()
+    }
+}

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use prometheus::{HistogramVec, IntCounterVec};
+use tracing::Instrument;
 
 use crate::domain::{Account, IdClaim, Recorded, Settlement};
 use crate::ports::{LedgerStore, LoadedAccount, StoreError};
+use crate::traces;
 
 /// Where a measured store reports.
 #[derive(Clone)]
@@ -39,13 +41,19 @@ impl<S> MeasuredStore<S> {
         MeasuredStore { inner, metrics }
     }
 
+    /// `call`, timed, in a span of the current one: `store.conditional_write` for a write,
+    /// `store.read` else.
     async fn timed<T>(
         &self,
-        operation: &str,
+        operation: &'static str,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        let work = match operation {
+            "claim_event_ids" | "record" => "store.conditional_write",
+            _ => "store.read",
+        };
         let started = Instant::now();
-        let outcome = call.await;
+        let outcome = call.instrument(traces::work_span(work, operation)).await;
         self.metrics
             .seconds
             .with_label_values(&[self.metrics.stage, operation])

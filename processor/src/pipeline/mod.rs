@@ -25,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 pub use group::{GroupConfig, GroupDefaults, Membership};
 
@@ -32,6 +33,7 @@ use crate::codec::CodecError;
 use crate::domain::{Cause, FailureKind, RetryClass};
 use crate::ports::{Log, LogError, RegistryError, StoreError};
 use crate::telemetry::{Metrics, Readiness};
+use crate::traces;
 use crate::wire::{
     InputRecord, OutputRecord, ERROR_KIND, INGESTED_AT, ORIGINAL_TIMESTAMP, RETRY_TIER,
 };
@@ -403,9 +405,10 @@ impl<L: Log, S: Stage> Runner<'_, L, S> {
                     fault::before_commit().await;
                     let transaction = self.log.commit(&batch, output.outputs);
                     let commit_seconds = metrics.commit_seconds.with_label_values(&stage);
+                    let span = traces::work_span("kafka.commit", self.telemetry.stage);
                     let commit = tokio::spawn(async move {
                         let begun = Instant::now();
-                        let outcome = transaction.await;
+                        let outcome = transaction.instrument(span).await;
                         commit_seconds.observe(begun.elapsed().as_secs_f64());
                         outcome
                     });

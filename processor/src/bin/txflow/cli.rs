@@ -145,6 +145,18 @@ impl From<DeliveryArg> for Delivery {
 }
 
 impl Cli {
+    /// The service this process's spans are exported as: `txflow-<stage>`, `txflow-dev`, or
+    /// `txflow-<command>`.
+    pub fn service_name(&self) -> String {
+        match &self.command {
+            Command::Run(RunArgs { stage, .. }) => format!("txflow-{}", stage.as_str()),
+            Command::Dev(_) => "txflow-dev".to_owned(),
+            Command::Dlq(_) => "txflow-dlq".to_owned(),
+            Command::Produce(_) => "txflow-produce".to_owned(),
+            _ => "txflow".to_owned(),
+        }
+    }
+
     pub async fn run(self) -> anyhow::Result<()> {
         if let Command::Config(ConfigCommand::Check { file }) = &self.command {
             let file = file.as_deref().or(self.config.as_deref());

@@ -39,6 +39,7 @@ use crate::domain::{id_problem, Account, TransactionEvent};
 use crate::limits::KeyedRateLimit;
 use crate::pipeline::breaker::Breaker;
 use crate::ports::{Balances, Publisher};
+use crate::traces;
 use crate::wire::{trace_context, OutputRecord, TRACEPARENT, TRACESTATE};
 
 /// The OpenAPI document of these routes, served at `/openapi.json`.
@@ -447,11 +448,15 @@ impl<P: Publisher, S: Balances> Gateway<P, S> {
             .map_err(|e| {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
             })?;
+        let span = traces::record_span("gateway.accept", trace);
+        traces::identify(&span, &event.event_id, &event.account_id);
+        let mut headers = trace.to_vec();
+        traces::carry(&span, &mut headers);
         Ok(OutputRecord {
             topic: self.topic.clone(),
             key: Some(event.account_id.as_bytes().to_vec()),
             value: Some(value),
-            headers: trace.to_vec(),
+            headers,
         })
     }
 }

@@ -29,6 +29,7 @@ use futures::stream::{self, StreamExt};
 use governor::DefaultDirectRateLimiter;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use tracing::{Instrument, Span};
 
 use crate::codec::{Codec, Record};
 use crate::domain::ledger::settle;
@@ -41,6 +42,7 @@ use crate::pipeline::breaker::{Breaker, CircuitState};
 use crate::pipeline::uncommitted::Uncommitted;
 use crate::pipeline::{BatchOutput, Stage, StageError, Tally};
 use crate::ports::{LedgerStore, StoreError};
+use crate::traces;
 use crate::wire::{InputRecord, OutputRecord, LEG, TRANSFER_CREDIT, TRANSFER_REVERSAL};
 
 /// Where the ledger reads and writes.
@@ -260,17 +262,23 @@ impl<S: LedgerStore> Ledger<S> {
                     _ => latest,
                 };
                 out.counts.parked += 1;
-                out.outputs.push(self.failures.parked(record, behind));
+                out.send(index, self.failures.parked(record, behind));
                 out.changes.parked.push((parking, original_offset, behind));
                 continue;
             }
             match self.decode(record) {
-                Ok(entry) => pending.push(Pending {
-                    index,
-                    entry,
-                    parking,
-                    original_offset,
-                }),
+                Ok(entry) => {
+                    traces::identify(&out.spans[index], &entry.event.event_id, entry.account_id());
+                    out.by_event
+                        .entry(entry.event.event_id.clone())
+                        .or_insert(index);
+                    pending.push(Pending {
+                        index,
+                        entry,
+                        parking,
+                        original_offset,
+                    })
+                }
                 Err(poison) => self.dead_letter(out, index, &poison),
             }
         }
@@ -508,7 +516,9 @@ impl<S: LedgerStore> Stage for Ledger<S> {
         }
         let conflicted: HashSet<usize> = conflicts.iter().map(|(index, _)| *index).collect();
         pending.retain(|p| !conflicted.contains(&p.index));
-        let (settled, failed) = self.settle_in_waves(pending, facts, now_ms).await?;
+        let (settled, failed) = self
+            .settle_in_waves(pending, facts, now_ms, &out.spans)
+            .await?;
         self.retry_failed(failed, &mut out).await?;
         self.emit(settled, &mut out)?;
         self.staged.processed(out.changes);
@@ -556,6 +566,11 @@ struct Outcome<'a> {
     outputs: Vec<OutputRecord>,
     counts: LedgerCounts,
     changes: parking::Changes,
+    /// `ledger.settle` of each record, by batch index.
+    spans: Vec<Span>,
+    /// The first record of the batch with each event id, by batch index: the trace its
+    /// results and legs continue.
+    by_event: HashMap<String, usize>,
 }
 
 impl<'a> Outcome<'a> {
@@ -567,6 +582,25 @@ impl<'a> Outcome<'a> {
             outputs: Vec::with_capacity(batch.len() * 2),
             counts: LedgerCounts::default(),
             changes: parking::Changes::default(),
+            spans: batch
+                .iter()
+                .map(|record| traces::record_span("ledger.settle", &record.headers))
+                .collect(),
+            by_event: HashMap::new(),
+        }
+    }
+
+    /// Sends `record` on, in the trace of the batch's record `index`.
+    fn send(&mut self, index: usize, mut record: OutputRecord) {
+        traces::carry(&self.spans[index], &mut record.headers);
+        self.outputs.push(record);
+    }
+
+    /// Sends `record` on, in the trace of the batch's event `event_id`.
+    fn send_for(&mut self, event_id: &str, record: OutputRecord) {
+        match self.by_event.get(event_id) {
+            Some(index) => self.send(*index, record),
+            None => self.outputs.push(record),
         }
     }
 }
@@ -602,7 +636,7 @@ impl<S: LedgerStore> Ledger<S> {
             out.now_ms,
             &mut out.rng,
         );
-        out.outputs.push(routed.record);
+        out.send(index, routed.record);
     }
 
     /// Settles every account of the batch, a wave of accounts at a time (see [`next_wave`]),
@@ -612,6 +646,7 @@ impl<S: LedgerStore> Ledger<S> {
         mut pending: Vec<Pending>,
         mut facts: Facts,
         now_ms: i64,
+        spans: &[Span],
     ) -> Result<Waves, StageError> {
         // Retried records go before later ones of their account: partition order.
         pending.sort_by_key(|p| (p.parking.clone(), p.original_offset, p.index));
@@ -629,9 +664,14 @@ impl<S: LedgerStore> Ledger<S> {
             let outcomes: Vec<(Vec<usize>, Result<Settled, StoreError>)> = stream::iter(wave)
                 .map(|(account_id, entries)| {
                     let facts = &facts;
+                    // The account's store calls, in the trace of its first event here.
+                    let span = entries
+                        .first()
+                        .map_or_else(Span::none, |(index, _)| spans[*index].clone());
                     async move {
                         let outcome = self
                             .settle_account(&account_id, &entries, facts, now_ms)
+                            .instrument(span)
                             .await;
                         (entries.iter().map(|(i, _)| *i).collect(), outcome)
                     }
@@ -696,7 +736,7 @@ impl<S: LedgerStore> Ledger<S> {
                     }
                     _ => out.counts.dead_letters += 1,
                 }
-                out.outputs.push(routed.record);
+                out.send(index, routed.record);
             }
         }
         Ok(())
@@ -709,24 +749,25 @@ impl<S: LedgerStore> Ledger<S> {
             match emission {
                 Emission::Result(result) => {
                     out.counts.results += 1;
-                    out.outputs.push(OutputRecord {
+                    let record = OutputRecord {
                         topic: self.topics.results.clone(),
                         key: Some(result.account_id.clone().into_bytes()),
                         value: Some(self.codec.encode(Record::TransactionResult, &result)?),
                         headers: Vec::new(),
-                    });
+                    };
+                    out.send_for(&result.event_id, record);
                 }
                 Emission::Credit(event) => {
                     out.counts.credits += 1;
                     let counterparty = event.counterparty_account_id.clone().unwrap_or_default();
-                    out.outputs
-                        .push(self.leg(counterparty, &event, TRANSFER_CREDIT)?);
+                    let leg = self.leg(counterparty, &event, TRANSFER_CREDIT)?;
+                    out.send_for(&event.event_id, leg);
                 }
                 Emission::Reversal(event) => {
                     out.counts.reversals += 1;
                     let debited = event.account_id.clone();
-                    out.outputs
-                        .push(self.leg(debited, &event, TRANSFER_REVERSAL)?);
+                    let leg = self.leg(debited, &event, TRANSFER_REVERSAL)?;
+                    out.send_for(&event.event_id, leg);
                 }
                 Emission::DeadLetter { entry, poison } => self.dead_letter(out, entry, &poison),
                 Emission::Duplicate { .. } => out.counts.duplicates += 1,

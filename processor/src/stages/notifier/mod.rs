@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use governor::DefaultDirectRateLimiter;
 use prometheus::{HistogramVec, IntCounterVec};
+use tracing::Instrument;
 
 use crate::codec::Codec;
 use crate::domain::{CircuitOpen, FailureKind, Poison, RetryClass};
@@ -33,6 +34,7 @@ use crate::failures::FailureRoutes;
 use crate::pipeline::breaker::Breaker;
 use crate::pipeline::{BatchOutput, Stage, StageError, Tally};
 use crate::ports::{DeliveryError, WebhookRequest, Webhooks};
+use crate::traces;
 use crate::wire::{trace_context, InputRecord, RULE, TRACEPARENT, WEBHOOK};
 
 /// The same for every attempt of one notification: `<topic>/<partition>/<offset>` where it
@@ -108,6 +110,8 @@ struct Delivery<'a> {
     attempt: u32,
     traceparent: Option<String>,
     body: Vec<u8>,
+    /// `notifier.deliver`: the webhook's request is made in it.
+    span: tracing::Span,
 }
 
 impl<W: Webhooks> Notifier<W> {
@@ -167,17 +171,25 @@ impl<W: Webhooks> Notifier<W> {
         let origin = record
             .redriven_from()
             .unwrap_or_else(|| self.failures.origin(record));
+        let span = traces::record_span("notifier.deliver", &record.headers);
+        let mut trace: Vec<(String, Vec<u8>)> = record
+            .header(TRACEPARENT)
+            .and_then(trace_context::traceparent)
+            .map(|valid| vec![(TRACEPARENT.to_owned(), valid.to_vec())])
+            .unwrap_or_default();
+        traces::carry(&span, &mut trace);
         Ok(Delivery {
             index,
             endpoint,
             id: origin.to_string(),
             rule: text(RULE),
             attempt: record.attempts().saturating_add(1),
-            traceparent: record
-                .header(TRACEPARENT)
-                .and_then(trace_context::traceparent)
-                .map(|v| String::from_utf8_lossy(v).into_owned()),
+            traceparent: trace
+                .into_iter()
+                .find(|(name, _)| name == TRACEPARENT)
+                .map(|(_, value)| String::from_utf8_lossy(&value).into_owned()),
             body,
+            span,
         })
     }
 
@@ -216,17 +228,14 @@ impl<W: Webhooks> Notifier<W> {
         }
         let started = Instant::now();
         let request = self.request(delivery, crate::pipeline::now_ms() / 1000);
+        let post = self
+            .webhooks
+            .post(&request)
+            .instrument(delivery.span.clone());
         let outcome = if as_probe {
-            endpoint
-                .breaker
-                .probe(self.webhooks.post(&request))
-                .await
-                .map(|_| ())
+            endpoint.breaker.probe(post).await.map(|_| ())
         } else {
-            endpoint
-                .breaker
-                .guard(None, self.webhooks.post(&request))
-                .await
+            endpoint.breaker.guard(None, post).await
         };
         let sent = !matches!(outcome, Err(DeliveryError::CircuitOpen(_)));
         if let (Some(metrics), true) = (&self.metrics, sent) {

@@ -18,6 +18,7 @@ use crate::failures::FailureRoutes;
 use crate::pipeline::uncommitted::Uncommitted;
 use crate::pipeline::{BatchOutput, Stage, StageError, Tally};
 use crate::routing::Rules;
+use crate::traces;
 use crate::wire::{InputRecord, OutputRecord, INGESTED_AT, RULE, WEBHOOK};
 
 /// What one batch did, for logs and metrics.
@@ -97,8 +98,12 @@ impl Stage for Router {
         let mut by_rule: HashMap<String, u64> = HashMap::new();
         let mut outputs = Vec::with_capacity(batch.len());
         for record in batch {
+            let span = traces::record_span("router.route", &record.headers);
             let event = match self.codec.valid_event(record.value.as_deref()) {
-                Ok(event) => event,
+                Ok(event) => {
+                    traces::identify(&span, &event.event_id, &event.account_id);
+                    event
+                }
                 Err(poison) => {
                     counts.dead_letters += 1;
                     let routed = self.failures.failed(
@@ -125,14 +130,14 @@ impl Stage for Router {
                     topic: self.default_target.clone(),
                     key: record.key.clone(),
                     value: record.value.clone(),
-                    headers: onward_headers(record),
+                    headers: onward_headers(record, &span),
                 });
                 continue;
             }
             for delivery in deliveries {
                 counts.routed += 1;
                 *by_rule.entry(delivery.rule.to_owned()).or_default() += 1;
-                let mut headers = onward_headers(record);
+                let mut headers = onward_headers(record, &span);
                 headers.push((RULE.to_owned(), delivery.rule.as_bytes().to_vec()));
                 if let Some(webhook) = &delivery.target.webhook {
                     headers.push((WEBHOOK.to_owned(), webhook.as_bytes().to_vec()));
@@ -166,9 +171,10 @@ impl Stage for Router {
         self.staged.aborted();
     }
 }
-/// The headers a routed record carries on: the event's own, and when it entered txflow
-/// (its timestamp here, on the events topic), whatever a producer claimed for that.
-fn onward_headers(record: &InputRecord) -> Vec<(String, Vec<u8>)> {
+/// The headers a routed record carries on: the event's own, its trace continued from the
+/// routing `span`, and when it entered txflow (its timestamp here, on the events topic),
+/// whatever a producer claimed for that.
+fn onward_headers(record: &InputRecord, span: &tracing::Span) -> Vec<(String, Vec<u8>)> {
     let mut headers: Vec<(String, Vec<u8>)> = record
         .headers
         .iter()
@@ -178,5 +184,6 @@ fn onward_headers(record: &InputRecord) -> Vec<(String, Vec<u8>)> {
     if let Some(timestamp) = record.timestamp {
         headers.push((INGESTED_AT.to_owned(), timestamp.to_string().into_bytes()));
     }
+    traces::carry(span, &mut headers);
     headers
 }
