@@ -250,6 +250,12 @@ def stage_page(stage):
             "Lightweight transactions by operation and outcome: refused means another writer moved the account on, or the event was recorded already.",
             (f"sum by (operation, outcome) (rate(txflow_store_conditional_writes_total{{{sel}}}[$__rate_interval]))", "{{operation}} {{outcome}}"),
         ))
+    if stage in ("ledger", "notifier"):
+        b = b.with_panel(graph(
+            "Rate limit waits", "percentunit",
+            "Share of time calls waited for a configured pace (ledger.max_store_writes_per_second, an endpoint's max_per_second); 0 when none is set.",
+            (f"sum by (limiter) (rate(txflow_rate_limit_wait_seconds_total{{{sel}}}[$__rate_interval])) or vector(0)", "{{limiter}}"),
+        ))
     if stage == "router":
         b = b.with_panel(graph(
             "Routed by rule", "reqps", "Records sent, by the rule that matched (default: none did).",

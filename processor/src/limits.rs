@@ -1,5 +1,5 @@
-//! Rate limits with `governor`. The ledger paces its store writes with a direct limiter
-//! (waiting, never dropping); callers identified by a key (the gateway's API keys) each get
+//! Rate limits with `governor`. The ledger paces its store writes and the notifier its
+//! webhooks with a [`Pacer`] (waiting, never dropping, the waits counted); callers identified by a key (the gateway's API keys) each get
 //! their own budget from a [`KeyedRateLimit`], and are told how long to wait when they spend
 //! it.
 
@@ -20,6 +20,39 @@ pub fn pace(rate: NonZeroU32) -> Quota {
 /// A limiter that waits at [`pace`]: `until_ready` slows the caller down, nothing is refused.
 pub fn pacing(rate: NonZeroU32) -> DefaultDirectRateLimiter {
     RateLimiter::direct(pace(rate))
+}
+
+/// A [`pacing`] limiter whose waits are counted: `txflow_rate_limit_waits_total` and
+/// `txflow_rate_limit_wait_seconds_total`, by stage and limiter.
+pub struct Pacer {
+    limiter: DefaultDirectRateLimiter,
+    waits: prometheus::IntCounter,
+    waited: prometheus::Counter,
+}
+
+impl Pacer {
+    pub fn new(
+        rate: NonZeroU32,
+        waits: prometheus::IntCounter,
+        waited: prometheus::Counter,
+    ) -> Self {
+        Pacer {
+            limiter: pacing(rate),
+            waits,
+            waited,
+        }
+    }
+
+    /// Returns once the pace allows one more call; a call that had to wait is counted.
+    pub async fn ready(&self) {
+        if self.limiter.check().is_ok() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        self.limiter.until_ready().await;
+        self.waits.inc();
+        self.waited.inc_by(started.elapsed().as_secs_f64());
+    }
 }
 
 /// A budget per key: `per_second` on average, `burst` at once.
@@ -69,6 +102,24 @@ mod tests {
         );
         assert!(limit.check("b").is_ok(), "b is not slowed by a");
         limit.forget_idle();
+    }
+
+    #[tokio::test]
+    async fn a_pacer_counts_the_calls_that_waited_and_how_long() {
+        let waits = prometheus::IntCounter::new("waits", "waits").unwrap();
+        let waited = prometheus::Counter::new("waited", "waited").unwrap();
+        let pacer = Pacer::new(NonZeroU32::new(100).unwrap(), waits.clone(), waited.clone());
+        pacer.ready().await;
+        assert_eq!(waits.get(), 0, "the first call is within the burst");
+        for _ in 0..10 {
+            pacer.ready().await;
+        }
+        assert_eq!(
+            waits.get(),
+            10,
+            "each later one waits at 100/s in bursts of 1"
+        );
+        assert!(waited.get() > 0.05, "{}", waited.get());
     }
 
     #[tokio::test]

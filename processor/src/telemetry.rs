@@ -2,9 +2,11 @@
 //! served on the admin address (`/metrics`, `/healthz`, `/readyz`).
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::limits::Pacer;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
@@ -57,6 +59,11 @@ pub struct Metrics {
     /// Conditional store writes by operation (`claim_event_ids`, `record`) and outcome:
     /// `applied`, `refused` (the condition did not hold), `failed` (no answer).
     pub store_conditional_writes: IntCounterVec,
+    /// Calls a rate limit made wait, by stage and limiter (`store_writes`,
+    /// `webhook:<endpoint>`).
+    pub rate_limit_waits: IntCounterVec,
+    /// Seconds calls waited for a rate limit, by stage and limiter.
+    pub rate_limit_wait_seconds: prometheus::CounterVec,
     /// Each stage the process runs: 1 while ready, 0 while not (`/readyz` says why).
     pub stage_ready: IntGaugeVec,
     /// Each circuit breaker's state: 0 closed, 1 open, 2 half-open.
@@ -143,6 +150,17 @@ impl Metrics {
                 &["stage", "operation"],
             ),
             store_conditional_writes: counter(r, "store_conditional_writes_total", "Conditional store writes by operation and outcome: applied, refused (the condition did not hold), failed", &["stage", "operation", "outcome"]),
+            rate_limit_waits: counter(r, "rate_limit_waits_total", "Calls a rate limit made wait, by limiter", &["stage", "limiter"]),
+            rate_limit_wait_seconds: {
+                let waited = prometheus::CounterVec::new(
+                    Opts::new("rate_limit_wait_seconds_total", "Seconds calls waited for a rate limit, by limiter"),
+                    &["stage", "limiter"],
+                )
+                .expect("a valid metric");
+                r.register(Box::new(waited.clone()))
+                    .expect("metric names are unique");
+                waited
+            },
             stage_ready: gauge(r, "stage_ready", "Each stage the process runs: 1 while ready, 0 while not", &["stage"]),
             circuit_state: gauge(r, "circuit_state", "Circuit breaker state: 0 closed, 1 open, 2 half-open", &["stage", "dependency"]),
             circuit_transitions: counter(r, "circuit_transitions_total", "Circuit breaker transitions, by the state entered", &["stage", "dependency", "to"]),
@@ -190,6 +208,18 @@ impl Metrics {
             .encode(&families, &mut text)
             .expect("text encoding into memory");
         String::from_utf8(text).expect("the text format is UTF-8")
+    }
+}
+
+impl Metrics {
+    /// A pacer at `rate` for `limiter` of `stage`, its waits counted here.
+    pub fn pacer(&self, stage: &str, limiter: &str, rate: NonZeroU32) -> Pacer {
+        let labels = [stage, limiter];
+        Pacer::new(
+            rate,
+            self.rate_limit_waits.with_label_values(&labels),
+            self.rate_limit_wait_seconds.with_label_values(&labels),
+        )
     }
 }
 

@@ -20,7 +20,6 @@ use crate::adapters::measured::{MeasuredStore, StoreMetrics};
 use crate::codec::Codec;
 use crate::domain::RetryPolicy;
 use crate::failures::FailureRoutes;
-use crate::limits::pacing;
 use crate::pipeline::breaker::Breaker;
 use crate::pipeline::{self, Membership, StageTelemetry};
 use crate::routing::Rules;
@@ -305,7 +304,11 @@ async fn run_ledger<B: Backend>(
         ledger_config.breaker(),
         Some(telemetry.breaker_metrics()),
     ));
-    let write_limit = NonZeroU32::new(ledger_config.max_store_writes_per_second).map(pacing);
+    let write_limit = NonZeroU32::new(ledger_config.max_store_writes_per_second).map(|rate| {
+        telemetry
+            .metrics
+            .pacer(telemetry.stage, "store_writes", rate)
+    });
     let ledger = Ledger::new(
         Arc::new(store),
         codec,
@@ -362,7 +365,11 @@ async fn run_notifier<B: Backend>(
             name: name.clone(),
             url: endpoint.url.clone(),
             secrets: endpoint.secrets(name)?,
-            pace: NonZeroU32::new(endpoint.max_per_second).map(pacing),
+            pace: NonZeroU32::new(endpoint.max_per_second).map(|rate| {
+                telemetry
+                    .metrics
+                    .pacer(telemetry.stage, &format!("webhook:{name}"), rate)
+            }),
             breaker: Breaker::new(
                 format!("webhook:{name}"),
                 notifier_config.breaker(),

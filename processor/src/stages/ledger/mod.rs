@@ -26,7 +26,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use futures::stream::{self, StreamExt};
-use governor::DefaultDirectRateLimiter;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tracing::{Instrument, Span};
@@ -38,6 +37,7 @@ use crate::domain::{
 };
 use crate::failures::parking::{self, ParkedAccounts};
 use crate::failures::{FailureRoutes, Retry};
+use crate::limits::Pacer;
 use crate::pipeline::breaker::{Breaker, CircuitState};
 use crate::pipeline::uncommitted::Uncommitted;
 use crate::pipeline::{BatchOutput, Stage, StageError, Tally};
@@ -70,7 +70,7 @@ pub struct Ledger<S> {
     settings: LedgerSettings,
     breaker: Arc<Breaker>,
     /// Paces store writes when a limit is configured: consumption slows, nothing is dropped.
-    write_limit: Option<DefaultDirectRateLimiter>,
+    write_limit: Option<Pacer>,
     /// The last state this process recorded for each account it settled. This process is
     /// the only writer of its partitions' accounts, so the state is almost always current;
     /// when it is not (a rebalance moved the account, or a batch is replayed) the
@@ -140,7 +140,7 @@ impl<S: LedgerStore> Ledger<S> {
         failures: FailureRoutes,
         settings: LedgerSettings,
         breaker: Arc<Breaker>,
-        write_limit: Option<DefaultDirectRateLimiter>,
+        write_limit: Option<Pacer>,
     ) -> Self {
         Ledger {
             store,
@@ -391,7 +391,7 @@ impl<S: LedgerStore> Ledger<S> {
         settlement: &Settlement,
     ) -> Result<bool, StoreError> {
         if let Some(limit) = &self.write_limit {
-            limit.until_ready().await;
+            limit.ready().await;
         }
         self.breaker
             .guard(

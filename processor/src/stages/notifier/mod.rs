@@ -24,13 +24,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use governor::DefaultDirectRateLimiter;
 use prometheus::{HistogramVec, IntCounterVec};
 use tracing::Instrument;
 
 use crate::codec::Codec;
 use crate::domain::{CircuitOpen, FailureKind, Poison, RetryClass};
 use crate::failures::FailureRoutes;
+use crate::limits::Pacer;
 use crate::pipeline::breaker::Breaker;
 use crate::pipeline::{BatchOutput, Stage, StageError, Tally};
 use crate::ports::{DeliveryError, WebhookRequest, Webhooks};
@@ -52,7 +52,7 @@ pub struct Endpoint {
     /// Every delivery is signed with each (two while a secret is rotated).
     pub secrets: Vec<Vec<u8>>,
     /// Paces deliveries to the endpoint's `max_per_second`.
-    pub pace: Option<DefaultDirectRateLimiter>,
+    pub pace: Option<Pacer>,
     pub breaker: Breaker,
 }
 
@@ -224,7 +224,7 @@ impl<W: Webhooks> Notifier<W> {
     async fn send(&self, delivery: &Delivery<'_>, as_probe: bool) -> Result<(), DeliveryError> {
         let endpoint = delivery.endpoint;
         if let Some(pace) = &endpoint.pace {
-            pace.until_ready().await;
+            pace.ready().await;
         }
         let started = Instant::now();
         let request = self.request(delivery, crate::pipeline::now_ms() / 1000);
