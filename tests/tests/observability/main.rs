@@ -1,5 +1,6 @@
 //! The dashboards and alerts against a real Prometheus (Debian's `prometheus`) scraping the
-//! stages on the local stack under load: every dashboard panel's query returns series, every
+//! four stages on the local stack under load (deposits also notified to a webhook receiver
+//! here, paced): every dashboard panel's query returns series, every
 //! alert and recording rule loads and evaluates, and each metric a rule watches exists.
 
 use std::collections::BTreeSet;
@@ -9,16 +10,10 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use txflow::stages::gateway::keys::hash;
 use txflow_tests::eventually;
-use txflow_tests::monitoring::{prometheus, repo};
+use txflow_tests::monitoring::{prometheus, repo, WebhookSink};
 use txflow_tests::process::{http, Pipeline};
 
 const KEY: &str = "txf_test_key_for_the_observability_suite";
-
-/// Dashboard pages whose panels need traffic this suite does not make, and why.
-const NOT_DRIVEN: [(&str, &str); 1] = [(
-    "notifier.json",
-    "no notifier runs here: webhook deliveries are driven by the notifier suite",
-)];
 
 /// Every panel query of a dashboard file, with its variables set to match everything.
 fn panel_queries(file: &Path) -> Vec<(String, String)> {
@@ -70,10 +65,35 @@ fn every_panel_and_rule_reads_series_a_loaded_pipeline_exports() {
     let hashed: String = hash(KEY).iter().map(|b| format!("{b:02x}")).collect();
     let gateway = pipeline.spawn_gateway_with(&[("TXFLOW_GATEWAY__API_KEYS__SUITE", &hashed)]);
     let gateway_address = gateway.logged_address("gateway listening");
-    let router = pipeline.spawn_router_with("r0", &[]);
+    // Every deposit also goes, as a notification, to a webhook receiver here.
+    let rules = std::env::temp_dir().join(format!("{}-rules.yaml", pipeline.keyspace));
+    std::fs::write(
+        &rules,
+        format!(
+            "rules:\n  - name: deposits\n    pattern: {{event_type: [DEPOSIT]}}\n    targets:\n      - topic: {}\n        webhook: sink\n      - topic: {}\n",
+            pipeline.notifications_topic, pipeline.ledger_topic
+        ),
+    )
+    .expect("a rules file");
+    let router = pipeline.spawn_router_with(
+        "r0",
+        &[("TXFLOW_ROUTER__RULES_FILE", rules.to_str().unwrap())],
+    );
     let ledger = pipeline.spawn_ledger("l0");
+    let sink = WebhookSink::start();
+    let notifier = pipeline.spawn_notifier_with(
+        "n0",
+        &[
+            ("TXFLOW_NOTIFIER__ENDPOINTS__SINK__URL", sink.url.as_str()),
+            (
+                "TXFLOW_NOTIFIER__ENDPOINTS__SINK__SECRET",
+                "a-secret-of-16-bytes-or-more",
+            ),
+            ("TXFLOW_NOTIFIER__ENDPOINTS__SINK__MAX_PER_SECOND", "50"),
+        ],
+    );
     let mut producer = pipeline.spawn_produce(&["--duration", "40", "--rate", "200"]);
-    let targets: Vec<String> = [&gateway, &router, &ledger]
+    let targets: Vec<String> = [&gateway, &router, &ledger, &notifier]
         .iter()
         .map(|stage| stage.admin_address())
         .collect();
@@ -137,12 +157,7 @@ fn every_panel_and_rule_reads_series_a_loaded_pipeline_exports() {
     let mut empty = Vec::new();
     for file in &files {
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
-        let driven = !NOT_DRIVEN.iter().any(|(page, _)| *page == name);
         for (title, expr) in panel_queries(file) {
-            if !driven {
-                prometheus.query(&expr);
-                continue;
-            }
             // A rate needs two scrapes in its window: give each query a few seconds.
             let answered = (0..20).any(|_| {
                 let found = !prometheus.query(&expr).is_empty();
