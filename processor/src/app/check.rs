@@ -3,9 +3,8 @@
 
 use std::path::Path;
 
+use super::run::{gateway_certificate, starting_rules};
 use super::{AppError, Config};
-use crate::routing::Rules;
-use crate::stages::gateway::tls::ReloadingCertificate;
 
 /// What a check found, one line per part of the configuration, for the operator.
 pub fn check(path: Option<&Path>, env: Vec<(String, String)>) -> Result<Vec<String>, AppError> {
@@ -25,31 +24,22 @@ pub fn check(path: Option<&Path>, env: Vec<(String, String)>) -> Result<Vec<Stri
             n => format!(" with {n} TXFLOW_* override(s)"),
         }
     )];
+    let rules = starting_rules(&config)?;
     found.push(match &config.router.rules_file {
-        Some(rules) => {
-            let loaded = Rules::load(rules).map_err(|e| {
-                AppError::Invalid(format!("router.rules_file {}: {e}", rules.display()))
-            })?;
-            format!(
-                "router: {} rule(s) from {}",
-                loaded.rules().len(),
-                rules.display()
-            )
-        }
+        Some(path) => format!(
+            "router: {} rule(s) from {}",
+            rules.rules().len(),
+            path.display()
+        ),
         None => "router: no rules file; every event goes to the default target".to_owned(),
     });
+    gateway_certificate(&config.gateway)?;
     found.push(match config.gateway.certificate_files() {
-        Some(files) => {
-            let shown = format!(
-                "gateway: HTTPS with {} and {}",
-                files.cert.display(),
-                files.key.display()
-            );
-            ReloadingCertificate::load(files)
-                .and_then(|certificate| certificate.acceptor().map(drop))
-                .map_err(|e| AppError::Invalid(e.to_string()))?;
-            shown
-        }
+        Some(files) => format!(
+            "gateway: HTTPS with {} and {}",
+            files.cert.display(),
+            files.key.display()
+        ),
         None => "gateway: plain HTTP (TLS at an ingress, or none)".to_owned(),
     });
     found.push(match config.schemas.registry()? {

@@ -193,10 +193,7 @@ async fn run_router<B: Backend>(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), AppError> {
     let router_config = &config.router;
-    let rules = match &router_config.rules_file {
-        Some(path) => Rules::load(path)?,
-        None => Rules::parse_yaml("rules: []")?,
-    };
+    let rules = starting_rules(config)?;
     let input = config.topics.events.clone();
     let default_target = router_config
         .default_target
@@ -470,11 +467,19 @@ async fn run_gateway<B: Backend>(
     Ok(())
 }
 
-/// When the gateway serves HTTPS: its TLS acceptor, and the task that reads its certificate
-/// again when the files change.
-fn gateway_tls(
+/// The routing rules a router starts with: its rules file's, or none.
+pub(super) fn starting_rules(config: &Config) -> Result<Rules, AppError> {
+    match &config.router.rules_file {
+        Some(path) => Rules::load(path)
+            .map_err(|e| AppError::Invalid(format!("router.rules_file {}: {e}", path.display()))),
+        None => Ok(Rules::parse_yaml("rules: []")?),
+    }
+}
+
+/// The gateway's certificate and its TLS acceptor, when it serves HTTPS.
+pub(super) fn gateway_certificate(
     config: &GatewayConfig,
-) -> Result<Option<(TlsAcceptor, tokio::task::JoinHandle<()>)>, AppError> {
+) -> Result<Option<(Arc<ReloadingCertificate>, TlsAcceptor)>, AppError> {
     let Some(files) = config.certificate_files() else {
         return Ok(None);
     };
@@ -483,6 +488,17 @@ fn gateway_tls(
     let acceptor = certificate
         .acceptor()
         .map_err(|e| AppError::Invalid(e.to_string()))?;
+    Ok(Some((certificate, acceptor)))
+}
+
+/// When the gateway serves HTTPS: its TLS acceptor, and the task that reads its certificate
+/// again when the files change.
+fn gateway_tls(
+    config: &GatewayConfig,
+) -> Result<Option<(TlsAcceptor, tokio::task::JoinHandle<()>)>, AppError> {
+    let Some((certificate, acceptor)) = gateway_certificate(config)? else {
+        return Ok(None);
+    };
     let reloader = tokio::spawn(async move {
         loop {
             tokio::time::sleep(tls::RELOAD_CHECK).await;
