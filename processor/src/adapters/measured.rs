@@ -23,6 +23,9 @@ pub struct StoreMetrics {
     pub conditional_writes: IntCounterVec,
 }
 
+/// The operations that are conditional writes (lightweight transactions).
+const CONDITIONAL_WRITES: [&str; 2] = ["claim_event_ids", "record"];
+
 /// `S`, measured.
 pub struct MeasuredStore<S> {
     inner: Arc<S>,
@@ -31,7 +34,7 @@ pub struct MeasuredStore<S> {
 
 impl<S> MeasuredStore<S> {
     pub fn new(inner: Arc<S>, metrics: StoreMetrics) -> Self {
-        for operation in ["claim_event_ids", "record"] {
+        for operation in CONDITIONAL_WRITES {
             for outcome in ["applied", "refused", "failed"] {
                 metrics
                     .conditional_writes
@@ -48,9 +51,9 @@ impl<S> MeasuredStore<S> {
         operation: &'static str,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let work = match operation {
-            "claim_event_ids" | "record" => "store.conditional_write",
-            _ => "store.read",
+        let work = match CONDITIONAL_WRITES.contains(&operation) {
+            true => "store.conditional_write",
+            false => "store.read",
         };
         let started = Instant::now();
         let outcome = call.instrument(traces::work_span(work, operation)).await;
@@ -98,7 +101,7 @@ impl<S: LedgerStore> LedgerStore for MeasuredStore<S> {
                     .filter(|claim| {
                         holders
                             .get(&claim.event_id)
-                            .is_some_and(|holder| holder.fingerprint == claim.fingerprint)
+                            .is_some_and(|holder| claim.against(holder).is_ok())
                     })
                     .count() as u64;
                 self.conditional("claim_event_ids", "applied", held);

@@ -268,10 +268,13 @@ impl<S: LedgerStore> Ledger<S> {
             }
             match self.decode(record) {
                 Ok(entry) => {
-                    traces::identify(&out.spans[index], &entry.event.event_id, entry.account_id());
-                    out.by_event
-                        .entry(entry.event.event_id.clone())
-                        .or_insert(index);
+                    let span = &out.spans[index];
+                    if !span.is_disabled() {
+                        traces::identify(span, &entry.event.event_id, entry.account_id());
+                        out.by_event
+                            .entry(entry.event.event_id.clone())
+                            .or_insert(index);
+                    }
                     pending.push(Pending {
                         index,
                         entry,
@@ -569,7 +572,7 @@ struct Outcome<'a> {
     /// `ledger.settle` of each record, by batch index.
     spans: Vec<Span>,
     /// The first record of the batch with each event id, by batch index: the trace its
-    /// results and legs continue.
+    /// results and legs continue. Kept only while spans are exported.
     by_event: HashMap<String, usize>,
 }
 
