@@ -151,16 +151,10 @@ impl Metrics {
             ),
             store_conditional_writes: counter(r, "store_conditional_writes_total", "Conditional store writes by operation and outcome: applied, refused (the condition did not hold), failed", &["stage", "operation", "outcome"]),
             rate_limit_waits: counter(r, "rate_limit_waits_total", "Calls a rate limit made wait, by limiter", &["stage", "limiter"]),
-            rate_limit_wait_seconds: {
-                let waited = prometheus::CounterVec::new(
-                    Opts::new("rate_limit_wait_seconds_total", "Seconds calls waited for a rate limit, by limiter"),
-                    &["stage", "limiter"],
-                )
-                .expect("a valid metric");
-                r.register(Box::new(waited.clone()))
-                    .expect("metric names are unique");
-                waited
-            },
+            rate_limit_wait_seconds: registered(r, prometheus::CounterVec::new(
+                Opts::new("rate_limit_wait_seconds_total", "Seconds calls waited for a rate limit, by limiter"),
+                &["stage", "limiter"],
+            )),
             stage_ready: gauge(r, "stage_ready", "Each stage the process runs: 1 while ready, 0 while not", &["stage"]),
             circuit_state: gauge(r, "circuit_state", "Circuit breaker state: 0 closed, 1 open, 2 half-open", &["stage", "dependency"]),
             circuit_transitions: counter(r, "circuit_transitions_total", "Circuit breaker transitions, by the state entered", &["stage", "dependency", "to"]),
@@ -184,16 +178,10 @@ impl Metrics {
             ),
             retry_due_out_of_bounds: counter(r, "retry_due_out_of_bounds_total", "Retry records handed out at their tier's bound rather than at the due time they claimed", &["topic"]),
             gateway_headers_dropped: counter(r, "gateway_headers_dropped_total", "Trace-context headers dropped for not being in the W3C form, by header", &["header"]),
-            gateway_connections_refused: {
-                let refused = prometheus::IntCounter::new(
-                    "gateway_connections_refused_total",
-                    "Connections answered 503 and closed for being over gateway.max_connections",
-                )
-                .expect("a valid metric");
-                r.register(Box::new(refused.clone()))
-                    .expect("a metric registered once");
-                refused
-            },
+            gateway_connections_refused: registered(r, prometheus::IntCounter::new(
+                "gateway_connections_refused_total",
+                "Connections answered 503 and closed for being over gateway.max_connections",
+            )),
             registry,
             process,
         }
@@ -231,7 +219,15 @@ impl Default for Metrics {
 
 /// A counter, registered.
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("a valid metric");
+    registered(registry, IntCounterVec::new(Opts::new(name, help), labels))
+}
+
+/// `metric`, valid, registered.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("a valid metric");
     registry
         .register(Box::new(metric.clone()))
         .expect("metric names are unique");
@@ -240,11 +236,7 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
 
 /// A gauge, registered.
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("a valid metric");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric names are unique");
-    metric
+    registered(registry, IntGaugeVec::new(Opts::new(name, help), labels))
 }
 
 /// A histogram with these bucket bounds (seconds), registered.
@@ -256,11 +248,7 @@ fn histogram(
     labels: &[&str],
 ) -> HistogramVec {
     let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
-    let metric = HistogramVec::new(opts, labels).expect("a valid metric");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric names are unique");
-    metric
+    registered(registry, HistogramVec::new(opts, labels))
 }
 
 /// Whether the process can do its work now, and why not: set by the stage loop, read by

@@ -268,14 +268,7 @@ impl FailedRecords {
     fn of(outputs: &[OutputRecord]) -> Self {
         let mut failed = FailedRecords::default();
         for output in outputs {
-            let header = |name: &str| {
-                output
-                    .headers
-                    .iter()
-                    .rev()
-                    .find(|(n, _)| n == name)
-                    .map(|(_, v)| String::from_utf8_lossy(v))
-            };
+            let header = |name: &str| output.header(name).map(String::from_utf8_lossy);
             if output.topic.ends_with(".dlq") {
                 let kind = header(ERROR_KIND)
                     .and_then(|kind| FailureKind::from_name(&kind))
@@ -892,7 +885,7 @@ mod tests {
             output("txflow.ledger.retry.1", &[(RETRY_TIER, "1")]),
             output("txflow.ledger.retry.2", &[(RETRY_TIER, "2")]),
             output("txflow.ledger.retry.2", &[(RETRY_TIER, "2")]),
-            // A dead letter keeps the tier header of its last retry; it is a dead letter.
+            // Whatever headers a record on the dead letters carries, it is a dead letter.
             output(
                 "txflow.ledger.dlq",
                 &[(RETRY_TIER, "2"), (ERROR_KIND, "store_unavailable")],

@@ -31,13 +31,25 @@ pub struct OutputRecord {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+/// The value of the first of `headers` with this name.
+fn first_header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_slice())
+}
+
+impl OutputRecord {
+    /// The value of the first header with this name.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        first_header(&self.headers, name)
+    }
+}
+
 impl InputRecord {
     /// The value of the first header with this name.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
+        first_header(&self.headers, name)
     }
 
     /// A header holding a decimal number.

@@ -246,11 +246,12 @@ impl KafkaLog {
         self.consumer.context().revocations.load(Ordering::SeqCst)
     }
 
-    /// Forgets what was read before the last revocation, in `batch` and held. Assignment is eager: a revocation takes every partition, and whoever
-    /// owns one next reads it again from its committed offset, this member included. A
-    /// record read before it must not be processed and committed after it, under the group's
-    /// next generation: the broker would take the offsets of a partition this member may no
-    /// longer own, and its new owner would publish the same results a second time.
+    /// Forgets what was read before the last revocation, in `batch` and held. Assignment is
+    /// eager: a revocation takes every partition, and whoever owns one next reads it again
+    /// from its committed offset, this member included. A record read before it must not be
+    /// processed and committed after it, under the group's next generation: the broker would
+    /// take the offsets of a partition this member may no longer own, and its new owner would
+    /// publish the same results a second time.
     fn forget_if_revoked(&mut self, batch: &mut Vec<InputRecord>, read_since: &mut u64) {
         self.forget_held_if_revoked();
         let revocations = self.held_since;
@@ -503,8 +504,8 @@ impl Log for KafkaLog {
         let consumer_error =
             |e: KafkaError| LogError::Fatal(Cause::context(failed_doing("consuming", &e), e));
         let mut batch = Vec::new();
-        let mut read_since = self.revocations();
-        self.forget_if_revoked(&mut batch, &mut read_since);
+        self.forget_held_if_revoked();
+        let mut read_since = self.held_since;
         while batch.len() < max_records {
             let Some(record) = self.held.pop_front() else {
                 break;
