@@ -138,3 +138,60 @@ where
     let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("txflow"));
     Ok(Some((layer, Exporting(provider))))
 }
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::TracerProvider;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    fn traceparent(headers: &[(String, Vec<u8>)]) -> String {
+        let found = headers.iter().find(|(name, _)| name == "traceparent");
+        String::from_utf8(found.expect("a traceparent").1.clone()).unwrap()
+    }
+
+    /// A producer's context is continued; one that is not W3C, or names no trace, starts a
+    /// new trace instead of being passed on.
+    #[test]
+    fn a_records_context_is_continued_only_when_it_is_valid_w3c() {
+        let provider = SdkTracerProvider::builder().build();
+        let exporting = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(exporting, || {
+            let header = |value: &str| vec![("traceparent".to_owned(), value.as_bytes().to_vec())];
+            let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+            let mut continued = header(parent);
+            carry(
+                &record_span("router.route", &header(parent)),
+                &mut continued,
+            );
+            let ours = traceparent(&continued);
+            assert!(
+                ours.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+                "{ours}"
+            );
+            assert_ne!(ours, parent, "a span of its own under the producer's");
+            for hostile in [
+                "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+                "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01",
+                "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+                "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\u{202e}",
+                "",
+            ] {
+                let mut headers = header(hostile);
+                carry(&record_span("router.route", &header(hostile)), &mut headers);
+                let ours = traceparent(&headers);
+                assert!(
+                    !ours.contains("0af7651916cd43dd8448eb211c80319c"),
+                    "{hostile:?}: {ours}"
+                );
+                let parents = headers.iter().filter(|(n, _)| n == "traceparent").count();
+                assert_eq!(parents, 1, "one traceparent, in place of {hostile:?}");
+                assert_eq!(ours.len(), 55, "{ours}");
+            }
+        });
+    }
+}
