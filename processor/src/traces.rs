@@ -29,12 +29,15 @@ pub static EXPORTED: std::sync::LazyLock<tracing_subscriber::filter::Directive> 
 
 /// The span of `work` (`ledger.settle`, `router.route`, …) on one record: a child of the
 /// context its `headers` carry, or the root of a new trace. Disabled, at no cost, when
-/// nothing exports.
+/// nothing exports. It names its trace and span ids, so that a log line written in it
+/// leads to the trace in the tracing backend.
 pub fn record_span(work: &'static str, headers: &[(String, Vec<u8>)]) -> Span {
     let span = tracing::debug_span!(
         target: TARGET,
         "record",
         otel.name = work,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
         event_id = tracing::field::Empty,
         account_id = tracing::field::Empty,
     );
@@ -42,6 +45,12 @@ pub fn record_span(work: &'static str, headers: &[(String, Vec<u8>)]) -> Span {
         let parent = TraceContextPropagator::new().extract(&Headers(headers));
         if parent.span().span_context().is_valid() {
             let _ = span.set_parent(parent);
+        }
+        let context = span.context();
+        let ids = context.span().span_context().clone();
+        if ids.is_valid() {
+            span.record("trace_id", tracing::field::display(ids.trace_id()));
+            span.record("span_id", tracing::field::display(ids.span_id()));
         }
     }
     span
@@ -193,5 +202,55 @@ mod tests {
                 assert_eq!(ours.len(), 55, "{ours}");
             }
         });
+    }
+
+    /// A log line written while a record is worked on names the trace and span it belongs
+    /// to, the ones the record's next stage continues.
+    #[test]
+    fn a_log_line_in_a_records_span_names_its_trace_and_span() {
+        #[derive(Clone, Default)]
+        struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let written = lines.clone();
+        let provider = SdkTracerProvider::builder().build();
+        let logging = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(move || written.clone()),
+            );
+        let mut onward = Vec::new();
+        tracing::subscriber::with_default(logging, || {
+            let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+            let span = record_span(
+                "ledger.settle",
+                &[("traceparent".to_owned(), parent.as_bytes().to_vec())],
+            );
+            span.in_scope(|| tracing::warn!("sent to the dead letters"));
+            carry(&span, &mut onward);
+        });
+        let line: serde_json::Value =
+            serde_json::from_slice(&lines.0.lock().unwrap()).expect("one JSON log line");
+        let ids = &line["span"];
+        assert_eq!(
+            ids["trace_id"], "0af7651916cd43dd8448eb211c80319c",
+            "{line}"
+        );
+        let span_id = ids["span_id"].as_str().expect("a span id");
+        assert_eq!(
+            traceparent(&onward),
+            format!("00-0af7651916cd43dd8448eb211c80319c-{span_id}-01"),
+            "the span the log names is the one the next stage continues"
+        );
     }
 }

@@ -109,6 +109,8 @@ impl FailureRoutes {
 
     /// The record sent on after failing with `kind` on its next attempt at `now_ms`: to the
     /// tier the policy names, due after a pause with full jitter, or to the dead letters.
+    /// Logged (a dead letter as a warning) in the current span: the record's, where it has
+    /// one.
     pub fn failed(
         &self,
         record: &InputRecord,
@@ -141,9 +143,17 @@ impl FailureRoutes {
             (FIRST_FAILURE, first.to_string()),
             (LAST_FAILURE, now_ms.to_string()),
         ];
+        let origin = self.origin(record);
         match self.policy.next_move(kind, attempts) {
             Move::Retry { tier, ceiling } => {
                 let due = (now_ms + jitter(ceiling, rng).as_millis() as i64).max(not_before_ms);
+                tracing::debug!(
+                    %origin,
+                    kind = kind.as_str(),
+                    attempts,
+                    tier,
+                    "a record failed, to be retried: {message}"
+                );
                 let mut record = self.moved(record, retry_topic(&self.input, tier), &failure);
                 push(&mut record, RETRY_DUE, due.to_string());
                 push(&mut record, RETRY_TIER, tier.to_string());
@@ -153,11 +163,19 @@ impl FailureRoutes {
                     due: Some(due),
                 }
             }
-            Move::DeadLetter => Routed {
-                record: self.moved(record, self.dead_letter_topic(), &failure),
-                tier: None,
-                due: None,
-            },
+            Move::DeadLetter => {
+                tracing::warn!(
+                    %origin,
+                    kind = kind.as_str(),
+                    attempts,
+                    "a record went to the dead letters: {message}"
+                );
+                Routed {
+                    record: self.moved(record, self.dead_letter_topic(), &failure),
+                    tier: None,
+                    due: None,
+                }
+            }
         }
     }
 

@@ -1,7 +1,8 @@
 //! One trace per event, in a real Jaeger (v2, built by `deploy/local/stack`): the stages on
 //! the local stack export over OTLP. An event posted to the gateway is one trace through the
 //! router and the ledger, both legs of a transfer included; an event whose store writes fail
-//! is one trace through its retries; an event produced by the Python producer with a
+//! is one trace through its retries, and the ledger's log line for its dead letter names that
+//! trace; an event produced by the Python producer with a
 //! `traceparent` header continues the producer's trace.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,6 +21,7 @@ const KEY: &str = "txf_test_key_for_the_traces_suite";
 /// A span as a test looks at it.
 #[derive(Debug)]
 struct SpanSeen {
+    trace: String,
     id: String,
     service: String,
     operation: String,
@@ -35,6 +37,7 @@ fn spans(trace: &Value) -> Vec<SpanSeen> {
         .into_iter()
         .flatten()
         .map(|span| SpanSeen {
+            trace: span["traceID"].as_str().unwrap_or_default().to_owned(),
             id: span["spanID"].as_str().unwrap_or_default().to_owned(),
             service: processes[span["processID"].as_str().unwrap_or_default()]["serviceName"]
                 .as_str()
@@ -126,6 +129,7 @@ fn every_event_is_one_trace_across_the_stages() {
     let mut ledger_env = exporting.to_vec();
     ledger_env.push(("TXFLOW_FAULTS__STORE_FAILING_ACCOUNTS", &failing_accounts));
     ledger_env.push(("TXFLOW_LEDGER__RETRY_DELAYS_MS", "[100, 200]"));
+    ledger_env.push(("TXFLOW_LOG_FORMAT", "json"));
     let ledger = pipeline.spawn_ledger_with("l0", &ledger_env);
 
     let (payer, payee) = (format!("{prefix}-payer"), format!("{prefix}-payee"));
@@ -256,7 +260,7 @@ fn every_event_is_one_trace_across_the_stages() {
     }
 
     // The event whose writes fail: its first attempt and each retry in its trace.
-    eventually(
+    let retried = eventually(
         Duration::from_secs(90),
         Duration::from_secs(1),
         || {
@@ -268,9 +272,39 @@ fn every_event_is_one_trace_across_the_stages() {
                     .count();
                 ours && attempts >= 3
             })
-            .map(drop)
         },
         || "t-retried's trace never held its three attempts (first, two retries)".to_owned(),
+    );
+    // Its last attempt sent it to the dead letters; the ledger's JSON log line says so in
+    // that attempt's span, by trace and span id.
+    let attempts: BTreeSet<&str> = retried
+        .iter()
+        .filter(|s| s.operation == "ledger.settle")
+        .map(|s| s.id.as_str())
+        .collect();
+    let logged = ledger.log_text();
+    let dead_lettered: Vec<Value> = logged
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| {
+            line["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("a record went to the dead letters"))
+                && line["span"]["event_id"] == "t-retried"
+        })
+        .collect();
+    assert_eq!(dead_lettered.len(), 1, "one dead letter logged:\n{logged}");
+    let ids = &dead_lettered[0]["span"];
+    assert_eq!(
+        ids["trace_id"].as_str(),
+        retried.first().map(|s| s.trace.as_str()),
+        "{ids}"
+    );
+    assert!(
+        ids["span_id"]
+            .as_str()
+            .is_some_and(|id| attempts.contains(id)),
+        "the log names one of the attempts' spans {attempts:?}: {ids}"
     );
 
     // The produced event continues the producer's trace, under the producer's span.

@@ -632,13 +632,15 @@ impl<S: LedgerStore> Ledger<S> {
 
     fn dead_letter(&self, out: &mut Outcome<'_>, index: usize, poison: &Poison) {
         out.counts.dead_letters += 1;
-        let routed = self.failures.failed(
-            &out.batch[index],
-            poison.kind,
-            &poison.message,
-            out.now_ms,
-            &mut out.rng,
-        );
+        let routed = out.spans[index].in_scope(|| {
+            self.failures.failed(
+                &out.batch[index],
+                poison.kind,
+                &poison.message,
+                out.now_ms,
+                &mut out.rng,
+            )
+        });
         out.send(index, routed.record);
     }
 
@@ -721,13 +723,15 @@ impl<S: LedgerStore> Ledger<S> {
         for (indices, error) in failed {
             for index in indices {
                 let record = &out.batch[index];
-                let routed = self.failures.failed(
-                    record,
-                    error.kind(),
-                    &error.to_string(),
-                    out.now_ms,
-                    &mut out.rng,
-                );
+                let routed = out.spans[index].in_scope(|| {
+                    self.failures.failed(
+                        record,
+                        error.kind(),
+                        &error.to_string(),
+                        out.now_ms,
+                        &mut out.rng,
+                    )
+                });
                 match (routed.tier, routed.due) {
                     (Some(tier), Some(due)) => {
                         out.counts.retries += 1;

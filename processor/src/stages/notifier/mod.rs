@@ -318,12 +318,17 @@ impl<W: Webhooks> Stage for Notifier<W> {
         // (index, kind, message, not due before): a refused delivery waits for its breaker.
         let mut failed: Vec<(usize, FailureKind, String, i64)> = Vec::new();
         let mut by_endpoint: BTreeMap<&str, Vec<Delivery<'_>>> = BTreeMap::new();
+        // Each delivery's span, so that a failure is logged in its trace.
+        let mut spans = vec![tracing::Span::none(); batch.len()];
         for (index, record) in batch.iter().enumerate() {
             match self.prepare(index, record) {
-                Ok(delivery) => by_endpoint
-                    .entry(delivery.endpoint.name.as_str())
-                    .or_default()
-                    .push(delivery),
+                Ok(delivery) => {
+                    spans[index] = delivery.span.clone();
+                    by_endpoint
+                        .entry(delivery.endpoint.name.as_str())
+                        .or_default()
+                        .push(delivery)
+                }
                 Err(poison) => failed.push((index, poison.kind, poison.message, now_ms)),
             }
         }
@@ -350,14 +355,16 @@ impl<W: Webhooks> Stage for Notifier<W> {
         let mut rng = rand::rng();
         let mut outputs = Vec::with_capacity(failed.len());
         for (index, kind, message, not_before) in failed {
-            let routed = self.failures.failed_until(
-                &batch[index],
-                kind,
-                &message,
-                now_ms,
-                not_before,
-                &mut rng,
-            );
+            let routed = spans[index].in_scope(|| {
+                self.failures.failed_until(
+                    &batch[index],
+                    kind,
+                    &message,
+                    now_ms,
+                    not_before,
+                    &mut rng,
+                )
+            });
             match routed.tier {
                 Some(_) => counts.retried += 1,
                 None => counts.dead_letters += 1,

@@ -106,13 +106,10 @@ impl Stage for Router {
                 }
                 Err(poison) => {
                     counts.dead_letters += 1;
-                    let routed = self.failures.failed(
-                        record,
-                        poison.kind,
-                        &poison.message,
-                        now_ms,
-                        &mut rng,
-                    );
+                    let routed = span.in_scope(|| {
+                        self.failures
+                            .failed(record, poison.kind, &poison.message, now_ms, &mut rng)
+                    });
                     outputs.push(routed.record);
                     continue;
                 }
