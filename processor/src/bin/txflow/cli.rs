@@ -14,6 +14,8 @@ use crate::commands::accounts::{self, AccountsCommand};
 use crate::commands::api_key::{self, ApiKeyCommand};
 use crate::commands::dlq::{self, DlqCommand};
 use crate::commands::migrate;
+use crate::commands::print_line;
+use crate::commands::probe;
 use crate::commands::produce::{self, ProduceArgs};
 use crate::commands::rules::{self, RulesCommand};
 use crate::commands::schemas::{self, SchemasCommand};
@@ -91,6 +93,20 @@ enum Command {
     /// Check a configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Ask the txflow process on this host whether it is live (/healthz) or ready
+    /// (--ready, /readyz): exit 0 when it answers 200, else 1 with its answer. For a
+    /// container's health check, where the image has no shell or HTTP client.
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, Args)]
+struct ProbeArgs {
+    /// Ask /readyz (batches going through) instead of /healthz (the process answers).
+    #[arg(long)]
+    ready: bool,
+    /// The admin endpoint (default: 127.0.0.1 at the port of admin.listen).
+    #[arg(long, value_name = "HOST:PORT")]
+    admin: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,6 +203,14 @@ impl Cli {
             Command::Schemas(command) => schemas::schemas(&config, command).await,
             Command::Rules(command) => rules::rules(&config, command),
             Command::Config(_) => unreachable!("checked before the configuration is loaded"),
+            Command::Probe(ProbeArgs { ready, admin }) => {
+                let admin = match admin {
+                    Some(admin) => admin,
+                    None => probe::local_admin(&config.admin.listen)?,
+                };
+                let path = if ready { "/readyz" } else { "/healthz" };
+                print_line(&probe::probe(&admin, path).await?)
+            }
         }
     }
 }

@@ -4,6 +4,7 @@ pub mod accounts;
 pub mod api_key;
 pub mod dlq;
 pub mod migrate;
+pub mod probe;
 pub mod produce;
 pub mod rules;
 pub mod schemas;
