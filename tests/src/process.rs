@@ -396,6 +396,12 @@ pub struct StageProcess {
 }
 
 impl StageProcess {
+    /// How the process ended, if it has; None while it runs.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        child.try_wait().expect("waiting for a child")
+    }
+
     /// SIGKILL: no chance to finish anything.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

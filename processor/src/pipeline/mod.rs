@@ -218,6 +218,7 @@ pub async fn run<L: Log, S: Stage>(
         in_flight: None,
         backlog_reported: None,
         joined: false,
+        log_unreachable: false,
     };
     let outcome = runner.run().await;
     // The last transaction decides before the log closes, whatever stopped the loop.
@@ -253,6 +254,16 @@ enum Concluded {
         batch: Vec<InputRecord>,
         failure: String,
     },
+}
+
+impl Concluded {
+    /// The records to read again and why, if it did not commit.
+    fn read_again(self) -> Option<(Vec<InputRecord>, String)> {
+        match self {
+            Concluded::Committed => None,
+            Concluded::Aborted { batch, failure } => Some((batch, failure)),
+        }
+    }
 }
 
 /// The failed records a batch sends on: to each retry tier, and to the dead letters by
@@ -297,7 +308,12 @@ struct Runner<'a, L, S: Stage> {
     backlog_reported: Option<(Instant, BTreeSet<(String, i32)>)>,
     /// Whether the group has assigned this member its partitions (none, maybe) yet.
     joined: bool,
+    /// Whether the log was last seen out of reach (every broker down).
+    log_unreachable: bool,
 }
+
+/// Why a stage is not ready while its log is out of reach.
+const LOG_UNREACHABLE: &str = "the log's brokers are out of reach; waiting for them";
 
 /// Sets the stage's counters at zero for every label value they can take, so that a rate
 /// or an alert over them has a series before the first event of its kind.
@@ -336,35 +352,46 @@ impl<L: Log, S: Stage> Runner<'_, L, S> {
             if *self.shutdown.borrow() {
                 return Ok(());
             }
+            self.report_reachability();
             let batch = tokio::select! {
                 batch = self.log.next_batch(self.config.max_records, self.config.max_wait) => batch,
                 _ = self.shutdown.changed() => continue,
             };
-            let mut batch = batch.map_err(fatal)?;
+            let mut batch = match batch {
+                Ok(batch) => batch,
+                // Nothing was taken: wait, and ask again. The client reconnects by itself.
+                Err(LogError::Unavailable(cause)) => {
+                    let pause = self.backoff.next_pause(&mut rand::rng());
+                    tracing::warn!(?pause, "{cause}; waiting for the log");
+                    tokio::select! {
+                        held = self.log.hold(pause) => held.map_err(fatal)?,
+                        _ = self.shutdown.changed() => {}
+                    }
+                    continue;
+                }
+                Err(error) => return Err(fatal(error)),
+            };
             self.report_backlog();
             if !self.joined && self.log.reassignment_pending() {
                 self.joined = true;
                 self.telemetry.readiness.set_ready();
             }
             if batch.is_empty() {
-                // Nothing new: the transaction under way decides meanwhile.
-                if let Concluded::Aborted { batch, failure } = self.conclude().await? {
+                // Nothing new: the transaction under way decides meanwhile. A reassignment is
+                // taken now too: it resumes partitions a pause left paused, which would
+                // otherwise never bring a batch again.
+                let again = if self.log.reassignment_pending() {
+                    self.reassign().await?
+                } else {
+                    self.conclude().await?.read_again()
+                };
+                if let Some((batch, failure)) = again {
                     self.read_again(&batch, &failure, None).await?;
                 }
                 continue;
             }
             if self.log.reassignment_pending() {
-                // The retry records a new assignment leaves are read once the transaction
-                // under way (which may consume or add some) has decided.
-                let concluded = self.conclude().await?;
-                if let Some(unconsumed) = self.log.reassigned().await.map_err(fatal)? {
-                    self.stage.reassigned(&unconsumed);
-                }
-                if let Concluded::Aborted {
-                    batch: mut again,
-                    failure,
-                } = concluded
-                {
+                if let Some((mut again, failure)) = self.reassign().await? {
                     again.append(&mut batch);
                     self.read_again(&again, &failure, None).await?;
                     continue;
@@ -423,6 +450,44 @@ impl<L: Log, S: Stage> Runner<'_, L, S> {
                 }
             };
             self.read_again(&batch, &failure, pause).await?;
+        }
+    }
+
+    /// Takes the log's new assignment once the transaction under way has decided: the retry
+    /// records the new partitions leave go to the stage, and pauses are forgotten. What must
+    /// be read again, and why: the batch of an aborted transaction, or nothing new when the
+    /// log could not be reached (the reassignment stays pending).
+    async fn reassign(&mut self) -> Result<Option<(Vec<InputRecord>, String)>, StageError> {
+        let mut again = self.conclude().await?.read_again();
+        match self.log.reassigned().await {
+            Ok(Some(unconsumed)) => self.stage.reassigned(&unconsumed),
+            Ok(None) => {}
+            Err(LogError::Unavailable(cause)) => {
+                let (batch, _) = again.take().unwrap_or_default();
+                again = Some((batch, cause.to_string()));
+            }
+            Err(error) => return Err(fatal(error)),
+        }
+        Ok(again)
+    }
+
+    /// Not ready while every broker of the log is out of reach, ready again when one answers
+    /// (unless something else has made the stage not ready meanwhile).
+    fn report_reachability(&mut self) {
+        let unreachable = !self.log.reachable();
+        if unreachable == self.log_unreachable {
+            return;
+        }
+        self.log_unreachable = unreachable;
+        let readiness = &self.telemetry.readiness;
+        if unreachable {
+            tracing::warn!("{LOG_UNREACHABLE}");
+            readiness.set_not_ready(LOG_UNREACHABLE);
+        } else {
+            tracing::info!("the log's brokers answer again");
+            if readiness.reason() == LOG_UNREACHABLE {
+                readiness.set_ready();
+            }
         }
     }
 

@@ -23,6 +23,10 @@ pub enum LogError {
     /// client error): the stage must stop.
     #[error("the log client cannot go on: {0}")]
     Fatal(#[source] Cause),
+    /// The log cannot be reached now (its brokers down or cut off): nothing was taken or
+    /// lost, and the call can be made again.
+    #[error("the log is unreachable: {0}")]
+    Unavailable(#[source] Cause),
 }
 
 /// A consumer in a group with its transactional producer.
@@ -57,6 +61,12 @@ pub trait Log: Send {
 
     /// How many partitions this member reads now (none until its group assigned them).
     fn assigned_partitions(&self) -> usize;
+
+    /// Whether the log answers, as far as its client last heard: false while every broker
+    /// is out of reach. A look at the client's state, no IO.
+    fn reachable(&self) -> bool {
+        true
+    }
 
     /// When this member's partitions changed since the last call (or on the first call): the
     /// records of its delayed topics' partitions that the group has not consumed yet, which is

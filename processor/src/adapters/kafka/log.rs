@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -82,9 +82,18 @@ pub struct GroupEvents {
     assignments: AtomicU64,
     revocations: AtomicU64,
     lag: std::sync::Mutex<BTreeMap<(String, i32), i64>>,
+    /// Every broker out of reach: librdkafka said so, and its statistics show none up since.
+    unreachable: AtomicBool,
 }
 
 impl ClientContext for GroupEvents {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.unreachable.store(true, Ordering::SeqCst);
+        }
+        tracing::warn!("librdkafka: {error}: {reason}");
+    }
+
     /// Reads only the partitions' offsets from librdkafka's statistics, as JSON: whatever
     /// else a librdkafka version adds or renames there does not matter.
     fn stats_raw(&self, statistics: &[u8]) {
@@ -95,6 +104,9 @@ impl ClientContext for GroupEvents {
                 return;
             }
         };
+        if let Some(up) = brokers_up(&statistics) {
+            self.unreachable.store(up == 0, Ordering::SeqCst);
+        }
         let mut lag = self.lag.lock().expect("the lag lock");
         lag.clear();
         let topics = statistics["topics"].as_object().into_iter().flatten();
@@ -110,6 +122,40 @@ impl ClientContext for GroupEvents {
             }
         }
     }
+}
+
+/// How many of the cluster's brokers the client is connected to, from its statistics; None
+/// before it knows of any (librdkafka's bootstrap and coordinator entries are not brokers
+/// of the cluster: their node id is -1).
+fn brokers_up(statistics: &serde_json::Value) -> Option<usize> {
+    let brokers: Vec<&serde_json::Value> = statistics["brokers"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(_, broker)| broker)
+        .filter(|broker| broker["nodeid"].as_i64().is_some_and(|id| id >= 0))
+        .collect();
+    (!brokers.is_empty()).then(|| brokers.iter().filter(|b| b["state"] == "UP").count())
+}
+
+/// Whether a consumer error ends the stage: refused access, or librdkafka's own fatal state.
+/// Anything else (a broker unreachable, a connection lost, a coordinator moving) librdkafka
+/// recovers from by itself, and the stage waits for it.
+fn hopeless(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::Fatal
+                | RDKafkaErrorCode::Authentication
+                | RDKafkaErrorCode::SaslAuthenticationFailed
+                | RDKafkaErrorCode::SSL
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::GroupAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+                | RDKafkaErrorCode::InvalidGroupId
+        )
+    )
 }
 
 /// Records between a partition's read position and its last stable offset (the end a
@@ -405,11 +451,44 @@ impl Committer {
             )));
         }
         if self.delivery == Delivery::ExactlyOnce {
-            self.producer.abort_transaction(CALL_TIMEOUT).map_err(|e| {
-                LogError::Fatal(Cause::context(format!("aborting after {error}"), e))
-            })?;
+            self.abort(&error)?;
         }
         Err(LogError::Aborted(Cause::new(error)))
+    }
+
+    /// Aborts the transaction that failed with `error`, as many times as the brokers time
+    /// out on it: the producer can begin no other until it is aborted.
+    fn abort(&self, error: &KafkaError) -> Result<(), LogError> {
+        loop {
+            match self.producer.abort_transaction(CALL_TIMEOUT) {
+                Ok(()) => return Ok(()),
+                Err(KafkaError::Transaction(e)) if e.is_retriable() && !e.is_fatal() => {
+                    tracing::warn!("aborting the transaction after {error}: {e}; trying again");
+                }
+                Err(e) => {
+                    return Err(LogError::Fatal(Cause::context(
+                        format!("aborting after {error}"),
+                        e,
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Commits the transaction, again as long as the brokers time out on it: a commit that
+    /// timed out may have reached the coordinator, so it is finished, never aborted, unless
+    /// the producer says it must abort.
+    fn commit_transaction(&self) -> Result<(), KafkaError> {
+        loop {
+            match self.producer.commit_transaction(CALL_TIMEOUT) {
+                Err(KafkaError::Transaction(e))
+                    if e.is_retriable() && !e.txn_requires_abort() && !e.is_fatal() =>
+                {
+                    tracing::warn!("committing the transaction: {e}; trying again");
+                }
+                outcome => return outcome,
+            }
+        }
     }
 
     /// Hands every output to the producer, waiting for room where its queue is full; runs
@@ -448,7 +527,7 @@ impl Committer {
         self.producer
             .send_offsets_to_transaction(offsets, &metadata, CALL_TIMEOUT)?;
         self.await_deliveries()?;
-        self.producer.commit_transaction(CALL_TIMEOUT)
+        self.commit_transaction()
     }
 
     /// Waits until every record sent is acknowledged or failed. rust-rdkafka's own flush
@@ -530,6 +609,13 @@ impl Log for KafkaLog {
                     tracing::warn!("consumer: {e}");
                     continue;
                 }
+                // Nothing is taken yet: the stage waits and asks again.
+                Ok(Err(e)) if !hopeless(&e) => {
+                    return Err(LogError::Unavailable(Cause::context(
+                        failed_doing("consuming", &e),
+                        e,
+                    )))
+                }
                 Ok(Err(e)) => return Err(consumer_error(e)),
             };
             // Polling serves rebalances: what was read before one is stale.
@@ -551,6 +637,11 @@ impl Log for KafkaLog {
                     }
                 }
                 Ok(Err(e)) if passing(&e) => tracing::warn!("consumer: {e}"),
+                // The records read so far go on as a batch; the error comes again if it lasts.
+                Ok(Err(e)) if !hopeless(&e) => {
+                    tracing::warn!("consumer: {e}");
+                    break;
+                }
                 Ok(Err(e)) => return Err(consumer_error(e)),
                 Err(_) => break,
             }
@@ -587,7 +678,7 @@ impl Log for KafkaLog {
                     self.forget_held_if_revoked();
                     self.held.push_back(record);
                 }
-                Ok(Err(e)) if passing(&e) => tracing::warn!("consumer: {e}"),
+                Ok(Err(e)) if passing(&e) || !hopeless(&e) => tracing::warn!("consumer: {e}"),
                 Ok(Err(e)) => return Err(fatal("consuming", e)),
             }
         }
@@ -619,6 +710,10 @@ impl Log for KafkaLog {
         self.consumer.assignment().map(|a| a.count()).unwrap_or(0)
     }
 
+    fn reachable(&self) -> bool {
+        !self.consumer.context().unreachable.load(Ordering::SeqCst)
+    }
+
     async fn reassigned(&mut self) -> Result<Option<Vec<InputRecord>>, LogError> {
         let assignments = self.consumer.context().assignments.load(Ordering::SeqCst);
         if self.assignments_seen == Some(assignments) {
@@ -636,8 +731,16 @@ impl Log for KafkaLog {
                 .resume(&assigned)
                 .map_err(|e| LogError::Fatal(Cause::context("resuming partitions", e)))?;
         }
-        let unconsumed = tokio::task::block_in_place(|| self.unconsumed())
-            .map_err(|e| LogError::Fatal(Cause::context("reading the retry topics", e)))?;
+        // Until this succeeds the reassignment stays pending, and is asked for again.
+        let unconsumed = tokio::task::block_in_place(|| self.unconsumed()).map_err(|e| {
+            let ends = hopeless(&e);
+            let cause = Cause::context(failed_doing("reading the retry topics", &e), e);
+            if ends {
+                LogError::Fatal(cause)
+            } else {
+                LogError::Unavailable(cause)
+            }
+        })?;
         self.assignments_seen = Some(assignments);
         tracing::info!(
             records = unconsumed.len(),
