@@ -351,3 +351,28 @@ pub fn python() -> std::process::Command {
     }
     std::process::Command::new(python)
 }
+
+/// Runs `deploy/local/stack ARGS` for a test that stops or starts one of the stack's
+/// services; fails the test if it fails.
+pub fn stack(args: &[&str]) {
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/stack");
+    let status = std::process::Command::new(&script)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("running {} {args:?}: {e}", script.display()));
+    assert!(
+        status.success(),
+        "{} {args:?} failed; this test needs deploy/local/stack's own services (same TXFLOW_STACK_DIR)",
+        script.display()
+    );
+}
+
+/// Brings the stack's services back however a test that stopped one ends, so that later
+/// tests find them.
+pub struct StackBack;
+
+impl Drop for StackBack {
+    fn drop(&mut self) {
+        stack(&["up"]);
+    }
+}

@@ -6,34 +6,10 @@
 //! It stops and restarts the Kafka of `deploy/local/stack`, so it needs that stack and runs
 //! alone in its own test binary.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use txflow_tests::invariants;
 use txflow_tests::process::{Pipeline, StageProcess};
-
-fn stack(args: &[&str]) {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/stack");
-    let status = Command::new(&script)
-        .args(args)
-        .status()
-        .unwrap_or_else(|e| panic!("running {} {args:?}: {e}", script.display()));
-    assert!(
-        status.success(),
-        "{} {args:?} failed; this test needs the Kafka of deploy/local/stack (same TXFLOW_STACK_DIR)",
-        script.display()
-    );
-}
-
-/// Brings Kafka back however the test ends, so that later tests find it.
-struct Restore;
-
-impl Drop for Restore {
-    fn drop(&mut self) {
-        stack(&["up"]);
-    }
-}
+use txflow_tests::{invariants, stack, StackBack};
 
 fn wait_for_readiness(ledgers: &[&StageProcess], status: u16, reason: &str, limit: Duration) {
     let deadline = Instant::now() + limit;
@@ -80,7 +56,7 @@ fn ledgers_ride_out_a_kafka_restart_and_apply_every_event_once() {
     );
     std::thread::sleep(Duration::from_secs(3));
 
-    let restore = Restore;
+    let restore = StackBack;
     stack(&["down", "kafka"]);
     let outage = Instant::now();
     wait_for_readiness(

@@ -8,35 +8,11 @@
 //! It stops and restarts the Cassandra of `deploy/local/stack`, so it needs that stack (not
 //! another CQL database) and runs alone in its own test binary.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use txflow_tests::invariants;
 use txflow_tests::monitoring::{alertmanager, prometheus, WebhookSink};
 use txflow_tests::process::Pipeline;
-
-fn stack(args: &[&str]) {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/stack");
-    let status = Command::new(&script)
-        .args(args)
-        .status()
-        .unwrap_or_else(|e| panic!("running {} {args:?}: {e}", script.display()));
-    assert!(
-        status.success(),
-        "{} {args:?} failed; this test needs the Cassandra of deploy/local/stack (same TXFLOW_STACK_DIR)",
-        script.display()
-    );
-}
-
-/// Brings Cassandra back however the test ends, so that later tests find it.
-struct Restore;
-
-impl Drop for Restore {
-    fn drop(&mut self) {
-        stack(&["up"]);
-    }
-}
+use txflow_tests::{invariants, stack, StackBack};
 
 #[test]
 fn a_store_outage_pauses_the_ledger_and_spills_nothing() {
@@ -79,7 +55,7 @@ fn a_store_outage_pauses_the_ledger_and_spills_nothing() {
         std::thread::sleep(Duration::from_millis(500));
     }
 
-    let restore = Restore;
+    let restore = StackBack;
     stack(&["down", "cassandra"]);
     let outage = Instant::now();
     let deadline = outage + Duration::from_secs(20);
