@@ -20,6 +20,7 @@ pub mod uncommitted;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -208,6 +209,9 @@ pub async fn run<L: Log, S: Stage>(
         .readiness
         .set_not_ready("joining the consumer group: no partitions assigned yet");
     announce_series(telemetry);
+    let following = log
+        .out_of_reach()
+        .map(|flag| tokio::spawn(follow_reachability(flag, Arc::clone(&telemetry.readiness))));
     let mut runner = Runner {
         log,
         stage,
@@ -218,12 +222,14 @@ pub async fn run<L: Log, S: Stage>(
         in_flight: None,
         backlog_reported: None,
         joined: false,
-        log_unreachable: false,
     };
     let outcome = runner.run().await;
     // The last transaction decides before the log closes, whatever stopped the loop.
     let last = runner.conclude().await;
     runner.log.close().await;
+    if let Some(following) = following {
+        following.abort();
+    }
     outcome?;
     if let Concluded::Aborted { batch, failure } = last? {
         tracing::warn!(
@@ -308,12 +314,38 @@ struct Runner<'a, L, S: Stage> {
     backlog_reported: Option<(Instant, BTreeSet<(String, i32)>)>,
     /// Whether the group has assigned this member its partitions (none, maybe) yet.
     joined: bool,
-    /// Whether the log was last seen out of reach (every broker down).
-    log_unreachable: bool,
 }
 
 /// Why a stage is not ready while its log is out of reach.
 const LOG_UNREACHABLE: &str = "the log's brokers are out of reach; waiting for them";
+
+/// Not ready while `out_of_reach` is up (every broker of the log out of reach), as before
+/// once a broker answers, unless something else has changed the stage's readiness since.
+/// Runs beside the stage's loop, which an outage can hold up in a transaction for a while.
+async fn follow_reachability(out_of_reach: Arc<AtomicBool>, readiness: Arc<Readiness>) {
+    let mut before: Option<(bool, String)> = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let unreachable = out_of_reach.load(Ordering::SeqCst);
+        match (before.take(), unreachable) {
+            (None, true) => {
+                tracing::warn!("{LOG_UNREACHABLE}");
+                before = Some((readiness.is_ready(), readiness.reason()));
+                readiness.set_not_ready(LOG_UNREACHABLE);
+            }
+            (Some((was_ready, reason)), false) => {
+                tracing::info!("the log's brokers answer again");
+                if !readiness.is_ready() && readiness.reason() == LOG_UNREACHABLE {
+                    match was_ready {
+                        true => readiness.set_ready(),
+                        false => readiness.set_not_ready(&reason),
+                    }
+                }
+            }
+            (still, _) => before = still,
+        }
+    }
+}
 
 /// Sets the stage's counters at zero for every label value they can take, so that a rate
 /// or an alert over them has a series before the first event of its kind.
@@ -352,7 +384,6 @@ impl<L: Log, S: Stage> Runner<'_, L, S> {
             if *self.shutdown.borrow() {
                 return Ok(());
             }
-            self.report_reachability();
             let batch = tokio::select! {
                 batch = self.log.next_batch(self.config.max_records, self.config.max_wait) => batch,
                 _ = self.shutdown.changed() => continue,
@@ -469,26 +500,6 @@ impl<L: Log, S: Stage> Runner<'_, L, S> {
             Err(error) => return Err(fatal(error)),
         }
         Ok(again)
-    }
-
-    /// Not ready while every broker of the log is out of reach, ready again when one answers
-    /// (unless something else has made the stage not ready meanwhile).
-    fn report_reachability(&mut self) {
-        let unreachable = !self.log.reachable();
-        if unreachable == self.log_unreachable {
-            return;
-        }
-        self.log_unreachable = unreachable;
-        let readiness = &self.telemetry.readiness;
-        if unreachable {
-            tracing::warn!("{LOG_UNREACHABLE}");
-            readiness.set_not_ready(LOG_UNREACHABLE);
-        } else {
-            tracing::info!("the log's brokers answer again");
-            if readiness.reason() == LOG_UNREACHABLE {
-                readiness.set_ready();
-            }
-        }
     }
 
     /// Waits for the transaction under way, and tells the stage what became of it.

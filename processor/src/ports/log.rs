@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::IntCounterVec;
@@ -62,10 +64,10 @@ pub trait Log: Send {
     /// How many partitions this member reads now (none until its group assigned them).
     fn assigned_partitions(&self) -> usize;
 
-    /// Whether the log answers, as far as its client last heard: false while every broker
-    /// is out of reach. A look at the client's state, no IO.
-    fn reachable(&self) -> bool {
-        true
+    /// A flag the log's client holds up while every broker is out of reach, for the stage's
+    /// readiness to follow as it changes; None for a log that cannot be cut off.
+    fn out_of_reach(&self) -> Option<Arc<AtomicBool>> {
+        None
     }
 
     /// When this member's partitions changed since the last call (or on the first call): the

@@ -1,7 +1,8 @@
 //! The clients' properties, records to and from rdkafka's types, and the producer that
 //! counts its deliveries.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -33,14 +34,61 @@ pub(super) fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
 }
 
 /// Counts the deliveries the broker confirmed and refused, so that no failed write goes
-/// unnoticed.
+/// unnoticed; and holds up `out_of_reach` while every broker is out of reach, as its
+/// background thread hears (a consumer hears only while it is polled).
 #[derive(Default)]
 pub struct DeliveryReport {
     pub delivered: AtomicU64,
     pub failed: AtomicU64,
+    pub out_of_reach: Arc<AtomicBool>,
 }
 
-impl ClientContext for DeliveryReport {}
+impl DeliveryReport {
+    /// A report that holds up `out_of_reach`, shared with the consumer beside it.
+    pub fn holding(out_of_reach: Arc<AtomicBool>) -> Self {
+        DeliveryReport {
+            out_of_reach,
+            ..DeliveryReport::default()
+        }
+    }
+}
+
+impl ClientContext for DeliveryReport {
+    fn error(&self, error: KafkaError, reason: &str) {
+        hear_error(&self.out_of_reach, &error);
+        tracing::warn!("librdkafka: {error}: {reason}");
+    }
+
+    fn stats_raw(&self, statistics: &[u8]) {
+        if let Ok(statistics) = serde_json::from_slice(statistics) {
+            hear_statistics(&self.out_of_reach, &statistics);
+        }
+    }
+}
+
+/// Holds up `out_of_reach` when librdkafka says every broker is down.
+pub(super) fn hear_error(out_of_reach: &AtomicBool, error: &KafkaError) {
+    if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+        out_of_reach.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Sets `out_of_reach` from librdkafka's statistics: up while no broker of the cluster is
+/// connected, down once one is. Its bootstrap and coordinator entries are not brokers of the
+/// cluster (their node id is -1); before it knows of any broker, nothing changes.
+pub(super) fn hear_statistics(out_of_reach: &AtomicBool, statistics: &serde_json::Value) {
+    let brokers: Vec<&serde_json::Value> = statistics["brokers"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(_, broker)| broker)
+        .filter(|broker| broker["nodeid"].as_i64().is_some_and(|id| id >= 0))
+        .collect();
+    if !brokers.is_empty() {
+        let up = brokers.iter().any(|broker| broker["state"] == "UP");
+        out_of_reach.store(!up, Ordering::SeqCst);
+    }
+}
 
 impl ProducerContext for DeliveryReport {
     type DeliveryOpaque = ();
@@ -118,4 +166,48 @@ pub(super) fn owned_headers(headers: &[(String, Vec<u8>)]) -> OwnedHeaders {
             })
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As librdkafka 2.12 reported a one-broker cluster: its bootstrap and coordinator
+    /// entries (node id -1) beside the broker itself.
+    fn statistics(broker_state: &str) -> serde_json::Value {
+        serde_json::json!({ "brokers": {
+            "127.0.0.1:9092/bootstrap": { "nodeid": -1, "state": "INIT" },
+            "GroupCoordinator": { "nodeid": -1, "state": "UP" },
+            "127.0.0.1:9092/1": { "nodeid": 1, "state": broker_state },
+        }})
+    }
+
+    #[test]
+    fn out_of_reach_while_no_broker_of_the_cluster_is_up() {
+        let out_of_reach = AtomicBool::new(false);
+        hear_error(
+            &out_of_reach,
+            &KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure),
+        );
+        assert!(!out_of_reach.load(Ordering::SeqCst), "one connection lost");
+        hear_error(
+            &out_of_reach,
+            &KafkaError::Global(RDKafkaErrorCode::AllBrokersDown),
+        );
+        assert!(out_of_reach.load(Ordering::SeqCst));
+        hear_statistics(&out_of_reach, &statistics("CONNECT"));
+        assert!(
+            out_of_reach.load(Ordering::SeqCst),
+            "a coordinator entry is no broker"
+        );
+        hear_statistics(&out_of_reach, &statistics("UP"));
+        assert!(!out_of_reach.load(Ordering::SeqCst));
+        hear_statistics(&out_of_reach, &serde_json::json!({ "brokers": {} }));
+        assert!(
+            !out_of_reach.load(Ordering::SeqCst),
+            "no news changes nothing"
+        );
+        hear_statistics(&out_of_reach, &statistics("DOWN"));
+        assert!(out_of_reach.load(Ordering::SeqCst));
+    }
 }

@@ -25,8 +25,8 @@ use crate::ports::{Backlog, DelayedTopics, Log, LogError};
 use crate::wire::{InputRecord, OutputRecord};
 
 use super::client::{
-    client_config, idempotent_producer, input_record, owned_headers, producer_config,
-    send_when_room, DeliveryReport, ReportingProducer,
+    client_config, hear_error, hear_statistics, idempotent_producer, input_record, owned_headers,
+    producer_config, send_when_room, DeliveryReport, ReportingProducer,
 };
 use super::reader::read_until_end;
 
@@ -83,14 +83,12 @@ pub struct GroupEvents {
     revocations: AtomicU64,
     lag: std::sync::Mutex<BTreeMap<(String, i32), i64>>,
     /// Every broker out of reach: librdkafka said so, and its statistics show none up since.
-    unreachable: AtomicBool,
+    unreachable: Arc<AtomicBool>,
 }
 
 impl ClientContext for GroupEvents {
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.unreachable.store(true, Ordering::SeqCst);
-        }
+        hear_error(&self.unreachable, &error);
         tracing::warn!("librdkafka: {error}: {reason}");
     }
 
@@ -104,9 +102,7 @@ impl ClientContext for GroupEvents {
                 return;
             }
         };
-        if let Some(up) = brokers_up(&statistics) {
-            self.unreachable.store(up == 0, Ordering::SeqCst);
-        }
+        hear_statistics(&self.unreachable, &statistics);
         let mut lag = self.lag.lock().expect("the lag lock");
         lag.clear();
         let topics = statistics["topics"].as_object().into_iter().flatten();
@@ -122,20 +118,6 @@ impl ClientContext for GroupEvents {
             }
         }
     }
-}
-
-/// How many of the cluster's brokers the client is connected to, from its statistics; None
-/// before it knows of any (librdkafka's bootstrap and coordinator entries are not brokers
-/// of the cluster: their node id is -1).
-fn brokers_up(statistics: &serde_json::Value) -> Option<usize> {
-    let brokers: Vec<&serde_json::Value> = statistics["brokers"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(_, broker)| broker)
-        .filter(|broker| broker["nodeid"].as_i64().is_some_and(|id| id >= 0))
-        .collect();
-    (!brokers.is_empty()).then(|| brokers.iter().filter(|b| b["state"] == "UP").count())
 }
 
 /// Whether a consumer error ends the stage: refused access, or librdkafka's own fatal state.
@@ -225,9 +207,15 @@ impl KafkaLog {
         tokio::task::block_in_place(|| check_access(kafka, ACCESS_PATIENCE))
             .map_err(|e| LogError::Fatal(Cause::new(e)))?;
         let consumer_config = stage_consumer_config(kafka, group);
+        // Held up by whichever client hears first that every broker is out of reach.
+        let out_of_reach = Arc::new(AtomicBool::new(false));
+        let events = GroupEvents {
+            unreachable: Arc::clone(&out_of_reach),
+            ..GroupEvents::default()
+        };
         let consumer: Arc<StreamConsumer<GroupEvents>> = Arc::new(
             consumer_config
-                .create_with_context(GroupEvents::default())
+                .create_with_context(events)
                 .map_err(|e| fatal("creating the consumer", e))?,
         );
         let producer = match delivery {
@@ -258,7 +246,15 @@ impl KafkaLog {
                     // batch's transaction begins right after the one before it commits, and must
                     // not sleep out a grown backoff while the markers are written.
                     .set("retry.backoff.max.ms", "10")
-                    .create_with_context(DeliveryReport::default())
+                    // Its statistics say when a broker answers again (see DeliveryReport).
+                    .set(
+                        "statistics.interval.ms",
+                        kafka
+                            .properties
+                            .get("statistics.interval.ms")
+                            .map_or("5000", String::as_str),
+                    )
+                    .create_with_context(DeliveryReport::holding(out_of_reach))
                     .map_err(|e| fatal("creating the transactional producer", e))?;
                 tokio::task::block_in_place(|| producer.init_transactions(CALL_TIMEOUT))
                     .map_err(|e| fatal("initialising transactions", e))?;
@@ -710,8 +706,8 @@ impl Log for KafkaLog {
         self.consumer.assignment().map(|a| a.count()).unwrap_or(0)
     }
 
-    fn reachable(&self) -> bool {
-        !self.consumer.context().unreachable.load(Ordering::SeqCst)
+    fn out_of_reach(&self) -> Option<Arc<AtomicBool>> {
+        Some(Arc::clone(&self.consumer.context().unreachable))
     }
 
     async fn reassigned(&mut self) -> Result<Option<Vec<InputRecord>>, LogError> {
