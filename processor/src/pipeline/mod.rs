@@ -319,7 +319,8 @@ struct Runner<'a, L, S: Stage> {
 /// Why a stage is not ready while its log is out of reach.
 const LOG_UNREACHABLE: &str = "the log's brokers are out of reach; waiting for them";
 
-/// Not ready while `out_of_reach` is up (every broker of the log out of reach), as before
+/// Not ready while `out_of_reach` is up (every broker of the log out of reach), saying so
+/// over whatever else the loop reports meanwhile (it fails for the same reason); as before
 /// once a broker answers, unless something else has changed the stage's readiness since.
 /// Runs beside the stage's loop, which an outage can hold up in a transaction for a while.
 async fn follow_reachability(out_of_reach: Arc<AtomicBool>, readiness: Arc<Readiness>) {
@@ -333,6 +334,12 @@ async fn follow_reachability(out_of_reach: Arc<AtomicBool>, readiness: Arc<Readi
                 before = Some((readiness.is_ready(), readiness.reason()));
                 readiness.set_not_ready(LOG_UNREACHABLE);
             }
+            (Some(was), true) => {
+                if readiness.is_ready() || readiness.reason() != LOG_UNREACHABLE {
+                    readiness.set_not_ready(LOG_UNREACHABLE);
+                }
+                before = Some(was);
+            }
             (Some((was_ready, reason)), false) => {
                 tracing::info!("the log's brokers answer again");
                 if !readiness.is_ready() && readiness.reason() == LOG_UNREACHABLE {
@@ -342,7 +349,7 @@ async fn follow_reachability(out_of_reach: Arc<AtomicBool>, readiness: Arc<Readi
                     }
                 }
             }
-            (still, _) => before = still,
+            (None, false) => {}
         }
     }
 }
