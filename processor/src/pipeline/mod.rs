@@ -324,32 +324,26 @@ const LOG_UNREACHABLE: &str = "the log's brokers are out of reach; waiting for t
 /// once a broker answers, unless something else has changed the stage's readiness since.
 /// Runs beside the stage's loop, which an outage can hold up in a transaction for a while.
 async fn follow_reachability(out_of_reach: Arc<AtomicBool>, readiness: Arc<Readiness>) {
+    // The stage's readiness when the outage began, while it lasts.
     let mut before: Option<(bool, String)> = None;
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let unreachable = out_of_reach.load(Ordering::SeqCst);
-        match (before.take(), unreachable) {
-            (None, true) => {
+        if out_of_reach.load(Ordering::SeqCst) {
+            if before.is_none() {
                 tracing::warn!("{LOG_UNREACHABLE}");
                 before = Some((readiness.is_ready(), readiness.reason()));
+            }
+            if readiness.is_ready() || readiness.reason() != LOG_UNREACHABLE {
                 readiness.set_not_ready(LOG_UNREACHABLE);
             }
-            (Some(was), true) => {
-                if readiness.is_ready() || readiness.reason() != LOG_UNREACHABLE {
-                    readiness.set_not_ready(LOG_UNREACHABLE);
-                }
-                before = Some(was);
-            }
-            (Some((was_ready, reason)), false) => {
-                tracing::info!("the log's brokers answer again");
-                if !readiness.is_ready() && readiness.reason() == LOG_UNREACHABLE {
-                    match was_ready {
-                        true => readiness.set_ready(),
-                        false => readiness.set_not_ready(&reason),
-                    }
+        } else if let Some((was_ready, reason)) = before.take() {
+            tracing::info!("the log's brokers answer again");
+            if !readiness.is_ready() && readiness.reason() == LOG_UNREACHABLE {
+                match was_ready {
+                    true => readiness.set_ready(),
+                    false => readiness.set_not_ready(&reason),
                 }
             }
-            (None, false) => {}
         }
     }
 }

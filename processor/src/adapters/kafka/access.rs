@@ -75,7 +75,8 @@ impl Refusals {
 
 impl ConsumerContext for Refusals {}
 
-fn is_refusal(error: &KafkaError) -> bool {
+/// Whether `error` is the cluster refusing this client (authentication, TLS, SASL).
+pub(super) fn is_refusal(error: &KafkaError) -> bool {
     matches!(
         error.rdkafka_error_code(),
         Some(

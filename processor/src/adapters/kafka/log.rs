@@ -16,7 +16,7 @@ use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::access::{check_access, failed_doing};
+use super::access::{check_access, failed_doing, is_refusal};
 use super::KafkaConfig;
 use super::{ACCESS_PATIENCE, CALL_TIMEOUT};
 use crate::domain::Cause;
@@ -124,20 +124,30 @@ impl ClientContext for GroupEvents {
 /// Anything else (a broker unreachable, a connection lost, a coordinator moving) librdkafka
 /// recovers from by itself, and the stage waits for it.
 fn hopeless(error: &KafkaError) -> bool {
-    matches!(
-        error.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::Fatal
-                | RDKafkaErrorCode::Authentication
-                | RDKafkaErrorCode::SaslAuthenticationFailed
-                | RDKafkaErrorCode::SSL
-                | RDKafkaErrorCode::TopicAuthorizationFailed
-                | RDKafkaErrorCode::GroupAuthorizationFailed
-                | RDKafkaErrorCode::ClusterAuthorizationFailed
-                | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
-                | RDKafkaErrorCode::InvalidGroupId
+    is_refusal(error)
+        || matches!(
+            error.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::Fatal
+                    | RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::GroupAuthorizationFailed
+                    | RDKafkaErrorCode::ClusterAuthorizationFailed
+                    | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+                    | RDKafkaErrorCode::InvalidGroupId
+            )
         )
-    )
+}
+
+/// The log's error for `error` met while doing `what`: fatal when it cannot heal, else the
+/// log is unreachable for now.
+fn unreachable_or_fatal(what: &str, error: KafkaError) -> LogError {
+    let ends = hopeless(&error);
+    let cause = Cause::context(failed_doing(what, &error), error);
+    if ends {
+        LogError::Fatal(cause)
+    } else {
+        LogError::Unavailable(cause)
+    }
 }
 
 /// Records between a partition's read position and its last stable offset (the end a
@@ -605,14 +615,8 @@ impl Log for KafkaLog {
                     tracing::warn!("consumer: {e}");
                     continue;
                 }
-                // Nothing is taken yet: the stage waits and asks again.
-                Ok(Err(e)) if !hopeless(&e) => {
-                    return Err(LogError::Unavailable(Cause::context(
-                        failed_doing("consuming", &e),
-                        e,
-                    )))
-                }
-                Ok(Err(e)) => return Err(consumer_error(e)),
+                // Nothing is taken yet: unless it cannot heal, the stage waits and asks again.
+                Ok(Err(e)) => return Err(unreachable_or_fatal("consuming", e)),
             };
             // Polling serves rebalances: what was read before one is stale.
             self.forget_if_revoked(&mut batch, &mut read_since);
@@ -674,7 +678,7 @@ impl Log for KafkaLog {
                     self.forget_held_if_revoked();
                     self.held.push_back(record);
                 }
-                Ok(Err(e)) if passing(&e) || !hopeless(&e) => tracing::warn!("consumer: {e}"),
+                Ok(Err(e)) if !hopeless(&e) => tracing::warn!("consumer: {e}"),
                 Ok(Err(e)) => return Err(fatal("consuming", e)),
             }
         }
@@ -728,15 +732,8 @@ impl Log for KafkaLog {
                 .map_err(|e| LogError::Fatal(Cause::context("resuming partitions", e)))?;
         }
         // Until this succeeds the reassignment stays pending, and is asked for again.
-        let unconsumed = tokio::task::block_in_place(|| self.unconsumed()).map_err(|e| {
-            let ends = hopeless(&e);
-            let cause = Cause::context(failed_doing("reading the retry topics", &e), e);
-            if ends {
-                LogError::Fatal(cause)
-            } else {
-                LogError::Unavailable(cause)
-            }
-        })?;
+        let unconsumed = tokio::task::block_in_place(|| self.unconsumed())
+            .map_err(|e| unreachable_or_fatal("reading the retry topics", e))?;
         self.assignments_seen = Some(assignments);
         tracing::info!(
             records = unconsumed.len(),

@@ -4,8 +4,6 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// How long the process has to answer; a health check that hangs tells nothing.
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -25,34 +23,21 @@ pub fn local_admin(admin_listen: &str) -> anyhow::Result<String> {
 
 /// GETs `path` (`/healthz`, `/readyz`) from `admin`; Ok with the body when it answers 200.
 pub async fn probe(admin: &str, path: &str) -> anyhow::Result<String> {
-    let exchange = async {
-        let mut stream = TcpStream::connect(admin).await?;
-        stream
-            .write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
-            )
-            .await?;
-        let mut answer = Vec::new();
-        stream.take(64 * 1024).read_to_end(&mut answer).await?;
-        Ok::<_, std::io::Error>(answer)
-    };
-    let answer = tokio::time::timeout(TIMEOUT, exchange)
-        .await
-        .with_context(|| format!("{admin}{path} did not answer within {TIMEOUT:?}"))?
-        .with_context(|| format!("{admin}{path}"))?;
-    let answer = String::from_utf8_lossy(&answer);
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    let body = body.trim().to_owned();
-    if status != "200" {
-        bail!("{admin}{path} answered {status}: {body}");
+    let url = format!("http://{admin}{path}");
+    let client = reqwest::Client::builder().timeout(TIMEOUT).build()?;
+    let answer = client.get(&url).send().await.context(url.clone())?;
+    let status = answer.status();
+    let body = answer.text().await.context(url)?.trim().to_owned();
+    if status != reqwest::StatusCode::OK {
+        bail!("{admin}{path} answered {}: {body}", status.as_u16());
     }
     Ok(body)
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
 
     #[test]
