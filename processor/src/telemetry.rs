@@ -308,11 +308,35 @@ impl Readiness {
     }
 }
 
-/// What the admin endpoints read: the metrics, and the readiness of each stage the process
-/// runs (one, or all of them under `txflow dev`).
+/// Whether the process is healthy: broken while it cannot work until something heals (the
+/// embedded database, closed to be reopened after an I/O error), read by `/healthz`, so that
+/// a supervisor restarts a process that stays broken.
+#[derive(Default)]
+pub struct Health {
+    broken: Mutex<Option<String>>,
+}
+
+impl Health {
+    pub fn set_broken(&self, reason: String) {
+        *self.broken.lock().expect("the health lock") = Some(reason);
+    }
+
+    pub fn set_healthy(&self) {
+        *self.broken.lock().expect("the health lock") = None;
+    }
+
+    /// Why the process is broken, if it is.
+    pub fn broken(&self) -> Option<String> {
+        self.broken.lock().expect("the health lock").clone()
+    }
+}
+
+/// What the admin endpoints read: the metrics, the process's health, and the readiness of
+/// each stage the process runs (one, or all of them under `txflow dev`).
 #[derive(Clone)]
 pub struct Admin {
     pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
     pub readiness: Vec<(&'static str, Arc<Readiness>)>,
 }
 
@@ -323,7 +347,7 @@ pub async fn serve_admin(listen: &str, admin: Admin, more: Router) -> std::io::R
     let bound = listener.local_addr()?;
     let app = Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(admin)
         .merge(more);
@@ -340,6 +364,16 @@ async fn metrics(State(admin): State<Admin>) -> impl IntoResponse {
         [(CONTENT_TYPE, "text/plain; version=0.0.4")],
         admin.metrics.render(),
     )
+}
+
+async fn healthz(State(admin): State<Admin>) -> impl IntoResponse {
+    match admin.health.broken() {
+        None => (StatusCode::OK, "ok\n".to_owned()),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {reason}\n"),
+        ),
+    }
 }
 
 async fn readyz(State(admin): State<Admin>) -> impl IntoResponse {

@@ -396,6 +396,11 @@ pub struct StageProcess {
 }
 
 impl StageProcess {
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// How the process ended, if it has; None while it runs.
     pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
         let child = self.child.as_mut()?;

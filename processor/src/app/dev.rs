@@ -70,6 +70,7 @@ pub async fn dev(config: &Config, data_dir: &Path) -> Result<(), AppError> {
     let admin = serve_telemetry(
         &config,
         &metrics,
+        embedded.health(),
         &telemetries,
         routes(embedded.clone(), codec.clone(), &key),
     )

@@ -29,7 +29,7 @@ use crate::stages::gateway::{self, Gateway, GatewayConfig, GatewayMetrics};
 use crate::stages::ledger::{Ledger, LedgerTopics};
 use crate::stages::notifier::{DeliveryMetrics, Endpoint, Notifier};
 use crate::stages::router::Router;
-use crate::telemetry::{serve_admin, Admin, Metrics, Readiness};
+use crate::telemetry::{serve_admin, Admin, Health, Metrics, Readiness};
 
 /// The stages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -63,15 +63,18 @@ impl StageName {
     }
 }
 
-/// Serves the admin endpoints for these stages' readiness; returns the bound address.
+/// Serves the admin endpoints for this process's health and these stages' readiness;
+/// returns the bound address.
 pub(super) async fn serve_telemetry(
     config: &Config,
     metrics: &Arc<Metrics>,
+    health: Arc<Health>,
     stages: &[StageTelemetry],
     more: axum::Router,
 ) -> Result<std::net::SocketAddr, AppError> {
     let admin = Admin {
         metrics: metrics.clone(),
+        health,
         readiness: stages
             .iter()
             .map(|s| (s.stage, s.readiness.clone()))
@@ -100,9 +103,11 @@ pub async fn run(config: &Config, stage: StageName, delivery: Delivery) -> Resul
     let shutdown = super::shutdown::on_signal()?;
     let metrics = Arc::new(Metrics::new());
     let telemetry = stage_telemetry(stage, &metrics);
+    // Nothing of a stage on Kafka and the store needs a restart to heal: always healthy.
     serve_telemetry(
         config,
         &metrics,
+        Arc::default(),
         std::slice::from_ref(&telemetry),
         axum::Router::new(),
     )

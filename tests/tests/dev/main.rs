@@ -2,6 +2,7 @@
 //! SIGKILLed at random moments while clients post over HTTP, it still applies every event
 //! exactly once — the same invariants as the ledger on Kafka and Cassandra.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use txflow::adapters::embedded::remote::DevClient;
 use txflow::adapters::embedded::Embedded;
 use txflow::domain::ledger::MAX_BALANCE_MINOR;
 use txflow::loadgen::{Workload, WorkloadConfig};
@@ -479,4 +481,211 @@ fn json_logs_are_one_object_per_line() {
         .as_str()
         .expect("its address as a field");
     assert!(bound.starts_with("127.0.0.1:"), "{listening}");
+}
+
+/// `txflow dev` with its data directory on a tmpfs of its own, mounted in a user and mount
+/// namespace (no privilege needed, nothing left mounted behind the test), with `ballast`
+/// bytes of it taken by a file that [`SmallDisk::give_back`] deletes. The data directory is
+/// copied out when the process ends, for [`Dev::inspect`].
+struct SmallDisk {
+    mount: PathBuf,
+    process: StageProcess,
+}
+
+impl SmallDisk {
+    fn start(dev: &Dev, size_mib: u32, ballast_mib: u32) -> SmallDisk {
+        let mount = dev.logs.join("disk");
+        std::fs::create_dir_all(&mount).expect("a mount point");
+        let script = r#"set -e
+mount -t tmpfs -o "size=${SIZE_MIB}m" txflow-test "$MOUNT"
+head -c "$((BALLAST_MIB * 1048576))" /dev/zero > "$MOUNT/ballast"
+setpriv --pdeathsig KILL "$TXFLOW" dev --data-dir "$MOUNT/data" &
+child=$!
+trap 'kill -TERM $child' TERM
+set +e
+wait $child; status=$?
+while kill -0 $child 2>/dev/null; do wait $child; status=$?; done
+cp -a "$MOUNT/data" "$COPY"
+exit $status"#;
+        let mut command = std::process::Command::new("unshare");
+        command
+            .args(["--user", "--map-root-user", "--mount", "sh", "-c", script])
+            .env("SIZE_MIB", size_mib.to_string())
+            .env("BALLAST_MIB", ballast_mib.to_string())
+            .env("MOUNT", &mount)
+            .env("TXFLOW", txflow_tests::process::txflow_bin())
+            .env("COPY", &dev.dir)
+            .env("TXFLOW_GATEWAY__LISTEN", "127.0.0.1:0")
+            .env("TXFLOW_ADMIN__LISTEN", "127.0.0.1:0")
+            .env("TXFLOW_LOG", "info,txflow=debug");
+        let process = start_process(command, &dev.logs, "dev");
+        SmallDisk { mount, process }
+    }
+
+    /// Where the process sees its tmpfs, reached from outside its mount namespace.
+    fn inside(&self) -> PathBuf {
+        let pid = self.process.pid().expect("the dev process runs");
+        PathBuf::from(format!("/proc/{pid}/root")).join(self.mount.strip_prefix("/").unwrap())
+    }
+
+    fn give_back(&self) {
+        std::fs::remove_file(self.inside().join("ballast")).expect("the ballast deleted");
+    }
+
+    fn key(&self) -> String {
+        let path = self.inside().join("data").join("dev-api-key");
+        txflow_tests::eventually(
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || std::fs::read_to_string(&path).ok(),
+            || self.process.log_text(),
+        )
+        .trim()
+        .to_owned()
+    }
+}
+
+/// Posts one batch: the ids the gateway accepted, and whether it refused any.
+fn post_batch(address: &str, key: &str, events: &[serde_json::Value]) -> (Vec<String>, bool) {
+    let auth = format!("Bearer {key}");
+    let body = serde_json::Value::Array(events.to_vec()).to_string();
+    let answer = try_http(
+        address,
+        "POST",
+        "/v1/events/batch",
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        body.as_bytes(),
+    )
+    .expect("the gateway answers");
+    match answer.status {
+        202 | 207 => {
+            let entries = answer.json()["entries"].as_array().cloned().unwrap();
+            let accepted: Vec<String> = entries
+                .iter()
+                .filter(|e| e["status"] == 202)
+                .map(|e| e["event_id"].as_str().unwrap().to_owned())
+                .collect();
+            for refused in entries.iter().filter(|e| e["status"] != 202) {
+                assert_eq!(refused["status"], 503, "{refused}");
+            }
+            let refused = accepted.len() < events.len();
+            (accepted, refused)
+        }
+        503 => (Vec::new(), true),
+        other => panic!("the gateway answered {other}: {}", answer.body),
+    }
+}
+
+#[test]
+fn dev_on_a_full_disk_refuses_then_recovers_when_space_comes_back() {
+    let dev = Dev::new();
+    let mut disk = SmallDisk::start(&dev, 24, 8);
+    let address = disk.process.logged_address("gateway listening");
+    let key = disk.key();
+    let mut workload = Workload::new(WorkloadConfig {
+        accounts: 200,
+        seed: 7,
+        duplicate_share: 0.02,
+        conflict_share: 0.0,
+        id_prefix: unique_name("full"),
+        occurred_from_ms: txflow::pipeline::now_ms(),
+        ..WorkloadConfig::default()
+    });
+    let mut batch = |n: usize| -> Vec<serde_json::Value> {
+        (0..n)
+            .map(|_| serde_json::to_value(workload.next_event().0).unwrap())
+            .collect()
+    };
+    let mut accepted = Vec::new();
+    let mut refusals = 0;
+    while refusals < 5 {
+        let (taken, refused) = post_batch(&address, &key, &batch(100));
+        accepted.extend(taken);
+        refusals += usize::from(refused);
+        assert!(accepted.len() < 200_000, "the disk never filled");
+    }
+    eprintln!("{} events accepted before the disk filled", accepted.len());
+    // Full: not ready, saying why.
+    let full = txflow_tests::eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            let ready = disk.process.admin_get("/readyz");
+            (ready.0 == 503).then_some(ready.1)
+        },
+        || disk.process.log_text(),
+    );
+    eprintln!("while full: {full}");
+    disk.give_back();
+    txflow_tests::eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || (disk.process.admin_get("/healthz").0 == 200).then_some(()),
+        || disk.process.log_text(),
+    );
+    // Space enough again: the gateway takes events, and everything accepted is applied.
+    for _ in 0..5 {
+        let events = batch(50);
+        let (taken, refused) = post_batch(&address, &key, &events);
+        assert!(!refused, "refused after space came back");
+        accepted.extend(taken);
+    }
+    txflow_tests::eventually(
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+        || (disk.process.admin_get("/readyz").0 == 200).then_some(()),
+        || disk.process.log_text(),
+    );
+    // Drained when every accepted event is through: read from the running process.
+    let client = DevClient::connect(&disk.inside().join("data")).expect("the dev client");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let read = |topic: &str| -> Vec<ReadRecord> {
+        let records = runtime
+            .block_on(client.records(topic))
+            .expect("the records");
+        records.into_iter().map(ReadRecord::from).collect()
+    };
+    let source = Source {
+        ledger_topic: "txflow.ledger",
+        results_topic: "txflow.results",
+        dlq_topic: "txflow.ledger.dlq",
+        read: &read,
+    };
+    txflow_tests::eventually(
+        Duration::from_secs(120),
+        Duration::from_secs(2),
+        || {
+            let observed = observe_from(&source);
+            let sent: HashSet<&str> = observed.sent.iter().map(|e| e.event_id.as_str()).collect();
+            (accepted.iter().all(|id| sent.contains(id.as_str())) && observed.missing().is_empty())
+                .then_some(())
+        },
+        || disk.process.log_text(),
+    );
+    disk.process.terminate();
+    let (observed, rows) = dev.inspect();
+    let sent: HashSet<&str> = observed.sent.iter().map(|e| e.event_id.as_str()).collect();
+    let lost: Vec<&String> = accepted
+        .iter()
+        .filter(|id| !sent.contains(id.as_str()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} accepted events lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert!(
+        observed.missing().is_empty(),
+        "{:?}",
+        &observed.missing()[..observed.missing().len().min(5)]
+    );
+    assert!(
+        observed.given_up.is_empty(),
+        "the full disk sent events to the dead letters"
+    );
+    verify_stored(&observed, &rows);
 }

@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
-use redb::{Database, ReadTransaction, ReadableTable};
+use redb::{ReadTransaction, ReadableTable};
 use serde::{Deserialize, Serialize};
 
+use super::database::Database;
 use super::{blocking, storage, Embedded, EmbeddedError, ENDS, POSITIONS, RECORDS};
 use crate::domain::Cause;
 use crate::pipeline::now_ms;
@@ -81,7 +82,7 @@ pub(super) fn read_from(
     topic: &str,
     from: u64,
 ) -> Result<Vec<InputRecord>, EmbeddedError> {
-    let txn = db.begin_read().map_err(storage)?;
+    let txn = db.begin_read()?;
     Ok(read_due(&txn, topic, from, usize::MAX, None)?.0)
 }
 
@@ -193,7 +194,7 @@ impl EmbeddedLog {
         let count = self.topics.len();
         self.turn = (self.turn + 1) % count.max(1);
         let now = now_ms();
-        let txn = self.embedded.db.begin_read().map_err(storage)?;
+        let txn = self.embedded.db.begin_read()?;
         let mut batch = Vec::new();
         let mut waits_until: Option<i64> = None;
         for i in 0..count {
@@ -228,6 +229,15 @@ fn log_error(error: EmbeddedError) -> LogError {
     }
 }
 
+/// A read that failed took nothing: asked again once the database answers (it is reopened
+/// after an I/O error), unless what it holds cannot be read at all.
+fn read_error(error: EmbeddedError) -> LogError {
+    match error {
+        EmbeddedError::Corrupt(_) => LogError::Fatal(Cause::new(error)),
+        other => LogError::Unavailable(Cause::new(other)),
+    }
+}
+
 impl Log for EmbeddedLog {
     async fn next_batch(
         &mut self,
@@ -241,8 +251,7 @@ impl Log for EmbeddedLog {
             let notified = appended.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (batch, waits_until) =
-                blocking(|| self.read(max_records)).map_err(|e| LogError::Fatal(Cause::new(e)))?;
+            let (batch, waits_until) = blocking(|| self.read(max_records)).map_err(read_error)?;
             if !batch.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(batch);
             }
@@ -308,18 +317,19 @@ impl Log for EmbeddedLog {
         if self.announced {
             return Ok(None);
         }
-        self.announced = true;
         let delayed: Vec<String> = self.delayed.topics().cloned().collect();
-        blocking(|| {
-            let txn = self.embedded.db.begin_read().map_err(storage)?;
+        let unconsumed = blocking(|| {
+            let txn = self.embedded.db.begin_read()?;
             let mut unconsumed = Vec::new();
             for topic in &delayed {
                 let from = self.position(&txn, topic)?;
                 unconsumed.extend(read_due(&txn, topic, from, usize::MAX, None)?.0);
             }
-            Ok(Some(unconsumed))
+            Ok(unconsumed)
         })
-        .map_err(|e: EmbeddedError| LogError::Fatal(Cause::new(e)))
+        .map_err(read_error)?;
+        self.announced = true;
+        Ok(Some(unconsumed))
     }
 
     async fn hold(&mut self, pause: Duration) -> Result<(), LogError> {
@@ -343,7 +353,7 @@ impl Log for EmbeddedLog {
     /// From the cursors: what is left of a delayed topic after a read is not due yet.
     fn backlog(&self) -> Vec<Backlog> {
         let measured = || -> Result<Vec<Backlog>, EmbeddedError> {
-            let txn = self.embedded.db.begin_read().map_err(storage)?;
+            let txn = self.embedded.db.begin_read()?;
             let ends = txn.open_table(ENDS).map_err(storage)?;
             let mut backlog = Vec::with_capacity(self.topics.len());
             for topic in &self.topics {

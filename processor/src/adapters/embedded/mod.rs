@@ -7,6 +7,7 @@
 //! writer thread applies the writes that wait together in one transaction. `redb` locks the file: one process at a
 //! time opens a data directory.
 
+mod database;
 mod log;
 pub mod remote;
 mod store;
@@ -15,11 +16,14 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{Database, ReadableTable, TableDefinition, TableHandle};
+use redb::{ReadableTable, TableDefinition, TableHandle};
 use tokio::sync::Notify;
 
 use crate::domain::Cause;
 use crate::ports::{DelayedTopics, LogError};
+use crate::telemetry::Health;
+
+use self::database::Database;
 
 pub use self::log::{EmbeddedLog, EmbeddedPublisher};
 pub use self::store::EmbeddedLedgerStore;
@@ -83,22 +87,11 @@ impl Embedded {
     /// Opens (or creates) the database in `dir`, creating the directory if needed.
     pub fn open(dir: &Path) -> Result<Embedded, EmbeddedError> {
         let path = dir.join(DATABASE_FILE);
-        let failed = |message: String| EmbeddedError::Open {
+        std::fs::create_dir_all(dir).map_err(|e| EmbeddedError::Open {
             path: path.clone(),
-            message,
-        };
-        std::fs::create_dir_all(dir).map_err(|e| failed(e.to_string()))?;
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(&path)
-            .map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => failed(
-                "another txflow process has this data directory open (one process at a time: stop it, or use another --data-dir)"
-                    .to_owned(),
-            ),
-            other => failed(other.to_string()),
+            message: e.to_string(),
         })?;
-        let db = Arc::new(db);
+        let db = Arc::new(Database::open(&path)?);
         let embedded = Embedded {
             writer: writer::Writer::start(db.clone()),
             db,
@@ -116,7 +109,7 @@ impl Embedded {
     }
 
     fn table_names(&self) -> Result<Vec<String>, EmbeddedError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db.begin_read()?;
         let names = txn
             .list_tables()
             .map_err(storage)?
@@ -128,7 +121,7 @@ impl Embedded {
     /// Moves the results of a data directory made by an earlier build into [`RESULTS`], in
     /// one transaction: the ledger's idempotency rests on them, so none may be left behind.
     fn move_account_results(&self) -> Result<(), EmbeddedError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.db.begin_write()?;
         {
             let old = txn.open_table(ACCOUNT_RESULTS_V1).map_err(storage)?;
             let mut new = txn.open_table(RESULTS).map_err(storage)?;
@@ -146,7 +139,7 @@ impl Embedded {
 
     /// Creates every table, so that readers never meet a missing one.
     fn create_tables(&self) -> Result<(), EmbeddedError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.db.begin_write()?;
         txn.open_table(RECORDS).map_err(storage)?;
         txn.open_table(ENDS).map_err(storage)?;
         txn.open_table(POSITIONS).map_err(storage)?;
@@ -154,6 +147,11 @@ impl Embedded {
         txn.open_table(RESULTS).map_err(storage)?;
         txn.open_table(EVENT_IDS).map_err(storage)?;
         txn.commit().map_err(storage)
+    }
+
+    /// Broken while the database is closed to be reopened after an I/O error.
+    pub fn health(&self) -> Arc<Health> {
+        self.db.health()
     }
 
     pub fn store(&self) -> EmbeddedLedgerStore {

@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::stream::BoxStream;
-use redb::{Database, ReadableTable};
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
+use super::database::Database;
 use super::writer::Writer;
 use super::{blocking, storage, EmbeddedError, ACCOUNTS, EVENT_IDS, RESULTS};
 use crate::domain::result::{event_of_posting_key, posting_key};
@@ -180,7 +181,7 @@ impl StoredIdClaim {
 /// in one transaction: the event of an id's first result (in key order) holds it. Opening
 /// such a directory runs it once.
 pub(super) fn claim_recorded_event_ids(db: &Database) -> Result<(), EmbeddedError> {
-    let txn = db.begin_write().map_err(storage)?;
+    let txn = db.begin_write()?;
     {
         let results = txn.open_table(RESULTS).map_err(storage)?;
         let mut ids = txn.open_table(EVENT_IDS).map_err(storage)?;
@@ -272,7 +273,7 @@ impl EmbeddedLedgerStore {
         work: impl FnOnce(&redb::ReadTransaction) -> Result<T, EmbeddedError>,
     ) -> Result<T, StoreError> {
         blocking(|| {
-            let txn = self.db.begin_read().map_err(storage)?;
+            let txn = self.db.begin_read()?;
             work(&txn)
         })
         .map_err(store_error)

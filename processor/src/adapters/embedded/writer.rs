@@ -3,11 +3,13 @@
 //! transaction (a group commit), flushed to disk once if any of it asks to be durable.
 
 use std::any::Any;
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use redb::{Database, Durability, WriteTransaction};
+use redb::{Durability, WriteTransaction};
 
+use super::database::Database;
 use super::{storage, EmbeddedError};
 
 /// Writes that wait together are applied in one transaction, at most this many.
@@ -96,7 +98,7 @@ fn run(db: &Database, jobs: Receiver<Job>) {
         let (works, replies): (Vec<Work>, Vec<_>) =
             group.into_iter().map(|job| (job.work, job.reply)).unzip();
         let outcome = (|| {
-            let mut txn = db.begin_write().map_err(storage)?;
+            let mut txn = db.begin_write()?;
             if !durable {
                 txn.set_durability(Durability::None);
             }
@@ -115,11 +117,59 @@ fn run(db: &Database, jobs: Receiver<Job>) {
             }
             // One failing write undoes the group's transaction: every job of it fails.
             Err(e) => {
-                let message = e.to_string();
+                // Each caller wraps it as a storage error again.
+                let message = match e {
+                    EmbeddedError::Storage(message) => message,
+                    other => other.to_string(),
+                };
                 for reply in replies {
                     let _ = reply.send(Err(message.clone()));
                 }
+                if db.refuses_writes() {
+                    reopen(db, &jobs, &message);
+                }
             }
         }
+    }
+}
+
+/// Closes the database and opens it again, as `redb` asks after an I/O error; each attempt
+/// waits longer, up to 5 s, and what is asked meanwhile fails at once rather than waiting.
+fn reopen(db: &Database, jobs: &Receiver<Job>, error: &str) {
+    tracing::error!(
+        "the embedded database refuses writes after an I/O error ({error}): reopening it"
+    );
+    db.close(error);
+    let mut pause = Duration::from_millis(100);
+    let mut attempts = 0u32;
+    loop {
+        match db.reopen() {
+            Ok(()) => {
+                tracing::warn!(attempts, "the embedded database is open again");
+                return;
+            }
+            Err(e) => {
+                attempts += 1;
+                if attempts.is_power_of_two() {
+                    tracing::warn!(
+                        attempts,
+                        "the embedded database cannot be reopened yet: {e}"
+                    );
+                }
+            }
+        }
+        let until = Instant::now() + pause;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match jobs.recv_timeout(left) {
+                Ok(job) => {
+                    let _ = job.reply.send(Err(format!(
+                        "the embedded database is being reopened after an I/O error ({error})"
+                    )));
+                }
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
     }
 }
