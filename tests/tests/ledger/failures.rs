@@ -256,3 +256,21 @@ fn a_retry_record_claiming_a_due_time_in_a_year_is_handled_at_its_tiers_bound() 
     let counted = format!("txflow_retry_due_out_of_bounds_total{{topic=\"{tier}\"}}");
     assert_eq!(ledger.metric(&counted), 1, "{counted}");
 }
+
+#[test]
+fn a_second_ledger_with_the_same_instance_id_is_refused_at_start() {
+    let pipeline = Pipeline::new(1);
+    let mut first = pipeline.spawn_ledger("l0");
+    first.admin_address();
+    // Two with one transactional id would fence each other's transactions in turn.
+    let mut second = pipeline.spawn_ledger("l0");
+    let log = second.wait_for_failure(Duration::from_secs(60));
+    assert!(
+        log.contains("already runs with transactional id")
+            && log.contains("TXFLOW_LEDGER__INSTANCE_ID"),
+        "{log}"
+    );
+    assert!(first.exit_status().is_none(), "{}", first.log_text());
+    let (status, _) = first.admin_get("/healthz");
+    assert_eq!(status, 200);
+}

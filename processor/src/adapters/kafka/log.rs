@@ -17,6 +17,7 @@ use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::access::{check_access, failed_doing, is_refusal};
+use super::instance::{self, InstanceClaim};
 use super::KafkaConfig;
 use super::{ACCESS_PATIENCE, CALL_TIMEOUT};
 use crate::domain::Cause;
@@ -88,8 +89,7 @@ pub struct GroupEvents {
 
 impl ClientContext for GroupEvents {
     fn error(&self, error: KafkaError, reason: &str) {
-        hear_error(&self.unreachable, &error);
-        tracing::warn!("librdkafka: {error}: {reason}");
+        hear_error(&self.unreachable, &error, reason);
     }
 
     /// Reads only the partitions' offsets from librdkafka's statistics, as JSON: whatever
@@ -198,6 +198,8 @@ pub struct KafkaLog {
     held: VecDeque<InputRecord>,
     /// The revocation count when the records in `held` were read.
     held_since: u64,
+    /// This process's transactional id on this host, when it has one.
+    _instance: Option<InstanceClaim>,
 }
 
 impl KafkaLog {
@@ -214,6 +216,13 @@ impl KafkaLog {
     ) -> Result<Self, LogError> {
         let fatal =
             |what: &str, e: KafkaError| LogError::Fatal(Cause::context(failed_doing(what, &e), e));
+        let instance = match delivery {
+            Delivery::ExactlyOnce => Some(
+                instance::claim(group.stage, &group.transactional_id())
+                    .map_err(|e| LogError::Fatal(Cause::new(e)))?,
+            ),
+            Delivery::AtLeastOnce => None,
+        };
         tokio::task::block_in_place(|| check_access(kafka, ACCESS_PATIENCE))
             .map_err(|e| LogError::Fatal(Cause::new(e)))?;
         let consumer_config = stage_consumer_config(kafka, group);
@@ -291,6 +300,7 @@ impl KafkaLog {
             assignments_seen: None,
             held: VecDeque::new(),
             held_since: 0,
+            _instance: instance,
         })
     }
 

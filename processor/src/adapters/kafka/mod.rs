@@ -17,6 +17,7 @@ mod access;
 mod admin;
 mod client;
 mod config;
+mod instance;
 mod log;
 mod publisher;
 mod reader;
