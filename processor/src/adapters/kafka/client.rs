@@ -55,8 +55,7 @@ impl DeliveryReport {
 
 impl ClientContext for DeliveryReport {
     fn error(&self, error: KafkaError, reason: &str) {
-        hear_error(&self.out_of_reach, &error);
-        tracing::warn!("librdkafka: {error}: {reason}");
+        hear_error(&self.out_of_reach, &error, reason);
     }
 
     fn stats_raw(&self, statistics: &[u8]) {
@@ -66,10 +65,23 @@ impl ClientContext for DeliveryReport {
     }
 }
 
-/// Holds up `out_of_reach` when librdkafka says every broker is down.
-pub(super) fn hear_error(out_of_reach: &AtomicBool, error: &KafkaError) {
-    if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-        out_of_reach.store(true, Ordering::SeqCst);
+/// Holds up `out_of_reach` when librdkafka says every broker is down, and logs the error:
+/// librdkafka repeats "all brokers down" and each lost connection at every reconnect attempt
+/// (every few hundred milliseconds per client), so while out of reach only the first says so
+/// as a warning and the repeats are debug lines.
+pub(super) fn hear_error(out_of_reach: &AtomicBool, error: &KafkaError, reason: &str) {
+    let code = error.rdkafka_error_code();
+    let repeat = match code {
+        Some(RDKafkaErrorCode::AllBrokersDown) => out_of_reach.swap(true, Ordering::SeqCst),
+        Some(RDKafkaErrorCode::BrokerTransportFailure) => out_of_reach.load(Ordering::SeqCst),
+        _ => false,
+    };
+    if repeat {
+        tracing::debug!("librdkafka: {error}: {reason}");
+    } else if code == Some(RDKafkaErrorCode::AllBrokersDown) {
+        tracing::warn!("librdkafka: {error}: {reason}; every broker is out of reach, waiting for one (repeats logged at debug)");
+    } else {
+        tracing::warn!("librdkafka: {error}: {reason}");
     }
 }
 
@@ -86,7 +98,9 @@ pub(super) fn hear_statistics(out_of_reach: &AtomicBool, statistics: &serde_json
         .collect();
     if !brokers.is_empty() {
         let up = brokers.iter().any(|broker| broker["state"] == "UP");
-        out_of_reach.store(!up, Ordering::SeqCst);
+        if out_of_reach.swap(!up, Ordering::SeqCst) && up {
+            tracing::info!("a Kafka broker answers again");
+        }
     }
 }
 
@@ -188,11 +202,13 @@ mod tests {
         hear_error(
             &out_of_reach,
             &KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure),
+            "lost",
         );
         assert!(!out_of_reach.load(Ordering::SeqCst), "one connection lost");
         hear_error(
             &out_of_reach,
             &KafkaError::Global(RDKafkaErrorCode::AllBrokersDown),
+            "down",
         );
         assert!(out_of_reach.load(Ordering::SeqCst));
         hear_statistics(&out_of_reach, &statistics("CONNECT"));
