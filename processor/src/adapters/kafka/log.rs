@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -242,42 +242,13 @@ impl KafkaLog {
                 idempotent_producer(kafka).map_err(|e| fatal("creating the producer", e))?
             }
             Delivery::ExactlyOnce => {
-                let producer: ReportingProducer = producer_config(kafka)
-                    .set("transactional.id", group.transactional_id())
-                    .set(
-                        "transaction.timeout.ms",
-                        kafka.transaction_timeout_ms.to_string(),
-                    )
-                    // A delivery must give up before the transaction times out.
-                    .set(
-                        "message.timeout.ms",
-                        (kafka.transaction_timeout_ms.saturating_sub(1_000))
-                            .max(1_000)
-                            .to_string(),
-                    )
-                    .set("linger.ms", "5")
-                    // A transaction that starts right after the previous one's commit is told
-                    // CONCURRENT_TRANSACTIONS until the commit markers are written, and retries
-                    // after retry.backoff.ms: librdkafka's 100 ms default would be added to
-                    // nearly every batch.
-                    .set("retry.backoff.ms", "5")
-                    // ...and backs off exponentially up to retry.backoff.max.ms (1 s): the next
-                    // batch's transaction begins right after the one before it commits, and must
-                    // not sleep out a grown backoff while the markers are written.
-                    .set("retry.backoff.max.ms", "10")
-                    // Its statistics say when a broker answers again (see DeliveryReport).
-                    .set(
-                        "statistics.interval.ms",
-                        kafka
-                            .properties
-                            .get("statistics.interval.ms")
-                            .map_or("5000", String::as_str),
-                    )
-                    .create_with_context(DeliveryReport::holding(out_of_reach))
-                    .map_err(|e| fatal("creating the transactional producer", e))?;
-                tokio::task::block_in_place(|| producer.init_transactions(CALL_TIMEOUT))
-                    .map_err(|e| fatal("initialising transactions", e))?;
-                producer
+                let renewal = Renewal {
+                    kafka: kafka.clone(),
+                    transactional_id: group.transactional_id(),
+                    out_of_reach: Arc::clone(&out_of_reach),
+                };
+                tokio::task::block_in_place(|| renewal.producer())
+                    .map_err(|e| fatal("creating the transactional producer", e))?
             }
         };
         let mut subscription: Vec<&str> = topics.to_vec();
@@ -290,8 +261,14 @@ impl KafkaLog {
             consumer: Arc::clone(&consumer),
             committer: Arc::new(Committer {
                 consumer,
-                producer,
+                producer: Mutex::new(Arc::new(producer)),
                 delivery,
+                renewal: (delivery == Delivery::ExactlyOnce).then(|| Renewal {
+                    kafka: kafka.clone(),
+                    transactional_id: group.transactional_id(),
+                    out_of_reach: Arc::clone(&out_of_reach),
+                }),
+                last_fenced: Mutex::new(None),
             }),
             kafka: kafka.clone(),
             delayed: delayed.clone(),
@@ -302,6 +279,16 @@ impl KafkaLog {
             held_since: 0,
             _instance: instance,
         })
+    }
+
+    /// Logs an error the consumer heals from, as the client's own error callback does: an
+    /// outage's repeats at debug.
+    fn heard(&self, error: &KafkaError) {
+        hear_error(
+            &self.consumer.context().unreachable,
+            error,
+            "while consuming",
+        );
     }
 
     fn revocations(&self) -> u64 {
@@ -439,8 +426,65 @@ impl KafkaLog {
 struct Committer {
     /// For the group's metadata (exactly-once) or the offset commit (at-least-once).
     consumer: Arc<StreamConsumer<GroupEvents>>,
-    producer: ReportingProducer,
+    /// Replaced when librdkafka puts it in a fatal state a new one heals ([`Committer::renewed`]).
+    producer: Mutex<Arc<ReportingProducer>>,
     delivery: Delivery,
+    /// How to make the transactional producer again (exactly-once only).
+    renewal: Option<Renewal>,
+    /// When the producer was last found fenced.
+    last_fenced: Mutex<Option<Instant>>,
+}
+
+/// A producer fenced again this soon after the last time is taken to have a twin.
+const FENCED_AGAIN: Duration = Duration::from_secs(60);
+
+/// What a transactional producer is made of.
+struct Renewal {
+    kafka: KafkaConfig,
+    transactional_id: String,
+    out_of_reach: Arc<AtomicBool>,
+}
+
+impl Renewal {
+    /// A transactional producer with its transactions initialised: whatever a producer with
+    /// the same id left open is aborted, and that producer fenced. Blocks.
+    fn producer(&self) -> Result<ReportingProducer, KafkaError> {
+        let kafka = &self.kafka;
+        let producer: ReportingProducer = producer_config(kafka)
+            .set("transactional.id", &self.transactional_id)
+            .set(
+                "transaction.timeout.ms",
+                kafka.transaction_timeout_ms.to_string(),
+            )
+            // A delivery must give up before the transaction times out.
+            .set(
+                "message.timeout.ms",
+                (kafka.transaction_timeout_ms.saturating_sub(1_000))
+                    .max(1_000)
+                    .to_string(),
+            )
+            .set("linger.ms", "5")
+            // A transaction that starts right after the previous one's commit is told
+            // CONCURRENT_TRANSACTIONS until the commit markers are written, and retries
+            // after retry.backoff.ms: librdkafka's 100 ms default would be added to
+            // nearly every batch.
+            .set("retry.backoff.ms", "5")
+            // ...and backs off exponentially up to retry.backoff.max.ms (1 s): the next
+            // batch's transaction begins right after the one before it commits, and must
+            // not sleep out a grown backoff while the markers are written.
+            .set("retry.backoff.max.ms", "10")
+            // Its statistics say when a broker answers again (see DeliveryReport).
+            .set(
+                "statistics.interval.ms",
+                kafka
+                    .properties
+                    .get("statistics.interval.ms")
+                    .map_or("5000", String::as_str),
+            )
+            .create_with_context(DeliveryReport::holding(Arc::clone(&self.out_of_reach)))?;
+        producer.init_transactions(CALL_TIMEOUT)?;
+        Ok(producer)
+    }
 }
 
 impl Committer {
@@ -461,32 +505,97 @@ impl Committer {
             _ => false,
         };
         if fatal {
-            return Err(LogError::Fatal(Cause::context(
-                "the producer was fenced or failed",
-                error,
-            )));
+            return Err(self.renewed(error));
         }
         if self.delivery == Delivery::ExactlyOnce {
-            self.abort(&error)?;
+            if let Err(aborting) = self.abort(&error) {
+                tracing::warn!("aborting the transaction after {error} failed too");
+                return Err(self.renewed(aborting));
+            }
         }
         Err(LogError::Aborted(Cause::new(error)))
     }
 
+    fn current(&self) -> Arc<ReportingProducer> {
+        Arc::clone(&self.producer.lock().expect("the producer lock"))
+    }
+
+    /// After `error` left the producer in librdkafka's fatal state: a new producer with the
+    /// same transactional id, whose init aborts whatever was left open; the batch is read
+    /// again. librdkafka's fatal states include being fenced, which a coordinator causes by
+    /// itself when it aborts a transaction that timed out while it moved (a broker died),
+    /// as well as a newer process with the same id. Two such processes would fence each
+    /// other at every transaction, so a second fencing within [`FENCED_AGAIN`] of the first
+    /// ends the stage.
+    fn renewed(&self, error: KafkaError) -> LogError {
+        let fatal = self.current().client().fatal_error();
+        let fenced = matches!(
+            fatal,
+            Some((
+                RDKafkaErrorCode::Fenced
+                    | RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch,
+                _
+            ))
+        );
+        let fenced_again = fenced && {
+            let mut last = self.last_fenced.lock().expect("the fencing lock");
+            let again = last.is_some_and(|at| at.elapsed() < FENCED_AGAIN);
+            *last = Some(Instant::now());
+            again
+        };
+        let renewal = match &self.renewal {
+            Some(renewal) if !fenced_again && !hopeless(&error) => renewal,
+            Some(renewal) if fenced_again => {
+                return LogError::Fatal(Cause::context(
+                    format!(
+                        "fenced twice within {} s: another process runs with transactional id {}; give each process its own instance id",
+                        FENCED_AGAIN.as_secs(),
+                        renewal.transactional_id
+                    ),
+                    error,
+                ))
+            }
+            _ => {
+                return LogError::Fatal(Cause::context("the transactional producer failed", error))
+            }
+        };
+        tracing::warn!(
+            "the transactional producer cannot go on ({error}); making a new one with its transactional id {}",
+            renewal.transactional_id
+        );
+        loop {
+            match renewal.producer() {
+                Ok(producer) => {
+                    *self.producer.lock().expect("the producer lock") = Arc::new(producer);
+                    return LogError::Aborted(Cause::context(
+                        "the transaction failed and its producer was made again",
+                        error,
+                    ));
+                }
+                Err(e) if hopeless(&e) => {
+                    return LogError::Fatal(Cause::context(
+                        "making the transactional producer again",
+                        e,
+                    ))
+                }
+                Err(e) => {
+                    tracing::warn!("making the transactional producer again: {e}; trying again");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
     /// Aborts the transaction that failed with `error`, as many times as the brokers time
     /// out on it: the producer can begin no other until it is aborted.
-    fn abort(&self, error: &KafkaError) -> Result<(), LogError> {
+    fn abort(&self, error: &KafkaError) -> Result<(), KafkaError> {
         loop {
-            match self.producer.abort_transaction(CALL_TIMEOUT) {
-                Ok(()) => return Ok(()),
+            match self.current().abort_transaction(CALL_TIMEOUT) {
                 Err(KafkaError::Transaction(e)) if e.is_retriable() && !e.is_fatal() => {
                     tracing::warn!("aborting the transaction after {error}: {e}; trying again");
                 }
-                Err(e) => {
-                    return Err(LogError::Fatal(Cause::context(
-                        format!("aborting after {error}"),
-                        e,
-                    )))
-                }
+                outcome => return outcome,
             }
         }
     }
@@ -496,7 +605,7 @@ impl Committer {
     /// the producer says it must abort.
     fn commit_transaction(&self) -> Result<(), KafkaError> {
         loop {
-            match self.producer.commit_transaction(CALL_TIMEOUT) {
+            match self.current().commit_transaction(CALL_TIMEOUT) {
                 Err(KafkaError::Transaction(e))
                     if e.is_retriable() && !e.txn_requires_abort() && !e.is_fatal() =>
                 {
@@ -510,6 +619,7 @@ impl Committer {
     /// Hands every output to the producer, waiting for room where its queue is full; runs
     /// on the transaction's blocking thread, which waits on the runtime's timer.
     fn send_all(&self, outputs: &[OutputRecord]) -> Result<(), KafkaError> {
+        let producer = self.current();
         tokio::runtime::Handle::current().block_on(async {
             for output in outputs {
                 let mut record: BaseRecord<'_, [u8], [u8]> =
@@ -520,7 +630,7 @@ impl Committer {
                 if let Some(value) = &output.value {
                     record = record.payload(value.as_slice());
                 }
-                send_when_room(&self.producer, record).await?;
+                send_when_room(&producer, record).await?;
             }
             Ok(())
         })
@@ -536,11 +646,11 @@ impl Committer {
         if self.delivery == Delivery::AtLeastOnce {
             return self.flush_then_commit(offsets, outputs);
         }
-        self.producer.begin_transaction()?;
+        self.current().begin_transaction()?;
         self.send_all(&outputs)?;
         let metadata =
             read_in.ok_or_else(|| KafkaError::ConsumerCommit(RDKafkaErrorCode::InvalidGroupId))?;
-        self.producer
+        self.current()
             .send_offsets_to_transaction(offsets, &metadata, CALL_TIMEOUT)?;
         self.await_deliveries()?;
         self.commit_transaction()
@@ -551,7 +661,8 @@ impl Committer {
     /// full: that would add 100 ms to every batch.
     fn await_deliveries(&self) -> Result<(), KafkaError> {
         let deadline = std::time::Instant::now() + CALL_TIMEOUT;
-        while self.producer.in_flight_count() > 0 {
+        let producer = self.current();
+        while producer.in_flight_count() > 0 {
             if std::time::Instant::now() > deadline {
                 return Err(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut));
             }
@@ -566,10 +677,11 @@ impl Committer {
         offsets: &TopicPartitionList,
         outputs: Vec<OutputRecord>,
     ) -> Result<(), KafkaError> {
-        let failed_before = self.producer.context().failed.load(Ordering::Relaxed);
+        let producer = self.current();
+        let failed_before = producer.context().failed.load(Ordering::Relaxed);
         self.send_all(&outputs)?;
         self.await_deliveries()?;
-        if self.producer.context().failed.load(Ordering::Relaxed) != failed_before {
+        if producer.context().failed.load(Ordering::Relaxed) != failed_before {
             return Err(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut));
         }
         self.consumer.commit(offsets, CommitMode::Sync)
@@ -622,7 +734,7 @@ impl Log for KafkaLog {
                 Err(_) => continue,
                 Ok(Ok(message)) => input_record(&message),
                 Ok(Err(e)) if passing(&e) => {
-                    tracing::warn!("consumer: {e}");
+                    self.heard(&e);
                     continue;
                 }
                 // Nothing is taken yet: unless it cannot heal, the stage waits and asks again.
@@ -646,10 +758,10 @@ impl Log for KafkaLog {
                         batch.push(record);
                     }
                 }
-                Ok(Err(e)) if passing(&e) => tracing::warn!("consumer: {e}"),
+                Ok(Err(e)) if passing(&e) => self.heard(&e),
                 // The records read so far go on as a batch; the error comes again if it lasts.
                 Ok(Err(e)) if !hopeless(&e) => {
-                    tracing::warn!("consumer: {e}");
+                    self.heard(&e);
                     break;
                 }
                 Ok(Err(e)) => return Err(consumer_error(e)),
@@ -688,7 +800,7 @@ impl Log for KafkaLog {
                     self.forget_held_if_revoked();
                     self.held.push_back(record);
                 }
-                Ok(Err(e)) if !hopeless(&e) => tracing::warn!("consumer: {e}"),
+                Ok(Err(e)) if !hopeless(&e) => self.heard(&e),
                 Ok(Err(e)) => return Err(fatal("consuming", e)),
             }
         }
