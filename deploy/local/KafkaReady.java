@@ -1,7 +1,9 @@
 // Waits until a Kafka broker really serves what txflow needs: cluster metadata, and a
 // transactional producer's init and commit (the first InitProducerId creates
 // __transaction_state, which is the slowest part of a fresh broker's start).
-// Run by deploy/local/stack with the broker's own jars: java -cp 'jars/*' KafkaReady.java
+// Run by deploy/local/stack with the broker's own jars:
+//   java -cp 'jars/*' KafkaReady.java BOOTSTRAP SECONDS [BROKERS]
+// With BROKERS, also waits until the cluster has that many brokers.
 import java.time.Instant;
 import java.util.Properties;
 import org.apache.kafka.clients.admin.Admin;
@@ -14,10 +16,11 @@ public class KafkaReady {
     public static void main(String[] args) throws Exception {
         String bootstrap = args[0];
         Instant deadline = Instant.now().plusSeconds(Long.parseLong(args[1]));
+        int brokers = args.length > 2 ? Integer.parseInt(args[2]) : 1;
         String last = "not tried";
         while (Instant.now().isBefore(deadline)) {
             try {
-                check(bootstrap);
+                check(bootstrap, brokers);
                 System.out.println("kafka ready at " + bootstrap);
                 return;
             } catch (Exception e) {
@@ -29,13 +32,16 @@ public class KafkaReady {
         System.exit(1);
     }
 
-    static void check(String bootstrap) throws Exception {
+    static void check(String bootstrap, int brokers) throws Exception {
         Properties admin = new Properties();
         admin.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
         admin.put(AdminClientConfig.REQUEST_TIMEOUT_MS_CONFIG, 5000);
         admin.put(AdminClientConfig.DEFAULT_API_TIMEOUT_MS_CONFIG, 5000);
         try (Admin client = Admin.create(admin)) {
-            client.describeCluster().nodes().get();
+            int found = client.describeCluster().nodes().get().size();
+            if (found < brokers) {
+                throw new IllegalStateException(found + " of " + brokers + " brokers registered");
+            }
         }
         Properties p = new Properties();
         p.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
