@@ -171,6 +171,8 @@ pub fn eventually<T>(
 pub struct ReadRecord {
     pub partition: i32,
     pub offset: i64,
+    /// Milliseconds since the Unix epoch, as the log stamped it.
+    pub timestamp: Option<i64>,
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: Vec<(String, Vec<u8>)>,
@@ -181,6 +183,7 @@ impl From<txflow::wire::InputRecord> for ReadRecord {
         ReadRecord {
             partition: record.partition,
             offset: record.offset,
+            timestamp: record.timestamp,
             key: record.key,
             value: record.value,
             headers: record.headers,
@@ -252,6 +255,7 @@ pub fn read_topic(topic: &str, isolation: &str) -> Vec<ReadRecord> {
             Some(Ok(m)) => records.push(ReadRecord {
                 partition: m.partition(),
                 offset: m.offset(),
+                timestamp: m.timestamp().to_millis(),
                 key: m.key().map(<[u8]>::to_vec),
                 value: m.payload().map(<[u8]>::to_vec),
                 headers: m
@@ -350,6 +354,12 @@ pub fn python() -> std::process::Command {
         Err(e) => panic!("cannot run {python} ({e}): install Python 3, or set TXFLOW_PYTHON"),
     }
     std::process::Command::new(python)
+}
+
+/// Whether the tests run on the cluster of `deploy/local/stack up --cluster` (three brokers,
+/// three store nodes), as `stack test --cluster` says.
+pub fn on_cluster() -> bool {
+    std::env::var("TXFLOW_CLUSTER").is_ok_and(|v| v == "1")
 }
 
 /// Runs `deploy/local/stack ARGS` for a test that stops or starts one of the stack's

@@ -55,7 +55,7 @@ pub struct Pipeline {
     pub keyspace: String,
     pub partitions: i32,
     env: Vec<(String, String)>,
-    logs: PathBuf,
+    pub logs: PathBuf,
 }
 
 /// The local stack's secured services (`deploy/local/stack up --secure`), as
@@ -176,17 +176,25 @@ impl Pipeline {
             .iter()
             .map(|c| format!("{c:?}"))
             .collect();
-        Pipeline::on(
-            unique_name("p"),
-            partitions,
-            vec![
-                ("TXFLOW_KAFKA__BOOTSTRAP_SERVERS", kafka_bootstrap()),
+        let mut services = vec![
+            ("TXFLOW_KAFKA__BOOTSTRAP_SERVERS", kafka_bootstrap()),
+            (
+                "TXFLOW_STORE__CONTACT_POINTS",
+                format!("[{}]", contact_points.join(",")),
+            ),
+        ];
+        if crate::on_cluster() {
+            // Each record and row on every node, as a production cluster keeps them; the
+            // brokers want two replicas in sync, the store's writes a quorum.
+            services.extend([
+                ("TXFLOW_TOPICS__REPLICATION_FACTOR", "3".to_owned()),
                 (
-                    "TXFLOW_STORE__CONTACT_POINTS",
-                    format!("[{}]", contact_points.join(",")),
+                    "TXFLOW_STORE__REPLICATION",
+                    "{'class': 'SimpleStrategy', 'replication_factor': 3}".to_owned(),
                 ),
-            ],
-        )
+            ]);
+        }
+        Pipeline::on(unique_name("p"), partitions, services)
     }
 
     /// As [`Pipeline::new`], on the secured services as Kafka user `kafka_user`: its names
