@@ -6,7 +6,8 @@
 //! event leaf finds it); the rest go into `quamina` automatons. Both only propose: each candidate is confirmed by [`Pattern::matches`], so a
 //! false positive costs a recheck and never a wrong route. What an automaton would miss is
 //! kept from it: conditions quamina does not express (`anything-but` with `prefix`, `suffix`,
-//! `wildcard` or `equals-ignore-case`, over mixed or numeric values; IPv6 networks),
+//! `wildcard` or `equals-ignore-case`, over mixed or numeric values; `prefix` and `suffix`
+//! ignoring case; wildcards with escapes; IPv6 networks),
 //! `exists: false`, and `exists` beside other conditions on one field are left out of the
 //! automaton's copy of the pattern, which then proposes more. (quamina 0.7.0, as the property
 //! tests found it: `numeric` lets strings through, a numeric `anything-but` lets other
@@ -143,10 +144,10 @@ fn exact_of(condition: &Condition) -> Option<Exact> {
         Condition::Exact(scalar) => Some(Exact::of(scalar)),
         Condition::Prefix(p) => Some(Exact::Prefix(p.clone())),
         Condition::Suffix(s) => Some(Exact::Suffix(s.clone())),
-        Condition::Wildcard(w) => match (w.split_once('*'), w.rsplit_once('*')) {
-            (None, _) | (_, None) => Some(Exact::Text(w.clone())),
-            (Some((first, _)), _) if !first.is_empty() => Some(Exact::Prefix(first.to_owned())),
-            (_, Some((_, last))) if !last.is_empty() => Some(Exact::Suffix(last.to_owned())),
+        Condition::Wildcard(w) => match w.parts() {
+            [text] => Some(Exact::Text(text.clone())),
+            [first, ..] if !first.is_empty() => Some(Exact::Prefix(first.clone())),
+            [.., last] if !last.is_empty() => Some(Exact::Suffix(last.clone())),
             _ => None,
         },
         _ => None,
@@ -807,7 +808,11 @@ fn condition_json(condition: &Condition) -> Option<Value> {
         Condition::Prefix(p) => op("prefix", Value::String(p.clone())),
         Condition::Suffix(s) => op("suffix", Value::String(s.clone())),
         Condition::EqualsIgnoreCase(s) => op("equals-ignore-case", Value::String(s.clone())),
-        Condition::Wildcard(w) => op("wildcard", Value::String(w.clone())),
+        // quamina's escapes are not promised to be EventBridge's: those are rechecked.
+        Condition::Wildcard(w) if !w.has_escapes() => op("wildcard", Value::String(w.text.clone())),
+        Condition::Wildcard(_)
+        | Condition::PrefixIgnoreCase(_)
+        | Condition::SuffixIgnoreCase(_) => None,
         Condition::Exists(b) => op("exists", Value::Bool(*b)),
         // The automaton misses IPv6 addresses in IPv6 networks: those are rechecked.
         Condition::Cidr(network) if network.is_v4() => {

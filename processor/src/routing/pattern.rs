@@ -95,7 +95,85 @@ pub enum Excluded {
     Prefix(String),
     Suffix(String),
     EqualsIgnoreCase(Vec<String>),
-    Wildcard(String),
+    Wildcard(Wildcard),
+}
+
+/// A `wildcard` operand: `*` stands for any text (none included); `\*` is a star and `\\`
+/// a backslash, as in EventBridge, which refuses a backslash before anything else and two
+/// stars in a row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Wildcard {
+    /// As written in the pattern.
+    pub text: String,
+    /// The literal text between the stars, escapes resolved: one part means no star.
+    parts: Vec<String>,
+}
+
+impl Wildcard {
+    pub fn parse(text: &str) -> Result<Wildcard, String> {
+        let mut parts = vec![String::new()];
+        let mut chars = text.chars();
+        let mut after_star = false;
+        while let Some(c) = chars.next() {
+            match c {
+                '*' if after_star => {
+                    return Err(format!("{text:?} has two * in a row"));
+                }
+                '*' => {
+                    parts.push(String::new());
+                    after_star = true;
+                    continue;
+                }
+                '\\' => match chars.next() {
+                    Some(escaped @ ('*' | '\\')) => parts.last_mut().expect("a part").push(escaped),
+                    Some(other) => {
+                        return Err(format!(
+                            "{text:?} escapes {other:?}: a backslash escapes only * and \\"
+                        ))
+                    }
+                    None => return Err(format!("{text:?} ends in a lone backslash")),
+                },
+                c => parts.last_mut().expect("a part").push(c),
+            }
+            after_star = false;
+        }
+        Ok(Wildcard {
+            text: text.to_owned(),
+            parts,
+        })
+    }
+
+    /// The literal text between the stars, in order; one part when there is no star.
+    pub fn parts(&self) -> &[String] {
+        &self.parts
+    }
+
+    /// Whether the text contains an escape (`\*` or `\\`).
+    pub fn has_escapes(&self) -> bool {
+        self.text.contains('\\')
+    }
+
+    pub fn matches(&self, text: &str) -> bool {
+        let parts = &self.parts;
+        if parts.len() == 1 {
+            return parts[0] == text;
+        }
+        let (first, last) = (&parts[0], &parts[parts.len() - 1]);
+        if text.len() < first.len() + last.len()
+            || !text.starts_with(first.as_str())
+            || !text.ends_with(last.as_str())
+        {
+            return false;
+        }
+        let mut rest = &text[first.len()..text.len() - last.len()];
+        for middle in &parts[1..parts.len() - 1] {
+            match rest.find(middle.as_str()) {
+                Some(at) => rest = &rest[at + middle.len()..],
+                None => return false,
+            }
+        }
+        true
+    }
 }
 
 /// An IP network, for `cidr`.
@@ -143,8 +221,12 @@ pub enum Condition {
     Exact(Scalar),
     Prefix(String),
     Suffix(String),
+    /// `prefix` with `equals-ignore-case`.
+    PrefixIgnoreCase(String),
+    /// `suffix` with `equals-ignore-case`.
+    SuffixIgnoreCase(String),
     EqualsIgnoreCase(String),
-    Wildcard(String),
+    Wildcard(Wildcard),
     AnythingBut(Excluded),
     Numeric(Vec<(Compare, f64)>),
     Exists(bool),
@@ -297,28 +379,18 @@ fn parse_condition(value: &Value, at: &str) -> Result<Condition, PatternError> {
     let (operator, operand) = map.iter().next().expect("one entry");
     let here = join(at, operator);
     Ok(match operator.as_str() {
-        "prefix" => match operand {
-            Value::Object(inner)
-                if inner.len() == 1 && inner.contains_key("equals-ignore-case") =>
-            {
-                return Err(error(
-                    &here,
-                    "prefix with equals-ignore-case is not supported",
-                ))
-            }
-            _ => Condition::Prefix(text(operand, &here, "prefix")?.to_owned()),
+        "prefix" => match ignoring_case(operand, &here, "prefix")? {
+            Some(prefix) => Condition::PrefixIgnoreCase(prefix),
+            None => Condition::Prefix(text(operand, &here, "prefix")?.to_owned()),
         },
-        "suffix" => Condition::Suffix(text(operand, &here, "suffix")?.to_owned()),
+        "suffix" => match ignoring_case(operand, &here, "suffix")? {
+            Some(suffix) => Condition::SuffixIgnoreCase(suffix),
+            None => Condition::Suffix(text(operand, &here, "suffix")?.to_owned()),
+        },
         "equals-ignore-case" => {
             Condition::EqualsIgnoreCase(text(operand, &here, "equals-ignore-case")?.to_owned())
         }
-        "wildcard" => {
-            let pattern = text(operand, &here, "wildcard")?;
-            if pattern.contains("**") {
-                return Err(error(&here, "wildcard cannot hold two * in a row"));
-            }
-            Condition::Wildcard(pattern.to_owned())
-        }
+        "wildcard" => Condition::Wildcard(wildcard(operand, &here)?),
         "exists" => match operand {
             Value::Bool(b) => Condition::Exists(*b),
             _ => return Err(error(&here, "exists takes true or false")),
@@ -334,6 +406,30 @@ fn parse_condition(value: &Value, at: &str) -> Result<Condition, PatternError> {
         "anything-but" => Condition::AnythingBut(parse_excluded(operand, &here)?),
         other => return Err(error(at, format!("unknown operator {other:?}"))),
     })
+}
+
+/// The operand of `prefix` or `suffix` given as `{"equals-ignore-case": "text"}`, if it is.
+fn ignoring_case(
+    operand: &Value,
+    at: &str,
+    operator: &str,
+) -> Result<Option<String>, PatternError> {
+    let Value::Object(inner) = operand else {
+        return Ok(None);
+    };
+    match inner.iter().next() {
+        Some((name, Value::String(text))) if inner.len() == 1 && name == "equals-ignore-case" => {
+            Ok(Some(text.clone()))
+        }
+        _ => Err(error(
+            at,
+            format!("{operator} takes a string, or {{\"equals-ignore-case\": string}}"),
+        )),
+    }
+}
+
+fn wildcard(operand: &Value, at: &str) -> Result<Wildcard, PatternError> {
+    Wildcard::parse(text(operand, at, "wildcard")?).map_err(|e| error(at, e))
 }
 
 fn parse_numeric(operand: &Value, at: &str) -> Result<Vec<(Compare, f64)>, PatternError> {
@@ -395,7 +491,7 @@ fn parse_excluded(operand: &Value, at: &str) -> Result<Excluded, PatternError> {
             match operator.as_str() {
                 "prefix" => Ok(Excluded::Prefix(text(inner, &here, "prefix")?.to_owned())),
                 "suffix" => Ok(Excluded::Suffix(text(inner, &here, "suffix")?.to_owned())),
-                "wildcard" => Ok(Excluded::Wildcard(text(inner, &here, "wildcard")?.to_owned())),
+                "wildcard" => Ok(Excluded::Wildcard(wildcard(inner, &here)?)),
                 "equals-ignore-case" => match inner {
                     Value::String(s) => Ok(Excluded::EqualsIgnoreCase(vec![s.clone()])),
                     Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_string) => {
@@ -447,25 +543,6 @@ fn leaves_of(value: &Value) -> Vec<Scalar> {
     }
 }
 
-fn wildcard_matches(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == text;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
-        return false;
-    }
-    let mut rest = &text[first.len()..text.len() - last.len()];
-    for middle in &parts[1..parts.len() - 1] {
-        match rest.find(middle) {
-            Some(at) => rest = &rest[at + middle.len()..],
-            None => return false,
-        }
-    }
-    true
-}
-
 fn condition_holds(condition: &Condition, leaf: &Scalar) -> bool {
     let text = match leaf {
         Scalar::Text(s) => Some(s.as_str()),
@@ -475,10 +552,16 @@ fn condition_holds(condition: &Condition, leaf: &Scalar) -> bool {
         Condition::Exact(expected) => expected == leaf,
         Condition::Prefix(p) => text.is_some_and(|t| t.starts_with(p.as_str())),
         Condition::Suffix(s) => text.is_some_and(|t| t.ends_with(s.as_str())),
+        Condition::PrefixIgnoreCase(p) => {
+            text.is_some_and(|t| t.to_lowercase().starts_with(&p.to_lowercase()))
+        }
+        Condition::SuffixIgnoreCase(s) => {
+            text.is_some_and(|t| t.to_lowercase().ends_with(&s.to_lowercase()))
+        }
         Condition::EqualsIgnoreCase(s) => {
             text.is_some_and(|t| t.to_lowercase() == s.to_lowercase())
         }
-        Condition::Wildcard(p) => text.is_some_and(|t| wildcard_matches(p, t)),
+        Condition::Wildcard(w) => text.is_some_and(|t| w.matches(t)),
         Condition::Numeric(comparisons) => match leaf {
             Scalar::Number(n) => comparisons.iter().all(|(op, bound)| op.holds(*n, *bound)),
             _ => false,
@@ -490,7 +573,7 @@ fn condition_holds(condition: &Condition, leaf: &Scalar) -> bool {
             Excluded::Values(values) => !values.contains(leaf),
             Excluded::Prefix(p) => text.is_some_and(|t| !t.starts_with(p.as_str())),
             Excluded::Suffix(s) => text.is_some_and(|t| !t.ends_with(s.as_str())),
-            Excluded::Wildcard(p) => text.is_some_and(|t| !wildcard_matches(p, t)),
+            Excluded::Wildcard(w) => text.is_some_and(|t| !w.matches(t)),
             Excluded::EqualsIgnoreCase(values) => text.is_some_and(|t| {
                 let lower = t.to_lowercase();
                 !values.iter().any(|v| v.to_lowercase() == lower)

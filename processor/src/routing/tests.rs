@@ -313,6 +313,9 @@ fn word() -> impl Strategy<Value = String> {
         Just("10.0.0.5"),
         Just("192.168.1.9"),
         Just(""),
+        Just("Web-App"),
+        Just("a*b"),
+        Just("c:\\tmp\\*"),
     ]
     .prop_map(str::to_owned)
 }
@@ -375,6 +378,28 @@ fn condition() -> impl Strategy<Value = Value> {
         word().prop_map(|w| json!({"prefix": w.chars().take(3).collect::<String>()})),
         word().prop_map(|w| json!({"suffix": w.chars().rev().take(2).collect::<String>()})),
         word().prop_map(|w| json!({"equals-ignore-case": w.to_uppercase()})),
+        word().prop_map(
+            |w| json!({"prefix": {"equals-ignore-case": w.to_uppercase().chars().take(3).collect::<String>()}})
+        ),
+        word().prop_map(
+            |w| json!({"suffix": {"equals-ignore-case": w.to_lowercase().chars().rev().take(2).collect::<Vec<_>>().into_iter().rev().collect::<String>()}})
+        ),
+        // A word's own stars and backslashes escaped, then a star after its first character.
+        word().prop_map(|w| {
+            let escaped: Vec<String> = w
+                .chars()
+                .map(|c| match c {
+                    '*' | '\\' => format!("\\{c}"),
+                    c => c.to_string(),
+                })
+                .collect();
+            let (head, tail) = escaped.split_at(escaped.len().min(1));
+            json!({"wildcard": format!("{}*{}", head.concat(), tail.concat())})
+        }),
+        word().prop_map(|w| {
+            let escaped: String = w.replace('\\', "\\\\").replace('*', "\\*");
+            json!({"wildcard": escaped})
+        }),
         word().prop_map(
             |w| json!({"wildcard": format!("{}*", w.chars().take(2).collect::<String>())})
         ),
@@ -465,6 +490,184 @@ proptest! {
             }
         }
     }
+}
+
+/// Each example of EventBridge's comparison-operator documentation, with events it matches
+/// and events it does not.
+#[test]
+fn eventbridge_documentation_examples() {
+    let examples = [
+        (
+            json!({"state": [{"anything-but": "initializing"}]}),
+            json!({"state": "running"}),
+            json!({"state": "initializing"}),
+        ),
+        (
+            json!({"Region": [{"anything-but": {"prefix": "us-"}}]}),
+            json!({"Region": "eu-west-1"}),
+            json!({"Region": "us-east-1"}),
+        ),
+        (
+            json!({"FileName": [{"anything-but": {"suffix": ".png"}}]}),
+            json!({"FileName": "a.jpg"}),
+            json!({"FileName": "a.png"}),
+        ),
+        (
+            json!({"state": [{"anything-but": {"equals-ignore-case": "initializing"}}]}),
+            json!({"state": "running"}),
+            json!({"state": "INITIALIZING"}),
+        ),
+        (
+            json!({"FilePath": [{"anything-but": {"wildcard": "*/lib/*"}}]}),
+            json!({"FilePath": "/usr/bin/ls"}),
+            json!({"FilePath": "/usr/lib/libc.so"}),
+        ),
+        (
+            json!({"Region": [{"prefix": "us-"}]}),
+            json!({"Region": "us-east-1"}),
+            json!({"Region": "eu-west-1"}),
+        ),
+        (
+            json!({"service": [{"prefix": {"equals-ignore-case": "eventb"}}]}),
+            json!({"service": "EventBridge"}),
+            json!({"service": "Lambda"}),
+        ),
+        (
+            json!({"service": [{"prefix": {"equals-ignore-case": "eventb"}}]}),
+            json!({"service": "EVENTBRIDGE"}),
+            json!({"service": "event"}),
+        ),
+        (
+            json!({"LastName": [""]}),
+            json!({"LastName": ""}),
+            json!({"LastName": "Doe"}),
+        ),
+        (
+            json!({"Name": ["Alice"]}),
+            json!({"Name": "Alice"}),
+            json!({"Name": "alice"}),
+        ),
+        (
+            json!({"Name": [{"equals-ignore-case": "alice"}]}),
+            json!({"Name": "ALICE"}),
+            json!({"Name": "Alicia"}),
+        ),
+        (
+            json!({"FileName": [{"suffix": ".png"}]}),
+            json!({"FileName": "photo.png"}),
+            json!({"FileName": "photo.PNG"}),
+        ),
+        (
+            json!({"service": [{"suffix": {"equals-ignore-case": "tbridge"}}]}),
+            json!({"service": "EventBridge"}),
+            json!({"service": "EventBus"}),
+        ),
+        (
+            json!({"service": [{"suffix": {"equals-ignore-case": "tbridge"}}]}),
+            json!({"service": "TBRIDGE"}),
+            json!({"service": "bridge"}),
+        ),
+        (
+            json!({"ProductName": [{"exists": true}]}),
+            json!({"ProductName": "Widget"}),
+            json!({"Other": 1}),
+        ),
+        (
+            json!({"ProductName": [{"exists": false}]}),
+            json!({"Other": 1}),
+            json!({"ProductName": "Widget"}),
+        ),
+        (
+            json!({"Weather": [{"anything-but": ["Raining"]}]}),
+            json!({"Weather": "Sunny"}),
+            json!({"Weather": "Raining"}),
+        ),
+        (
+            json!({"UserID": [null]}),
+            json!({"UserID": null}),
+            json!({"UserID": "u-1"}),
+        ),
+        (
+            json!({"Price": [{"numeric": ["=", 100]}]}),
+            json!({"Price": 100}),
+            json!({"Price": 100.5}),
+        ),
+        (
+            json!({"Price": [{"numeric": [">", 10, "<=", 20]}]}),
+            json!({"Price": 20}),
+            json!({"Price": 10}),
+        ),
+        (
+            json!({"PaymentType": ["Credit", "Debit"]}),
+            json!({"PaymentType": "Debit"}),
+            json!({"PaymentType": "Cash"}),
+        ),
+        (
+            json!({"$or": [{"Location": ["New York"]}, {"Day": ["Monday"]}]}),
+            json!({"Location": "Paris", "Day": "Monday"}),
+            json!({"Location": "Paris", "Day": "Sunday"}),
+        ),
+        (
+            json!({"FileName": [{"wildcard": "dir/*.png"}]}),
+            json!({"FileName": "dir/a.png"}),
+            json!({"FileName": "other/a.png"}),
+        ),
+        (
+            json!({"sourceIPAddress": [{"cidr": "10.0.0.0/24"}]}),
+            json!({"sourceIPAddress": "10.0.0.255"}),
+            json!({"sourceIPAddress": "10.0.1.0"}),
+        ),
+        (
+            json!({"ip": [{"cidr": "2001:db8::/32"}]}),
+            json!({"ip": "2001:db8::1"}),
+            json!({"ip": "2001:db9::1"}),
+        ),
+        // Escapes: a star, a backslash, a star then a wildcard.
+        (
+            json!({"f": [{"wildcard": "a\\*b"}]}),
+            json!({"f": "a*b"}),
+            json!({"f": "axb"}),
+        ),
+        (
+            json!({"f": [{"wildcard": "c:\\\\*"}]}),
+            json!({"f": "c:\\tmp"}),
+            json!({"f": "c:/tmp"}),
+        ),
+        (
+            json!({"f": [{"wildcard": "x\\**"}]}),
+            json!({"f": "x*yz"}),
+            json!({"f": "xyz"}),
+        ),
+        (
+            json!({"f": [{"anything-but": {"wildcard": "*\\**"}}]}),
+            json!({"f": "plain"}),
+            json!({"f": "with*star"}),
+        ),
+    ];
+    for (pattern, yes, no) in examples {
+        assert!(
+            matches(pattern.clone(), yes.clone()),
+            "{pattern} should match {yes}"
+        );
+        assert!(
+            !matches(pattern.clone(), no.clone()),
+            "{pattern} should not match {no}"
+        );
+    }
+}
+
+#[test]
+fn wildcards_refuse_what_eventbridge_refuses() {
+    for (wildcard, says) in [
+        ("a**b", "two * in a row"),
+        ("a\\b*", "a backslash escapes only * and \\"),
+        ("tail\\", "lone backslash"),
+    ] {
+        let message = refused(json!({"f": [{"wildcard": wildcard}]}));
+        assert!(message.contains(says), "{wildcard}: {message}");
+    }
+    let message = refused(json!({"f": [{"prefix": {"equals-ignore-case": 5}}]}));
+    assert!(message.contains("equals-ignore-case"), "{message}");
 }
 
 #[test]
