@@ -582,7 +582,9 @@ fn post_batch(address: &str, key: &str, events: &[serde_json::Value]) -> (Vec<St
 #[test]
 fn dev_on_a_full_disk_refuses_then_recovers_when_space_comes_back() {
     let dev = Dev::new();
-    let mut disk = SmallDisk::start(&dev, 24, 8);
+    // The space given back is more than the database can hold before the disk fills: redb
+    // grows its file in steps, and a step must fit.
+    let mut disk = SmallDisk::start(&dev, 64, 40);
     let address = disk.process.logged_address("gateway listening");
     let key = disk.key();
     let mut workload = Workload::new(WorkloadConfig {
