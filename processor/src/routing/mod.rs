@@ -4,10 +4,12 @@
 pub mod matcher;
 pub mod pattern;
 pub mod rules;
+pub mod transform;
 
 pub use matcher::CompiledPatterns;
 pub use pattern::{Pattern, PatternError};
 pub use rules::{Rules, RulesError};
+pub use transform::Payload;
 
 #[cfg(test)]
 mod tests;

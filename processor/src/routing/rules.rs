@@ -1,6 +1,7 @@
 //! The rules file: each rule a name, an event pattern and its targets. A target is a topic,
-//! and optionally an input transform in the spirit of EventBridge's input transformer: the
-//! record sent is then a JSON object of chosen event fields instead of the event itself.
+//! and optionally what it receives instead of the event itself: `input`, a JSON object of
+//! chosen event fields, or `input_transformer`, EventBridge's input transformer
+//! (`input_paths_map` and `input_template`, [`super::transform`]).
 //!
 //! ```yaml
 //! rules:
@@ -25,6 +26,7 @@ use serde_json::Value;
 
 use super::matcher::CompiledPatterns;
 use super::pattern::Pattern;
+use super::transform::{InputTransformer, Payload, Transformer};
 
 /// A rules file that cannot be used, and why.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +72,9 @@ pub struct Target {
     /// Output field → `$.`-path into the event; absent: the event itself is sent.
     #[serde(default)]
     pub input: Option<BTreeMap<String, String>>,
+    /// EventBridge's input transformer, instead of `input`.
+    #[serde(default)]
+    pub input_transformer: Option<InputTransformer>,
 }
 
 /// A rule, checked.
@@ -86,13 +91,15 @@ pub struct Delivery<'a> {
     pub rule: &'a str,
     pub target: &'a Target,
     /// `None`: the event unchanged; `Some`: the transformed input.
-    pub transformed: Option<Value>,
+    pub transformed: Option<Payload>,
 }
 
 /// A rule set, compiled.
 pub struct Rules {
     rules: Vec<Rule>,
     compiled: CompiledPatterns,
+    /// By rule, then target: its checked input transformer, if it has one.
+    transformers: Vec<Vec<Option<Transformer>>>,
 }
 
 impl Rules {
@@ -109,6 +116,7 @@ impl Rules {
             serde_yaml::from_str(text).map_err(|e| RulesError::Syntax(e.to_string()))?;
         let mut names = HashSet::new();
         let mut rules = Vec::with_capacity(file.rules.len());
+        let mut transformers = Vec::with_capacity(file.rules.len());
         for (index, spec) in file.rules.into_iter().enumerate() {
             let fail = |message: String| RulesError::Rule {
                 index: index + 1,
@@ -146,7 +154,28 @@ impl Rules {
                         )));
                     }
                 }
+                if target.input.is_some() && target.input_transformer.is_some() {
+                    return Err(fail(
+                        "a target takes input or input_transformer, not both".to_owned(),
+                    ));
+                }
             }
+            let checked = spec
+                .targets
+                .iter()
+                .map(|target| {
+                    target
+                        .input_transformer
+                        .as_ref()
+                        .map(|transformer| {
+                            transformer
+                                .check()
+                                .map_err(|e| fail(format!("target {}: {e}", target.topic)))
+                        })
+                        .transpose()
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            transformers.push(checked);
             rules.push(Rule {
                 name: spec.name,
                 pattern,
@@ -156,7 +185,11 @@ impl Rules {
         let patterns: Vec<Pattern> = rules.iter().map(|r| r.pattern.clone()).collect();
         let compiled =
             CompiledPatterns::compile(&patterns).map_err(|e| RulesError::Syntax(e.to_string()))?;
-        Ok(Rules { rules, compiled })
+        Ok(Rules {
+            rules,
+            compiled,
+            transformers,
+        })
     }
 
     pub fn rules(&self) -> &[Rule] {
@@ -170,11 +203,19 @@ impl Rules {
             .into_iter()
             .flat_map(|index| {
                 let rule = &self.rules[index];
-                rule.targets.iter().map(move |target| Delivery {
-                    rule: &rule.name,
-                    target,
-                    transformed: target.input.as_ref().map(|input| transform(input, event)),
-                })
+                let transformers = &self.transformers[index];
+                rule.targets
+                    .iter()
+                    .zip(transformers)
+                    .map(move |(target, transformer)| Delivery {
+                        rule: &rule.name,
+                        target,
+                        transformed: match (&target.input, transformer) {
+                            (Some(input), _) => Some(Payload::Json(transform(input, event))),
+                            (None, Some(transformer)) => Some(transformer.apply(&rule.name, event)),
+                            (None, None) => None,
+                        },
+                    })
             })
             .collect()
     }
@@ -232,7 +273,7 @@ rules:
             "attributes": {"channel": "web"}
         });
         let routed = rules.route(&event);
-        let summary: Vec<(&str, &str, Option<&str>, Option<Value>)> = routed
+        let summary: Vec<(&str, &str, Option<&str>, Option<Payload>)> = routed
             .iter()
             .map(|d| {
                 (
@@ -250,7 +291,9 @@ rules:
                     "large-deposits",
                     "txflow.notifications",
                     Some("ops"),
-                    Some(json!({"account": "a1", "amount": 250000, "channel": "web"}))
+                    Some(Payload::Json(
+                        json!({"account": "a1", "amount": 250000, "channel": "web"})
+                    ))
                 ),
                 ("large-deposits", "audit", None, None),
                 ("web", "web-events", None, None),
@@ -285,5 +328,47 @@ rules:
                 .contains("unknown field `extra`")
         );
         assert!(err("rules: [{name: a").contains("not valid YAML"));
+        assert!(err(
+            "rules: [{name: a, pattern: {x: [1]}, targets: [{topic: t, input: {f: $.x}, input_transformer: {input_template: x}}]}]"
+        )
+        .contains("not both"));
+        assert!(err(
+            "rules: [{name: a, pattern: {x: [1]}, targets: [{topic: t, input_transformer: {input_template: '{\"a\": <a>'}}]}]"
+        )
+        .contains("rule 1 (\"a\"): target t: input_template starts as JSON but is not JSON"));
+    }
+
+    #[test]
+    fn an_input_transformer_shapes_what_its_target_receives() {
+        let rules = Rules::parse_yaml(
+            r#"
+rules:
+  - name: deposits
+    pattern: {event_type: [DEPOSIT]}
+    targets:
+      - topic: text
+        input_transformer:
+          input_paths_map: {account: $.account_id, amount: $.amount_minor}
+          input_template: "<account> received <amount> (<aws.events.rule-name>)"
+      - topic: json
+        input_transformer:
+          input_paths_map: {account: $.account_id, channel: $.attributes.channel}
+          input_template: '{"who": <account>, "line": "via <channel>"}'
+"#,
+        )
+        .unwrap();
+        let event = json!({"event_type": "DEPOSIT", "account_id": "a1", "amount_minor": 250, "attributes": {"channel": "web"}});
+        let payloads: Vec<Option<Payload>> = rules
+            .route(&event)
+            .into_iter()
+            .map(|d| d.transformed)
+            .collect();
+        assert_eq!(
+            payloads,
+            vec![
+                Some(Payload::Text("a1 received 250 (deposits)".to_owned())),
+                Some(Payload::Json(json!({"who": "a1", "line": "via web"}))),
+            ]
+        );
     }
 }

@@ -102,6 +102,11 @@ pub struct Notifier<W> {
 }
 
 /// A notification ready to send, but for its signature (made at each attempt).
+/// The content types a delivery's body has.
+const JSON: &str = "application/json";
+const TEXT: &str = "text/plain; charset=utf-8";
+const TEXT_BYTES: &[u8] = TEXT.as_bytes();
+
 struct Delivery<'a> {
     index: usize,
     endpoint: &'a Endpoint,
@@ -110,6 +115,7 @@ struct Delivery<'a> {
     attempt: u32,
     traceparent: Option<String>,
     body: Vec<u8>,
+    content_type: &'static str,
     /// `notifier.deliver`: the webhook's request is made in it.
     span: tracing::Span,
 }
@@ -152,7 +158,7 @@ impl<W: Webhooks> Notifier<W> {
                 format!("no endpoint {name:?} is configured: add [notifier.endpoints.{name}], then redrive"),
             )
         })?;
-        let body = match record.header("content-type") {
+        let (body, content_type) = match record.header("content-type") {
             Some(b"application/json") => {
                 let value = record.value.as_deref().unwrap_or_default();
                 serde_json::from_slice::<serde_json::Value>(value).map_err(|e| {
@@ -161,11 +167,25 @@ impl<W: Webhooks> Notifier<W> {
                         format!("the notification says it is JSON but is not: {e}"),
                     )
                 })?;
-                value.to_vec()
+                (value.to_vec(), JSON)
+            }
+            // A rule's text template (input_transformer).
+            Some(TEXT_BYTES) => {
+                let value = record.value.as_deref().unwrap_or_default();
+                std::str::from_utf8(value).map_err(|e| {
+                    Poison::new(
+                        FailureKind::Undecodable,
+                        format!("the notification says it is UTF-8 text but is not: {e}"),
+                    )
+                })?;
+                (value.to_vec(), TEXT)
             }
             _ => {
                 let event = self.codec.valid_event(record.value.as_deref())?;
-                serde_json::to_vec(&event).expect("an event serializes")
+                (
+                    serde_json::to_vec(&event).expect("an event serializes"),
+                    JSON,
+                )
             }
         };
         let origin = record
@@ -189,6 +209,7 @@ impl<W: Webhooks> Notifier<W> {
                 .find(|(name, _)| name == TRACEPARENT)
                 .map(|(_, value)| String::from_utf8_lossy(&value).into_owned()),
             body,
+            content_type,
             span,
         })
     }
@@ -197,7 +218,7 @@ impl<W: Webhooks> Notifier<W> {
     fn request(&self, delivery: &Delivery<'_>, now_s: i64) -> WebhookRequest {
         let endpoint = delivery.endpoint;
         let mut headers = vec![
-            ("content-type".to_owned(), "application/json".to_owned()),
+            ("content-type".to_owned(), delivery.content_type.to_owned()),
             (ID_HEADER.to_owned(), delivery.id.clone()),
             (ATTEMPT_HEADER.to_owned(), delivery.attempt.to_string()),
             (

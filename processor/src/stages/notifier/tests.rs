@@ -184,6 +184,28 @@ async fn a_delivery_is_signed_json_with_a_stable_id() {
 }
 
 #[tokio::test]
+async fn a_text_template_is_delivered_as_signed_text() {
+    let receiver = Receiver::default();
+    let notifier = notifier(&receiver, Duration::from_secs(5));
+    let mut text = notification(9, Some("ops"), "acct-1 received 250000");
+    text.headers.retain(|(name, _)| name != "content-type");
+    text.headers.push((
+        "content-type".to_owned(),
+        b"text/plain; charset=utf-8".to_vec(),
+    ));
+    let output = notifier.process(&[text], 0).await.unwrap();
+    assert_eq!(output.counts.delivered, 1);
+    let sent = &receiver.received(OPS)[0];
+    assert_eq!(sent.body, b"acct-1 received 250000");
+    assert_eq!(
+        header(sent, "content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    let signed = header(sent, signature::SIGNATURE_HEADER).unwrap();
+    signature::verify(SECRET, signed, &sent.body, now_s(), 60).unwrap();
+}
+
+#[tokio::test]
 async fn failures_go_to_the_tiers_or_the_dead_letters_by_their_class() {
     let receiver = Receiver::answering(OPS, &[503, 400, 200]);
     let notifier = notifier(&receiver, Duration::from_secs(5));

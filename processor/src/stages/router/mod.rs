@@ -17,7 +17,7 @@ use crate::codec::Codec;
 use crate::failures::FailureRoutes;
 use crate::pipeline::uncommitted::Uncommitted;
 use crate::pipeline::{BatchOutput, Stage, StageError, Tally};
-use crate::routing::Rules;
+use crate::routing::{Payload, Rules};
 use crate::traces;
 use crate::wire::{InputRecord, OutputRecord, INGESTED_AT, RULE, WEBHOOK};
 
@@ -140,9 +140,16 @@ impl Stage for Router {
                     headers.push((WEBHOOK.to_owned(), webhook.as_bytes().to_vec()));
                 }
                 let value = match delivery.transformed {
-                    Some(input) => {
+                    Some(Payload::Json(input)) => {
                         headers.push(("content-type".to_owned(), b"application/json".to_vec()));
                         Some(serde_json::to_vec(&input).expect("JSON serializes"))
+                    }
+                    Some(Payload::Text(text)) => {
+                        headers.push((
+                            "content-type".to_owned(),
+                            b"text/plain; charset=utf-8".to_vec(),
+                        ));
+                        Some(text.into_bytes())
                     }
                     None => record.value.clone(),
                 };

@@ -7,7 +7,7 @@ use clap::Subcommand;
 
 use txflow::app::Config;
 use txflow::domain::TransactionEvent;
-use txflow::routing::Rules;
+use txflow::routing::{Payload, Rules};
 
 use super::print_line;
 
@@ -53,7 +53,11 @@ fn test_rules(config: &Config, rules: &Path, event: &Path) -> anyhow::Result<()>
             "rule": delivery.rule,
             "topic": delivery.target.topic,
             "webhook": delivery.target.webhook,
-            "payload": delivery.transformed.unwrap_or_else(|| event.clone()),
+            "payload": match delivery.transformed {
+                Some(Payload::Json(value)) => value,
+                Some(Payload::Text(text)) => serde_json::Value::String(text),
+                None => event.clone(),
+            },
         }))?;
     }
     Ok(())
