@@ -1,7 +1,7 @@
 //! Events matched per second against rule sets of 10, 100 and 1,000 rules of mixed
-//! operators (`match`), and of rules the matcher cannot index, which quamina automatons
-//! propose alone (`unindexed`). `cargo bench -p txflow --bench routing`; the numbers are
-//! recorded in docs/PERFORMANCE.md.
+//! operators (`match`), of rules the matcher cannot index, which quamina automatons
+//! propose alone (`unindexed`), and of each rule shape alone (`shape/<name>`).
+//! `cargo bench -p txflow --bench routing`; the numbers are recorded in docs/PERFORMANCE.md.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rand::rngs::StdRng;
@@ -35,6 +35,61 @@ fn rule(i: usize) -> Pattern {
     };
     Pattern::parse(&pattern).expect("a valid pattern")
 }
+
+/// Rule `i` of a shape, as JSON.
+type Shape = fn(usize) -> Value;
+
+/// The rule shapes, each alone: rule `i` of shape `name` with values of its own.
+const SHAPES: [(&str, Shape); 12] = [
+    ("exact", |i| json!({"source": [format!("svc-{i}")]})),
+    (
+        "prefix",
+        |i| json!({"source": [{"prefix": format!("svc-{i}.")}]}),
+    ),
+    (
+        "suffix",
+        |i| json!({"account_id": [{"suffix": format!("-{i}")}]}),
+    ),
+    (
+        "prefix-ignore-case",
+        |i| json!({"source": [{"prefix": {"equals-ignore-case": format!("SVC-{i}.")}}]}),
+    ),
+    (
+        "suffix-ignore-case",
+        |i| json!({"account_id": [{"suffix": {"equals-ignore-case": format!("-X{i}")}}]}),
+    ),
+    (
+        "equals-ignore-case",
+        |i| json!({"source": [{"equals-ignore-case": format!("SVC-{i}")}]}),
+    ),
+    (
+        "wildcard",
+        |i| json!({"source": [{"wildcard": format!("svc-{i}*")}]}),
+    ),
+    (
+        "numeric",
+        |i| json!({"amount_minor": [{"numeric": [">=", i * 100, "<", i * 100 + 50]}]}),
+    ),
+    (
+        "cidr",
+        |i| json!({"attributes": {"ip": [{"cidr": format!("10.{}.{}.0/24", i / 256, i % 256)}]}}),
+    ),
+    ("anything-but-exists", |i| {
+        json!({
+            "source": [{"anything-but": {"prefix": format!("svc-{i}")}}],
+            "attributes": {"campaign": [{"exists": true}]},
+            "currency": [{"anything-but": ["EUR", "GBP"]}]
+        })
+    }),
+    (
+        "anything-but",
+        |i| json!({"source": [{"anything-but": [format!("svc-{i}")]}], "attributes": {"tier": [format!("t{i}")]}}),
+    ),
+    (
+        "or",
+        |i| json!({"$or": [{"account_id": [format!("acct-{i}")]}, {"attributes": {"campaign": [format!("c{i}")]}}]}),
+    ),
+];
 
 /// Rule `i` of a set that has nothing to index: a network, or an exclusion beside `exists`.
 fn unindexed_rule(i: usize) -> Pattern {
@@ -87,14 +142,24 @@ fn matching(c: &mut Criterion) {
         ("match", rule as fn(usize) -> Pattern),
         ("unindexed", unindexed_rule),
     ] {
-        bench_rule_sets(c, name, shape, &events);
+        bench_rule_sets(c, name, &shape, &events, &[10, 100, 1000]);
+    }
+    for (name, shape) in SHAPES {
+        let parsed = |i| Pattern::parse(&shape(i)).expect("a valid pattern");
+        bench_rule_sets(c, &format!("shape/{name}"), &parsed, &events, &[100, 1000]);
     }
 }
 
-fn bench_rule_sets(c: &mut Criterion, name: &str, shape: fn(usize) -> Pattern, events: &[Value]) {
+fn bench_rule_sets(
+    c: &mut Criterion,
+    name: &str,
+    shape: &dyn Fn(usize) -> Pattern,
+    events: &[Value],
+    sizes: &[usize],
+) {
     let mut group = c.benchmark_group(name);
     group.throughput(Throughput::Elements(events.len() as u64));
-    for rules in [10, 100, 1000] {
+    for &rules in sizes {
         let patterns: Vec<Pattern> = (0..rules).map(shape).collect();
         let compiled = CompiledPatterns::compile(&patterns).expect("compiles");
         group.bench_with_input(

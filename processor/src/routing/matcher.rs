@@ -1,10 +1,11 @@
 //! A rule set compiled into one matcher, so that the cost of matching an event grows with
 //! the event, not with the number of rules. Each pattern's `$or`s are expanded into
-//! alternatives; an alternative with a field of rare exact values (or prefixes, suffixes, or
-//! wildcards that start or end with text) is indexed by them (hash lookups per event leaf
-//! find it), one with a field of rare numeric ranges by those (a binary search per numeric
-//! event leaf finds it); the rest go into `quamina` automatons. Both only propose: each candidate is confirmed by [`Pattern::matches`], so a
-//! false positive costs a recheck and never a wrong route. What an automaton would miss is
+//! alternatives; an alternative with a field of rare exact values (or prefixes, suffixes,
+//! wildcards that start or end with text, or their ignore-case forms, lower-cased) is indexed
+//! by them (hash lookups per event leaf find it), one with a field of rare numeric ranges or
+//! networks by those (a binary search per numeric or address leaf finds it); the rest go into
+//! `quamina` automatons. Both only propose: each candidate is confirmed by
+//! [`Pattern::matches`], so a false positive costs a recheck and never a wrong route. What an automaton would miss is
 //! kept from it: conditions quamina does not express (`anything-but` with `prefix`, `suffix`,
 //! `wildcard` or `equals-ignore-case`, over mixed or numeric values; `prefix` and `suffix`
 //! ignoring case; wildcards with escapes; IPv6 networks),
@@ -20,7 +21,9 @@ use std::collections::{BTreeSet, HashMap};
 use quamina::{MatcherBuildMode, Quamina};
 use serde_json::{Map, Value};
 
-use super::pattern::{Compare, Condition, Excluded, Field, Pattern, PatternError, Scalar};
+use super::pattern::{
+    address_key, Compare, Condition, Excluded, Field, Pattern, PatternError, Scalar,
+};
 
 /// `$or` expansions of one pattern, at most.
 const MAX_ALTERNATIVES: usize = 128;
@@ -82,6 +85,10 @@ enum Exact {
     Null,
     Prefix(String),
     Suffix(String),
+    /// The ignore-case forms, lower-cased: looked up with the leaf lower-cased.
+    TextFolded(String),
+    PrefixFolded(String),
+    SuffixFolded(String),
 }
 
 impl Exact {
@@ -132,6 +139,8 @@ enum Anchor {
     Values(Vec<Exact>),
     /// Numeric ranges.
     Spans(Vec<Span>),
+    /// Networks, as ranges of addresses ([`network_span`]).
+    Networks(Vec<Span>),
 }
 
 /// A field of an alternative it can be indexed under: its path and the anchor.
@@ -144,6 +153,9 @@ fn exact_of(condition: &Condition) -> Option<Exact> {
         Condition::Exact(scalar) => Some(Exact::of(scalar)),
         Condition::Prefix(p) => Some(Exact::Prefix(p.clone())),
         Condition::Suffix(s) => Some(Exact::Suffix(s.clone())),
+        Condition::EqualsIgnoreCase(s) => Some(Exact::TextFolded(s.to_lowercase())),
+        Condition::PrefixIgnoreCase(p) => Some(Exact::PrefixFolded(p.to_lowercase())),
+        Condition::SuffixIgnoreCase(s) => Some(Exact::SuffixFolded(s.to_lowercase())),
         Condition::Wildcard(w) => match w.parts() {
             [text] => Some(Exact::Text(text.clone())),
             [first, ..] if !first.is_empty() => Some(Exact::Prefix(first.clone())),
@@ -159,6 +171,22 @@ fn span_of(condition: &Condition) -> Option<Span> {
     match condition {
         Condition::Numeric(comparisons) => Some(Span::of(comparisons)),
         Condition::Exact(Scalar::Number(n)) => Some(Span { low: *n, high: *n }),
+        _ => None,
+    }
+}
+
+/// The addresses a `cidr` condition matches, as a range of [`address_key`]s made floats. The
+/// rounding is monotonic, so an address in the network stays in the range (the range may
+/// take in neighbours, which the recheck turns down).
+fn network_span(condition: &Condition) -> Option<Span> {
+    match condition {
+        Condition::Cidr(network) => {
+            let (low, high) = network.addresses();
+            Some(Span {
+                low: low as f64,
+                high: high as f64,
+            })
+        }
         _ => None,
     }
 }
@@ -180,6 +208,9 @@ fn anchor_fields(pattern: &Pattern, prefix: &str, into: &mut Vec<AnchorField>) {
                 let kind = |k: &Exact| match k {
                     Exact::Prefix(_) => 1,
                     Exact::Suffix(_) => 2,
+                    Exact::TextFolded(_) => 3,
+                    Exact::PrefixFolded(_) => 4,
+                    Exact::SuffixFolded(_) => 5,
                     _ => 0,
                 };
                 match keys {
@@ -189,7 +220,10 @@ fn anchor_fields(pattern: &Pattern, prefix: &str, into: &mut Vec<AnchorField>) {
                     _ => {}
                 }
                 if let Some(spans) = conditions.iter().map(span_of).collect() {
-                    into.push((path, Anchor::Spans(spans)));
+                    into.push((path.clone(), Anchor::Spans(spans)));
+                }
+                if let Some(networks) = conditions.iter().map(network_span).collect() {
+                    into.push((path, Anchor::Networks(networks)));
                 }
             }
         }
@@ -279,6 +313,9 @@ fn key_hash(path: &str, value: &Exact) -> u64 {
         Exact::Null => LeafRef::Null,
         Exact::Prefix(p) => LeafRef::Prefix(p),
         Exact::Suffix(s) => LeafRef::Suffix(s),
+        Exact::TextFolded(s) => LeafRef::TextFolded(s),
+        Exact::PrefixFolded(p) => LeafRef::PrefixFolded(p),
+        Exact::SuffixFolded(s) => LeafRef::SuffixFolded(s),
     };
     leaf_hash(path, value)
 }
@@ -292,6 +329,9 @@ enum LeafRef<'a> {
     Null,
     Prefix(&'a str),
     Suffix(&'a str),
+    TextFolded(&'a str),
+    PrefixFolded(&'a str),
+    SuffixFolded(&'a str),
 }
 
 fn leaf_hash(path: &str, value: LeafRef<'_>) -> u64 {
@@ -374,6 +414,7 @@ fn expand_all(patterns: &[Pattern]) -> Result<Expanded, PatternError> {
 struct Rarity {
     sharing: HashMap<IndexKey, usize>,
     ranges: HashMap<String, RangeIndex>,
+    networks: HashMap<String, RangeIndex>,
 }
 
 /// Each pattern's alternatives with the anchor chosen for it (none: to the automatons), and
@@ -381,12 +422,14 @@ struct Rarity {
 struct Anchored {
     patterns: Vec<Vec<(Pattern, Option<AnchorField>)>>,
     ranges: HashMap<String, RangeIndex>,
+    networks: HashMap<String, RangeIndex>,
 }
 
 impl Rarity {
     fn of(expanded: &Expanded) -> Rarity {
         let mut sharing: HashMap<IndexKey, usize> = HashMap::new();
         let mut spans: HashMap<String, Vec<Span>> = HashMap::new();
+        let mut networks: HashMap<String, Vec<Span>> = HashMap::new();
         for (_, fields) in expanded.iter().flatten() {
             let mut keys: Vec<IndexKey> = Vec::new();
             for (path, anchor) in fields {
@@ -398,6 +441,10 @@ impl Rarity {
                         .entry(path.clone())
                         .or_default()
                         .extend_from_slice(of_field),
+                    Anchor::Networks(of_field) => networks
+                        .entry(path.clone())
+                        .or_default()
+                        .extend_from_slice(of_field),
                 }
             }
             keys.sort();
@@ -406,11 +453,17 @@ impl Rarity {
                 *sharing.entry(key).or_default() += 1;
             }
         }
-        let ranges = spans
-            .into_iter()
-            .map(|(path, spans)| (path, RangeIndex::new(&spans)))
-            .collect();
-        Rarity { sharing, ranges }
+        let indexed = |by_path: HashMap<String, Vec<Span>>| {
+            by_path
+                .into_iter()
+                .map(|(path, spans)| (path, RangeIndex::new(&spans)))
+                .collect()
+        };
+        Rarity {
+            sharing,
+            ranges: indexed(spans),
+            networks: indexed(networks),
+        }
     }
 
     /// How many alternatives share the commonest value (or span) of `anchor` on `path`.
@@ -424,6 +477,11 @@ impl Rarity {
             Anchor::Spans(of_field) => of_field
                 .iter()
                 .map(|span| self.ranges[path].sharing(*span))
+                .max()
+                .unwrap_or(usize::MAX),
+            Anchor::Networks(of_field) => of_field
+                .iter()
+                .map(|span| self.networks[path].sharing(*span))
                 .max()
                 .unwrap_or(usize::MAX),
         }
@@ -451,16 +509,29 @@ impl Rarity {
         Anchored {
             patterns,
             ranges: self.ranges,
+            networks: self.networks,
         }
     }
+}
+
+/// What is indexed on a field besides exact values: the byte lengths of its prefixes and
+/// suffixes, and of its lower-cased ones; and whether any ignore-case value is.
+#[derive(Default)]
+struct Affixes {
+    prefixes: BTreeSet<usize>,
+    suffixes: BTreeSet<usize>,
+    folded_prefixes: BTreeSet<usize>,
+    folded_suffixes: BTreeSet<usize>,
+    folded: bool,
 }
 
 /// [`CompiledPatterns`] as they are put together: the indexes, and the automatons filled
 /// shard by shard.
 struct Builder {
     index: HashMap<u64, Vec<usize>>,
-    affixes: HashMap<String, (BTreeSet<usize>, BTreeSet<usize>)>,
+    affixes: HashMap<String, Affixes>,
     ranges: HashMap<String, RangeIndex>,
+    networks: HashMap<String, RangeIndex>,
     shards: Vec<Shard>,
     /// Patterns in the last shard.
     in_shard: usize,
@@ -468,11 +539,12 @@ struct Builder {
 }
 
 impl Builder {
-    fn new(ranges: HashMap<String, RangeIndex>) -> Builder {
+    fn new(ranges: HashMap<String, RangeIndex>, networks: HashMap<String, RangeIndex>) -> Builder {
         Builder {
             index: HashMap::new(),
             affixes: HashMap::new(),
             ranges,
+            networks,
             shards: vec![Shard::new()],
             in_shard: 0,
             always: Vec::new(),
@@ -484,12 +556,25 @@ impl Builder {
         match anchor {
             Anchor::Values(values) => {
                 for value in values {
-                    let lengths = self.affixes.entry(path.clone()).or_default();
+                    let affixes = self.affixes.entry(path.clone()).or_default();
                     match &value {
-                        Exact::Prefix(p) => lengths.0.insert(p.len()),
-                        Exact::Suffix(s) => lengths.1.insert(s.len()),
-                        _ => false,
-                    };
+                        Exact::Prefix(p) => {
+                            affixes.prefixes.insert(p.len());
+                        }
+                        Exact::Suffix(s) => {
+                            affixes.suffixes.insert(s.len());
+                        }
+                        Exact::TextFolded(_) => affixes.folded = true,
+                        Exact::PrefixFolded(p) => {
+                            affixes.folded = true;
+                            affixes.folded_prefixes.insert(p.len());
+                        }
+                        Exact::SuffixFolded(s) => {
+                            affixes.folded = true;
+                            affixes.folded_suffixes.insert(s.len());
+                        }
+                        _ => {}
+                    }
                     self.index
                         .entry(key_hash(&path, &value))
                         .or_default()
@@ -501,6 +586,15 @@ impl Builder {
                     .ranges
                     .get_mut(&path)
                     .expect("every span's field has an index");
+                for span in of_field {
+                    range.insert(span, pattern_index);
+                }
+            }
+            Anchor::Networks(of_field) => {
+                let range = self
+                    .networks
+                    .get_mut(&path)
+                    .expect("every network's field has an index");
                 for span in of_field {
                     range.insert(span, pattern_index);
                 }
@@ -585,15 +679,17 @@ impl Builder {
                 shard.broken = true;
             }
         }
-        for range in self.ranges.values_mut() {
-            range.coverage = Vec::new();
+        for ranges in [&mut self.ranges, &mut self.networks] {
+            for range in ranges.values_mut() {
+                range.coverage = Vec::new();
+            }
+            ranges.retain(|_, range| range.units.iter().any(|unit| !unit.is_empty()));
         }
-        self.ranges
-            .retain(|_, range| range.units.iter().any(|unit| !unit.is_empty()));
         CompiledPatterns {
             index: self.index,
             affixes: self.affixes,
             ranges: self.ranges,
+            networks: self.networks,
             shards: self.shards,
             patterns: patterns.to_vec(),
             always: self.always,
@@ -607,9 +703,11 @@ pub struct CompiledPatterns {
     /// per event leaf (and per indexed prefix or suffix length of its field).
     index: HashMap<u64, Vec<usize>>,
     /// By field path: the lengths of the prefixes and of the suffixes indexed on it.
-    affixes: HashMap<String, (BTreeSet<usize>, BTreeSet<usize>)>,
+    affixes: HashMap<String, Affixes>,
     /// By field path: alternatives with rare numeric ranges on it.
     ranges: HashMap<String, RangeIndex>,
+    /// By field path: alternatives with rare networks on it (a binary search per address).
+    networks: HashMap<String, RangeIndex>,
     /// The other alternatives, in automatons.
     shards: Vec<Shard>,
     /// By index: the patterns, to confirm what the automatons propose.
@@ -633,7 +731,7 @@ impl CompiledPatterns {
     ) -> Result<CompiledPatterns, PatternError> {
         let expanded = expand_all(patterns)?;
         let anchored = Rarity::of(&expanded).choose_anchors(expanded, index_limit);
-        let mut built = Builder::new(anchored.ranges);
+        let mut built = Builder::new(anchored.ranges, anchored.networks);
         for (pattern_index, alternatives) in anchored.patterns.into_iter().enumerate() {
             let mut automaton_alternatives = Vec::new();
             for (alternative, anchor) in alternatives {
@@ -656,7 +754,7 @@ impl CompiledPatterns {
     /// The indices of the patterns `event` (a JSON object) matches, ascending.
     pub fn matches(&self, event: &Value) -> Vec<usize> {
         let mut found = self.always.clone();
-        if !self.index.is_empty() || !self.ranges.is_empty() {
+        if !self.index.is_empty() || !self.ranges.is_empty() || !self.networks.is_empty() {
             let index = &self.index;
             let mut look_up = |path: &str, leaf: LeafRef<'_>| {
                 if let LeafRef::Number(bits) = leaf {
@@ -664,21 +762,32 @@ impl CompiledPatterns {
                         found.extend_from_slice(range.candidates(f64::from_bits(bits)));
                     }
                 }
+                if let (LeafRef::Text(text), Some(networks)) = (&leaf, self.networks.get(path)) {
+                    if let Some(address) = address_key(text) {
+                        found.extend_from_slice(networks.candidates(address as f64));
+                    }
+                }
                 if let Some(indexed) = index.get(&leaf_hash(path, leaf)) {
                     found.extend_from_slice(indexed);
                 }
             };
             visit_leaves(event, &mut String::new(), &mut |path, leaf| {
-                if let (LeafRef::Text(text), Some((prefixes, suffixes))) =
-                    (&leaf, self.affixes.get(path))
-                {
-                    for length in prefixes.iter().filter(|l| text.is_char_boundary(**l)) {
-                        look_up(path, LeafRef::Prefix(&text[..*length]));
+                if let (LeafRef::Text(text), Some(affixes)) = (&leaf, self.affixes.get(path)) {
+                    let lengths = (&affixes.prefixes, &affixes.suffixes);
+                    for affix in affixes_of(text, lengths, (LeafRef::Prefix, LeafRef::Suffix)) {
+                        look_up(path, affix);
                     }
-                    for length in suffixes.iter().filter(|l| **l <= text.len()) {
-                        let start = text.len() - length;
-                        if text.is_char_boundary(start) {
-                            look_up(path, LeafRef::Suffix(&text[start..]));
+                    if affixes.folded {
+                        let folded = text.to_lowercase();
+                        look_up(path, LeafRef::TextFolded(&folded));
+                        let lengths = (&affixes.folded_prefixes, &affixes.folded_suffixes);
+
+                        for affix in affixes_of(
+                            &folded,
+                            lengths,
+                            (LeafRef::PrefixFolded, LeafRef::SuffixFolded),
+                        ) {
+                            look_up(path, affix);
                         }
                     }
                 }
@@ -696,6 +805,27 @@ impl CompiledPatterns {
         found.retain(|index| self.patterns[*index].matches(event));
         found
     }
+}
+
+/// Makes a leaf of a piece of event text.
+type LeafOf<'t> = fn(&'t str) -> LeafRef<'t>;
+
+/// The prefixes and suffixes of `text` of the given byte lengths that fall on character
+/// boundaries, as the leaves `prefix` and `suffix` make of them.
+fn affixes_of<'t>(
+    text: &'t str,
+    (prefixes, suffixes): (&BTreeSet<usize>, &BTreeSet<usize>),
+    (prefix, suffix): (LeafOf<'t>, LeafOf<'t>),
+) -> Vec<LeafRef<'t>> {
+    let heads = prefixes
+        .iter()
+        .filter(|l| text.is_char_boundary(**l))
+        .map(|l| prefix(&text[..*l]));
+    let tails = suffixes
+        .iter()
+        .filter(|l| **l <= text.len() && text.is_char_boundary(text.len() - **l))
+        .map(|l| suffix(&text[text.len() - l..]));
+    heads.chain(tails).collect()
 }
 
 /// The `$or`-free alternatives a pattern stands for (its disjunctive normal form).

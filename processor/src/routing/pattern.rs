@@ -201,6 +201,21 @@ impl Network {
         self.address.is_ipv4()
     }
 
+    /// The first and last address of the network, as [`address_key`]s.
+    pub fn addresses(&self) -> (u128, u128) {
+        let (key, bits) = match self.address {
+            IpAddr::V4(a) => (u128::from(a.to_ipv6_mapped()), 32),
+            IpAddr::V6(a) => (u128::from(a), 128),
+        };
+        let host_bits = bits - u32::from(self.prefix);
+        let hosts = if host_bits >= 128 {
+            u128::MAX
+        } else {
+            (1u128 << host_bits) - 1
+        };
+        (key & !hosts, key | hosts)
+    }
+
     fn contains(&self, candidate: &str) -> bool {
         let Ok(ip) = candidate.parse::<IpAddr>() else {
             return false;
@@ -212,6 +227,15 @@ impl Network {
         };
         let shift = bits - u32::from(self.prefix);
         shift >= bits || (a >> shift) == (b >> shift)
+    }
+}
+
+/// An address as a number, IPv4 addresses mapped into IPv6's space (`::ffff:a.b.c.d`), so
+/// that both families order on one line; `None` for text that is no address.
+pub fn address_key(text: &str) -> Option<u128> {
+    match text.parse::<IpAddr>().ok()? {
+        IpAddr::V4(a) => Some(u128::from(a.to_ipv6_mapped())),
+        IpAddr::V6(a) => Some(u128::from(a)),
     }
 }
 

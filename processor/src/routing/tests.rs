@@ -316,6 +316,8 @@ fn word() -> impl Strategy<Value = String> {
         Just("Web-App"),
         Just("a*b"),
         Just("c:\\tmp\\*"),
+        Just("2001:db8::1"),
+        Just("::ffff:10.0.0.5"),
     ]
     .prop_map(str::to_owned)
 }
@@ -420,7 +422,16 @@ fn condition() -> impl Strategy<Value = Value> {
         (compare, number()).prop_map(|(op, n)| json!({"numeric": [op, n]})),
         (number(), number())
             .prop_map(|(a, b)| json!({"numeric": [">=", a.min(b), "<", a.max(b) + 1.0]})),
-        Just(json!({"cidr": "10.0.0.0/8"})),
+        prop_oneof![
+            Just("10.0.0.0/8"),
+            Just("10.0.0.5/32"),
+            Just("192.168.0.0/16"),
+            Just("0.0.0.0/0"),
+            Just("2001:db8::/32"),
+            Just("::ffff:10.0.0.0/104"),
+            Just("::/0"),
+        ]
+        .prop_map(|network| json!({"cidr": network})),
     ]
 }
 
@@ -689,6 +700,37 @@ fn a_thousand_rules_on_one_field_match_without_failing() {
             .matches(&json!({"event_type": "WITHDRAWAL", "source": "svc-517"}))
             .is_empty());
     }
+}
+
+#[test]
+fn networks_are_indexed_as_address_ranges() {
+    let patterns: Vec<Pattern> = (0..1000)
+        .map(|i| {
+            let network = if i % 2 == 0 {
+                format!("10.{}.{}.0/24", i / 256, i % 256)
+            } else {
+                format!("2001:db8:{i:x}::/48")
+            };
+            Pattern::parse(&json!({"ip": [{"cidr": network}]})).unwrap()
+        })
+        .collect();
+    let compiled = CompiledPatterns::compile(&patterns).unwrap();
+    assert_eq!(compiled.in_automatons(), 0, "every network is in the index");
+    assert_eq!(compiled.matches(&json!({"ip": "10.1.44.9"})), vec![300]);
+    assert_eq!(
+        compiled.matches(&json!({"ip": "2001:db8:12d::7"})),
+        vec![301]
+    );
+    assert!(compiled.matches(&json!({"ip": "10.3.233.1"})).is_empty());
+    assert!(
+        compiled
+            .matches(&json!({"ip": "::ffff:10.1.44.9"}))
+            .is_empty(),
+        "the families are apart: an IPv6 address is in no IPv4 network"
+    );
+    assert!(compiled
+        .matches(&json!({"ip": "not an address"}))
+        .is_empty());
 }
 
 #[test]
