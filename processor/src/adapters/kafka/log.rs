@@ -237,19 +237,15 @@ impl KafkaLog {
                 .create_with_context(events)
                 .map_err(|e| fatal("creating the consumer", e))?,
         );
-        let producer = match delivery {
-            Delivery::AtLeastOnce => {
-                idempotent_producer(kafka).map_err(|e| fatal("creating the producer", e))?
-            }
-            Delivery::ExactlyOnce => {
-                let renewal = Renewal {
-                    kafka: kafka.clone(),
-                    transactional_id: group.transactional_id(),
-                    out_of_reach: Arc::clone(&out_of_reach),
-                };
-                tokio::task::block_in_place(|| renewal.producer())
-                    .map_err(|e| fatal("creating the transactional producer", e))?
-            }
+        let renewal = (delivery == Delivery::ExactlyOnce).then(|| Renewal {
+            kafka: kafka.clone(),
+            transactional_id: group.transactional_id(),
+            out_of_reach: Arc::clone(&out_of_reach),
+        });
+        let producer = match &renewal {
+            None => idempotent_producer(kafka).map_err(|e| fatal("creating the producer", e))?,
+            Some(renewal) => tokio::task::block_in_place(|| renewal.producer())
+                .map_err(|e| fatal("creating the transactional producer", e))?,
         };
         let mut subscription: Vec<&str> = topics.to_vec();
         subscription.extend(delayed.topics().map(String::as_str));
@@ -263,11 +259,7 @@ impl KafkaLog {
                 consumer,
                 producer: Mutex::new(Arc::new(producer)),
                 delivery,
-                renewal: (delivery == Delivery::ExactlyOnce).then(|| Renewal {
-                    kafka: kafka.clone(),
-                    transactional_id: group.transactional_id(),
-                    out_of_reach: Arc::clone(&out_of_reach),
-                }),
+                renewal,
                 last_fenced: Mutex::new(None),
             }),
             kafka: kafka.clone(),
