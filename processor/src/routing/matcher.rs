@@ -291,6 +291,15 @@ impl RangeIndex {
             .unwrap_or(0)
     }
 
+    /// The most ranges covering any unit of any of `spans`.
+    fn widest_sharing(&self, spans: &[Span]) -> usize {
+        spans
+            .iter()
+            .map(|span| self.sharing(*span))
+            .max()
+            .unwrap_or(usize::MAX)
+    }
+
     fn insert(&mut self, span: Span, pattern: usize) {
         for unit in self.units_of(span) {
             self.units[unit].push(pattern);
@@ -474,16 +483,8 @@ impl Rarity {
                 .map(|v| self.sharing[&(path.clone(), v.clone())])
                 .max()
                 .unwrap_or(usize::MAX),
-            Anchor::Spans(of_field) => of_field
-                .iter()
-                .map(|span| self.ranges[path].sharing(*span))
-                .max()
-                .unwrap_or(usize::MAX),
-            Anchor::Networks(of_field) => of_field
-                .iter()
-                .map(|span| self.networks[path].sharing(*span))
-                .max()
-                .unwrap_or(usize::MAX),
+            Anchor::Spans(of_field) => self.ranges[path].widest_sharing(of_field),
+            Anchor::Networks(of_field) => self.networks[path].widest_sharing(of_field),
         }
     }
 
@@ -523,6 +524,21 @@ struct Affixes {
     folded_prefixes: BTreeSet<usize>,
     folded_suffixes: BTreeSet<usize>,
     folded: bool,
+}
+
+/// Indexes `spans` of pattern `pattern` in the range index of `path` among `indexes`.
+fn insert_spans(
+    indexes: &mut HashMap<String, RangeIndex>,
+    path: &str,
+    spans: Vec<Span>,
+    pattern: usize,
+) {
+    let range = indexes
+        .get_mut(path)
+        .expect("every anchored field has a range index");
+    for span in spans {
+        range.insert(span, pattern);
+    }
 }
 
 /// [`CompiledPatterns`] as they are put together: the indexes, and the automatons filled
@@ -582,22 +598,10 @@ impl Builder {
                 }
             }
             Anchor::Spans(of_field) => {
-                let range = self
-                    .ranges
-                    .get_mut(&path)
-                    .expect("every span's field has an index");
-                for span in of_field {
-                    range.insert(span, pattern_index);
-                }
+                insert_spans(&mut self.ranges, &path, of_field, pattern_index)
             }
             Anchor::Networks(of_field) => {
-                let range = self
-                    .networks
-                    .get_mut(&path)
-                    .expect("every network's field has an index");
-                for span in of_field {
-                    range.insert(span, pattern_index);
-                }
+                insert_spans(&mut self.networks, &path, of_field, pattern_index)
             }
         }
     }
