@@ -430,6 +430,32 @@ struct Committer {
 /// A producer fenced again this soon after the last time is taken to have a twin.
 const FENCED_AGAIN: Duration = Duration::from_secs(60);
 
+/// How much longer than its own timeout a librdkafka call may take before it is taken to
+/// have stalled.
+const STALL_MARGIN: Duration = Duration::from_secs(5);
+
+/// Why a batch's transaction did not commit.
+enum Failure {
+    Kafka(KafkaError),
+    /// The producer cannot take this transaction any further: it is made again.
+    Unusable(Unusable),
+}
+
+impl From<KafkaError> for Failure {
+    fn from(error: KafkaError) -> Self {
+        Failure::Kafka(error)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Unusable {
+    /// A call on it has not returned, and may never.
+    #[error("adding the batch's offsets to the transaction did not return within {0:?}")]
+    Stalled(Duration),
+    #[error("no thread to add the batch's offsets to the transaction: {0}")]
+    NoThread(String),
+}
+
 /// What a transactional producer is made of.
 struct Renewal {
     kafka: KafkaConfig,
@@ -490,7 +516,13 @@ impl Committer {
     ) -> Result<(), LogError> {
         let error = match self.transact(offsets, outputs, read_in) {
             Ok(()) => return Ok(()),
-            Err(error) => error,
+            Err(Failure::Kafka(error)) => error,
+            Err(Failure::Unusable(unusable)) => {
+                return Err(match &self.renewal {
+                    Some(renewal) => self.remake(renewal, Cause::new(unusable)),
+                    None => LogError::Fatal(Cause::new(unusable)),
+                })
+            }
         };
         let fatal = match &error {
             KafkaError::Transaction(e) => e.is_fatal(),
@@ -552,8 +584,14 @@ impl Committer {
                 return LogError::Fatal(Cause::context("the transactional producer failed", error))
             }
         };
+        self.remake(renewal, Cause::new(error))
+    }
+
+    /// A new transactional producer in place of the one that cannot go on because of
+    /// `cause`; its init aborts the transaction left open, whose batch is read again.
+    fn remake(&self, renewal: &Renewal, cause: Cause) -> LogError {
         tracing::warn!(
-            "the transactional producer cannot go on ({error}); making a new one with its transactional id {}",
+            "the transactional producer cannot go on ({cause}); making a new one with its transactional id {}",
             renewal.transactional_id
         );
         loop {
@@ -562,7 +600,7 @@ impl Committer {
                     *self.producer.lock().expect("the producer lock") = Arc::new(producer);
                     return LogError::Aborted(Cause::context(
                         "the transaction failed and its producer was made again",
-                        error,
+                        cause,
                     ));
                 }
                 Err(e) if hopeless(&e) => {
@@ -634,18 +672,47 @@ impl Committer {
         offsets: &TopicPartitionList,
         outputs: Vec<OutputRecord>,
         read_in: Option<ConsumerGroupMetadata>,
-    ) -> Result<(), KafkaError> {
+    ) -> Result<(), Failure> {
         if self.delivery == Delivery::AtLeastOnce {
-            return self.flush_then_commit(offsets, outputs);
+            return Ok(self.flush_then_commit(offsets, outputs)?);
         }
         self.current().begin_transaction()?;
         self.send_all(&outputs)?;
         let metadata =
             read_in.ok_or_else(|| KafkaError::ConsumerCommit(RDKafkaErrorCode::InvalidGroupId))?;
-        self.current()
-            .send_offsets_to_transaction(offsets, &metadata, CALL_TIMEOUT)?;
+        self.send_offsets(offsets, metadata)?;
         self.await_deliveries()?;
-        self.commit_transaction()
+        Ok(self.commit_transaction()?)
+    }
+
+    /// Adds the batch's offsets to the transaction, on a thread of its own: librdkafka does
+    /// not time this call out when the group's coordinator is gone (librdkafka#5456,
+    /// #5511; seen after a broker was frozen and resumed), and the stage would wait on it for
+    /// ever. Past [`CALL_TIMEOUT`] and a margin, the producer is given up on; the thread
+    /// keeps it until the call returns.
+    fn send_offsets(
+        &self,
+        offsets: &TopicPartitionList,
+        metadata: ConsumerGroupMetadata,
+    ) -> Result<(), Failure> {
+        let producer = self.current();
+        let offsets = offsets.clone();
+        let (sent, outcome) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("txn-offsets".to_owned())
+            .spawn(move || {
+                let result =
+                    producer.send_offsets_to_transaction(&offsets, &metadata, CALL_TIMEOUT);
+                // Nobody waits any more when the call stalled: the result has nowhere to go.
+                let _ = sent.send(result);
+            })
+            .map_err(|e| Failure::Unusable(Unusable::NoThread(e.to_string())))?;
+        match outcome.recv_timeout(CALL_TIMEOUT + STALL_MARGIN) {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(Failure::Unusable(Unusable::Stalled(
+                CALL_TIMEOUT + STALL_MARGIN,
+            ))),
+        }
     }
 
     /// Waits until every record sent is acknowledged or failed. rust-rdkafka's own flush
