@@ -236,7 +236,10 @@ impl Pipeline {
                 "TXFLOW_LEDGER__RETRY_DELAYS_MS",
                 "[200, 500, 1000]".to_owned(),
             ),
-            ("TXFLOW_LOG", "info,txflow=debug".to_owned()),
+            (
+                "TXFLOW_LOG",
+                "info,txflow=debug,librdkafka=debug".to_owned(),
+            ),
             // Every stage process serves its admin endpoints on a port of its own.
             ("TXFLOW_ADMIN__LISTEN", "127.0.0.1:0".to_owned()),
         ]);
@@ -292,6 +295,24 @@ impl Pipeline {
             String::from_utf8_lossy(&output.stderr)
         );
         stdout
+    }
+
+    /// Runs `txflow ARGS`, which must fail: what it said on stdout, then on stderr.
+    pub fn txflow_failing(&self, args: &[&str]) -> String {
+        let output = self
+            .command(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running txflow {args:?}: {e}"));
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            !output.status.success(),
+            "txflow {args:?} succeeded:\n{said}"
+        );
+        said
     }
 
     /// Starts `txflow produce ARGS` in the background.

@@ -190,7 +190,7 @@ fn print_banner(
         "\ntxflow dev: {} in one process, data in {} (durable; restart to continue)\n\
          \n  gateway   http://{gateway}   Authorization: Bearer {key}\n\
          \x20 admin     http://{admin}/metrics  /healthz  /readyz\n\
-         \x20 cli       txflow accounts export --dev-dir {}   (accounts, dlq, produce)\n\
+         \x20 cli       txflow accounts export --dev-dir {}   (accounts, audit, dlq, produce)\n\
          \x20 topics    {} → {} → {}\n\
          \n  curl -X POST http://{gateway}/v1/events -H 'Authorization: Bearer {key}' \\\n\
          \x20   -H 'Content-Type: application/json' -d '{{\"event_id\": \"e-1\", \"event_type\": \"DEPOSIT\",\n\

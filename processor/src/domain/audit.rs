@@ -9,8 +9,10 @@
 //! and compare the rebuilt accounts with their store.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 
 use super::event::{EventType, TransactionEvent};
+use super::ledger::Account;
 use super::result::{Entry, Status, TransactionResult};
 
 /// An account as its results rebuild it.
@@ -280,6 +282,113 @@ fn conserve(
     }
 }
 
+/// An account whose stored state is not the one its results rebuild.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Divergence {
+    pub account_id: String,
+    /// What the store holds; `None` when it has no such account.
+    pub stored: Option<Account>,
+    /// What the results rebuild; `None` when the results never name the account.
+    pub rebuilt: Option<Rebuilt>,
+    /// The first result the store does not agree with: the one at the stored version when
+    /// the balance or currency differs there, else the first one past the stored version.
+    /// `None` when the store is ahead of every result.
+    pub first_diverging: Option<TransactionResult>,
+}
+
+impl fmt::Display for Divergence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = |balance: i64, version: i64, currency: &Option<String>| {
+            let currency = currency.as_deref().unwrap_or("no currency");
+            format!("balance {balance} {currency} at version {version}")
+        };
+        write!(f, "account {:?}: the store holds ", self.account_id)?;
+        match &self.stored {
+            Some(s) => f.write_str(&state(s.balance_minor, s.version, &s.currency))?,
+            None => f.write_str("nothing")?,
+        }
+        f.write_str(", its results rebuild ")?;
+        match &self.rebuilt {
+            Some(r) => f.write_str(&state(r.balance_minor, r.version, &r.currency))?,
+            None => f.write_str("nothing (no result names it)")?,
+        }
+        match &self.first_diverging {
+            Some(r) => write!(
+                f,
+                "; first diverging result: event {:?}, version {}, balance after {}",
+                r.event_id, r.account_version, r.balance_after_minor
+            ),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Every account on which `stored` (the store's accounts) and the accounts `report`
+/// rebuilt from `results` disagree, in account order.
+pub fn compare_with_store(
+    report: &Report,
+    results: &[TransactionResult],
+    stored: &BTreeMap<String, Account>,
+) -> Vec<Divergence> {
+    let ids: std::collections::BTreeSet<&String> =
+        report.accounts.keys().chain(stored.keys()).collect();
+    let differing: Vec<&String> = ids
+        .into_iter()
+        .filter(|id| !agrees(stored.get(*id), report.accounts.get(*id)))
+        .collect();
+    if differing.is_empty() {
+        return Vec::new();
+    }
+    // The chains of the differing accounts only: on a sound ledger there are none to build.
+    let mut chains: HashMap<&str, BTreeMap<i64, &TransactionResult>> = differing
+        .iter()
+        .map(|id| (id.as_str(), BTreeMap::new()))
+        .collect();
+    for r in results {
+        if let Some(chain) = chains.get_mut(r.account_id.as_str()) {
+            chain.insert(r.account_version, r);
+        }
+    }
+    differing
+        .into_iter()
+        .map(|id| {
+            let store = stored.get(id);
+            let chain = &chains[id.as_str()];
+            let stored_version = store.map_or(0, |s| s.version);
+            let at_stored = chain.get(&stored_version).copied();
+            let differs_there = match (store, at_stored) {
+                (Some(s), Some(r)) => s.balance_minor != r.balance_after_minor,
+                _ => false,
+            };
+            let first_diverging = if differs_there {
+                at_stored
+            } else {
+                chain.range(stored_version + 1..).next().map(|(_, r)| *r)
+            }
+            .or(at_stored)
+            .cloned();
+            Divergence {
+                account_id: id.clone(),
+                stored: store.cloned(),
+                rebuilt: report.accounts.get(id).cloned(),
+                first_diverging,
+            }
+        })
+        .collect()
+}
+
+/// Whether the store's account and the rebuilt one are the same. An account exists from its
+/// first applied result: one with only refusals is in no store's list of accounts.
+fn agrees(stored: Option<&Account>, rebuilt: Option<&Rebuilt>) -> bool {
+    match (stored, rebuilt) {
+        (Some(s), Some(r)) => {
+            s.balance_minor == r.balance_minor && s.version == r.version && s.currency == r.currency
+        }
+        (None, Some(r)) => r.currency.is_none(),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,5 +514,115 @@ mod tests {
         let events = [event("d", EventType::Deposit, "a", 100)];
         let results = [result("d", "a", Entry::Credit, 100, 150, 1)];
         assert!(!audit(&events, &results).violations.is_empty());
+    }
+
+    /// A ledger of two accounts, sound, and the store that agrees with it.
+    fn sound() -> (
+        Vec<TransactionEvent>,
+        Vec<TransactionResult>,
+        BTreeMap<String, Account>,
+    ) {
+        let events = vec![
+            event("d", EventType::Deposit, "a", 100),
+            transfer("t", "a", "b", 30),
+        ];
+        let results = vec![
+            result("d", "a", Entry::Credit, 100, 100, 1),
+            result("t", "a", Entry::Debit, 30, 70, 2),
+            result("t", "b", Entry::Credit, 30, 30, 1),
+        ];
+        let account = |balance_minor, version| Account {
+            balance_minor,
+            currency: Some("EUR".to_owned()),
+            version,
+        };
+        let stored = BTreeMap::from([
+            ("a".to_owned(), account(70, 2)),
+            ("b".to_owned(), account(30, 1)),
+        ]);
+        (events, results, stored)
+    }
+
+    #[test]
+    fn a_store_that_agrees_with_the_results_has_no_divergence() {
+        let (events, results, stored) = sound();
+        let report = audit(&events, &results);
+        assert_eq!(compare_with_store(&report, &results, &stored), vec![]);
+    }
+
+    #[test]
+    fn a_balance_altered_in_the_store_names_the_account_and_its_last_result() {
+        let (events, results, mut stored) = sound();
+        stored.get_mut("a").unwrap().balance_minor = 7_000;
+        let report = audit(&events, &results);
+        let found = compare_with_store(&report, &results, &stored);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].account_id, "a");
+        assert_eq!(found[0].first_diverging.as_ref(), Some(&results[1]));
+        assert_eq!(
+            found[0].to_string(),
+            "account \"a\": the store holds balance 7000 EUR at version 2, its results rebuild \
+             balance 70 EUR at version 2; first diverging result: event \"t\", version 2, \
+             balance after 70"
+        );
+    }
+
+    #[test]
+    fn a_store_behind_its_results_names_the_first_result_it_lacks() {
+        let (events, results, mut stored) = sound();
+        *stored.get_mut("a").unwrap() = Account {
+            balance_minor: 100,
+            currency: Some("EUR".to_owned()),
+            version: 1,
+        };
+        stored.remove("b");
+        let report = audit(&events, &results);
+        let found = compare_with_store(&report, &results, &stored);
+        let named: Vec<_> = found
+            .iter()
+            .map(|d| (d.account_id.as_str(), d.first_diverging.as_ref()))
+            .collect();
+        assert_eq!(
+            named,
+            vec![("a", Some(&results[1])), ("b", Some(&results[2]))]
+        );
+    }
+
+    #[test]
+    fn an_account_with_only_refusals_needs_no_stored_account() {
+        let (mut events, mut results, stored) = sound();
+        events.push(event("w", EventType::Withdrawal, "empty", 10));
+        results.push(TransactionResult {
+            status: Status::Rejected,
+            reason: Some("insufficient_funds".to_owned()),
+            ..result("w", "empty", Entry::None, 10, 0, 1)
+        });
+        let report = audit(&events, &results);
+        assert_eq!(report.violations, Vec::<String>::new());
+        assert_eq!(compare_with_store(&report, &results, &stored), vec![]);
+    }
+
+    #[test]
+    fn an_account_only_the_store_has_is_a_divergence_without_a_result() {
+        let (events, results, mut stored) = sound();
+        stored.insert(
+            "ghost".to_owned(),
+            Account {
+                balance_minor: 5,
+                currency: Some("EUR".to_owned()),
+                version: 1,
+            },
+        );
+        let report = audit(&events, &results);
+        let found = compare_with_store(&report, &results, &stored);
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            (
+                found[0].account_id.as_str(),
+                &found[0].rebuilt,
+                &found[0].first_diverging
+            ),
+            ("ghost", &None, &None)
+        );
     }
 }

@@ -422,6 +422,9 @@ fn accounts_dlq_and_produce_work_against_a_running_dev() {
         std::thread::sleep(Duration::from_millis(300));
     }
     assert_eq!(ok(&["accounts", "export"]), exported);
+    // Re-sends, conflicts and redrives included, the ledger audits sound.
+    let audited = ok(&["audit"]);
+    assert!(audited.contains("the audit passed"), "{audited}");
 
     // The routes behind it take the dev API key.
     let admin = std::fs::read_to_string(dev.dir.join("dev-admin")).unwrap();
@@ -430,7 +433,7 @@ fn accounts_dlq_and_produce_work_against_a_running_dev() {
 
     let migrate = against(&dir, &["migrate"]).unwrap_err();
     assert!(
-        migrate.contains("--dev-dir works with accounts, dlq and produce"),
+        migrate.contains("--dev-dir works with accounts, audit, dlq and produce"),
         "{migrate}"
     );
     process.terminate();

@@ -13,7 +13,7 @@ use txflow::loadgen::hostile::{HostileConfig, HostileWorkload};
 use txflow_tests::conformance::seed;
 use txflow_tests::invariants::{verify, wait_until_drained};
 use txflow_tests::process::Pipeline;
-use txflow_tests::{kafka_bootstrap, python};
+use txflow_tests::{cql_session, kafka_bootstrap, python};
 
 #[test]
 fn a_hostile_workload_from_the_python_producer_survives_sigkills_exactly_once() {
@@ -74,4 +74,45 @@ fn a_hostile_workload_from_the_python_producer_survives_sigkills_exactly_once() 
         "the workload re-used ids, hit the limit and reversed a transfer"
     );
     verify(&pipeline, &observed);
+
+    // `txflow audit` finds the same ledger sound, and names an account whose balance was
+    // altered in the store by hand.
+    let passed = pipeline.txflow(&["audit"]);
+    assert!(passed.contains("the audit passed"), "{passed}");
+    let altered = observed
+        .audit
+        .accounts
+        .iter()
+        .find(|(_, account)| account.balance_minor > 0)
+        .map(|(id, _)| id.clone())
+        .expect("an account holding money");
+    alter_balance(&pipeline.keyspace, &altered, 1);
+    let failed = pipeline.txflow_failing(&["audit"]);
+    assert!(
+        failed.contains(&format!("store differs: account {altered:?}"))
+            && failed.contains("first diverging result")
+            && failed.contains("1 accounts where the store differs"),
+        "{failed}"
+    );
+}
+
+/// Adds `cents` to an account's balance in the store, as a careless operator could.
+fn alter_balance(keyspace: &str, account_id: &str, cents: i64) {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let session = cql_session().await;
+        let read = format!("SELECT balance_minor FROM {keyspace}.ledger WHERE account_id = ?");
+        let (balance,): (i64,) = session
+            .query_unpaged(read, (account_id,))
+            .await
+            .unwrap()
+            .into_rows_result()
+            .unwrap()
+            .first_row()
+            .unwrap();
+        let write = format!("UPDATE {keyspace}.ledger SET balance_minor = ? WHERE account_id = ?");
+        session
+            .query_unpaged(write, (balance + cents, account_id))
+            .await
+            .unwrap();
+    });
 }

@@ -12,6 +12,7 @@ use txflow::app::{Access, Services, StageName};
 
 use crate::commands::accounts::{self, AccountsCommand};
 use crate::commands::api_key::{self, ApiKeyCommand};
+use crate::commands::audit::{self, AuditArgs};
 use crate::commands::dlq::{self, DlqCommand};
 use crate::commands::migrate;
 use crate::commands::print_line;
@@ -34,7 +35,7 @@ pub struct Cli {
     config: Option<PathBuf>,
 
     /// Work against the `txflow dev` running on this data directory instead of Kafka and
-    /// the store (for accounts, dlq and produce).
+    /// the store (for accounts, audit, dlq and produce).
     #[arg(long, global = true, env = "TXFLOW_DEV_DIR", value_name = "DIR")]
     dev_dir: Option<PathBuf>,
 
@@ -81,6 +82,17 @@ enum Command {
     /// Inspect and redrive dead letters.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Rebuild every account from the results topic and compare it with the store.
+    ///
+    /// Reads the ledger and results topics (committed records) and the store's accounts.
+    /// Checks that every result follows from an event sent to the ledger, that each
+    /// account's results form a gapless chain of versions whose balances add up, that per
+    /// currency the accounts plus the transfers in flight hold what was deposited minus
+    /// what was withdrawn, and that the store holds, for every account, the balance,
+    /// currency and version its results rebuild. Prints each difference with the account
+    /// and the first result the store disagrees with; exits 1 when there is any. The
+    /// events must still be on the ledger topic (its retention bounds what can be audited).
+    Audit(AuditArgs),
     /// Check routing rules.
     #[command(subcommand)]
     Rules(RulesCommand),
@@ -187,8 +199,9 @@ impl Cli {
             Command::Accounts(command) => Operation::Accounts(command).run(dev_dir, &config).await,
             Command::Produce(args) => Operation::Produce(args).run(dev_dir, &config).await,
             Command::Dlq(command) => Operation::Dlq(command).run(dev_dir, &config).await,
+            Command::Audit(args) => Operation::Audit(args).run(dev_dir, &config).await,
             _ if dev_dir.is_some() => {
-                bail!("--dev-dir works with accounts, dlq and produce")
+                bail!("--dev-dir works with accounts, audit, dlq and produce")
             }
             Command::Migrate => migrate::migrate(&config).await,
             Command::Topics(command) => topics::topics(&config, command).await,
@@ -221,6 +234,7 @@ enum Operation {
     Accounts(AccountsCommand),
     Produce(ProduceArgs),
     Dlq(DlqCommand),
+    Audit(AuditArgs),
 }
 
 impl Operation {
@@ -237,6 +251,7 @@ impl Operation {
             Operation::Accounts(command) => accounts::accounts(access, config, command).await,
             Operation::Produce(args) => produce::produce(access, config, args).await,
             Operation::Dlq(command) => dlq::dlq(access, config, command).await,
+            Operation::Audit(args) => audit::audit(access, config, args).await,
         }
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod accounts;
 pub mod api_key;
+pub mod audit;
 pub mod dlq;
 pub mod migrate;
 pub mod probe;

@@ -1,0 +1,136 @@
+//! `txflow audit`: rebuilds every account from the results topic, checks the ledger's rules
+//! and money's conservation, and compares what it rebuilt with the store.
+
+use std::collections::BTreeMap;
+
+use anyhow::bail;
+use clap::Args;
+use futures::TryStreamExt;
+
+use txflow::app::{Access, Config};
+use txflow::codec::{Codec, Record};
+use txflow::domain::audit::{audit as audit_ledger, compare_with_store};
+use txflow::domain::{TransactionEvent, TransactionResult};
+use txflow::ports::{Balances, TopicReader};
+use txflow::wire::{InputRecord, LEG};
+
+use super::print_line;
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Print at most this many differences and broken rules of each kind (all are counted).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    show: usize,
+}
+
+/// What the ledger topic holds: the events sent to the ledger, not the legs it wrote itself.
+struct Sent {
+    events: Vec<TransactionEvent>,
+    /// Records that are no valid event: the ledger dead-lettered them.
+    poison: usize,
+}
+
+fn sent(codec: &Codec, records: &[InputRecord]) -> Sent {
+    let mut sent = Sent {
+        events: Vec::new(),
+        poison: 0,
+    };
+    for record in records.iter().filter(|r| r.header(LEG).is_none()) {
+        let event = codec
+            .decode::<TransactionEvent>(
+                Record::TransactionEvent,
+                record.value.as_deref().unwrap_or_default(),
+            )
+            .ok()
+            .filter(|e| {
+                e.validate().is_ok() && record.key.as_deref() == Some(e.account_id.as_bytes())
+            });
+        match event {
+            Some(event) => sent.events.push(event),
+            None => sent.poison += 1,
+        }
+    }
+    sent
+}
+
+fn results(codec: &Codec, records: &[InputRecord]) -> anyhow::Result<Vec<TransactionResult>> {
+    records
+        .iter()
+        .map(|record| {
+            codec
+                .decode(
+                    Record::TransactionResult,
+                    record.value.as_deref().unwrap_or_default(),
+                )
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "the result at partition {} offset {} of the results topic cannot be read: {e}",
+                        record.partition,
+                        record.offset
+                    )
+                })
+        })
+        .collect()
+}
+
+/// Audits the ledger `access` reaches. Amounts are printed in minor units, as the results
+/// carry them.
+pub async fn audit<A: Access>(access: &A, config: &Config, args: AuditArgs) -> anyhow::Result<()> {
+    let codec = txflow::app::codec::codec(config).await?;
+    let reader = access.reader(config)?;
+    let (ledger_topic, results_topic) = (&config.topics.ledger, &config.topics.results);
+    let sent = sent(&codec, &reader.read_to_end(ledger_topic).await?);
+    let results = results(&codec, &reader.read_to_end(results_topic).await?)?;
+    let report = audit_ledger(&sent.events, &results);
+    let balances = access.balances(config).await?;
+    let stored: BTreeMap<_, _> = balances.accounts().try_collect().await?;
+    let divergences = compare_with_store(&report, &results, &stored);
+
+    print_line(&format!(
+        "read {} events ({} not valid, left out) from {ledger_topic} and {} results from {results_topic}; \
+         {} accounts rebuilt, {} in the store",
+        sent.events.len(),
+        sent.poison,
+        results.len(),
+        report.accounts.len(),
+        stored.len()
+    ))?;
+    for (currency, net) in &report.net_by_currency {
+        let held: i128 = report
+            .accounts
+            .values()
+            .filter(|a| a.currency.as_deref() == Some(currency))
+            .map(|a| i128::from(a.balance_minor))
+            .sum();
+        let flying: Vec<_> = report
+            .in_flight
+            .iter()
+            .filter(|f| &f.currency == currency)
+            .collect();
+        let in_flight: i128 = flying.iter().map(|f| i128::from(f.amount_minor)).sum();
+        print_line(&format!(
+            "{currency}: accounts hold {held} and transfers in flight {in_flight} (minor units); \
+             deposits minus withdrawals applied: {net}"
+        ))?;
+        for flight in flying {
+            print_line(&format!(
+                "  in flight: transfer {:?}, {} {currency}",
+                flight.event_id, flight.amount_minor
+            ))?;
+        }
+    }
+    for violation in report.violations.iter().take(args.show) {
+        print_line(&format!("broken rule: {violation}"))?;
+    }
+    for divergence in divergences.iter().take(args.show) {
+        print_line(&format!("store differs: {divergence}"))?;
+    }
+    if !report.violations.is_empty() || !divergences.is_empty() {
+        bail!(
+            "the audit failed: {} broken rules in the results, {} accounts where the store differs from them",
+            report.violations.len(),
+            divergences.len()
+        );
+    }
+    print_line(&"the audit passed: every result follows from an event, every balance from its results, the store agrees, money is conserved")
+}
