@@ -236,10 +236,7 @@ impl Pipeline {
                 "TXFLOW_LEDGER__RETRY_DELAYS_MS",
                 "[200, 500, 1000]".to_owned(),
             ),
-            (
-                "TXFLOW_LOG",
-                "info,txflow=debug,librdkafka=debug".to_owned(),
-            ),
+            ("TXFLOW_LOG", "info,txflow=debug".to_owned()),
             // Every stage process serves its admin endpoints on a port of its own.
             ("TXFLOW_ADMIN__LISTEN", "127.0.0.1:0".to_owned()),
         ]);
