@@ -40,6 +40,10 @@ pub struct Report {
     pub in_flight: Vec<InFlight>,
     /// Applied deposits minus applied withdrawals, by currency.
     pub net_by_currency: BTreeMap<String, i128>,
+    /// What the rebuilt accounts hold, by currency.
+    pub held_by_currency: BTreeMap<String, i128>,
+    /// What the transfers in flight carry, by currency.
+    pub in_flight_by_currency: BTreeMap<String, i128>,
     /// Every rule broken, in words; empty for a sound ledger.
     pub violations: Vec<String>,
 }
@@ -263,17 +267,24 @@ fn conserve(
             .entry(owner.currency.clone())
             .or_default() += change;
     }
-    let mut held: BTreeMap<&str, i128> = BTreeMap::new();
     for account in report.accounts.values() {
         if let Some(currency) = &account.currency {
-            *held.entry(currency).or_default() += i128::from(account.balance_minor);
+            *report.held_by_currency.entry(currency.clone()).or_default() +=
+                i128::from(account.balance_minor);
         }
     }
     for flight in &report.in_flight {
-        *held.entry(&flight.currency).or_default() += i128::from(flight.amount_minor);
+        *report
+            .in_flight_by_currency
+            .entry(flight.currency.clone())
+            .or_default() += i128::from(flight.amount_minor);
     }
+    let sum = |by_currency: &BTreeMap<String, i128>, currency: &str| {
+        by_currency.get(currency).copied().unwrap_or(0)
+    };
     for (currency, net) in &report.net_by_currency {
-        let holds = held.get(currency.as_str()).copied().unwrap_or(0);
+        let holds =
+            sum(&report.held_by_currency, currency) + sum(&report.in_flight_by_currency, currency);
         if holds != *net {
             report.violations.push(format!(
                 "{currency}: accounts and transfers in flight hold {holds}, deposits minus withdrawals are {net}"
@@ -438,6 +449,8 @@ mod tests {
         assert_eq!(report.accounts["a"].balance_minor, 70);
         assert_eq!(report.accounts["b"].version, 2);
         assert_eq!(report.net_by_currency["EUR"], 100);
+        assert_eq!(report.held_by_currency["EUR"], 100);
+        assert!(report.in_flight_by_currency.is_empty());
     }
 
     #[test]

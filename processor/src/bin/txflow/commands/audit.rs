@@ -96,23 +96,14 @@ pub async fn audit<A: Access>(access: &A, config: &Config, args: AuditArgs) -> a
         stored.len()
     ))?;
     for (currency, net) in &report.net_by_currency {
-        let held: i128 = report
-            .accounts
-            .values()
-            .filter(|a| a.currency.as_deref() == Some(currency))
-            .map(|a| i128::from(a.balance_minor))
-            .sum();
-        let flying: Vec<_> = report
-            .in_flight
-            .iter()
-            .filter(|f| &f.currency == currency)
-            .collect();
-        let in_flight: i128 = flying.iter().map(|f| i128::from(f.amount_minor)).sum();
+        let sum = |by_currency: &BTreeMap<String, i128>| by_currency.get(currency).copied();
+        let held = sum(&report.held_by_currency).unwrap_or(0);
+        let in_flight = sum(&report.in_flight_by_currency).unwrap_or(0);
         print_line(&format!(
             "{currency}: accounts hold {held} and transfers in flight {in_flight} (minor units); \
              deposits minus withdrawals applied: {net}"
         ))?;
-        for flight in flying {
+        for flight in report.in_flight.iter().filter(|f| &f.currency == currency) {
             print_line(&format!(
                 "  in flight: transfer {:?}, {} {currency}",
                 flight.event_id, flight.amount_minor
