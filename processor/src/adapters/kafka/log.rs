@@ -260,7 +260,7 @@ impl KafkaLog {
                 producer: Mutex::new(Arc::new(producer)),
                 delivery,
                 renewal,
-                last_fenced: Mutex::new(None),
+                fencings: Mutex::new(Fencings::default()),
             }),
             kafka: kafka.clone(),
             delayed: delayed.clone(),
@@ -423,12 +423,33 @@ struct Committer {
     delivery: Delivery,
     /// How to make the transactional producer again (exactly-once only).
     renewal: Option<Renewal>,
-    /// When the producer was last found fenced.
-    last_fenced: Mutex<Option<Instant>>,
+    /// When the producer was lately found fenced.
+    fencings: Mutex<Fencings>,
 }
 
-/// A producer fenced again this soon after the last time is taken to have a twin.
-const FENCED_AGAIN: Duration = Duration::from_secs(60);
+/// When a producer was found fenced within the last [`Fencings::WINDOW`], to tell a twin
+/// from the cluster's own faults. A coordinator fences a producer once per fault (it aborts
+/// a transaction that timed out while it moved), and two faults can come within a minute;
+/// two processes with one transactional id fence each other at every new producer, which
+/// is every few seconds under traffic.
+#[derive(Debug, Default)]
+struct Fencings {
+    at: VecDeque<Instant>,
+}
+
+impl Fencings {
+    const WINDOW: Duration = Duration::from_secs(60);
+    /// This many fencings within the window are taken to be a twin's.
+    const OF_A_TWIN: usize = 4;
+
+    /// Records a fencing at `now`; whether the producer is taken to have a twin.
+    fn twin_after(&mut self, now: Instant) -> bool {
+        self.at
+            .retain(|at| now.saturating_duration_since(*at) < Self::WINDOW);
+        self.at.push_back(now);
+        self.at.len() >= Self::OF_A_TWIN
+    }
+}
 
 /// How much longer than its own timeout a librdkafka call may take before it is taken to
 /// have stalled.
@@ -549,8 +570,8 @@ impl Committer {
     /// again. librdkafka's fatal states include being fenced, which a coordinator causes by
     /// itself when it aborts a transaction that timed out while it moved (a broker died),
     /// as well as a newer process with the same id. Two such processes would fence each
-    /// other at every transaction, so a second fencing within [`FENCED_AGAIN`] of the first
-    /// ends the stage.
+    /// other at every new producer, so fencings as frequent as [`Fencings`] tells end the
+    /// stage.
     fn renewed(&self, error: KafkaError) -> LogError {
         let fatal = self.current().client().fatal_error();
         let fenced = matches!(
@@ -562,19 +583,20 @@ impl Committer {
                 _
             ))
         );
-        let fenced_again = fenced && {
-            let mut last = self.last_fenced.lock().expect("the fencing lock");
-            let again = last.is_some_and(|at| at.elapsed() < FENCED_AGAIN);
-            *last = Some(Instant::now());
-            again
-        };
+        let twin = fenced
+            && self
+                .fencings
+                .lock()
+                .expect("the fencing lock")
+                .twin_after(Instant::now());
         let renewal = match &self.renewal {
-            Some(renewal) if !fenced_again && !hopeless(&error) => renewal,
-            Some(renewal) if fenced_again => {
+            Some(renewal) if !twin && !hopeless(&error) => renewal,
+            Some(renewal) if twin => {
                 return LogError::Fatal(Cause::context(
                     format!(
-                        "fenced twice within {} s: another process runs with transactional id {}; give each process its own instance id",
-                        FENCED_AGAIN.as_secs(),
+                        "fenced {} times within {} s: another process runs with transactional id {}; give each process its own instance id",
+                        Fencings::OF_A_TWIN,
+                        Fencings::WINDOW.as_secs(),
                         renewal.transactional_id
                     ),
                     error,
@@ -1077,6 +1099,29 @@ mod tests {
         assert_eq!(partition_lag(&reassigned), Some(10));
         let unknown = serde_json::json!({"ls_offset": -1001, "app_offset": 40});
         assert_eq!(partition_lag(&unknown), None);
+    }
+
+    #[test]
+    fn faults_of_the_cluster_a_minute_apart_are_not_taken_for_a_twin() {
+        let start = Instant::now();
+        let mut fencings = Fencings::default();
+        // As in CI's chaos suite: the leader's death, then the coordinator's 40 s later.
+        assert!(!fencings.twin_after(start));
+        assert!(!fencings.twin_after(start + Duration::from_secs(40)));
+        assert!(!fencings.twin_after(start + Duration::from_secs(50)));
+        // Old fencings leave the window.
+        assert!(!fencings.twin_after(start + Duration::from_secs(200)));
+        assert!(!fencings.twin_after(start + Duration::from_secs(230)));
+    }
+
+    #[test]
+    fn a_twin_fencing_every_few_seconds_is_found_within_the_window() {
+        let start = Instant::now();
+        let mut fencings = Fencings::default();
+        let twin_at = (0..10)
+            .map(|n| start + Duration::from_secs(3 * n))
+            .position(|at| fencings.twin_after(at));
+        assert_eq!(twin_at, Some(Fencings::OF_A_TWIN - 1));
     }
 
     #[test]
