@@ -73,6 +73,10 @@ def main(txflow, rendered, event):
             root = tempfile.mkdtemp(dir=scratch)
             moved = lambda text: text.replace(MOUNTS, root + MOUNTS)
             env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+            # A value from a Secret's key, as the kubelet would give it: something is there.
+            env.update({e["name"]: f"stand-in for {e['valueFrom']['secretKeyRef']['name']}"
+                        for e in container.get("env", [])
+                        if "secretKeyRef" in e.get("valueFrom", {})})
             for mount in container.get("volumeMounts", []):
                 volume = volumes[mount["name"]]
                 target = root + mount["mountPath"]

@@ -18,5 +18,6 @@ pub mod stages;
 pub mod telemetry;
 #[cfg(test)]
 mod test_certs;
+pub mod tls;
 pub mod traces;
 pub mod wire;

@@ -72,6 +72,9 @@ pub struct Metrics {
     pub circuit_transitions: IntCounterVec,
     /// Records the router sent, by rule (`default` for events that matched none).
     pub routed: IntCounterVec,
+    pub archived_records: IntCounterVec,
+    pub archived_bytes: IntCounterVec,
+    pub archive_files: IntCounterVec,
     /// Reloads of the routing rules, by outcome: `applied`, or `refused` (the file did not
     /// load; the rules in force stay).
     pub rules_reloads: IntCounterVec,
@@ -158,6 +161,9 @@ impl Metrics {
             stage_ready: gauge(r, "stage_ready", "Each stage the process runs: 1 while ready, 0 while not", &["stage"]),
             circuit_state: gauge(r, "circuit_state", "Circuit breaker state: 0 closed, 1 open, 2 half-open", &["stage", "dependency"]),
             circuit_transitions: counter(r, "circuit_transitions_total", "Circuit breaker transitions, by the state entered", &["stage", "dependency", "to"]),
+            archived_records: counter(r, "archived_records_total", "Records in archive files the archiver wrote and committed, by topic", &["topic"]),
+            archived_bytes: counter(r, "archived_bytes_total", "Bytes of archive files the archiver wrote, by topic", &["topic"]),
+            archive_files: counter(r, "archive_files_total", "Archive files: written, or found already there (written before a crash or by a member that lost the partition) and taken as they are", &["topic", "outcome"]),
             routed: counter(r, "routed_total", "Records the router sent in committed batches, by rule (default: no rule matched)", &["rule"]),
             rules_reloads: counter(r, "rules_reloads_total", "Reloads of the routing rules: applied, or refused (the rules in force stay)", &["outcome"]),
             webhook_deliveries: counter(r, "webhook_deliveries_total", "Webhook delivery attempts: delivered, failed (retried), rejected (dead-lettered), refused (breaker open, not sent)", &["endpoint", "outcome"]),

@@ -132,6 +132,7 @@ where
     if !configured {
         return Ok(None);
     }
+    crate::tls::install_provider();
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .build()

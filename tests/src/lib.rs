@@ -356,6 +356,30 @@ pub fn python() -> std::process::Command {
     std::process::Command::new(python)
 }
 
+/// The local stack's S3 server, as `deploy/local/stack test` tells the tests.
+pub struct S3 {
+    pub endpoint: String,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+/// The S3 server's address, bucket and credentials; fails the test, with the fix, when no
+/// S3 server was given.
+pub fn s3() -> S3 {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!("{name} is not set: {START_STACK}, which starts its S3 server (versitygw) and sets TXFLOW_S3_*")
+        })
+    };
+    S3 {
+        endpoint: var("TXFLOW_S3_ENDPOINT"),
+        bucket: var("TXFLOW_S3_BUCKET"),
+        access_key: var("TXFLOW_S3_ACCESS_KEY"),
+        secret_key: var("TXFLOW_S3_SECRET_KEY"),
+    }
+}
+
 /// Whether the tests run on the cluster of `deploy/local/stack up --cluster` (three brokers,
 /// three store nodes), as `stack test --cluster` says.
 pub fn on_cluster() -> bool {

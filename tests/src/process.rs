@@ -225,6 +225,8 @@ impl Pipeline {
             ("TXFLOW_ROUTER__RELOAD_CHECK_MS", "200".to_owned()),
             ("TXFLOW_NOTIFIER__GROUP_ID", format!("{id}-notifier")),
             ("TXFLOW_NOTIFIER__SESSION_TIMEOUT_MS", "6000".to_owned()),
+            ("TXFLOW_ARCHIVER__GROUP_ID", format!("{id}-archiver")),
+            ("TXFLOW_ARCHIVER__SESSION_TIMEOUT_MS", "6000".to_owned()),
             (
                 "TXFLOW_NOTIFIER__RETRY_DELAYS_MS",
                 "[200, 500, 1000]".to_owned(),
@@ -347,6 +349,12 @@ impl Pipeline {
     /// (its endpoints).
     pub fn spawn_notifier_with(&self, instance: &str, env: &[(&str, &str)]) -> StageProcess {
         self.spawn_stage("notifier", instance, env)
+    }
+
+    /// Starts an archiver process with a stable instance id and extra environment variables
+    /// (its storage and rolls).
+    pub fn spawn_archiver_with(&self, instance: &str, env: &[(&str, &str)]) -> StageProcess {
+        self.spawn_stage("archiver", instance, env)
     }
 
     /// `txflow run --stage STAGE` with instance id `instance` (a restart reuses it).

@@ -42,7 +42,12 @@ app.kubernetes.io/component: {{ .stage }}
 
 {{/* The stages that consume a topic in a consumer group, and scale by its lag. */}}
 {{- define "txflow.consumingStages" -}}
-router ledger notifier
+router ledger notifier archiver
+{{- end }}
+
+{{/* Every stage, each a Deployment of its own when enabled. */}}
+{{- define "txflow.stages" -}}
+gateway {{ include "txflow.consumingStages" . }}
 {{- end }}
 
 {{/* Admin (/metrics, /healthz, /readyz) and gateway ports: fixed, set by environment. */}}
@@ -113,6 +118,29 @@ the chart owns (ports, partitions, rules, secret paths, tracing) as TXFLOW_* ove
 - name: TXFLOW_SCHEMAS__REGISTRY_PASSWORD_FILE
   value: /etc/txflow/secrets/registry-password/{{ $s.registryPassword.key }}
 {{- end }}
+{{- with .Values.archiver.storage }}
+{{- if .url }}
+- name: TXFLOW_ARCHIVER__STORAGE__URL
+  value: {{ .url | quote }}
+- name: TXFLOW_ARCHIVER__STORAGE__REGION
+  value: {{ .region | quote }}
+{{- if .endpoint }}
+- name: TXFLOW_ARCHIVER__STORAGE__ENDPOINT
+  value: {{ .endpoint | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- with $s.archiveCredentials }}
+{{- if .name }}
+- name: TXFLOW_ARCHIVER__STORAGE__ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ .name }}
+      key: {{ .accessKeyIdKey }}
+- name: TXFLOW_ARCHIVER__STORAGE__SECRET_ACCESS_KEY_FILE
+  value: /etc/txflow/secrets/archive-credentials/{{ .secretAccessKeyKey }}
+{{- end }}
+{{- end }}
 {{- if .Values.tracing.otlpEndpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ .Values.tracing.otlpEndpoint | quote }}
@@ -133,7 +161,7 @@ the chart owns (ports, partitions, rules, secret paths, tracing) as TXFLOW_* ove
   configMap:
     name: {{ include "txflow.fullname" .root }}-rules
 {{- end }}
-{{- range $volume, $secret := dict "api-keys" $s.apiKeys "gateway-tls" $s.gatewayTls "kafka-sasl" $s.kafkaSasl "kafka-tls" $s.kafkaTls "store-password" $s.storePassword "store-tls" $s.storeTls "registry-password" $s.registryPassword "webhooks" $s.webhooks }}
+{{- range $volume, $secret := dict "api-keys" $s.apiKeys "gateway-tls" $s.gatewayTls "kafka-sasl" $s.kafkaSasl "kafka-tls" $s.kafkaTls "store-password" $s.storePassword "store-tls" $s.storeTls "registry-password" $s.registryPassword "archive-credentials" $s.archiveCredentials "webhooks" $s.webhooks }}
 {{- if $secret.name }}
 - name: {{ $volume }}
   secret:
@@ -155,7 +183,7 @@ the chart owns (ports, partitions, rules, secret paths, tracing) as TXFLOW_* ove
   mountPath: /etc/txflow/rules
   readOnly: true
 {{- end }}
-{{- range $volume, $secret := dict "api-keys" $s.apiKeys "gateway-tls" $s.gatewayTls "kafka-sasl" $s.kafkaSasl "kafka-tls" $s.kafkaTls "store-password" $s.storePassword "store-tls" $s.storeTls "registry-password" $s.registryPassword }}
+{{- range $volume, $secret := dict "api-keys" $s.apiKeys "gateway-tls" $s.gatewayTls "kafka-sasl" $s.kafkaSasl "kafka-tls" $s.kafkaTls "store-password" $s.storePassword "store-tls" $s.storeTls "registry-password" $s.registryPassword "archive-credentials" $s.archiveCredentials }}
 {{- if $secret.name }}
 - name: {{ $volume }}
   mountPath: /etc/txflow/secrets/{{ $volume }}
@@ -171,6 +199,9 @@ the chart owns (ports, partitions, rules, secret paths, tracing) as TXFLOW_* ove
 
 {{/* Refusals that the schema cannot express. */}}
 {{- define "txflow.validate" -}}
+{{- if and .Values.archiver.enabled (not .Values.archiver.storage.url) }}
+{{- fail "archiver.enabled needs archiver.storage.url: s3://BUCKET/PREFIX" }}
+{{- end }}
 {{- range $stage := splitList " " (include "txflow.consumingStages" .) }}
 {{- $values := index $.Values $stage }}
 {{- if and $values.enabled $values.autoscaling.enabled }}

@@ -17,6 +17,7 @@ use crate::adapters::scylla::StoreConfig;
 use crate::config::ConfigError;
 use crate::failures::{dead_letter_topic, retry_topic};
 use crate::pipeline::{GroupConfig, GroupDefaults};
+use crate::stages::archiver::{ArchiverConfig, ArchiverGroup};
 use crate::stages::gateway::GatewayConfig;
 use crate::stages::ledger::{LedgerConfig, LedgerGroup};
 use crate::stages::notifier::{NotifierConfig, NotifierGroup};
@@ -37,6 +38,7 @@ pub struct Config {
     pub router: RouterConfig,
     pub notifier: NotifierConfig,
     pub gateway: GatewayConfig,
+    pub archiver: ArchiverConfig,
     pub schemas: SchemasConfig,
     pub dev: DevConfig,
     /// Faults to inject, for tests: only in builds with the `fault-injection` feature; any
@@ -159,6 +161,7 @@ impl Config {
         group_keys::<LedgerGroup>(&table).map_err(parse_error)?;
         group_keys::<RouterGroup>(&table).map_err(parse_error)?;
         group_keys::<NotifierGroup>(&table).map_err(parse_error)?;
+        group_keys::<ArchiverGroup>(&table).map_err(parse_error)?;
         let config: Config = toml::Value::Table(table.clone())
             .try_into()
             .map_err(|e: toml::de::Error| parse_error(e.to_string()))?;
@@ -171,6 +174,7 @@ impl Config {
         config.kafka.read_property_files()?;
         config.store.read_secret_files()?;
         config.schemas.read_secret_files()?;
+        config.archiver.storage.read_secret_files()?;
         config.validate()?;
         Ok(config)
     }
@@ -184,6 +188,7 @@ impl Config {
         self.router.validate()?;
         self.notifier.validate()?;
         self.gateway.validate()?;
+        self.archiver.validate()?;
         self.schemas.validate()?;
         ConfigError::require_positive(&[(
             "dev.batch_max_records",

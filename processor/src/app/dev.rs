@@ -54,6 +54,12 @@ pub async fn dev(config: &Config, data_dir: &Path) -> Result<(), AppError> {
     config.router.group.batch_max_records = config.dev.batch_max_records;
     config.ledger.group.batch_max_records = config.dev.batch_max_records;
     config.notifier.group.batch_max_records = config.dev.batch_max_records;
+    config.archiver.group.batch_max_records = config.dev.batch_max_records;
+    if config.archiver.storage.url.is_empty() {
+        let archive = std::path::absolute(data_dir.join("archive"))
+            .map_err(AppError::io("finding the archive's directory"))?;
+        config.archiver.storage.url = format!("file://{}", archive.display());
+    }
     config.gateway.listen = on_host(&config.gateway.listen, config.dev.bind, "gateway.listen")?;
     config.admin.listen = on_host(&config.admin.listen, config.dev.bind, "admin.listen")?;
     let hashed: String = hash(&key).iter().map(|b| format!("{b:02x}")).collect();

@@ -20,6 +20,8 @@ pub enum AppError {
     Log(#[from] LogError),
     #[error(transparent)]
     Stage(#[from] StageError),
+    #[error("the archiver: {0}")]
+    Archiver(#[from] crate::stages::archiver::ArchiverError),
     #[error("the Kafka client: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]

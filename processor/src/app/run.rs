@@ -17,12 +17,16 @@ use super::Config;
 use crate::adapters::http::HttpWebhooks;
 use crate::adapters::kafka::Delivery;
 use crate::adapters::measured::{MeasuredStore, StoreMetrics};
+use crate::adapters::objects::ObjectStorage;
 use crate::codec::Codec;
+use crate::domain::RetryClass;
 use crate::domain::RetryPolicy;
 use crate::failures::FailureRoutes;
 use crate::pipeline::breaker::Breaker;
 use crate::pipeline::{self, Membership, StageTelemetry};
+use crate::ports::{DelayedTopics, Objects};
 use crate::routing::Rules;
+use crate::stages::archiver::{self, ArchivedTopics, Archiver};
 use crate::stages::gateway::keys::ApiKeys;
 use crate::stages::gateway::tls::{self, ReloadingCertificate};
 use crate::stages::gateway::{self, Gateway, GatewayConfig, GatewayMetrics};
@@ -42,15 +46,18 @@ pub enum StageName {
     Ledger,
     /// txflow.notifications → signed webhooks to the endpoints of [notifier.endpoints].
     Notifier,
+    /// txflow.events and txflow.results → archive files in [archiver.storage].
+    Archiver,
 }
 
 impl StageName {
     /// Every stage: what `txflow dev` runs.
-    pub const ALL: [StageName; 4] = [
+    pub const ALL: [StageName; 5] = [
         StageName::Gateway,
         StageName::Router,
         StageName::Ledger,
         StageName::Notifier,
+        StageName::Archiver,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +66,7 @@ impl StageName {
             StageName::Router => "router",
             StageName::Ledger => "ledger",
             StageName::Notifier => "notifier",
+            StageName::Archiver => "archiver",
         }
     }
 }
@@ -140,6 +148,9 @@ pub async fn run_stage<B: Backend>(
         }
         StageName::Notifier => {
             run_notifier(backend, config, codec, delivery, telemetry, shutdown).await
+        }
+        StageName::Archiver => {
+            run_archiver(backend, config, codec, delivery, telemetry, shutdown).await
         }
     }?;
     tracing::info!("{} stopped", stage.as_str());
@@ -398,6 +409,57 @@ async fn run_notifier<B: Backend>(
     tracing::info!(endpoints = ?names, "notifier running");
     let loop_config = notifier_config.group.loop_config();
     pipeline::run(log, &notifier, &loop_config, &telemetry, shutdown).await?;
+    Ok(())
+}
+
+async fn run_archiver<B: Backend>(
+    backend: &B,
+    config: &Config,
+    codec: Arc<Codec>,
+    delivery: Delivery,
+    telemetry: StageTelemetry,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), AppError> {
+    let archiver_config = &config.archiver;
+    let objects = ObjectStorage::new(&archiver_config.storage)?;
+    // A bucket that is missing or refused is said at start, not at the first file: a list
+    // of a prefix nothing is under costs one request however large the archive.
+    match objects.list(".txflow-access-check/").await {
+        Err(e) if !e.is_transient() => {
+            return Err(AppError::Invalid(format!(
+                "archiver.storage.url {}: {e}",
+                archiver_config.storage.url
+            )))
+        }
+        _ => {}
+    }
+    let topics = ArchivedTopics {
+        events: config.topics.events.clone(),
+        results: config.topics.results.clone(),
+    };
+    let membership = archiver_config.group.membership();
+    let log = backend.log(
+        config,
+        &membership,
+        &[&topics.events, &topics.results],
+        &DelayedTopics::default(),
+        delivery,
+    )?;
+    let archiver = Archiver {
+        objects,
+        codec,
+        topics,
+        roll: archiver_config.roll(),
+    };
+    tracing::info!(storage = %archiver_config.storage.url, roll_bytes = archiver_config.roll_bytes, roll_ms = archiver_config.roll_ms, "archiver running");
+    archiver::run(
+        log,
+        &archiver,
+        &archiver_config.group.loop_config(),
+        &telemetry,
+        shutdown,
+    )
+    .await?;
     Ok(())
 }
 

@@ -13,7 +13,7 @@
 //! (never behind), which a replay makes good.
 
 pub mod breaker;
-mod fault;
+pub(crate) mod fault;
 mod group;
 pub mod uncommitted;
 
@@ -220,7 +220,7 @@ pub async fn run<L: Log, S: Stage>(
         shutdown,
         backoff: Backoff::new(config.backoff_initial, config.backoff_max),
         in_flight: None,
-        backlog_reported: None,
+        backlog: BacklogGauges::default(),
         joined: false,
     };
     let outcome = runner.run().await;
@@ -310,8 +310,7 @@ struct Runner<'a, L, S: Stage> {
     shutdown: watch::Receiver<bool>,
     backoff: Backoff,
     in_flight: Option<InFlight<S::Counts>>,
-    /// When the backlog was last reported, and the partitions it was reported for.
-    backlog_reported: Option<(Instant, BTreeSet<(String, i32)>)>,
+    backlog: BacklogGauges,
     /// Whether the group has assigned this member its partitions (none, maybe) yet.
     joined: bool,
 }
@@ -366,6 +365,50 @@ fn announce_series(telemetry: &StageTelemetry) {
 /// How often the backlog gauges are set.
 const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 
+/// A stage's backlog gauges (`txflow_consumer_lag_records`, `txflow_retry_waiting_records`),
+/// set from its log at most once every [`BACKLOG_EVERY`]; a partition no longer owned loses
+/// its series.
+#[derive(Debug, Default)]
+pub struct BacklogGauges {
+    reported: Option<(Instant, BTreeSet<(String, i32)>)>,
+}
+
+impl BacklogGauges {
+    pub fn report(&mut self, log: &impl Log, telemetry: &StageTelemetry) {
+        if let Some((at, _)) = &self.reported {
+            if at.elapsed() < BACKLOG_EVERY {
+                return;
+            }
+        }
+        let metrics = &telemetry.metrics;
+        let stage = telemetry.stage;
+        let mut reported = BTreeSet::new();
+        for backlog in log.backlog() {
+            let partition = backlog.partition.to_string();
+            let labels = [stage, backlog.topic.as_str(), partition.as_str()];
+            let (lag, waiting) = match backlog.waiting {
+                true => (0, backlog.records),
+                false => (backlog.records, 0),
+            };
+            metrics.consumer_lag.with_label_values(&labels).set(lag);
+            metrics
+                .retry_waiting
+                .with_label_values(&labels)
+                .set(waiting);
+            reported.insert((backlog.topic, backlog.partition));
+        }
+        if let Some((_, before)) = &self.reported {
+            for (topic, partition) in before.difference(&reported) {
+                let partition = partition.to_string();
+                let labels = [stage, topic.as_str(), partition.as_str()];
+                let _ = metrics.consumer_lag.remove_label_values(&labels);
+                let _ = metrics.retry_waiting.remove_label_values(&labels);
+            }
+        }
+        self.reported = Some((Instant::now(), reported));
+    }
+}
+
 /// When the event `record` carries entered txflow, in milliseconds since the Unix epoch: as
 /// the router stamped it, as a retry record keeps it, or the record's own timestamp.
 fn entered_at(record: &InputRecord) -> Option<i64> {
@@ -403,7 +446,7 @@ impl<L: Log, S: Stage> Runner<'_, L, S> {
                 }
                 Err(error) => return Err(fatal(error)),
             };
-            self.report_backlog();
+            self.backlog.report(&self.log, self.telemetry);
             if !self.joined && self.log.reassignment_pending() {
                 self.joined = true;
                 self.telemetry.readiness.set_ready();
@@ -589,42 +632,6 @@ impl<L: Log, S: Stage> Runner<'_, L, S> {
             total_ms = committed.started.elapsed().as_millis() as u64,
             "batch committed"
         );
-    }
-
-    /// Sets the backlog gauges, at most once a second; a partition no longer owned loses
-    /// its series.
-    fn report_backlog(&mut self) {
-        if let Some((at, _)) = &self.backlog_reported {
-            if at.elapsed() < BACKLOG_EVERY {
-                return;
-            }
-        }
-        let metrics = &self.telemetry.metrics;
-        let stage = self.telemetry.stage;
-        let mut reported = BTreeSet::new();
-        for backlog in self.log.backlog() {
-            let partition = backlog.partition.to_string();
-            let labels = [stage, backlog.topic.as_str(), partition.as_str()];
-            let (lag, waiting) = match backlog.waiting {
-                true => (0, backlog.records),
-                false => (backlog.records, 0),
-            };
-            metrics.consumer_lag.with_label_values(&labels).set(lag);
-            metrics
-                .retry_waiting
-                .with_label_values(&labels)
-                .set(waiting);
-            reported.insert((backlog.topic, backlog.partition));
-        }
-        if let Some((_, before)) = &self.backlog_reported {
-            for (topic, partition) in before.difference(&reported) {
-                let partition = partition.to_string();
-                let labels = [stage, topic.as_str(), partition.as_str()];
-                let _ = metrics.consumer_lag.remove_label_values(&labels);
-                let _ = metrics.retry_waiting.remove_label_values(&labels);
-            }
-        }
-        self.backlog_reported = Some((Instant::now(), reported));
     }
 
     /// Reads `batch` again after a pause: `pause` when a dependency said how long, else the

@@ -700,6 +700,7 @@ impl Committer {
         }
         self.current().begin_transaction()?;
         self.send_all(&outputs)?;
+        crate::pipeline::fault::in_transaction();
         let metadata =
             read_in.ok_or_else(|| KafkaError::ConsumerCommit(RDKafkaErrorCode::InvalidGroupId))?;
         self.send_offsets(offsets, metadata)?;
