@@ -206,6 +206,24 @@ def stage_page(stage):
             ('sum(rate(txflow_gateway_requests_total{instance=~"$instance", status="429"}[$__rate_interval])) or vector(0)', "rate limited"),
             ('sum(rate(txflow_gateway_connections_refused_total{instance=~"$instance"}[$__rate_interval])) or vector(0)', "connections refused"),
         ))
+    elif stage == "archiver":
+        b = b.with_panel(graph(
+            "Archived", "reqps", "Records in archive files written, per second, by topic.",
+            (f'sum by (topic) (rate(txflow_archived_records_total{{instance=~"$instance"}}[$__rate_interval]))', "{{topic}}"),
+        ))
+        b = b.with_panel(graph(
+            "Written", "Bps", "Bytes of archive files written, per second, by topic.",
+            (f'sum by (topic) (rate(txflow_archived_bytes_total{{instance=~"$instance"}}[$__rate_interval]))', "{{topic}}"),
+        ))
+        b = b.with_panel(graph(
+            "Files", "short",
+            "Archive files written, and found already there after a crash or a rebalance (taken as they are).",
+            (f'sum by (topic, outcome) (increase(txflow_archive_files_total{{instance=~"$instance"}}[$__rate_interval]))', "{{topic}} {{outcome}}"),
+        ))
+        b = b.with_panel(graph(
+            "Lag by partition", "short", "Records still to read; records held for a file not written yet are read.",
+            (f"sum by (topic, partition) (txflow_consumer_lag_records{{{sel}}})", "{{topic}}/{{partition}}"),
+        ))
     else:
         b = b.with_panel(graph(
             "Records and batches", "reqps", "Records in committed batches, and batches by outcome, per second.",
@@ -292,7 +310,7 @@ def stage_page(stage):
 
 def rendered():
     boards = {"overview": overview()}
-    for stage in ("gateway", "router", "ledger", "notifier"):
+    for stage in ("gateway", "router", "ledger", "notifier", "archiver"):
         boards[stage] = stage_page(stage)
     return {
         f"{name}.json": json.dumps(b.build(), cls=JSONEncoder, indent=2, sort_keys=True) + "\n"

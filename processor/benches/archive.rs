@@ -47,6 +47,7 @@ fn archive(c: &mut Criterion) {
     let codec = Codec::builtin();
     let topics = ArchivedTopics {
         events: "txflow.events".to_owned(),
+        ledger: "txflow.ledger".to_owned(),
         results: "txflow.results".to_owned(),
     };
     let records = results(&codec);

@@ -95,6 +95,29 @@ pub fn create_topics(names: &[&str], partitions: i32) {
     }
 }
 
+/// Deletes every record of `topic`'s `partitions` partitions, as retention does once they
+/// are old enough.
+pub fn delete_all_records(topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> =
+        kafka_config().create().expect("a Kafka admin client");
+    let mut all = TopicPartitionList::new();
+    for partition in 0..partitions {
+        all.add_partition_offset(topic, partition, Offset::End)
+            .expect("a partition");
+    }
+    let options = AdminOptions::new().operation_timeout(Some(TIMEOUT));
+    let deleted = futures::executor::block_on(admin.delete_records(&all, &options))
+        .expect("delete_records request");
+    for element in deleted.elements() {
+        if let Err(e) = element.error() {
+            panic!(
+                "deleting the records of {topic}/{}: {e}",
+                element.partition()
+            );
+        }
+    }
+}
+
 /// Writes `records` (key, value) to `topic` in one committed transaction of a producer of
 /// its own: when this returns, every record is there, or the test failed.
 pub fn produce_committed(topic: &str, records: &[(Option<&[u8]>, &[u8])]) {

@@ -46,7 +46,7 @@ pub enum StageName {
     Ledger,
     /// txflow.notifications → signed webhooks to the endpoints of [notifier.endpoints].
     Notifier,
-    /// txflow.events and txflow.results → archive files in [archiver.storage].
+    /// txflow.events, txflow.ledger and txflow.results → archive files in [archiver.storage].
     Archiver,
 }
 
@@ -435,13 +435,14 @@ async fn run_archiver<B: Backend>(
     }
     let topics = ArchivedTopics {
         events: config.topics.events.clone(),
+        ledger: config.topics.ledger.clone(),
         results: config.topics.results.clone(),
     };
     let membership = archiver_config.group.membership();
     let log = backend.log(
         config,
         &membership,
-        &[&topics.events, &topics.results],
+        &topics.all(),
         &DelayedTopics::default(),
         delivery,
     )?;

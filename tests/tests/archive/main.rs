@@ -13,7 +13,7 @@ use txflow::domain::RetryClass;
 use txflow::ports::{Created, Objects};
 use txflow_tests::invariants::{verify, wait_until_drained};
 use txflow_tests::process::Pipeline;
-use txflow_tests::{eventually, python, read_topic, s3, unique_name, S3};
+use txflow_tests::{delete_all_records, eventually, python, read_topic, s3, unique_name, S3};
 
 /// (topic, partition, offset) → the value, as hex.
 type Records = BTreeMap<(String, i64, i64), String>;
@@ -137,6 +137,7 @@ fn sigkilled_archiver_archives_every_committed_record_exactly_once() {
     let observed = wait_until_drained(&pipeline, Duration::from_secs(180), &[&ledger]);
     let topics = [
         pipeline.events_topic.as_str(),
+        pipeline.ledger_topic.as_str(),
         pipeline.results_topic.as_str(),
     ];
     let committed = committed(&topics);
@@ -247,4 +248,230 @@ fn an_archiver_given_a_bucket_that_does_not_exist_says_so_at_start() {
         log.contains(&format!("archiver.storage.url {url}")),
         "the failure names the setting: {log}"
     );
+}
+
+/// `txflow accounts export`, in account order.
+fn accounts(pipeline: &Pipeline) -> Vec<String> {
+    let mut lines: Vec<String> = pipeline
+        .txflow(&["accounts", "export"])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// `txflow replay` of what was stamped from `from_ms` to `to_ms`, with `more` arguments;
+/// the events it published.
+fn replay(
+    pipeline: &Pipeline,
+    env: &[(&str, &str)],
+    (from_ms, to_ms): (i64, i64),
+    more: &[&str],
+) -> u64 {
+    let (from, to) = (from_ms.to_string(), to_ms.to_string());
+    let mut args = vec!["replay", "--from", &from, "--to", &to];
+    args.extend_from_slice(more);
+    let out = pipeline.txflow_with(&args, env);
+    let report: serde_json::Value =
+        serde_json::from_str(out.lines().last().expect("a report")).expect("a JSON report");
+    report["events"].as_u64().expect("a count of events")
+}
+
+#[test]
+fn a_replayed_range_changes_no_balance_and_rebuilds_a_fresh_ledger_and_the_audit_reads_the_archive()
+{
+    let s3 = s3();
+    let live = Pipeline::new(3);
+    let url = format!("s3://{}/{}", s3.bucket, unique_name("replay"));
+    let storage = [
+        ("TXFLOW_ARCHIVER__STORAGE__URL", url.as_str()),
+        ("TXFLOW_ARCHIVER__STORAGE__ENDPOINT", &s3.endpoint),
+        ("TXFLOW_ARCHIVER__STORAGE__ACCESS_KEY_ID", &s3.access_key),
+        (
+            "TXFLOW_ARCHIVER__STORAGE__SECRET_ACCESS_KEY",
+            &s3.secret_key,
+        ),
+    ];
+    let mut archiver_env = storage.to_vec();
+    archiver_env.push(("TXFLOW_ARCHIVER__ROLL_MS", "500"));
+    let mut router = live.spawn_router_with("r0", &[]);
+    let mut ledger = live.spawn_ledger("l0");
+    let mut archiver = live.spawn_archiver_with("a0", &archiver_env);
+    // Every account opened first, with enough for every debit to apply: then no outcome
+    // depends on how different accounts' events interleave (a transfer to an account not
+    // opened yet is refused), which a replay does not keep across partitions.
+    let start_ms = now_ms();
+    live.txflow(&[
+        "produce",
+        "--openings",
+        "--count",
+        "0",
+        "--accounts",
+        "30",
+        "--topic",
+        &live.events_topic,
+    ]);
+    eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || (accounts(&live).len() == 30).then_some(()),
+        || format!("the accounts were not opened:\n{}", ledger.log_text()),
+    );
+    let opened_ms = now_ms();
+    let mut producer = live.spawn_produce(&[
+        "--topic",
+        &live.events_topic,
+        "--count",
+        "1500",
+        "--rate",
+        "500",
+        "--accounts",
+        "30",
+        "--duplicates",
+        "0.03",
+        "--conflicts",
+        "0.01",
+    ]);
+    producer.wait(Duration::from_secs(60));
+    let observed = wait_until_drained(&live, Duration::from_secs(120), &[&ledger]);
+    let events = read_topic(&live.events_topic, "read_committed").len();
+    eventually(
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        || {
+            let archived = archived(&s3, &url, &live.results_topic).0;
+            let archived_events = archived
+                .keys()
+                .filter(|id| id.0 == live.events_topic)
+                .count();
+            (archived_events == events).then_some(())
+        },
+        || {
+            format!(
+                "the archive lacks events; archiver log:\n{}",
+                archiver.log_text()
+            )
+        },
+    );
+    let balances = accounts(&live);
+    assert!(balances.len() >= 30, "{balances:?}");
+
+    // Every archived event once more, straight into the live ledger: each is one it applied.
+    let consumed = ledger.metric("txflow_records_total");
+    let replayed = replay(
+        &live,
+        &storage,
+        (start_ms, now_ms()),
+        &["--to-topic", &live.ledger_topic],
+    );
+    assert_eq!(replayed, events as u64);
+    eventually(
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+        || (ledger.metric("txflow_records_total") >= consumed + replayed).then_some(()),
+        || format!("the ledger did not take the replay:\n{}", ledger.log_text()),
+    );
+    assert_eq!(accounts(&live), balances, "a replay changed a balance");
+
+    verify(&live, &observed);
+
+    // Into a fresh pipeline, through its router: the same balances.
+    let fresh = Pipeline::new(3);
+    let mut fresh_router = fresh.spawn_router_with("r0", &[]);
+    let mut fresh_ledger = fresh.spawn_ledger("l0");
+    let into_fresh = [
+        "--archived-topic",
+        live.events_topic.as_str(),
+        "--to-topic",
+        fresh.events_topic.as_str(),
+    ];
+    // The openings' time range first, then the rest: as the live ledger took them.
+    let openings = replay(&fresh, &storage, (start_ms, opened_ms), &into_fresh);
+    assert_eq!(openings, 30);
+    eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || (accounts(&fresh).len() == 30).then_some(()),
+        || {
+            format!(
+                "the fresh accounts were not opened:\n{}",
+                fresh_ledger.log_text()
+            )
+        },
+    );
+    let rest = replay(&fresh, &storage, (opened_ms, now_ms()), &into_fresh);
+    assert_eq!(openings + rest, replayed);
+    eventually(
+        Duration::from_secs(120),
+        Duration::from_secs(1),
+        || (accounts(&fresh) == balances).then_some(()),
+        || {
+            format!(
+                "the fresh ledger's balances differ from the live one's:\n{:?}\n{:?}",
+                accounts(&fresh),
+                balances
+            )
+        },
+    );
+
+    // Once the archive holds all of the ledger and results topics, retention drops every
+    // record of both: the topics alone explain no balance, the archive all of them.
+    let topics = [live.ledger_topic.as_str(), live.results_topic.as_str()];
+    let on_the_log = committed(&topics);
+    eventually(
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        || {
+            let archive = archived(&s3, &url, &live.results_topic).0;
+            on_the_log
+                .keys()
+                .all(|id| archive.contains_key(id))
+                .then_some(())
+        },
+        || {
+            format!(
+                "the archive lacks records; archiver log:\n{}",
+                archiver.log_text()
+            )
+        },
+    );
+    for topic in topics {
+        delete_all_records(topic, live.partitions);
+    }
+    let without = live.txflow_failing(&["audit"]);
+    assert!(without.contains("store differs"), "{without}");
+    let with = live.txflow_with(&["audit", "--archive"], &storage);
+    assert!(with.contains("the audit passed"), "{with}");
+    assert!(
+        with.contains(&format!(
+            "{}: {} records, {} of them from the archive alone",
+            live.results_topic,
+            on_the_log
+                .keys()
+                .filter(|id| id.0 == live.results_topic)
+                .count(),
+            on_the_log
+                .keys()
+                .filter(|id| id.0 == live.results_topic)
+                .count()
+        )),
+        "{with}"
+    );
+    for stage in [
+        &mut archiver,
+        &mut ledger,
+        &mut router,
+        &mut fresh_ledger,
+        &mut fresh_router,
+    ] {
+        stage.terminate();
+    }
 }

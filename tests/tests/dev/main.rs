@@ -425,6 +425,13 @@ fn accounts_dlq_and_produce_work_against_a_running_dev() {
     // Re-sends, conflicts and redrives included, the ledger audits sound.
     let audited = ok(&["audit"]);
     assert!(audited.contains("the audit passed"), "{audited}");
+    // With the dev's archive (its files not rolled yet: the topics hold everything).
+    let with_archive = ok(&["audit", "--archive"]);
+    assert!(
+        with_archive.contains("0 of them from the archive alone")
+            && with_archive.contains("the audit passed"),
+        "{with_archive}"
+    );
 
     // The routes behind it take the dev API key.
     let admin = std::fs::read_to_string(dev.dir.join("dev-admin")).unwrap();
@@ -433,7 +440,7 @@ fn accounts_dlq_and_produce_work_against_a_running_dev() {
 
     let migrate = against(&dir, &["migrate"]).unwrap_err();
     assert!(
-        migrate.contains("--dev-dir works with accounts, audit, dlq and produce"),
+        migrate.contains("--dev-dir works with accounts, audit, dlq, produce and replay"),
         "{migrate}"
     );
     process.terminate();

@@ -92,8 +92,19 @@ fn every_panel_and_rule_reads_series_a_loaded_pipeline_exports() {
             ("TXFLOW_NOTIFIER__ENDPOINTS__SINK__MAX_PER_SECOND", "50"),
         ],
     );
+    let archive = std::env::temp_dir().join(format!("{}-archive", pipeline.keyspace));
+    let archiver = pipeline.spawn_archiver_with(
+        "a0",
+        &[
+            (
+                "TXFLOW_ARCHIVER__STORAGE__URL",
+                &format!("file://{}", archive.display()),
+            ),
+            ("TXFLOW_ARCHIVER__ROLL_MS", "2000"),
+        ],
+    );
     let mut producer = pipeline.spawn_produce(&["--duration", "40", "--rate", "200"]);
-    let targets: Vec<String> = [&gateway, &router, &ledger, &notifier]
+    let targets: Vec<String> = [&gateway, &router, &ledger, &notifier, &archiver]
         .iter()
         .map(|stage| stage.admin_address())
         .collect();

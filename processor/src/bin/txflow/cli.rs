@@ -18,6 +18,7 @@ use crate::commands::migrate;
 use crate::commands::print_line;
 use crate::commands::probe;
 use crate::commands::produce::{self, ProduceArgs};
+use crate::commands::replay::{self, ReplayArgs};
 use crate::commands::rules::{self, RulesCommand};
 use crate::commands::schemas::{self, SchemasCommand};
 use crate::commands::topics::{self, TopicsCommand};
@@ -35,7 +36,7 @@ pub struct Cli {
     config: Option<PathBuf>,
 
     /// Work against the `txflow dev` running on this data directory instead of Kafka and
-    /// the store (for accounts, audit, dlq and produce).
+    /// the store (for accounts, audit, dlq, produce and replay).
     #[arg(long, global = true, env = "TXFLOW_DEV_DIR", value_name = "DIR")]
     dev_dir: Option<PathBuf>,
 
@@ -91,8 +92,18 @@ enum Command {
     /// what was withdrawn, and that the store holds, for every account, the balance,
     /// currency and version its results rebuild. Prints each difference with the account
     /// and the first result the store disagrees with; exits 1 when there is any. The
-    /// events must still be on the ledger topic (its retention bounds what can be audited).
+    /// events must still be on the ledger topic (its retention bounds what can be audited),
+    /// or, with --archive, in the archive.
     Audit(AuditArgs),
+    /// Publish the archived events of a time range again (docs/ARCHIVE.md).
+    ///
+    /// Reads the archive of [archiver.storage] (with --dev-dir, that txflow dev's archive),
+    /// takes the events of txflow.events stamped within --from..--to that --where matches,
+    /// and publishes them, key, value and headers as archived, to --to-topic. The ledger
+    /// applies an event once however often it comes: replaying events it applied changes no
+    /// balance; replaying into a fresh ledger rebuilds them. Prints each file as it is done;
+    /// a run stopped halfway goes on with --run-id. Ends with one JSON line of counts.
+    Replay(ReplayArgs),
     /// Check routing rules.
     #[command(subcommand)]
     Rules(RulesCommand),
@@ -181,6 +192,7 @@ impl Cli {
             Command::Dev(_) => "txflow-dev".to_owned(),
             Command::Dlq(_) => "txflow-dlq".to_owned(),
             Command::Produce(_) => "txflow-produce".to_owned(),
+            Command::Replay(_) => "txflow-replay".to_owned(),
             _ => "txflow".to_owned(),
         }
     }
@@ -200,8 +212,9 @@ impl Cli {
             Command::Produce(args) => Operation::Produce(args).run(dev_dir, &config).await,
             Command::Dlq(command) => Operation::Dlq(command).run(dev_dir, &config).await,
             Command::Audit(args) => Operation::Audit(args).run(dev_dir, &config).await,
+            Command::Replay(args) => Operation::Replay(args).run(dev_dir, &config).await,
             _ if dev_dir.is_some() => {
-                bail!("--dev-dir works with accounts, audit, dlq and produce")
+                bail!("--dev-dir works with accounts, audit, dlq, produce and replay")
             }
             Command::Migrate => migrate::migrate(&config).await,
             Command::Topics(command) => topics::topics(&config, command).await,
@@ -235,23 +248,30 @@ enum Operation {
     Produce(ProduceArgs),
     Dlq(DlqCommand),
     Audit(AuditArgs),
+    Replay(ReplayArgs),
 }
 
 impl Operation {
     /// Runs on Kafka and the store, or on the txflow dev running on `dev_dir`.
     async fn run(self, dev_dir: Option<&Path>, config: &Config) -> anyhow::Result<()> {
         match dev_dir {
-            Some(dir) => self.on(&DevClient::connect(dir)?, config).await,
-            None => self.on(&Services, config).await,
+            Some(dir) => self.on(&DevClient::connect(dir)?, config, dev_dir).await,
+            None => self.on(&Services, config, dev_dir).await,
         }
     }
 
-    async fn on<A: Access>(self, access: &A, config: &Config) -> anyhow::Result<()> {
+    async fn on<A: Access>(
+        self,
+        access: &A,
+        config: &Config,
+        dev_dir: Option<&Path>,
+    ) -> anyhow::Result<()> {
         match self {
             Operation::Accounts(command) => accounts::accounts(access, config, command).await,
             Operation::Produce(args) => produce::produce(access, config, args).await,
             Operation::Dlq(command) => dlq::dlq(access, config, command).await,
-            Operation::Audit(args) => audit::audit(access, config, args).await,
+            Operation::Audit(args) => audit::audit(access, config, dev_dir, args).await,
+            Operation::Replay(args) => replay::replay(access, config, dev_dir, args).await,
         }
     }
 }

@@ -54,7 +54,7 @@ pub fn key_of(first: &InputRecord) -> String {
 }
 
 /// `YYYY-MM-DD` and the hour of `ms` since the Unix epoch, in UTC.
-fn utc_date_hour(ms: i64) -> (String, i64) {
+pub fn utc_date_hour(ms: i64) -> (String, i64) {
     let seconds = ms.div_euclid(1000);
     let days = seconds.div_euclid(86_400);
     let hour = seconds.rem_euclid(86_400) / 3600;
@@ -74,6 +74,80 @@ fn utc_date_hour(ms: i64) -> (String, i64) {
     };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (format!("{year:04}-{month:02}-{day:02}"), hour)
+}
+
+/// Days since the Unix epoch of a date of the proleptic Gregorian calendar (the inverse of
+/// the conversion in [`utc_date_hour`]).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year.rem_euclid(400);
+    let day_of_year = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+/// The partition and first offset a file's key names.
+pub fn position_of_key(key: &str) -> Option<(i32, i64)> {
+    let name = key.rsplit('/').next()?.strip_suffix(EXTENSION)?;
+    let (partition, offset) = name.split_once('-')?;
+    Some((partition.parse().ok()?, offset.parse().ok()?))
+}
+
+/// The hour (since the Unix epoch) a file's key says its first record is of.
+pub fn hour_of_key(key: &str) -> Option<i64> {
+    let (_, rest) = key.split_once("/date=")?;
+    let (date, rest) = rest.split_once("/hour=")?;
+    let hour: i64 = rest.get(..2)?.parse().ok()?;
+    Some(date_days(date)? * 24 + hour)
+}
+
+fn date_days(date: &str) -> Option<i64> {
+    let mut parts = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (parts.next()??, parts.next()??, parts.next()??);
+    ((1..=12).contains(&month) && (1..=31).contains(&day))
+        .then(|| days_from_civil(year, month, day))
+}
+
+/// Milliseconds since the Unix epoch of `text`: `YYYY-MM-DD` (midnight UTC),
+/// `YYYY-MM-DDTHH:MM[:SS[.fff]]Z`, or a number of milliseconds.
+pub fn parse_utc(text: &str) -> Result<i64, String> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    let wrong = || {
+        format!("`{text}` is no time: give YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ (UTC) or milliseconds since 1970")
+    };
+    let (date, time) = match text.split_once('T') {
+        Some((date, time)) => (date, Some(time.strip_suffix('Z').ok_or_else(wrong)?)),
+        None => (text, None),
+    };
+    let days = date_days(date).ok_or_else(wrong)?;
+    let mut ms = days * 86_400_000;
+    if let Some(time) = time {
+        let (clock, fraction) = time.split_once('.').unwrap_or((time, ""));
+        let mut fields = clock.split(':').map(|f| f.parse::<i64>().ok());
+        let hour = fields.next().flatten().ok_or_else(wrong)?;
+        let minute = fields.next().flatten().ok_or_else(wrong)?;
+        let second = match fields.next() {
+            Some(second) => second.ok_or_else(wrong)?,
+            None => 0,
+        };
+        if fields.next().is_some() || hour > 23 || minute > 59 || second > 60 {
+            return Err(wrong());
+        }
+        let millis = match fraction {
+            "" => 0,
+            digits if digits.len() <= 9 && digits.bytes().all(|b| b.is_ascii_digit()) => {
+                format!("{digits:0<3}")[..3]
+                    .parse::<i64>()
+                    .map_err(|_| wrong())?
+            }
+            _ => return Err(wrong()),
+        };
+        ms += ((hour * 60 + minute) * 60 + second) * 1000 + millis;
+    }
+    Ok(ms)
 }
 
 fn schema() -> Schema {
@@ -241,6 +315,34 @@ mod tests {
             ("2024-12-31".to_owned(), 23)
         );
         assert_eq!(utc_date_hour(-1), ("1969-12-31".to_owned(), 23));
+    }
+
+    #[test]
+    fn times_read_back_as_the_keys_write_them() {
+        let ms = parse_utc("2026-11-30T22:37:58.123Z").unwrap();
+        assert_eq!(ms, 1_796_078_278_123);
+        assert_eq!(parse_utc("2026-11-30").unwrap(), 1_795_996_800_000);
+        assert_eq!(parse_utc("1796078278123").unwrap(), ms);
+        assert_eq!(parse_utc("2026-11-30T22:37Z").unwrap(), ms - 58_123);
+        let key = key_of(&record(42, Some(ms)));
+        assert_eq!(hour_of_key(&key), Some(ms.div_euclid(3_600_000)));
+        assert_eq!(position_of_key(&key), Some((3, 42)));
+        for day in [-1, 0, 10_957, 11_016, 20_422] {
+            let (date, _) = utc_date_hour(day * 86_400_000);
+            assert_eq!(parse_utc(&date).unwrap(), day * 86_400_000, "{date}");
+        }
+        for wrong in [
+            "2026-13-01",
+            "2026-11-30T25:00Z",
+            "2026-11-30T22:00",
+            "yesterday",
+            "2026-11-30T22:00:00.5x Z",
+        ] {
+            assert!(
+                parse_utc(wrong).unwrap_err().contains("is no time"),
+                "{wrong}"
+            );
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The archiver: the events and results topics, read as committed, into archive files in
-//! object storage ([`file`]), every record exactly once.
+//! The archiver: the events, ledger and results topics, read as committed, into archive
+//! files in object storage ([`file`]), every record exactly once.
 //!
 //! It keeps each partition's records until its file rolls (by size, by age, or when a
 //! record of a later hour comes), creates the file under a key its first record decides,
@@ -11,6 +11,8 @@
 
 pub mod config;
 pub mod file;
+pub mod history;
+pub mod replay;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,11 +39,20 @@ pub enum ArchiverError {
     Broken(String),
 }
 
-/// The topics archived, and how each one's values decode.
+/// The topics archived: what came in, what the ledger was sent (the router's events and the
+/// ledger's own transfer legs: what an audit rebuilds from), and what it decided. The
+/// values of all three decode as events or results.
 #[derive(Clone, Debug)]
 pub struct ArchivedTopics {
     pub events: String,
+    pub ledger: String,
     pub results: String,
+}
+
+impl ArchivedTopics {
+    pub fn all(&self) -> [&str; 3] {
+        [&self.events, &self.ledger, &self.results]
+    }
 }
 
 /// What the archiver writes to, and how.
@@ -168,7 +179,7 @@ type Partitions = BTreeMap<(String, i32), Partition>;
 /// None for anything else (a poison event).
 pub fn decoded(codec: &Codec, topics: &ArchivedTopics, record: &InputRecord) -> Option<String> {
     let value = record.value.as_deref()?;
-    if record.topic == topics.events {
+    if record.topic == topics.events || record.topic == topics.ledger {
         let event: TransactionEvent = codec.decode(Record::TransactionEvent, value).ok()?;
         serde_json::to_string(&event).ok()
     } else if record.topic == topics.results {

@@ -123,6 +123,7 @@ async fn every_record_lands_in_one_file_across_restarts_and_files_a_crash_left()
         codec: Arc::new(Codec::builtin()),
         topics: ArchivedTopics {
             events: "ev".to_owned(),
+            ledger: "led".to_owned(),
             results: "res".to_owned(),
         },
         roll: Roll {
@@ -248,4 +249,178 @@ fn a_file_found_in_place_is_taken_up_to_its_last_record() {
         [18, 19]
     );
     assert_eq!(partition.first_held().map(|r| r.offset), Some(18));
+}
+
+mod replays {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::domain::{EventType, TransactionEvent};
+    use crate::routing::Pattern;
+    use crate::stages::archiver::replay::{replay, Replay, RUNS_PREFIX};
+
+    const HOUR: i64 = 3_600_000;
+    /// 2026-11-30T22:00Z.
+    const T0: i64 = 1_796_076_000_000;
+
+    fn event(n: i64, event_type: EventType) -> TransactionEvent {
+        TransactionEvent {
+            event_id: format!("e-{n}"),
+            event_type,
+            account_id: format!("acct-{}", n % 3),
+            counterparty_account_id: None,
+            amount_minor: 100 + n,
+            currency: "EUR".to_owned(),
+            occurred_at: T0,
+            source: "test".to_owned(),
+            attributes: BTreeMap::new(),
+        }
+    }
+
+    /// The archive of 12 events, one every 15 minutes from 22:00, in files of an hour each,
+    /// and a poison record at 22:20.
+    async fn archive(codec: &Codec) -> ObjectStorage {
+        let objects = ObjectStorage::in_memory();
+        let mut records: Vec<InputRecord> = (0..12)
+            .map(|n| {
+                let kind = if n % 2 == 0 {
+                    EventType::Deposit
+                } else {
+                    EventType::Withdrawal
+                };
+                let value = codec
+                    .encode(Record::TransactionEvent, &event(n, kind))
+                    .unwrap();
+                InputRecord {
+                    topic: "ev".to_owned(),
+                    partition: 0,
+                    offset: n,
+                    timestamp: Some(T0 + n * HOUR / 4),
+                    key: Some(format!("acct-{}", n % 3).into_bytes()),
+                    value: Some(value),
+                    headers: vec![("n".to_owned(), n.to_string().into_bytes())],
+                }
+            })
+            .collect();
+        records.insert(
+            2,
+            InputRecord {
+                offset: 100,
+                timestamp: Some(T0 + HOUR / 3),
+                value: Some(b"poison".to_vec()),
+                ..records[1].clone()
+            },
+        );
+        for hour in
+            records.chunk_by(|a, b| a.timestamp.unwrap() / HOUR == b.timestamp.unwrap() / HOUR)
+        {
+            let bytes = file::encode(hour, |_| None).unwrap();
+            objects
+                .create(&file::key_of(&hour[0]), bytes)
+                .await
+                .unwrap();
+        }
+        objects
+    }
+
+    fn plan<'a>(from_ms: i64, to_ms: i64, run_id: &'a str) -> Replay<'a> {
+        Replay {
+            topic: "ev",
+            from_ms,
+            to_ms,
+            only: None,
+            to_topic: "again",
+            rate: None,
+            dry_run: false,
+            run_id,
+        }
+    }
+
+    fn numbers(records: &[InputRecord]) -> Vec<String> {
+        records
+            .iter()
+            .map(|r| String::from_utf8(r.header("n").unwrap().to_vec()).unwrap())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_time_range_is_published_again_as_archived_and_a_run_goes_on_where_it_stopped() {
+        let dir = temp_dir();
+        let embedded = Embedded::open(&dir.0).unwrap();
+        let codec = Codec::builtin();
+        let objects = archive(&codec).await;
+        // 22:30 to 23:30: events 2 to 5 (the first file's last two, the second's first two).
+        let done = replay(
+            &objects,
+            &embedded.publisher(),
+            &codec,
+            &plan(T0 + HOUR / 2, T0 + 3 * HOUR / 2, "r1"),
+            |_, _| {},
+        )
+        .await
+        .unwrap();
+        let again = embedded.read_to_end("again").unwrap();
+        assert_eq!(numbers(&again), ["2", "3", "4", "5"]);
+        let archived = file::decode(
+            &objects
+                .get(&objects.list("ev/").await.unwrap()[0])
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(again[0].value, archived[3].value, "published as archived");
+        assert_eq!((done.files, done.events, done.not_events), (2, 4, 0));
+
+        // The poison record is counted, not published; --where leaves out withdrawals.
+        let deposits = Pattern::parse_json(r#"{"event_type": ["DEPOSIT"]}"#).unwrap();
+        let only_deposits = Replay {
+            only: Some(&deposits),
+            ..plan(T0, T0 + 3 * HOUR, "r2")
+        };
+        let done = replay(
+            &objects,
+            &embedded.publisher(),
+            &codec,
+            &only_deposits,
+            |_, _| {},
+        )
+        .await
+        .unwrap();
+        assert_eq!((done.events, done.left_out, done.not_events), (6, 6, 1));
+
+        // A dry run publishes nothing and marks nothing.
+        let dry = Replay {
+            dry_run: true,
+            ..plan(T0, T0 + 3 * HOUR, "r3")
+        };
+        let before = embedded.read_to_end("again").unwrap().len();
+        let done = replay(&objects, &embedded.publisher(), &codec, &dry, |_, _| {})
+            .await
+            .unwrap();
+        assert_eq!(done.events, 12);
+        assert_eq!(embedded.read_to_end("again").unwrap().len(), before);
+        assert!(objects
+            .list(&format!("{RUNS_PREFIX}/r3/"))
+            .await
+            .unwrap()
+            .is_empty());
+
+        // Run r1 again over all of it: its first two files are done, the third is not.
+        let mut seen = Vec::new();
+        let done = replay(
+            &objects,
+            &embedded.publisher(),
+            &codec,
+            &plan(T0, T0 + 3 * HOUR, "r1"),
+            |_, key| seen.push(key.to_owned()),
+        )
+        .await
+        .unwrap();
+        assert_eq!((done.files, done.files_done_before), (3, 2));
+        assert_eq!(seen.len(), 1);
+        assert_eq!(
+            numbers(&embedded.read_to_end("again").unwrap()[before..]),
+            ["8", "9", "10", "11"]
+        );
+    }
 }

@@ -2,25 +2,33 @@
 //! and money's conservation, and compares what it rebuilt with the store.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use anyhow::bail;
 use clap::Args;
 use futures::TryStreamExt;
 
+use txflow::adapters::objects::ObjectStorage;
 use txflow::app::{Access, Config};
 use txflow::codec::{Codec, Record};
 use txflow::domain::audit::{audit as audit_ledger, compare_with_store};
 use txflow::domain::{TransactionEvent, TransactionResult};
 use txflow::ports::{Balances, TopicReader};
+use txflow::stages::archiver::history::{archived, merged};
 use txflow::wire::{InputRecord, LEG};
 
-use super::print_line;
+use super::{archive_storage, print_line};
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
     /// Print at most this many differences and broken rules of each kind (all are counted).
     #[arg(long, value_name = "N", default_value_t = 100)]
     show: usize,
+    /// Read the ledger and results topics from the archive too ([archiver.storage]; with
+    /// --dev-dir, that txflow dev's archive): what the topics' retention dropped comes from
+    /// the archive, what the archive has not written yet from the topics.
+    #[arg(long)]
+    archive: bool,
 }
 
 /// What the ledger topic holds: the events sent to the ledger, not the legs it wrote itself.
@@ -73,14 +81,47 @@ fn results(codec: &Codec, records: &[InputRecord]) -> anyhow::Result<Vec<Transac
         .collect()
 }
 
+/// `topic`'s committed records; with `archive`, merged with its archive files.
+async fn history_of(
+    reader: &impl TopicReader,
+    archive: Option<&ObjectStorage>,
+    topic: &str,
+) -> anyhow::Result<Vec<InputRecord>> {
+    let logged = reader.read_to_end(topic).await?;
+    let Some(objects) = archive else {
+        return Ok(logged);
+    };
+    let (all, archived_only) = merged(archived(objects, topic).await?, logged);
+    print_line(&format!(
+        "{topic}: {} records, {archived_only} of them from the archive alone",
+        all.len()
+    ))?;
+    Ok(all)
+}
+
 /// Audits the ledger `access` reaches. Amounts are printed in minor units, as the results
 /// carry them.
-pub async fn audit<A: Access>(access: &A, config: &Config, args: AuditArgs) -> anyhow::Result<()> {
+pub async fn audit<A: Access>(
+    access: &A,
+    config: &Config,
+    dev_dir: Option<&Path>,
+    args: AuditArgs,
+) -> anyhow::Result<()> {
     let codec = txflow::app::codec::codec(config).await?;
     let reader = access.reader(config)?;
+    let archive = match args.archive {
+        true => Some(archive_storage(config, dev_dir)?),
+        false => None,
+    };
     let (ledger_topic, results_topic) = (&config.topics.ledger, &config.topics.results);
-    let sent = sent(&codec, &reader.read_to_end(ledger_topic).await?);
-    let results = results(&codec, &reader.read_to_end(results_topic).await?)?;
+    let sent = sent(
+        &codec,
+        &history_of(&reader, archive.as_ref(), ledger_topic).await?,
+    );
+    let results = results(
+        &codec,
+        &history_of(&reader, archive.as_ref(), results_topic).await?,
+    )?;
     let report = audit_ledger(&sent.events, &results);
     let balances = access.balances(config).await?;
     let stored: BTreeMap<_, _> = balances.accounts().try_collect().await?;

@@ -7,9 +7,26 @@ pub mod dlq;
 pub mod migrate;
 pub mod probe;
 pub mod produce;
+pub mod replay;
 pub mod rules;
 pub mod schemas;
 pub mod topics;
+
+/// The archive of `config`'s `[archiver.storage]`; under `txflow dev` (`dev_dir`), that
+/// data directory's archive when none is set, as `txflow dev` writes it.
+pub fn archive_storage(
+    config: &txflow::app::Config,
+    dev_dir: Option<&std::path::Path>,
+) -> anyhow::Result<txflow::adapters::objects::ObjectStorage> {
+    let mut storage = config.archiver.storage.clone();
+    if let (true, Some(dir)) = (storage.url.is_empty(), dev_dir) {
+        storage.url = format!(
+            "file://{}",
+            std::path::absolute(dir.join("archive"))?.display()
+        );
+    }
+    Ok(txflow::adapters::objects::ObjectStorage::new(&storage)?)
+}
 
 /// Writes one line to stdout; a reader that went away (`| head`) ends the output quietly.
 pub fn print_line(line: &impl std::fmt::Display) -> anyhow::Result<()> {

@@ -58,6 +58,12 @@ pub struct ProduceArgs {
     /// --conflicts do not apply.
     #[arg(long, conflicts_with_all = ["accounts", "zipf", "currency", "duplicates", "conflicts"])]
     hostile: bool,
+    /// Before the --count events, one opening deposit per account, large enough for every
+    /// later debit to apply: the balances then do not depend on how the accounts' events
+    /// interleave (as in a ledger that has been running a while, and as a replay into a
+    /// fresh ledger needs to rebuild them).
+    #[arg(long, conflicts_with = "hostile")]
+    openings: bool,
 }
 
 /// Records on their way out: written together, up to [`Writes::BATCH`] at once, none
@@ -147,6 +153,14 @@ impl Events {
         }
     }
 
+    /// One opening deposit per account (none for the hostile workload).
+    fn openings(&self) -> Vec<TransactionEvent> {
+        match self {
+            Events::Zipf(workload) => workload.openings(),
+            Events::Hostile(_) => Vec::new(),
+        }
+    }
+
     fn next_event(&mut self) -> (TransactionEvent, Sent) {
         match self {
             Events::Zipf(workload) => workload.next_event(),
@@ -190,6 +204,20 @@ pub async fn produce<A: Access>(
     };
     let started = Instant::now();
     let (mut fresh, mut duplicates, mut conflicts) = (0u64, 0u64, 0u64);
+    let record = |event: TransactionEvent| -> anyhow::Result<OutputRecord> {
+        Ok(OutputRecord {
+            topic: topic.clone(),
+            value: Some(codec.encode(Record::TransactionEvent, &event)?),
+            key: Some(event.account_id.into_bytes()),
+            headers: Vec::new(),
+        })
+    };
+    if args.openings {
+        for event in workload.openings() {
+            fresh += 1;
+            writes.send(record(event)?).await;
+        }
+    }
     for _ in 0..count {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
@@ -203,15 +231,7 @@ pub async fn produce<A: Access>(
             Sent::Duplicate => duplicates += 1,
             Sent::Conflict => conflicts += 1,
         }
-        let value = codec.encode(Record::TransactionEvent, &event)?;
-        writes
-            .send(OutputRecord {
-                topic: topic.clone(),
-                key: Some(event.account_id.into_bytes()),
-                value: Some(value),
-                headers: Vec::new(),
-            })
-            .await;
+        writes.send(record(event)?).await;
     }
     writes.flush().await;
     let (delivered, failed) = (writes.delivered, writes.failed);
