@@ -14,6 +14,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, RetryConfig
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, Secret};
+use crate::domain::failure::http_answer_heals;
 use crate::domain::Cause;
 use crate::ports::{Created, ObjectError, Objects};
 
@@ -200,19 +201,18 @@ impl ObjectStorage {
     }
 }
 
-/// Whether the server answered with a client error that asking again would meet again (a
-/// bucket that does not exist, a signature it refuses): object_store keeps the status of
-/// most S3 answers only in its message ("… non-2xx status code: 403 Forbidden …").
+/// Whether the server answered with what asking again would meet again (a bucket that does
+/// not exist, a signature it refuses, another region's address): object_store keeps the
+/// status of most S3 answers only in its message ("… non-2xx status code: 403 Forbidden …").
 fn refused_by_server(error: &(dyn std::error::Error + 'static)) -> bool {
     let text = crate::domain::failure::chain(error);
-    let Some((_, after)) = text.split_once("status code: ") else {
+    let Some((_, after)) = text.split_once("non-2xx status code: ") else {
         return false;
     };
-    match after.get(..3).and_then(|code| code.parse::<u16>().ok()) {
-        Some(408 | 425 | 429) => false,
-        Some(status) => (400..500).contains(&status),
-        None => false,
-    }
+    after
+        .get(..3)
+        .and_then(|code| code.parse::<u16>().ok())
+        .is_some_and(|status| !http_answer_heals(status))
 }
 
 impl Objects for ObjectStorage {

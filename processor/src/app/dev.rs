@@ -21,6 +21,7 @@ use super::Config;
 use crate::adapters::embedded::remote::{ADDRESS_FILE, KEY_FILE};
 use crate::adapters::embedded::{Embedded, EmbeddedLedgerStore};
 use crate::adapters::kafka::Delivery;
+use crate::adapters::objects::StorageConfig;
 use crate::codec::Codec;
 use crate::failures::redrive::{self, RedriveRequest};
 use crate::pipeline::StageTelemetry;
@@ -47,6 +48,17 @@ fn dev_key(data_dir: &Path) -> Result<String, AppError> {
 
 /// `txflow dev`: every stage in this process on the embedded database in `data_dir`, until
 /// SIGTERM or Ctrl-C.
+/// Where a `txflow dev` on `data_dir` archives: `storage` when it names a place, else the
+/// data directory's `archive`.
+pub fn dev_archive(storage: &StorageConfig, data_dir: &Path) -> std::io::Result<StorageConfig> {
+    let mut storage = storage.clone();
+    if storage.url.is_empty() {
+        let archive = std::path::absolute(data_dir.join("archive"))?;
+        storage.url = format!("file://{}", archive.display());
+    }
+    Ok(storage)
+}
+
 pub async fn dev(config: &Config, data_dir: &Path) -> Result<(), AppError> {
     let embedded = Embedded::open(data_dir)?;
     let key = dev_key(data_dir)?;
@@ -55,11 +67,8 @@ pub async fn dev(config: &Config, data_dir: &Path) -> Result<(), AppError> {
     config.ledger.group.batch_max_records = config.dev.batch_max_records;
     config.notifier.group.batch_max_records = config.dev.batch_max_records;
     config.archiver.group.batch_max_records = config.dev.batch_max_records;
-    if config.archiver.storage.url.is_empty() {
-        let archive = std::path::absolute(data_dir.join("archive"))
-            .map_err(AppError::io("finding the archive's directory"))?;
-        config.archiver.storage.url = format!("file://{}", archive.display());
-    }
+    config.archiver.storage = dev_archive(&config.archiver.storage, data_dir)
+        .map_err(AppError::io("finding the archive's directory"))?;
     config.gateway.listen = on_host(&config.gateway.listen, config.dev.bind, "gateway.listen")?;
     config.admin.listen = on_host(&config.admin.listen, config.dev.bind, "admin.listen")?;
     let hashed: String = hash(&key).iter().map(|b| format!("{b:02x}")).collect();

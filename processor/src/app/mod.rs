@@ -17,6 +17,6 @@ pub use access::Access;
 pub use backend::{Backend, Services};
 pub use check::check;
 pub use config::{AdminConfig, Config, DevConfig, ENV_PREFIX};
-pub use dev::dev;
+pub use dev::{dev, dev_archive};
 pub use error::AppError;
 pub use run::{run, run_stage, StageName};

@@ -179,6 +179,13 @@ impl fmt::Display for Cause {
     }
 }
 
+/// Whether a server's answer with HTTP `status` (not 2xx) may be different if the same
+/// request is made again: no answer in time (408), too early (425), too many (429), or the
+/// server's own failure (5xx). Any other answer would come again.
+pub fn http_answer_heals(status: u16) -> bool {
+    matches!(status, 408 | 425 | 429 | 500..=599)
+}
+
 /// `error` and the errors under it, each said once: many errors already end with the text
 /// of the one under them, and a cause is not repeated.
 pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {

@@ -10,18 +10,24 @@
 //! a transaction that is aborted, which no `read_committed` reader may see.
 
 #[cfg(feature = "fault-injection")]
-pub async fn before_commit() {
-    use std::sync::OnceLock;
-    use std::time::Duration;
-    static PAUSE: OnceLock<Option<Duration>> = OnceLock::new();
-    let pause = PAUSE.get_or_init(|| {
-        std::env::var("TXFLOW_FAULT_BEFORE_COMMIT_MS")
+use std::{sync::OnceLock, time::Duration};
+
+/// The pause the environment variable `var` asks for, read once into `pause`.
+#[cfg(feature = "fault-injection")]
+fn asked(var: &str, pause: &'static OnceLock<Option<Duration>>) -> Option<Duration> {
+    *pause.get_or_init(|| {
+        std::env::var(var)
             .ok()
             .and_then(|v| v.parse().ok())
             .map(Duration::from_millis)
-    });
-    if let Some(pause) = pause {
-        tokio::time::sleep(*pause).await;
+    })
+}
+
+#[cfg(feature = "fault-injection")]
+pub async fn before_commit() {
+    static PAUSE: OnceLock<Option<Duration>> = OnceLock::new();
+    if let Some(pause) = asked("TXFLOW_FAULT_BEFORE_COMMIT_MS", &PAUSE) {
+        tokio::time::sleep(pause).await;
     }
 }
 
@@ -31,17 +37,9 @@ pub async fn before_commit() {}
 /// Runs on the transaction's blocking thread.
 #[cfg(feature = "fault-injection")]
 pub fn in_transaction() {
-    use std::sync::OnceLock;
-    use std::time::Duration;
     static PAUSE: OnceLock<Option<Duration>> = OnceLock::new();
-    let pause = PAUSE.get_or_init(|| {
-        std::env::var("TXFLOW_FAULT_IN_TRANSACTION_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_millis)
-    });
-    if let Some(pause) = pause {
-        std::thread::sleep(*pause);
+    if let Some(pause) = asked("TXFLOW_FAULT_IN_TRANSACTION_MS", &PAUSE) {
+        std::thread::sleep(pause);
     }
 }
 

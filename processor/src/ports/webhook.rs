@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use crate::domain::failure::http_answer_heals;
 use crate::domain::{Cause, CircuitOpen, FailureKind, RetryClass};
 
 /// One attempt at delivering a notification.
@@ -37,7 +38,7 @@ impl DeliveryError {
     pub fn from_status(status: u16, body: &str) -> Result<(), DeliveryError> {
         match status {
             200..=299 => Ok(()),
-            408 | 425 | 429 | 500..=599 => Err(DeliveryError::Unavailable(Cause::message(
+            _ if http_answer_heals(status) => Err(DeliveryError::Unavailable(Cause::message(
                 format!("HTTP {status}: {body}"),
             ))),
             _ => Err(DeliveryError::Rejected {

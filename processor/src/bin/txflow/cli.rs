@@ -98,11 +98,13 @@ enum Command {
     /// Publish the archived events of a time range again (docs/ARCHIVE.md).
     ///
     /// Reads the archive of [archiver.storage] (with --dev-dir, that txflow dev's archive),
-    /// takes the events of txflow.events stamped within --from..--to that --where matches,
-    /// and publishes them, key, value and headers as archived, to --to-topic. The ledger
-    /// applies an event once however often it comes: replaying events it applied changes no
-    /// balance; replaying into a fresh ledger rebuilds them. Prints each file as it is done;
-    /// a run stopped halfway goes on with --run-id. Ends with one JSON line of counts.
+    /// takes the events of txflow.events (or --archived-topic) stamped within --from..--to
+    /// that --where matches, and publishes them, key, value and headers as archived, to
+    /// --to-topic. The ledger applies an event once however often it comes: replaying events
+    /// it applied changes no balance. Replaying into a fresh ledger rebuilds the balances as
+    /// far as no outcome depended on how different accounts' events interleaved (replay the
+    /// range in which accounts were opened first). Prints each file as it is done; a run
+    /// stopped halfway goes on with --run-id. Ends with one JSON line of counts.
     Replay(ReplayArgs),
     /// Check routing rules.
     #[command(subcommand)]

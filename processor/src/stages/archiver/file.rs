@@ -53,6 +53,19 @@ pub fn key_of(first: &InputRecord) -> String {
     )
 }
 
+/// The hour since the Unix epoch that `ms` (milliseconds since it) falls in: what a file's
+/// key names, where a file ends, what a replay's range covers.
+pub fn hour_of(ms: i64) -> i64 {
+    ms.div_euclid(HOUR_MS)
+}
+
+/// The first millisecond of `hour` (since the Unix epoch).
+pub fn start_of_hour(hour: i64) -> i64 {
+    hour * HOUR_MS
+}
+
+const HOUR_MS: i64 = 3_600_000;
+
 /// `YYYY-MM-DD` and the hour of `ms` since the Unix epoch, in UTC.
 pub fn utc_date_hour(ms: i64) -> (String, i64) {
     let seconds = ms.div_euclid(1000);

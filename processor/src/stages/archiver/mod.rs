@@ -23,7 +23,7 @@ use tokio::sync::watch;
 pub use config::{ArchiverConfig, ArchiverGroup, Roll};
 
 use crate::codec::{Codec, Record};
-use crate::domain::{TransactionEvent, TransactionResult};
+use crate::domain::{RetryClass, TransactionEvent, TransactionResult};
 use crate::pipeline::{BacklogGauges, LoopConfig, StageTelemetry};
 use crate::ports::{Created, Log, LogError, ObjectError, Objects};
 use crate::wire::InputRecord;
@@ -37,6 +37,18 @@ pub enum ArchiverError {
     Storage(ObjectError),
     #[error("{0}")]
     Broken(String),
+}
+
+/// What heals: the log or the storage out of reach for now, a transaction that did not
+/// commit. The archiver pauses and reads what it held again.
+impl RetryClass for ArchiverError {
+    fn is_transient(&self) -> bool {
+        match self {
+            ArchiverError::Log(error) => !matches!(error, LogError::Fatal(_)),
+            ArchiverError::Storage(error) => error.is_transient(),
+            ArchiverError::Broken(_) => false,
+        }
+    }
 }
 
 /// The topics archived: what came in, what the ledger was sent (the router's events and the
@@ -159,7 +171,7 @@ impl Partition {
 }
 
 fn hour(record: &InputRecord) -> i64 {
-    record.timestamp.unwrap_or(0).div_euclid(3_600_000)
+    file::hour_of(record.timestamp.unwrap_or(0))
 }
 
 fn size_of(record: &InputRecord) -> usize {
@@ -270,7 +282,8 @@ async fn forget_held<L: Log>(log: &mut L, partitions: &mut Partitions) -> Result
     log.rewind(&firsts).await
 }
 
-/// Runs the archiver until `shutdown` turns true; the files due then are written first.
+/// Runs the archiver until `shutdown` turns true. What it holds then is not written: the
+/// partitions' next owner reads it again from the committed positions.
 pub async fn run<L: Log, O: Objects>(
     mut log: L,
     archiver: &Archiver<O>,
@@ -299,13 +312,7 @@ pub async fn run<L: Log, O: Objects>(
                     telemetry.readiness.set_ready();
                 }
             }
-            Err(ArchiverError::Log(LogError::Fatal(cause))) => {
-                return Err(LogError::Fatal(cause).into())
-            }
-            Err(ArchiverError::Storage(e)) if !matches!(e, ObjectError::Unavailable(_)) => {
-                return Err(ArchiverError::Storage(e))
-            }
-            Err(ArchiverError::Broken(message)) => return Err(ArchiverError::Broken(message)),
+            Err(failure) if !failure.is_transient() => return Err(failure),
             Err(failure) => {
                 tracing::warn!(pause = ?backoff, "archiving paused: {failure}");
                 telemetry.readiness.set_not_ready(&failure.to_string());

@@ -79,7 +79,7 @@ pub struct Progress {
 /// The hours since the Unix epoch from that of `from_ms` to that of `to_ms`: a file's key
 /// carries its first record's hour, and a file ends where a later hour begins.
 fn hours(from_ms: i64, to_ms: i64) -> std::ops::RangeInclusive<i64> {
-    from_ms.div_euclid(3_600_000)..=(to_ms - 1).div_euclid(3_600_000)
+    file::hour_of(from_ms)..=file::hour_of(to_ms - 1)
 }
 
 /// The keys of `replay`'s topic's files that may hold records of its range, each
@@ -92,7 +92,7 @@ pub async fn files_of(
     let hours = hours(replay.from_ms, replay.to_ms);
     let mut dates = BTreeSet::new();
     for hour in hours.clone() {
-        dates.insert(file::utc_date_hour(hour * 3_600_000).0);
+        dates.insert(file::utc_date_hour(file::start_of_hour(hour)).0);
     }
     let mut keys = Vec::new();
     for date in dates {

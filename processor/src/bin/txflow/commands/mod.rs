@@ -12,19 +12,15 @@ pub mod rules;
 pub mod schemas;
 pub mod topics;
 
-/// The archive of `config`'s `[archiver.storage]`; under `txflow dev` (`dev_dir`), that
-/// data directory's archive when none is set, as `txflow dev` writes it.
+/// The archive of `config`'s `[archiver.storage]`; with `dev_dir`, that `txflow dev`'s.
 pub fn archive_storage(
     config: &txflow::app::Config,
     dev_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<txflow::adapters::objects::ObjectStorage> {
-    let mut storage = config.archiver.storage.clone();
-    if let (true, Some(dir)) = (storage.url.is_empty(), dev_dir) {
-        storage.url = format!(
-            "file://{}",
-            std::path::absolute(dir.join("archive"))?.display()
-        );
-    }
+    let storage = match dev_dir {
+        Some(dir) => txflow::app::dev_archive(&config.archiver.storage, dir)?,
+        None => config.archiver.storage.clone(),
+    };
     Ok(txflow::adapters::objects::ObjectStorage::new(&storage)?)
 }
 
