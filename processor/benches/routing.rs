@@ -1,6 +1,6 @@
 //! Events matched per second against rule sets of 10, 100 and 1,000 rules of mixed
-//! operators (`match`), of rules the matcher cannot index, which quamina automatons
-//! propose alone (`unindexed`), and of each rule shape alone (`shape/<name>`).
+//! operators (`match`), of rules naming no value an event must carry (`unindexed`: networks,
+//! and exclusions beside `exists`), and of each rule shape alone (`shape/<name>`).
 //! `cargo bench -p txflow --bench routing`; the numbers are recorded in docs/PERFORMANCE.md.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -91,7 +91,8 @@ const SHAPES: [(&str, Shape); 12] = [
     ),
 ];
 
-/// Rule `i` of a set that has nothing to index: a network, or an exclusion beside `exists`.
+/// Rule `i` of a set naming no value an event must carry: a network, or exclusions beside
+/// `exists`.
 fn unindexed_rule(i: usize) -> Pattern {
     let pattern = match i % 2 {
         0 => json!({"attributes": {"ip": [{"cidr": format!("10.{}.{}.0/24", i / 256, i % 256)}]}}),

@@ -3,9 +3,11 @@
 //! alternatives; an alternative with a field of rare exact values (or prefixes, suffixes,
 //! wildcards that start or end with text, or their ignore-case forms, lower-cased) is indexed
 //! by them (hash lookups per event leaf find it), one with a field of rare numeric ranges or
-//! networks by those (a binary search per numeric or address leaf finds it); the rest go into
-//! `quamina` automatons. Both only propose: each candidate is confirmed by
-//! [`Pattern::matches`], so a false positive costs a recheck and never a wrong route. What an automaton would miss is
+//! networks by those (a binary search per numeric or address leaf finds it); one made only
+//! of `exists` and `anything-but` conditions is decided exactly, one bit an alternative, by
+//! `exclusions::Exclusions`; the rest go into `quamina` automatons. The index and the
+//! automatons only propose: each candidate is confirmed by [`Pattern::matches`], so a false
+//! positive costs a recheck and never a wrong route. What an automaton would miss is
 //! kept from it: conditions quamina does not express (`anything-but` with `prefix`, `suffix`,
 //! `wildcard` or `equals-ignore-case`, over mixed or numeric values; `prefix` and `suffix`
 //! ignoring case; wildcards with escapes; IPv6 networks),
@@ -21,6 +23,7 @@ use std::collections::{BTreeSet, HashMap};
 use quamina::{MatcherBuildMode, Quamina};
 use serde_json::{Map, Value};
 
+use super::exclusions::Exclusions;
 use super::pattern::{
     address_key, Compare, Condition, Excluded, Field, Pattern, PatternError, Scalar,
 };
@@ -552,6 +555,7 @@ struct Builder {
     /// Patterns in the last shard.
     in_shard: usize,
     always: Vec<usize>,
+    exclusions: Exclusions,
 }
 
 impl Builder {
@@ -564,6 +568,7 @@ impl Builder {
             shards: vec![Shard::new()],
             in_shard: 0,
             always: Vec::new(),
+            exclusions: Exclusions::default(),
         }
     }
 
@@ -697,6 +702,7 @@ impl Builder {
             shards: self.shards,
             patterns: patterns.to_vec(),
             always: self.always,
+            exclusions: self.exclusions,
         }
     }
 }
@@ -719,6 +725,8 @@ pub struct CompiledPatterns {
     /// Patterns of which an alternative has nothing an automaton can check: candidates for
     /// every event, decided by the recheck alone.
     always: Vec<usize>,
+    /// Alternatives of `exists` and `anything-but` alone, decided without the recheck.
+    exclusions: Exclusions,
 }
 
 impl CompiledPatterns {
@@ -741,6 +749,9 @@ impl CompiledPatterns {
             for (alternative, anchor) in alternatives {
                 match anchor {
                     Some(anchor) => built.index(pattern_index, anchor),
+                    None if Exclusions::takes(&alternative) => {
+                        built.exclusions.add(pattern_index, &alternative)
+                    }
                     None => automaton_alternatives.push(alternative),
                 }
             }
@@ -804,9 +815,21 @@ impl CompiledPatterns {
                 shard.propose(&bytes, &mut found);
             }
         }
+        let mut decided = Vec::new();
+        if !self.exclusions.is_empty() {
+            self.exclusions.decide(event, &mut decided, &mut found);
+        }
         found.sort_unstable();
         found.dedup();
         found.retain(|index| self.patterns[*index].matches(event));
+        if found.is_empty() {
+            return decided;
+        }
+        if !decided.is_empty() {
+            found.extend(decided);
+            found.sort_unstable();
+            found.dedup();
+        }
         found
     }
 }

@@ -1,6 +1,7 @@
 //! Routing: EventBridge-style event patterns, compiled into one matcher for a whole rule set.
 //! Pure: no IO.
 
+mod exclusions;
 pub mod matcher;
 pub mod pattern;
 pub mod rules;
