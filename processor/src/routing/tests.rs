@@ -790,6 +790,27 @@ fn exclusions_beside_exists_are_decided_without_an_automaton() {
     );
 }
 
+#[test]
+fn a_pattern_of_empty_objects_matches_every_event() {
+    let patterns: Vec<Pattern> = [
+        json!({"attributes": {}}),
+        json!({"$or": [{"attributes": {"meta": {}}}, {"source": [{"exists": false}]}]}),
+    ]
+    .iter()
+    .map(|p| Pattern::parse(p).unwrap())
+    .collect();
+    let alone = CompiledPatterns::compile(&patterns[..1]).unwrap();
+    let together = CompiledPatterns::compile(&patterns).unwrap();
+    for event in [
+        json!({}),
+        json!({"attributes": 5}),
+        json!({"source": "svc-1", "attributes": [{"meta": 1}]}),
+    ] {
+        assert_eq!(alone.matches(&event), vec![0], "{event}");
+        assert_eq!(together.matches(&event), vec![0, 1], "{event}");
+    }
+}
+
 /// Words for the fields `exists` and `anything-but` read, few so that they meet: cases apart,
 /// characters of several bytes, lower cases longer or shorter than the word.
 fn hostile_word() -> impl Strategy<Value = String> {
