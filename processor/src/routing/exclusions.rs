@@ -15,6 +15,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use serde_json::Value;
 
+use super::matcher::{heads, tails};
 use super::pattern::{Condition, Excluded, Field, Pattern, Scalar};
 
 /// A set of alternatives, one bit each.
@@ -243,21 +244,10 @@ impl FieldTests {
         if let Some(bits) = self.texts.get(text.as_str()) {
             alive.remove_excluders(bits);
         }
-        for length in &self.prefixes.lengths {
-            if let Some(bits) = text
-                .get(..*length)
-                .and_then(|head| self.prefixes.excluding.get(head))
-            {
-                alive.remove_excluders(bits);
-            }
-        }
-        for length in &self.suffixes.lengths {
-            if let Some(bits) = text
-                .len()
-                .checked_sub(*length)
-                .and_then(|start| text.get(start..))
-                .and_then(|tail| self.suffixes.excluding.get(tail))
-            {
+        let heads = heads(text, &self.prefixes.lengths).map(|head| (head, &self.prefixes));
+        let tails = tails(text, &self.suffixes.lengths).map(|tail| (tail, &self.suffixes));
+        for (affix, affixes) in heads.chain(tails) {
+            if let Some(bits) = affixes.excluding.get(affix) {
                 alive.remove_excluders(bits);
             }
         }
@@ -373,11 +363,16 @@ impl Exclusions {
         self.owners_repeat |= self.owners.last() == Some(&pattern);
         self.owners.push(pattern);
         self.add_fields(alternative, &mut Vec::new(), bit);
+    }
+
+    /// Orders the fields for [`decide`](Self::decide), once every alternative is added.
+    pub(super) fn finish(mut self) -> Exclusions {
         for field in &mut self.fields {
             field.needed_by_all = field.need_value.count() == self.owners.len();
         }
         self.fields
             .sort_by_key(|field| (!field.needed_by_all, field.lookups()));
+        self
     }
 
     fn add_fields(&mut self, pattern: &Pattern, path: &mut Vec<String>, bit: usize) {

@@ -702,7 +702,7 @@ impl Builder {
             shards: self.shards,
             patterns: patterns.to_vec(),
             always: self.always,
-            exclusions: self.exclusions,
+            exclusions: self.exclusions.finish(),
         }
     }
 }
@@ -844,15 +844,36 @@ fn affixes_of<'t>(
     (prefixes, suffixes): (&BTreeSet<usize>, &BTreeSet<usize>),
     (prefix, suffix): (LeafOf<'t>, LeafOf<'t>),
 ) -> Vec<LeafRef<'t>> {
-    let heads = prefixes
-        .iter()
-        .filter(|l| text.is_char_boundary(**l))
-        .map(|l| prefix(&text[..*l]));
-    let tails = suffixes
-        .iter()
-        .filter(|l| **l <= text.len() && text.is_char_boundary(text.len() - **l))
-        .map(|l| suffix(&text[text.len() - l..]));
-    heads.chain(tails).collect()
+    heads(text, prefixes)
+        .map(prefix)
+        .chain(tails(text, suffixes).map(suffix))
+        .collect()
+}
+
+/// The prefixes of `text` of the given byte lengths that end on a character boundary.
+pub(super) fn heads<'t, 'l>(
+    text: &'t str,
+    lengths: &'l BTreeSet<usize>,
+) -> impl Iterator<Item = &'t str> + 'l
+where
+    't: 'l,
+{
+    lengths.iter().filter_map(move |length| text.get(..*length))
+}
+
+/// The suffixes of `text` of the given byte lengths that start on a character boundary.
+pub(super) fn tails<'t, 'l>(
+    text: &'t str,
+    lengths: &'l BTreeSet<usize>,
+) -> impl Iterator<Item = &'t str> + 'l
+where
+    't: 'l,
+{
+    lengths.iter().filter_map(move |length| {
+        text.len()
+            .checked_sub(*length)
+            .and_then(|start| text.get(start..))
+    })
 }
 
 /// The `$or`-free alternatives a pattern stands for (its disjunctive normal form).
